@@ -1,0 +1,187 @@
+//! Matrix products: batched GEMM through faer, and the parallel GEMV / skinny GEMM for decode.
+
+use faer::linalg::matmul::matmul as faer_matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::cpu::gemv::{gemv_f32, gemv_f64, skinny_f32};
+use crate::cpu::{CpuStorage, Real};
+use crate::layout::{Layout, broadcast_shape};
+use crate::tensor::WorkOut;
+use crate::{DType, Error, Result, Tensor};
+
+/// Largest number of activation rows that take the GEMV / skinny-GEMM path instead of faer.
+pub const SKINNY_MAX_ROWS: usize = 8;
+
+/// Operand of one batch: storage slice, offset, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Operand<'a, R> {
+    data: &'a [R],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// Plan of a batched product `[.., m, k] × [.., k, n]`.
+struct Plan {
+    batch_shape: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    a_batch: Layout,
+    b_batch: Layout,
+}
+
+fn plan(a: &Layout, b: &Layout) -> Result<Plan> {
+    const OP: &str = "matmul";
+    let (ra, rb) = (a.rank(), b.rank());
+    if ra < 2 || rb < 2 {
+        return Err(Error::BadShape {
+            op: OP,
+            shape: if ra < 2 { a.shape().to_vec() } else { b.shape().to_vec() },
+            msg: "matmul needs rank >= 2 operands ([.., m, k] x [.., k, n])".into(),
+        });
+    }
+    let (m, k) = (a.shape()[ra - 2], a.shape()[ra - 1]);
+    let (k2, n) = (b.shape()[rb - 2], b.shape()[rb - 1]);
+    if k != k2 {
+        return Err(Error::ShapeMismatch { op: OP, lhs: a.shape().to_vec(), rhs: b.shape().to_vec() });
+    }
+    let batch_shape = broadcast_shape(OP, &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
+    // Batch-only layouts (the matrix dims dropped), broadcast to the common batch shape.
+    let drop2 = |l: &Layout| Layout::new(l.shape()[..l.rank() - 2].to_vec(), l.strides()[..l.rank() - 2].to_vec(), l.offset());
+    let a_batch = drop2(a).broadcast_as(&batch_shape)?;
+    let b_batch = drop2(b).broadcast_as(&batch_shape)?;
+    Ok(Plan { batch_shape, m, k, n, a_batch, b_batch })
+}
+
+/// One product `C = A·B` into a contiguous `m × n` output.
+fn gemm_one<R: Real + faer::traits::ComplexField>(a: Operand<'_, R>, b: Operand<'_, R>, c: &mut [R], m: usize, k: usize, n: usize, par: Par) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.iter_mut().for_each(|v| *v = R::zero());
+        return;
+    }
+    // SAFETY: (off + (rows-1)·rs + (cols-1)·cs) < data.len() holds for every view produced by `Layout`, which
+    // only ever narrows a valid storage range; strides fit in isize because the storage is a Vec.
+    let (am, bm) = unsafe {
+        (
+            MatRef::<R>::from_raw_parts(a.data.as_ptr().add(a.off), m, k, a.rs as isize, a.cs as isize),
+            MatRef::<R>::from_raw_parts(b.data.as_ptr().add(b.off), k, n, b.rs as isize, b.cs as isize),
+        )
+    };
+    let cm = MatMut::from_row_major_slice_mut(c, m, n);
+    faer_matmul(cm, Accum::Replace, am, bm, R::one(), par);
+}
+
+fn batched<R: Real + faer::traits::ComplexField>(a: &[R], la: &Layout, b: &[R], lb: &Layout, p: &Plan, gemv: impl Fn(Operand<'_, R>, Operand<'_, R>, &mut [R]) -> bool + Sync) -> Vec<R> {
+    let (m, k, n) = (p.m, p.k, p.n);
+    let (ra, rb) = (la.rank(), lb.rank());
+    let (a_rs, a_cs) = (la.strides()[ra - 2], la.strides()[ra - 1]);
+    let (b_rs, b_cs) = (lb.strides()[rb - 2], lb.strides()[rb - 1]);
+    let a_offs: Vec<usize> = p.a_batch.offsets().collect();
+    let b_offs: Vec<usize> = p.b_batch.offsets().collect();
+    let batches = a_offs.len().max(if p.batch_shape.is_empty() { 1 } else { 0 });
+    let (a_offs, b_offs) = if p.batch_shape.is_empty() { (vec![la.offset()], vec![lb.offset()]) } else { (a_offs, b_offs) };
+    let mut out = vec![R::zero(); batches * m * n];
+    let one = |i: usize, c: &mut [R], par: Par| {
+        let ao = Operand { data: a, off: a_offs[i], rs: a_rs, cs: a_cs };
+        let bo = Operand { data: b, off: b_offs[i], rs: b_rs, cs: b_cs };
+        if !gemv(ao, bo, c) {
+            gemm_one(ao, bo, c, m, k, n, par);
+        }
+    };
+    let flops = m * n * k;
+    crate::threads::install(|| {
+        if batches > 1 && m * n > 0 && flops < (1 << 22) {
+            // Many small products: parallel over batches, each sequential.
+            out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, Par::Seq));
+        } else if m * n > 0 {
+            let par = if flops < (1 << 16) { Par::Seq } else { Par::rayon(0) };
+            out.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, par));
+        }
+    });
+    out
+}
+
+/// The decode fast path for f32: `A` has at most [`SKINNY_MAX_ROWS`] rows with unit column stride, and `B` is a
+/// transposed row-major weight (unit row stride), i.e. `A·Wᵀ` with `W` `[n, k]` row-major.
+fn gemv_path_f32(a: Operand<'_, f32>, b: Operand<'_, f32>, c: &mut [f32], m: usize, k: usize, n: usize) -> bool {
+    if m == 0 || m > SKINNY_MAX_ROWS || k == 0 || n == 0 || b.rs != 1 || (a.cs != 1 && k > 1) {
+        return false;
+    }
+    let ldw = if n == 1 { k } else { b.cs };
+    let w = &b.data[b.off..];
+    if m == 1 {
+        gemv_f32(w, ldw, &a.data[a.off..a.off + k], c);
+    } else {
+        let x: Vec<f32> = (0..m).flat_map(|i| a.data[a.off + i * a.rs..a.off + i * a.rs + k].iter().copied()).collect();
+        skinny_f32(w, ldw, &x, m, k, c, n);
+    }
+    true
+}
+
+fn gemv_path_f64(a: Operand<'_, f64>, b: Operand<'_, f64>, c: &mut [f64], m: usize, k: usize, n: usize) -> bool {
+    if m != 1 || k == 0 || n == 0 || b.rs != 1 || (a.cs != 1 && k > 1) {
+        return false;
+    }
+    let ldw = if n == 1 { k } else { b.cs };
+    gemv_f64(&b.data[b.off..], ldw, &a.data[a.off..a.off + k], c);
+    true
+}
+
+impl Tensor {
+    /// Batched matrix product `[.., m, k] × [.., k, n] → [.., m, n]` with numpy broadcasting of the batch dims.
+    ///
+    /// Operands may be any strided views (transposes included) and are read in place by faer. f16/bf16 are
+    /// computed in f32. A left operand of at most [`SKINNY_MAX_ROWS`] rows times a transposed row-major matrix
+    /// (`x · Wᵀ`, the decode case) takes the parallel GEMV path.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul";
+        self.check_same_dtype(OP, rhs)?;
+        self.check_float(OP)?;
+        let p = plan(&self.layout, &rhs.layout)?;
+        let (m, k, n) = (p.m, p.k, p.n);
+        let mut shape = p.batch_shape.clone();
+        shape.extend([m, n]);
+        let out = match (self.cpu_storage(), rhs.cpu_storage()) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                WorkOut::F32(batched(a, &self.layout, b, &rhs.layout, &p, |a, b, c| gemv_path_f32(a, b, c, m, k, n)))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                WorkOut::F64(batched(a, &self.layout, b, &rhs.layout, &p, |a, b, c| gemv_path_f64(a, b, c, m, k, n)))
+            }
+            _ => {
+                let a = self.to_dtype(DType::F32)?;
+                let b = rhs.to_dtype(DType::F32)?;
+                let c = a.matmul(&b)?;
+                return c.to_dtype(self.dtype());
+            }
+        };
+        Ok(out.into_tensor(&shape, self.dtype()))
+    }
+
+    /// `self · wᵀ` for a weight `w` = `[n, k]` (PyTorch's `F.linear` without bias): `[.., k] → [.., n]`.
+    ///
+    /// With at most [`SKINNY_MAX_ROWS`] rows of activations this is the parallel GEMV / skinny GEMM that reads each
+    /// weight row once; larger inputs go to faer's GEMM.
+    pub fn linear(&self, w: &Tensor) -> Result<Tensor> {
+        const OP: &str = "linear";
+        if w.rank() != 2 || self.rank() == 0 {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: w.shape().to_vec() });
+        }
+        let k = self.shape()[self.rank() - 1];
+        if w.shape()[1] != k {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: w.shape().to_vec() });
+        }
+        let rows = self.elem_count() / k.max(1);
+        let x2 = self.reshape(&[rows, k])?;
+        let y = x2.matmul(&w.t()?)?;
+        let mut shape = self.shape().to_vec();
+        let last = shape.len() - 1;
+        shape[last] = w.shape()[0];
+        y.reshape(&shape)
+    }
+}

@@ -1,0 +1,259 @@
+//! Normalisation, rotary position embeddings and scaled-dot-product attention.
+
+use rayon::prelude::*;
+
+use crate::cpu::Real;
+use crate::cpu::kernels::{rows_map, softmax_row};
+use crate::tensor::{Work, WorkOut};
+use crate::{DType, Error, Result, Tensor, WithDType};
+
+/// Which pairs of a head vector RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RopeStyle {
+    /// Pairs `(x₂ᵢ, x₂ᵢ₊₁)`: llama.cpp's "normal" mode, required for GGUF Llama weights (the converter permutes
+    /// the Q/K rows into this layout).
+    Interleaved,
+    /// Pairs `(xᵢ, xᵢ₊D/2)`: the Hugging Face / GPT-NeoX "rotate half" layout, for HF safetensors weights.
+    NeoX,
+}
+
+/// Rotary position embedding settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeConfig {
+    /// Pair layout.
+    pub style: RopeStyle,
+    /// Frequency base `b` in `θᵢ = b^(−2i/R)` (10 000 for Llama 2, 100 000 for SmolLM2).
+    pub base: f64,
+    /// `R`, the number of leading dimensions of each head that are rotated (even, at most the head size); the rest
+    /// pass through unchanged.
+    pub rotary_dims: usize,
+}
+
+/// Which keys each query may attend to.
+#[derive(Clone, Debug)]
+pub enum AttentionMask {
+    /// Every query sees every key.
+    None,
+    /// The `s_q` queries are the last `s_q` positions of the `s_kv` keys (cached keys come first): query `i` sees
+    /// keys `j ≤ s_kv − s_q + i`. Masked keys are skipped, not computed.
+    Causal,
+    /// An explicit u8 mask (non-zero = may attend) broadcastable to `[batch, heads_q, s_q, s_kv]`, e.g. a tree
+    /// mask over cached + new keys.
+    Mask(Tensor),
+}
+
+fn rms_norm_row<R: Real>(x: &[R], w: &[R], eps: R, out: &mut [R]) {
+    let ms: f64 = x.iter().map(|v| { let v = WithDType::to_f64(*v); v * v }).sum::<f64>() / x.len() as f64;
+    let inv = R::one() / (R::from(ms).unwrap_or_else(R::nan) + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+fn layer_norm_row<R: Real>(x: &[R], w: &[R], b: Option<&[R]>, eps: R, out: &mut [R]) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|v| WithDType::to_f64(*v)).sum::<f64>() / n;
+    let var = x.iter().map(|v| { let d = WithDType::to_f64(*v) - mean; d * d }).sum::<f64>() / n;
+    let (mean, inv) = (R::from(mean).unwrap_or_else(R::nan), R::one() / (R::from(var).unwrap_or_else(R::nan) + eps).sqrt());
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        let y = (v - mean) * inv * w[i];
+        *o = match b {
+            Some(b) => y + b[i],
+            None => y,
+        };
+    }
+}
+
+impl Tensor {
+    fn norm_weight_check(&self, op: &'static str, w: &Tensor) -> Result<usize> {
+        self.check_same_dtype(op, w)?;
+        self.check_float(op)?;
+        let d = *self.shape().last().ok_or_else(|| Error::BadShape { op, shape: vec![], msg: "need rank >= 1".into() })?;
+        if w.shape() != [d] {
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().to_vec(), rhs: w.shape().to_vec() });
+        }
+        Ok(d)
+    }
+
+    /// RMSNorm over the last dimension: `x / √(mean(x²) + ε) ⊙ w` (mean of squares accumulated in f64).
+    pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let d = self.norm_weight_check("rms_norm", weight)?;
+        let out = match (self.work("rms_norm")?, weight.work("rms_norm")?) {
+            (Work::F32(x), Work::F32(w)) => WorkOut::F32(rows_map(&x, d, d, |r, o| rms_norm_row(r, &w, eps as f32, o))),
+            (Work::F64(x), Work::F64(w)) => WorkOut::F64(rows_map(&x, d, d, |r, o| rms_norm_row(r, &w, eps, o))),
+            _ => unreachable!("same dtype gives the same work precision"),
+        };
+        Ok(out.into_tensor(self.shape(), self.dtype()))
+    }
+
+    /// LayerNorm over the last dimension: `(x − mean) / √(var + ε) ⊙ w + b` (biased variance, as PyTorch).
+    pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+        let d = self.norm_weight_check("layer_norm", weight)?;
+        if let Some(b) = bias {
+            self.norm_weight_check("layer_norm", b)?;
+        }
+        let bw = bias.map(|b| b.work("layer_norm")).transpose()?;
+        let out = match (self.work("layer_norm")?, weight.work("layer_norm")?, bw) {
+            (Work::F32(x), Work::F32(w), b) => {
+                let b = match &b { Some(Work::F32(b)) => Some(&b[..]), _ => None };
+                WorkOut::F32(rows_map(&x, d, d, |r, o| layer_norm_row(r, &w, b, eps as f32, o)))
+            }
+            (Work::F64(x), Work::F64(w), b) => {
+                let b = match &b { Some(Work::F64(b)) => Some(&b[..]), _ => None };
+                WorkOut::F64(rows_map(&x, d, d, |r, o| layer_norm_row(r, &w, b, eps, o)))
+            }
+            _ => unreachable!("same dtype gives the same work precision"),
+        };
+        Ok(out.into_tensor(self.shape(), self.dtype()))
+    }
+
+    /// Rotary position embedding of `self` = `[batch, heads, seq, head_dim]` with explicit u32 `positions` of shape
+    /// `[seq]` (shared by the batch) or `[batch, seq]` (e.g. tree positions in speculative decoding).
+    ///
+    /// For pair `(a, b)` of frequency index `i < R/2` at position `p`, with `θᵢ = base^(−2i/R)`:
+    /// `a' = a·cos(pθᵢ) − b·sin(pθᵢ)`, `b' = a·sin(pθᵢ) + b·cos(pθᵢ)`. Angles are computed in f64.
+    pub fn rope(&self, positions: &Tensor, cfg: &RopeConfig) -> Result<Tensor> {
+        const OP: &str = "rope";
+        self.check_float(OP)?;
+        positions.check_index_dtype(OP)?;
+        self.check_same_device(OP, positions)?;
+        let [b, h, s, d] = *self.shape() else {
+            return Err(Error::BadShape { op: OP, shape: self.shape().to_vec(), msg: "expected [batch, heads, seq, head_dim]".into() });
+        };
+        let r = cfg.rotary_dims;
+        if r % 2 != 0 || r > d || r == 0 {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("rotary_dims {r} must be even, positive and at most head_dim {d}") });
+        }
+        if !(cfg.base.is_finite() && cfg.base > 0.0) {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("base {} must be finite and positive", cfg.base) });
+        }
+        let per_batch = match positions.shape() {
+            [n] if *n == s => false,
+            [pb, n] if *pb == b && *n == s => true,
+            other => {
+                return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.to_vec() });
+            }
+        };
+        let pos = positions.to_vec::<u32>()?;
+        // cos/sin table per (batch-or-shared, seq, i).
+        let half = r / 2;
+        let theta: Vec<f64> = (0..half).map(|i| cfg.base.powf(-2.0 * i as f64 / r as f64)).collect();
+        let table = |p: u32| -> Vec<(f64, f64)> { theta.iter().map(|&t| (p as f64 * t).sin_cos()).map(|(s, c)| (c, s)).collect() };
+        let tables: Vec<Vec<(f64, f64)>> = pos.iter().map(|&p| table(p)).collect();
+        fn apply<R: Real>(x: &[R], b: usize, h: usize, s: usize, d: usize, half: usize, style: RopeStyle, per_batch: bool, tables: &[Vec<(f64, f64)>]) -> Vec<R> {
+            let mut out = x.to_vec();
+            out.par_chunks_mut(d).enumerate().with_min_len(64).for_each(|(row, o)| {
+                let (bi, si) = (row / (h * s), row % s);
+                let t = &tables[if per_batch { bi * s + si } else { si }];
+                for (i, &(c, sn)) in t.iter().enumerate().take(half) {
+                    let (ia, ib) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::NeoX => (i, i + half),
+                    };
+                    let (c, sn) = (R::from(c).unwrap_or_else(R::nan), R::from(sn).unwrap_or_else(R::nan));
+                    let (a, bb) = (o[ia], o[ib]);
+                    o[ia] = a * c - bb * sn;
+                    o[ib] = a * sn + bb * c;
+                }
+            });
+            let _ = b;
+            out
+        }
+        let out = crate::threads::install(|| match self.work(OP)? {
+            Work::F32(x) => Ok::<_, Error>(WorkOut::F32(apply(&x, b, h, s, d, half, cfg.style, per_batch, &tables))),
+            Work::F64(x) => Ok(WorkOut::F64(apply(&x, b, h, s, d, half, cfg.style, per_batch, &tables))),
+        })?;
+        Ok(out.into_tensor(self.shape(), self.dtype()))
+    }
+
+    /// Scaled-dot-product attention with grouped-query heads.
+    ///
+    /// `self` = queries `[batch, heads_q, s_q, d]`, `k` = `[batch, heads_kv, s_kv, d]`, `v` =
+    /// `[batch, heads_kv, s_kv, d_v]`, `heads_q` a multiple of `heads_kv`; query head `h` reads KV head
+    /// `h / (heads_q / heads_kv)`. Returns `[batch, heads_q, s_q, d_v]` =
+    /// `softmax(q kᵀ · scale + mask) v`, with `scale` defaulting to `1/√d`. A query that may attend to no key
+    /// gets a zero output row.
+    pub fn attention(&self, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: Option<f64>) -> Result<Tensor> {
+        const OP: &str = "attention";
+        self.check_same_dtype(OP, k)?;
+        self.check_same_dtype(OP, v)?;
+        self.check_float(OP)?;
+        let bad = |t: &Tensor, what: &str| Error::BadShape { op: OP, shape: t.shape().to_vec(), msg: format!("expected {what}") };
+        let [b, hq, sq, d] = *self.shape() else { return Err(bad(self, "q = [batch, heads_q, s_q, d]")) };
+        let [bk, hkv, skv, dk] = *k.shape() else { return Err(bad(k, "k = [batch, heads_kv, s_kv, d]")) };
+        let [bv, hv, sv, dv] = *v.shape() else { return Err(bad(v, "v = [batch, heads_kv, s_kv, d_v]")) };
+        if bk != b || dk != d || bv != b || hv != hkv || sv != skv {
+            return Err(Error::ShapeMismatch { op: OP, lhs: k.shape().to_vec(), rhs: v.shape().to_vec() });
+        }
+        if hkv == 0 || hq % hkv != 0 {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("heads_q {hq} is not a multiple of heads_kv {hkv}") });
+        }
+        let causal = matches!(mask, AttentionMask::Causal);
+        if causal && sq > skv {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("causal attention needs s_q {sq} <= s_kv {skv}") });
+        }
+        let mask_data = match mask {
+            AttentionMask::Mask(m) => {
+                if m.dtype() != DType::U8 {
+                    return Err(Error::UnsupportedDType { op: OP, dtype: m.dtype(), expected: "a u8 mask" });
+                }
+                self.check_same_device(OP, m)?;
+                Some(m.broadcast_as(&[b, hq, sq, skv])?.to_vec::<u8>()?)
+            }
+            _ => None,
+        };
+        let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+        let group = hq / hkv;
+        fn run<R: Real>(q: &[R], k: &[R], v: &[R], dims: [usize; 7], group: usize, scale: f64, causal: bool, mask: Option<&[u8]>) -> Vec<R> {
+            let [_b, hq, sq, d, hkv, skv, dv] = dims;
+            let scale = R::from(scale).unwrap_or_else(R::nan);
+            let mut out = vec![R::zero(); dims[0] * hq * sq * dv];
+            crate::threads::install(|| {
+                out.par_chunks_mut(dv.max(1)).enumerate().with_min_len(4).for_each_init(
+                    || (vec![R::zero(); skv], vec![R::zero(); skv]),
+                    |(scores, probs), (row, o)| {
+                        let (bh, i) = (row / sq, row % sq);
+                        let (bi, h) = (bh / hq, bh % hq);
+                        let kvh = bi * hkv + h / group;
+                        let qr = &q[row * d..(row + 1) * d];
+                        let limit = if causal { skv - sq + i + 1 } else { skv };
+                        let mrow = mask.map(|m| &m[row * skv..(row + 1) * skv]);
+                        let mut any = false;
+                        for j in 0..skv {
+                            let allowed = j < limit && mrow.is_none_or(|m| m[j] != 0);
+                            scores[j] = if allowed {
+                                any = true;
+                                let kr = &k[(kvh * skv + j) * d..(kvh * skv + j + 1) * d];
+                                qr.iter().zip(kr).fold(R::zero(), |a, (&x, &y)| a + x * y) * scale
+                            } else {
+                                R::neg_infinity()
+                            };
+                        }
+                        if !any {
+                            return; // row stays zero
+                        }
+                        softmax_row(&scores[..limit], &mut probs[..limit]);
+                        for (j, &p) in probs[..limit].iter().enumerate() {
+                            if p == R::zero() {
+                                continue;
+                            }
+                            let vr = &v[(kvh * skv + j) * dv..(kvh * skv + j + 1) * dv];
+                            for (oo, &vv) in o.iter_mut().zip(vr) {
+                                *oo = *oo + p * vv;
+                            }
+                        }
+                    },
+                )
+            });
+            out
+        }
+        let dims = [b, hq, sq, d, hkv, skv, dv];
+        let m = mask_data.as_deref();
+        let out = match (self.work(OP)?, k.work(OP)?, v.work(OP)?) {
+            (Work::F32(q), Work::F32(kk), Work::F32(vv)) => WorkOut::F32(run(&q, &kk, &vv, dims, group, scale, causal, m)),
+            (Work::F64(q), Work::F64(kk), Work::F64(vv)) => WorkOut::F64(run(&q, &kk, &vv, dims, group, scale, causal, m)),
+            _ => unreachable!("same dtype gives the same work precision"),
+        };
+        Ok(out.into_tensor(&[b, hq, sq, dv], self.dtype()))
+    }
+}
