@@ -133,18 +133,18 @@ pub(crate) fn gather_strided<T: Copy>(src: &[T], layout: &Layout) -> Vec<T> {
 pub trait Real:
     num_traits::Float + num_traits::FloatConst + WithDType + Sum + Default + std::fmt::Display + Send + Sync
 {
-    /// The error function.
-    fn erf(self) -> Self;
+    /// The complementary error function `1 − erf(x)`.
+    fn erfc(self) -> Self;
 }
 
 impl Real for f32 {
-    fn erf(self) -> Self {
-        libm::erff(self)
+    fn erfc(self) -> Self {
+        libm::erfcf(self)
     }
 }
 
 impl Real for f64 {
-    fn erf(self) -> Self {
-        libm::erf(self)
+    fn erfc(self) -> Self {
+        libm::erfc(self)
     }
 }

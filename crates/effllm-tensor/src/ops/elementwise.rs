@@ -68,11 +68,14 @@ impl UnaryOp {
             }
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Gelu => {
+                // ½x(1 + tanh z) = x·σ(2z): the same function without the cancellation of 1 + tanh z for x ≪ 0.
                 let c = (R::from(2.0).unwrap_or_else(R::one) / R::PI()).sqrt();
                 let k = R::from(0.044715).unwrap_or_else(R::zero);
-                half * x * (R::one() + (c * (x + k * x * x * x)).tanh())
+                let z = c * (x + k * x * x * x);
+                x * sigmoid(z + z)
             }
-            UnaryOp::GeluErf => half * x * (R::one() + (x * R::FRAC_1_SQRT_2()).erf()),
+            // ½x(1 + erf(x/√2)) = ½x·erfc(−x/√2), which stays accurate for x ≪ 0.
+            UnaryOp::GeluErf => half * x * (-x * R::FRAC_1_SQRT_2()).erfc(),
         }
     }
 

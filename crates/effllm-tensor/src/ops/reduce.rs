@@ -51,11 +51,16 @@ impl ReduceOp {
     }
 }
 
-/// Total order used by `argmax`, `argmin` and `top_k`: IEEE `totalOrder` (−NaN < −∞ < ... < +∞ < +NaN), ties broken
-/// by the lower index.
+/// Sort key of the order used by `argmax`, `argmin` and `top_k`: IEEE `totalOrder` (−NaN < −∞ < ... < +∞ < +NaN)
+/// except that −0 and +0 are equal, as they compare in arithmetic.
+fn order_key<R: Real>(v: R) -> f64 {
+    let v = WithDType::to_f64(v);
+    if v == 0.0 { 0.0 } else { v }
+}
+
+/// Descending order by [`order_key`], ties broken by the lower index.
 fn cmp_desc<R: Real>(a: (usize, R), b: (usize, R)) -> Ordering {
-    let (va, vb) = (WithDType::to_f64(a.1), WithDType::to_f64(b.1));
-    vb.total_cmp(&va).then(a.0.cmp(&b.0))
+    order_key(b.1).total_cmp(&order_key(a.1)).then(a.0.cmp(&b.0))
 }
 
 /// `(outer, n, inner)` around `dim` of a shape.
@@ -138,7 +143,7 @@ impl Tensor {
             return Err(Error::BadShape { op: name, shape: self.shape().to_vec(), msg: "empty dimension".into() });
         }
         fn pick<R: Real>(r: &[R], max: bool) -> u32 {
-            let key = |i: usize| WithDType::to_f64(r[i]);
+            let key = |i: usize| order_key(r[i]);
             let mut best = 0;
             for i in 1..r.len() {
                 // Strict comparison keeps the lowest index among ties.
