@@ -93,12 +93,19 @@ pub fn compare(what: &str, dtype: DType, got: &Tensor, want: &[f64], want_shape:
     let den: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
     let rel = num / den.max(1e-3 * (want.len().max(1) as f64).sqrt());
     let tol = tolerance(dtype, k);
-    // `!(rel <= tol)` so that a NaN error fails.
-    if !(rel <= tol) {
+    if !within(rel, tol) {
         return Err(format!("{what} [{dtype}]: rel L2 error {rel:e} > tolerance {tol:e} (shape {want_shape:?})"));
     }
     Ok(())
 }
+
+/// `err ≤ tol`, false for NaN: a NaN error never passes.
+fn within(err: f64, tol: f64) -> bool {
+    err <= tol
+}
+
+/// Which (batch, head, query, key) pairs may attend.
+type Allowed = Box<dyn Fn(usize, usize, usize, usize) -> bool>;
 
 fn err(what: &str) -> impl Fn(effllm_tensor::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
@@ -326,7 +333,7 @@ pub fn attention(
     let (k, ks) = input(dev, dtype, &[b, hkv, skv, d], &normals(seed ^ 1, b * hkv * skv * d))?;
     let (v, vs) = input(dev, dtype, &[b, hkv, skv, d], &normals(seed ^ 2, b * hkv * skv * d))?;
     let bits = indices(seed ^ 5, b * sq * skv, 4);
-    let (m, allowed): (AttentionMask, Box<dyn Fn(usize, usize, usize, usize) -> bool>) = match mask {
+    let (m, allowed): (AttentionMask, Allowed) = match mask {
         MaskKind::None => (AttentionMask::None, Box::new(|_, _, _, _| true)),
         MaskKind::Causal => (AttentionMask::Causal, Box::new(move |_, _, i, j| j <= skv - sq + i)),
         MaskKind::Random => {
@@ -342,6 +349,7 @@ pub fn attention(
 }
 
 /// Batched matmul with broadcast batch dimensions; `transpose_b` reads B through a transposed view.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     dev: &Device,
     dtype: DType,
@@ -502,7 +510,7 @@ pub fn decompositions(dev: &Device, dtype: DType, m: usize, n: usize, seed: u64)
     let vt = r::permute(&vv, &[n, rnk], &[1, 0]);
     let recon = r::matmul(&us, &vt, m, rnk, n);
     let e = r::rel_l2(&recon, &av);
-    if !(e <= tol) {
+    if !within(e, tol) {
         return Err(format!("svd reconstruction error {e:e} > {tol:e} for {m}x{n}"));
     }
     let orth = |q: &[f64], rows: usize, cols: usize, what: &str| -> Outcome {
@@ -510,7 +518,7 @@ pub fn decompositions(dev: &Device, dtype: DType, m: usize, n: usize, seed: u64)
         let g = r::matmul(&qt, q, cols, rows, cols);
         let dev_: f64 =
             (0..cols * cols).map(|i| (g[i] - if i / cols == i % cols { 1.0 } else { 0.0 }).powi(2)).sum::<f64>().sqrt();
-        if !(dev_ <= tol * cols as f64) { Err(format!("{what}: ‖QᵀQ − I‖ = {dev_:e}")) } else { Ok(()) }
+        if !within(dev_, tol * cols as f64) { Err(format!("{what}: ‖QᵀQ − I‖ = {dev_:e}")) } else { Ok(()) }
     };
     orth(&uv, m, rnk, "svd U")?;
     orth(&vv, n, rnk, "svd V")?;
@@ -519,7 +527,7 @@ pub fn decompositions(dev: &Device, dtype: DType, m: usize, n: usize, seed: u64)
     }
     let s2 = a.singular_values().map_err(err("singular_values"))?.to_vec_f64().map_err(|e| e.to_string())?;
     let e = r::rel_l2(&s2, &sv);
-    if !(e <= tol) {
+    if !within(e, tol) {
         return Err(format!("singular_values differ from thin_svd's S by {e:e}"));
     }
     let (q, rr) = a.qr().map_err(err("qr"))?;
@@ -529,7 +537,7 @@ pub fn decompositions(dev: &Device, dtype: DType, m: usize, n: usize, seed: u64)
     }
     orth(&qv, m, rnk, "qr Q")?;
     let e = r::rel_l2(&r::matmul(&qv, &rv, m, rnk, n), &av);
-    if !(e <= tol) {
+    if !within(e, tol) {
         return Err(format!("qr reconstruction error {e:e}"));
     }
     for i in 0..rnk {
@@ -595,6 +603,26 @@ pub fn random(dev: &Device, dtype: DType, n: usize, split: usize, seed: u64) -> 
     Ok(())
 }
 
+/// Whether the checks for `dev` must be skipped: true for a CUDA device when CUDA is unusable here (printing why
+/// once). With `EFFLLM_REQUIRE_CUDA=1` (set on GPU machines) an unusable CUDA device is a failure instead, so a
+/// broken GPU setup cannot pass silently.
+pub fn skip(dev: &Device) -> bool {
+    if dev.is_cpu() {
+        return false;
+    }
+    match dev.check_available() {
+        Ok(()) => false,
+        Err(e) => {
+            if std::env::var("EFFLLM_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                panic!("EFFLLM_REQUIRE_CUDA=1 but {dev} is unusable: {e}");
+            }
+            static NOTICE: std::sync::Once = std::sync::Once::new();
+            NOTICE.call_once(|| eprintln!("skipped: {dev} is unusable here ({e})"));
+            true
+        }
+    }
+}
+
 /// Cases per property: `PROPTEST_CASES` if set, else 24 (keeps the 2-core CI fast).
 pub fn case_count() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
@@ -629,16 +657,24 @@ macro_rules! conformance_suite {
             o.map_err(TestCaseError::fail)
         }
 
+        #[test]
+        fn device_is_usable_or_skipped() {
+            // Fails only when EFFLLM_REQUIRE_CUDA=1 and the device is unusable.
+            let _ = $crate::skip(&__dev());
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases($crate::case_count()))]
 
             #[test]
             fn unary_ops(dtype in __dtype(), shape in __shape(), op in 0usize..15, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::unary(&__dev(), dtype, $crate::UNARY_OPS[op], &shape, seed))?;
             }
 
             #[test]
             fn scalar_ops(dtype in __dtype(), shape in __shape(), seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::scalar_ops(&__dev(), dtype, &shape, seed))?;
             }
 
@@ -648,28 +684,33 @@ macro_rules! conformance_suite {
                 let mut b: Vec<usize> = shape.iter().enumerate().map(|(i, &d)| if mask >> i & 1 == 1 { 1 } else { d }).collect();
                 let drop = drop.min(b.len() - 1);
                 b.drain(..drop);
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::binary(&__dev(), dtype, &shape, &b, seed))?;
             }
 
             #[test]
             fn reductions(dtype in __dtype(), shape in __shape(), dim in 0usize..3, seed in any::<u64>()) {
                 let dim = dim % shape.len();
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::reductions(&__dev(), dtype, &shape, dim, seed))?;
             }
 
             #[test]
             fn reductions_long_rows(dtype in __dtype(), n in 100usize..3000, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::reductions(&__dev(), dtype, &[2, n], 1, seed))?;
             }
 
             #[test]
             fn softmax(dtype in __dtype(), shape in __shape(), dim in 0usize..3, seed in any::<u64>()) {
                 let dim = dim % shape.len();
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::softmax(&__dev(), dtype, &shape, dim, seed))?;
             }
 
             #[test]
             fn norms(dtype in __dtype(), rows in 1usize..6, d in 1usize..80, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::norms(&__dev(), dtype, rows, d, seed))?;
             }
 
@@ -677,17 +718,20 @@ macro_rules! conformance_suite {
             fn rope(dtype in __dtype(), b in 1usize..3, h in 1usize..4, s in 1usize..6, half in 1usize..9, partial in any::<bool>(), per_batch in any::<bool>(), interleaved in any::<bool>(), seed in any::<u64>()) {
                 let d = 2 * half;
                 let rot = if partial && half > 1 { 2 * (half / 2) } else { d };
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::rope(&__dev(), dtype, [b, h, s, d], rot, per_batch, interleaved, seed))?;
             }
 
             #[test]
             fn attention(dtype in __dtype(), b in 1usize..3, hkv in 1usize..3, group in 1usize..4, sq in 1usize..6, skv in 1usize..12, d in 1usize..17, mask in 0usize..3, seed in any::<u64>()) {
                 let mask = [$crate::MaskKind::None, $crate::MaskKind::Causal, $crate::MaskKind::Random][mask];
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::attention(&__dev(), dtype, b, hkv, group, sq, skv, d, mask, seed))?;
             }
 
             #[test]
             fn matmul(dtype in __dtype(), m in 1usize..=64, k in 1usize..=64, n in 1usize..=64, tb in any::<bool>(), seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::matmul(&__dev(), dtype, &[], &[], m, k, n, tb, seed))?;
             }
 
@@ -698,16 +742,19 @@ macro_rules! conformance_suite {
                     1 => (vec![2, batch], vec![batch]),
                     _ => (vec![batch, 1], vec![3]),
                 };
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::matmul(&__dev(), dtype, &ab, &bb, m, k, n, tb, seed))?;
             }
 
             #[test]
             fn linear(dtype in __dtype(), rows in 1usize..=12, k in 1usize..=200, n in 1usize..=96, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::linear(&__dev(), dtype, rows, k, n, seed))?;
             }
 
             #[test]
             fn views(dtype in __dtype(), shape in $crate::proptest::collection::vec(1usize..6, 2..5), seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::views(&__dev(), dtype, &shape, seed))?;
             }
 
@@ -715,26 +762,31 @@ macro_rules! conformance_suite {
             fn indexing(dtype in __dtype(), rows in 1usize..8, cols in 1usize..8, picks in 1usize..10, dim in 0usize..2, seed in any::<u64>()) {
                 // gather/scatter indices must fit the tensor off `dim`.
                 let picks = if dim == 0 { picks.min(rows.max(1)) } else { picks.min(cols.max(1)) };
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::indexing(&__dev(), dtype, rows, cols, picks, dim, seed))?;
             }
 
             #[test]
             fn top_k(dtype in __dtype(), rows in 1usize..4, n in 1usize..40, k in 0usize..40, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::top_k(&__dev(), dtype, rows, n, k.min(n), seed))?;
             }
 
             #[test]
             fn decompositions(dtype in __dtype(), m in 1usize..24, n in 1usize..24, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::decompositions(&__dev(), dtype, m, n, seed))?;
             }
 
             #[test]
             fn conversions(dtype in __dtype(), n in 1usize..200, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::conversions(&__dev(), dtype, n, seed))?;
             }
 
             #[test]
             fn random(dtype in __dtype(), n in 1usize..5000, split in 0usize..5000, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::random(&__dev(), dtype, n, split, seed))?;
             }
         }

@@ -129,6 +129,40 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+    /// CUDA cannot be used on this machine (no driver, no device, or a library failed to load).
+    #[error("{device}: CUDA is unavailable: {reason}")]
+    CudaUnavailable {
+        /// The device that was asked for.
+        device: Device,
+        /// What the probe found.
+        reason: String,
+    },
+    /// A CUDA driver or cuBLAS call failed.
+    #[error("CUDA {op}: {msg}")]
+    Cuda {
+        /// The failing call.
+        op: &'static str,
+        /// The driver's message.
+        msg: String,
+    },
+    /// A device allocation failed.
+    #[error("{device}: could not allocate {bytes} bytes: {msg}")]
+    CudaOutOfMemory {
+        /// The device.
+        device: Device,
+        /// The requested size.
+        bytes: usize,
+        /// The driver's message.
+        msg: String,
+    },
+    /// NVRTC could not compile a kernel.
+    #[error("NVRTC failed to compile {kernel}: {log}")]
+    Nvrtc {
+        /// The kernel (module) name.
+        kernel: String,
+        /// The compiler log.
+        log: String,
+    },
     /// The thread pool could not be built.
     #[error("thread pool: {0}")]
     ThreadPool(String),

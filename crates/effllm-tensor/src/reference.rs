@@ -116,7 +116,13 @@ pub fn binary(name: &str, a: f64, b: f64) -> f64 {
 }
 
 /// A binary op with broadcasting.
-pub fn binary_broadcast(name: &str, a: &[f64], a_shape: &[usize], b: &[f64], b_shape: &[usize]) -> (Vec<f64>, Vec<usize>) {
+pub fn binary_broadcast(
+    name: &str,
+    a: &[f64],
+    a_shape: &[usize],
+    b: &[f64],
+    b_shape: &[usize],
+) -> (Vec<f64>, Vec<usize>) {
     let shape = broadcast_shape(a_shape, b_shape);
     let n: usize = shape.iter().product();
     let out = (0..n)
@@ -239,6 +245,7 @@ pub fn layer_norm(x: &[f64], w: &[f64], b: Option<&[f64]>, d: usize, eps: f64) -
 }
 
 /// RoPE on `[b, h, s, d]` with positions `pos[bi][si]`; `interleaved` picks pairs `(2i, 2i+1)`, else `(i, i+R/2)`.
+#[allow(clippy::needless_range_loop)] // index loops mirror the formula
 pub fn rope(x: &[f64], shape: [usize; 4], pos: &[Vec<u32>], interleaved: bool, base: f64, rot: usize) -> Vec<f64> {
     let [b, h, s, d] = shape;
     let mut out = x.to_vec();
@@ -332,7 +339,17 @@ pub fn gather(x: &[f64], shape: &[usize], dim: usize, index: &[u32], index_shape
 }
 
 /// PyTorch `scatter` (`add = false`, last write wins) or `scatter_add` along `dim`.
-pub fn scatter(x: &[f64], shape: &[usize], dim: usize, index: &[u32], index_shape: &[usize], src: &[f64], src_shape: &[usize], add: bool) -> Vec<f64> {
+#[allow(clippy::too_many_arguments)]
+pub fn scatter(
+    x: &[f64],
+    shape: &[usize],
+    dim: usize,
+    index: &[u32],
+    index_shape: &[usize],
+    src: &[f64],
+    src_shape: &[usize],
+    add: bool,
+) -> Vec<f64> {
     let mut out = x.to_vec();
     for (f, &target) in index.iter().enumerate() {
         let idx = unravel(f, index_shape);

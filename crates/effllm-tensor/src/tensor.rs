@@ -14,9 +14,37 @@ use crate::{DType, Device, Error, Result, WithDType};
 #[derive(Debug)]
 pub(crate) enum Storage {
     Cpu(CpuStorage),
-    #[allow(dead_code)] // Uninhabited until the CUDA backend lands.
+    // Uninhabited in builds without the `cuda` feature.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Cuda(CudaStorage),
 }
+
+/// Returns `$cuda` from the enclosing function when `$t` lives on a CUDA device. Expands to nothing without the
+/// `cuda` feature, so CPU-only builds carry no CUDA branches.
+macro_rules! on_cuda {
+    ($t:expr, $cuda:expr) => {
+        #[cfg(feature = "cuda")]
+        if $t.cuda_storage().is_some() {
+            return $cuda;
+        }
+    };
+}
+pub(crate) use on_cuda;
+
+/// Returns from the enclosing function by running the CPU version of the op on host copies of the CUDA operands
+/// and uploading the result (ops listed in `cuda::HOST_ROUND_TRIP_OPS`).
+macro_rules! host_round_trip {
+    ($first:ident = $src:expr $(, $name:ident = $arg:expr)* => $call:expr) => {
+        #[cfg(feature = "cuda")]
+        if $src.cuda_storage().is_some() {
+            let __dev = $src.device();
+            let $first = &$src.to_device(&$crate::Device::Cpu)?;
+            $( let $name = &$arg.to_device(&$crate::Device::Cpu)?; )*
+            return ($call)?.to_device(&__dev);
+        }
+    };
+}
+pub(crate) use host_round_trip;
 
 /// An n-dimensional array on a [`Device`], with a [`DType`].
 ///
@@ -80,7 +108,10 @@ impl Tensor {
     pub(crate) fn cpu_storage(&self) -> &CpuStorage {
         match &*self.storage {
             Storage::Cpu(s) => s,
+            #[cfg(not(feature = "cuda"))]
             Storage::Cuda(c) => match *c {},
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => unreachable!("CUDA tensors are dispatched before any CPU kernel runs"),
         }
     }
 
@@ -91,7 +122,7 @@ impl Tensor {
         if n != data.len() {
             return Err(Error::ElementCount { op: "from_vec", shape: shape.to_vec(), expected: n, got: data.len() });
         }
-        Ok(Tensor::from_storage(T::into_storage(data), shape))
+        Tensor::from_storage(T::into_storage(data), shape).to_device(device)
     }
 
     /// A tensor holding a copy of `data` with `shape`, on `device`.
@@ -111,7 +142,7 @@ impl Tensor {
             DType::U8 => CpuStorage::U8(vec![u8::from_f64(value); n]),
             DType::U32 => CpuStorage::U32(vec![u32::from_f64(value); n]),
         };
-        Ok(Tensor::from_storage(storage, shape))
+        Tensor::from_storage(storage, shape).to_device(device)
     }
 
     /// A tensor of zeros.
@@ -128,7 +159,7 @@ impl Tensor {
     pub fn arange(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         device.check_available()?;
         let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
-        Tensor::from_vec(v, &[n], device)?.to_dtype(dtype)
+        Tensor::from_vec(v, &[n], &Device::Cpu)?.to_dtype(dtype)?.to_device(device)
     }
 
     /// A scalar (rank-0) tensor.
@@ -166,7 +197,10 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &*self.storage {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(not(feature = "cuda"))]
             Storage::Cuda(c) => match *c {},
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype,
         }
     }
 
@@ -174,7 +208,10 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &*self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(not(feature = "cuda"))]
             Storage::Cuda(c) => match *c {},
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.device(),
         }
     }
 
@@ -193,6 +230,7 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
+        on_cuda!(self, crate::cuda::ops::cast(self, self.dtype()));
         Ok(Tensor::from_storage(self.cpu_storage().gather(&self.layout), self.shape()))
     }
 
@@ -223,6 +261,10 @@ impl Tensor {
 
     /// Row-major elements, borrowed when the tensor is contiguous.
     pub(crate) fn data<T: WithDType>(&self, op: &'static str) -> Result<Cow<'_, [T]>> {
+        on_cuda!(self, {
+            let host = self.to_device(&Device::Cpu)?;
+            host.data::<T>(op).map(|c| Cow::Owned(c.into_owned()))
+        });
         let s = self.cpu_storage();
         let v = T::storage_slice(s).ok_or(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: T::DTYPE })?;
         Ok(if self.is_contiguous() {
@@ -253,6 +295,7 @@ impl Tensor {
         if self.dtype() == dtype {
             return Ok(self.clone());
         }
+        on_cuda!(self, crate::cuda::ops::cast(self, dtype));
         Ok(Tensor::from_storage(self.cpu_storage().convert(&self.layout, dtype), self.shape()))
     }
 
@@ -262,6 +305,34 @@ impl Tensor {
             return Ok(self.clone());
         }
         device.check_available()?;
+        #[cfg(feature = "cuda")]
+        {
+            let t = self.contiguous()?;
+            return match (&*t.storage, device) {
+                (Storage::Cuda(s), Device::Cpu) => {
+                    let host = Tensor::from_storage(s.download()?, t.shape());
+                    // A contiguous view may start past the buffer's beginning or end before its end.
+                    let off = t.layout.offset();
+                    Ok(if off == 0 && host.storage_len() == t.elem_count() {
+                        host
+                    } else {
+                        host.narrow_flat(off, t.elem_count())?
+                    })
+                }
+                (Storage::Cpu(c), Device::Cuda(_)) => {
+                    let dev = crate::cuda::get(*device)?;
+                    let c = if t.layout.offset() == 0 && c.len() == t.elem_count() {
+                        c.clone()
+                    } else {
+                        c.gather(&t.layout)
+                    };
+                    Ok(Tensor::from_cuda(crate::cuda::CudaStorage::upload(&c, &dev)?, t.shape()))
+                }
+                // Between two GPUs: through the host.
+                _ => t.to_device(&Device::Cpu)?.to_device(device),
+            };
+        }
+        #[allow(unreachable_code)]
         Err(Error::NotCompiledWithCuda { device: *device })
     }
 
@@ -302,8 +373,10 @@ impl Tensor {
 
     /// A zero-copy ndarray view of a CPU tensor (any strides). `T` must match the dtype.
     pub fn as_ndarray<T: WithDType>(&self) -> Result<ndarray::ArrayViewD<'_, T>> {
+        self.require_cpu("as_ndarray")?;
         let s = self.cpu_storage();
-        let v = T::storage_slice(s).ok_or(Error::DTypeMismatch { op: "as_ndarray", lhs: self.dtype(), rhs: T::DTYPE })?;
+        let v =
+            T::storage_slice(s).ok_or(Error::DTypeMismatch { op: "as_ndarray", lhs: self.dtype(), rhs: T::DTYPE })?;
         let shape = ndarray::IxDyn(self.shape());
         let strides = ndarray::IxDyn(self.layout.strides());
         let base = match self.layout.storage_span() {
@@ -317,6 +390,7 @@ impl Tensor {
     /// A zero-copy mutable ndarray view. The storage is copied first if another tensor shares it (copy on write),
     /// so writes never leak into other tensors.
     pub fn as_ndarray_mut<T: WithDType>(&mut self) -> Result<ndarray::ArrayViewMutD<'_, T>> {
+        self.require_cpu("as_ndarray_mut")?;
         let dtype = self.dtype();
         if T::DTYPE != dtype {
             return Err(Error::DTypeMismatch { op: "as_ndarray_mut", lhs: dtype, rhs: T::DTYPE });
@@ -329,13 +403,17 @@ impl Tensor {
         let Some(Storage::Cpu(s)) = Arc::get_mut(&mut self.storage) else {
             return Err(Error::Layout { op: "as_ndarray_mut", msg: "storage is not on the CPU".into() });
         };
-        let v = T::storage_slice_mut(s).ok_or(Error::DTypeMismatch { op: "as_ndarray_mut", lhs: dtype, rhs: T::DTYPE })?;
+        let v =
+            T::storage_slice_mut(s).ok_or(Error::DTypeMismatch { op: "as_ndarray_mut", lhs: dtype, rhs: T::DTYPE })?;
         let base = match layout.storage_span() {
             Some((start, _)) => &mut v[start..],
             None => &mut v[..0],
         };
-        ndarray::ArrayViewMut::from_shape(ndarray::IxDyn(layout.shape()).strides(ndarray::IxDyn(layout.strides())), base)
-            .map_err(|e| Error::Layout { op: "as_ndarray_mut", msg: e.to_string() })
+        ndarray::ArrayViewMut::from_shape(
+            ndarray::IxDyn(layout.shape()).strides(ndarray::IxDyn(layout.strides())),
+            base,
+        )
+        .map_err(|e| Error::Layout { op: "as_ndarray_mut", msg: e.to_string() })
     }
 
     /// A CPU tensor from an ndarray view (copies; any strides, negative ones included).
@@ -443,6 +521,28 @@ impl Tensor {
 
     /// Number of elements held by the storage (≥ `elem_count` for views).
     pub fn storage_len(&self) -> usize {
-        map_storage!(self.cpu_storage(), v => v.len())
+        match &*self.storage {
+            Storage::Cpu(c) => map_storage!(c, v => v.len()),
+            #[cfg(not(feature = "cuda"))]
+            Storage::Cuda(c) => match *c {},
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len,
+        }
+    }
+
+    fn require_cpu(&self, op: &'static str) -> Result<()> {
+        if !self.device().is_cpu() {
+            return Err(Error::Layout {
+                op,
+                msg: format!("the tensor is on {}; copy it to the CPU first", self.device()),
+            });
+        }
+        Ok(())
+    }
+
+    /// A contiguous 1-D-addressed sub-range of a contiguous CPU tensor, reshaped to `self`'s shape later.
+    #[cfg(feature = "cuda")]
+    fn narrow_flat(&self, off: usize, len: usize) -> Result<Tensor> {
+        self.reshape(&[self.elem_count()])?.narrow(0, off, len)?.contiguous()
     }
 }

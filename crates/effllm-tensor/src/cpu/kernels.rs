@@ -38,13 +38,11 @@ pub(crate) fn rows_map<T: Send + Sync + Copy, U: Send + Default + Clone>(
     } else {
         let rows_per_task = (PAR_MIN_ELEMS / cols).max(1);
         crate::threads::install(|| {
-            out.par_chunks_mut(out_cols * rows_per_task).zip(x.par_chunks(cols * rows_per_task)).for_each(
-                |(oc, xc)| {
-                    for (xr, or) in xc.chunks(cols).zip(oc.chunks_mut(out_cols)) {
-                        f(xr, or);
-                    }
-                },
-            )
+            out.par_chunks_mut(out_cols * rows_per_task).zip(x.par_chunks(cols * rows_per_task)).for_each(|(oc, xc)| {
+                for (xr, or) in xc.chunks(cols).zip(oc.chunks_mut(out_cols)) {
+                    f(xr, or);
+                }
+            })
         });
     }
     out

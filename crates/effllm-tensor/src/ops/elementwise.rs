@@ -3,7 +3,7 @@
 use crate::cpu::kernels::{PAR_MIN_ELEMS, map};
 use crate::cpu::{CpuStorage, Real};
 use crate::layout::{Layout, broadcast_shape};
-use crate::tensor::{Work, WorkOut, with_work};
+use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda, with_work};
 use crate::{DType, Error, Result, Tensor};
 
 /// A unary elementwise function.
@@ -57,10 +57,9 @@ impl UnaryOp {
             UnaryOp::Sigmoid => sigmoid(x),
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
+            // NaN propagates (as in PyTorch).
             UnaryOp::Relu => {
-                if x > R::zero() {
-                    x
-                } else if x.is_nan() {
+                if x > R::zero() || x.is_nan() {
                     x
                 } else {
                     R::zero()
@@ -233,6 +232,8 @@ fn binary_kernel<R: Real>(a: &[R], la: &Layout, b: &[R], lb: &Layout, op: Binary
 impl Tensor {
     /// Applies a [`UnaryOp`] elementwise (float dtypes).
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        self.check_float(op.name())?;
+        on_cuda!(self, crate::cuda::ops::unary(self, op as i32, 0.0, 0.0));
         let work = self.work(op.name())?;
         Ok(with_work!(work, d => map(&d, |x| op.apply(x))).into_tensor(self.shape(), self.dtype()))
     }
@@ -300,6 +301,8 @@ impl Tensor {
 
     /// `x·mul + add` elementwise.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        self.check_float("affine")?;
+        on_cuda!(self, crate::cuda::ops::unary(self, 100, mul, add));
         let work = self.work("affine")?;
         Ok(with_work!(work, d => {
             let (m, a) = (like(&d, mul), like(&d, add));
@@ -310,6 +313,8 @@ impl Tensor {
 
     /// `xᵖ` elementwise.
     pub fn powf(&self, p: f64) -> Result<Tensor> {
+        self.check_float("powf")?;
+        on_cuda!(self, crate::cuda::ops::unary(self, 101, p, 0.0));
         let work = self.work("powf")?;
         Ok(with_work!(work, d => {
             let p = like(&d, p);
@@ -323,6 +328,8 @@ impl Tensor {
         if lo > hi {
             return Err(Error::InvalidArgument { op: "clamp", msg: format!("lower bound {lo} > upper bound {hi}") });
         }
+        self.check_float("clamp")?;
+        on_cuda!(self, crate::cuda::ops::unary(self, 102, lo, hi));
         let work = self.work("clamp")?;
         Ok(with_work!(work, d => {
             let (lo, hi) = (like(&d, lo), like(&d, hi));
@@ -340,6 +347,7 @@ impl Tensor {
         let la = self.layout.broadcast_as(&shape)?;
         let lb = rhs.layout.broadcast_as(&shape)?;
         let dtype = self.dtype();
+        on_cuda!(self, crate::cuda::ops::binary(self, rhs, &shape, op as i32));
         let out = match (self.cpu_storage(), rhs.cpu_storage()) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => WorkOut::F32(binary_kernel(a, &la, b, &lb, op)),
             (CpuStorage::F64(a), CpuStorage::F64(b)) => WorkOut::F64(binary_kernel(a, &la, b, &lb, op)),
@@ -387,6 +395,8 @@ impl Tensor {
         if self.shape() != up.shape() {
             return Err(Error::ShapeMismatch { op: "swiglu", lhs: self.shape().to_vec(), rhs: up.shape().to_vec() });
         }
+        self.check_float("swiglu")?;
+        on_cuda!(self, crate::cuda::ops::swiglu(self, up));
         let out = match (self.work("swiglu")?, up.work("swiglu")?) {
             (Work::F32(g), Work::F32(u)) => WorkOut::F32(swiglu_kernel(&g, &u)),
             (Work::F64(g), Work::F64(u)) => WorkOut::F64(swiglu_kernel(&g, &u)),
@@ -405,6 +415,7 @@ impl Tensor {
         self.check_same_device("where_cond", on_true)?;
         let shape = broadcast_shape("where_cond", self.shape(), on_true.shape())?;
         let shape = broadcast_shape("where_cond", &shape, on_false.shape())?;
+        host_round_trip!(this = self, t = on_true, f = on_false => this.where_cond(t, f));
         let m = self.broadcast_as(&shape)?.to_vec::<u8>()?;
         let t = on_true.broadcast_as(&shape)?.contiguous()?;
         let f = on_false.broadcast_as(&shape)?.contiguous()?;

@@ -2,7 +2,7 @@
 
 use crate::cpu::{CpuStorage, map_storage_same};
 use crate::ops::reduce::split_at_dim;
-use crate::tensor::{Work, WorkOut};
+use crate::tensor::{Work, WorkOut, host_round_trip};
 use crate::{Error, Result, Tensor, WithDType};
 
 fn check_ids(op: &'static str, ids: &[u32], size: usize) -> Result<()> {
@@ -22,6 +22,7 @@ impl Tensor {
         if ids.rank() != 1 {
             return Err(Error::BadShape { op: OP, shape: ids.shape().to_vec(), msg: "ids must be 1-D".into() });
         }
+        host_round_trip!(this = self, i = ids => this.index_select(dim, i));
         let idx = ids.to_vec::<u32>()?;
         let (outer, n, inner) = split_at_dim(self.shape(), dim);
         check_ids(OP, &idx, n)?;
@@ -45,7 +46,11 @@ impl Tensor {
     /// Embedding lookup: `self` is a `[vocab, d]` table, `ids` a u32 tensor of any shape; returns `ids.shape + [d]`.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         if self.rank() != 2 {
-            return Err(Error::BadShape { op: "embedding", shape: self.shape().to_vec(), msg: "table must be [vocab, d]".into() });
+            return Err(Error::BadShape {
+                op: "embedding",
+                shape: self.shape().to_vec(),
+                msg: "table must be [vocab, d]".into(),
+            });
         }
         let flat = ids.reshape(&[ids.elem_count()])?;
         let rows = self.index_select(0, &flat)?;
@@ -61,17 +66,25 @@ impl Tensor {
         index.check_index_dtype(OP)?;
         self.check_same_device(OP, index)?;
         self.layout.check_dim(OP, dim)?;
-        if index.rank() != self.rank() || index.shape().iter().zip(self.shape()).enumerate().any(|(d, (&i, &s))| d != dim && i > s) {
+        if index.rank() != self.rank()
+            || index.shape().iter().zip(self.shape()).enumerate().any(|(d, (&i, &s))| d != dim && i > s)
+        {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: index.shape().to_vec() });
         }
+        host_round_trip!(this = self, i = index => this.gather(dim, i));
         let idx = index.to_vec::<u32>()?;
         check_ids(OP, &idx, self.shape()[dim])?;
         let strides = self.layout.strides().to_vec();
         let ishape = index.shape().to_vec();
         let base = self.layout.offset();
-        let positions: Vec<usize> = index_positions(&ishape).map(|(flat, coord)| {
-            coord.iter().enumerate().fold(base, |acc, (d, &c)| acc + strides[d] * if d == dim { idx[flat] as usize } else { c })
-        }).collect();
+        let positions: Vec<usize> = index_positions(&ishape)
+            .map(|(flat, coord)| {
+                coord
+                    .iter()
+                    .enumerate()
+                    .fold(base, |acc, (d, &c)| acc + strides[d] * if d == dim { idx[flat] as usize } else { c })
+            })
+            .collect();
         let storage = map_storage_same!(self.cpu_storage(), v => positions.iter().map(|&p| v[p]).collect());
         Ok(Tensor::from_storage(storage, &ishape))
     }
@@ -99,6 +112,7 @@ impl Tensor {
         {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().to_vec(), rhs: index.shape().to_vec() });
         }
+        host_round_trip!(this = self, i = index, s = src => this.scatter_impl(op, dim, i, s, add));
         let idx = index.to_vec::<u32>()?;
         check_ids(op, &idx, self.shape()[dim])?;
         // Half-precision sources are widened once so that `scatter_add` accumulates in f32 and the positions below
@@ -113,7 +127,11 @@ impl Tensor {
         let ishape = index.shape().to_vec();
         let pairs: Vec<(usize, usize)> = index_positions(&ishape)
             .map(|(flat, coord)| {
-                let dst = coord.iter().enumerate().map(|(d, &c)| out_strides[d] * if d == dim { idx[flat] as usize } else { c }).sum();
+                let dst = coord
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &c)| out_strides[d] * if d == dim { idx[flat] as usize } else { c })
+                    .sum();
                 let s = src.layout.offset() + coord.iter().zip(&src_strides).map(|(&c, &st)| c * st).sum::<usize>();
                 (dst, s)
             })
@@ -160,14 +178,24 @@ impl Tensor {
     /// Concatenates tensors along `dim`; all other dimensions, the dtype and the device must agree.
     pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
         const OP: &str = "concat";
-        let first = *tensors.first().ok_or_else(|| Error::InvalidArgument { op: OP, msg: "no tensors to concatenate".into() })?;
+        let first = *tensors
+            .first()
+            .ok_or_else(|| Error::InvalidArgument { op: OP, msg: "no tensors to concatenate".into() })?;
         first.layout.check_dim(OP, dim)?;
         for t in &tensors[1..] {
             first.check_same_dtype(OP, t)?;
-            let same = t.rank() == first.rank() && t.shape().iter().zip(first.shape()).enumerate().all(|(d, (a, b))| d == dim || a == b);
+            let same = t.rank() == first.rank()
+                && t.shape().iter().zip(first.shape()).enumerate().all(|(d, (a, b))| d == dim || a == b);
             if !same {
                 return Err(Error::ShapeMismatch { op: OP, lhs: first.shape().to_vec(), rhs: t.shape().to_vec() });
             }
+        }
+        #[cfg(feature = "cuda")]
+        if first.cuda_storage().is_some() {
+            let dev = first.device();
+            let host: Vec<Tensor> = tensors.iter().map(|t| t.to_device(&crate::Device::Cpu)).collect::<Result<_>>()?;
+            let refs: Vec<&Tensor> = host.iter().collect();
+            return Tensor::concat(&refs, dim)?.to_device(&dev);
         }
         let parts: Vec<Tensor> = tensors.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
         let (outer, _, inner) = split_at_dim(first.shape(), dim);

@@ -3,7 +3,7 @@
 use faer::{Mat, MatRef};
 
 use crate::cpu::Real;
-use crate::tensor::Work;
+use crate::tensor::{Work, host_round_trip};
 use crate::{DType, Error, Result, Tensor};
 
 fn to_tensor<R: Real>(m: MatRef<'_, R>, dtype: DType) -> Result<Tensor> {
@@ -56,13 +56,23 @@ impl Tensor {
     pub fn thin_svd(&self) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "thin_svd";
         let (m, n) = check_matrix(OP, self)?;
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            let dev = self.device();
+            let (u, s, v) = self.to_device(&crate::Device::Cpu)?.thin_svd()?;
+            return Ok((u.to_device(&dev)?, s.to_device(&dev)?, v.to_device(&dev)?));
+        }
         let dtype = self.dtype();
         crate::threads::install(|| {
             with_mat!(self, OP, m, n, |a| {
                 let svd = a.thin_svd().map_err(|e| Error::Linalg { op: OP, msg: format!("{e:?}") })?;
                 let s: Vec<_> = (0..m.min(n)).map(|i| svd.S().column_vector()[i]).collect();
                 let len = s.len();
-                Ok((to_tensor(svd.U(), dtype)?, Tensor::from_vec(s, &[len], &crate::Device::Cpu)?.to_dtype(dtype)?, to_tensor(svd.V(), dtype)?))
+                Ok((
+                    to_tensor(svd.U(), dtype)?,
+                    Tensor::from_vec(s, &[len], &crate::Device::Cpu)?.to_dtype(dtype)?,
+                    to_tensor(svd.V(), dtype)?,
+                ))
             })
         })
     }
@@ -71,6 +81,7 @@ impl Tensor {
     pub fn singular_values(&self) -> Result<Tensor> {
         const OP: &str = "singular_values";
         let (m, n) = check_matrix(OP, self)?;
+        host_round_trip!(this = self => this.singular_values());
         let dtype = self.dtype();
         crate::threads::install(|| {
             with_mat!(self, OP, m, n, |a| {
@@ -86,6 +97,12 @@ impl Tensor {
     pub fn qr(&self) -> Result<(Tensor, Tensor)> {
         const OP: &str = "qr";
         let (m, n) = check_matrix(OP, self)?;
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            let dev = self.device();
+            let (q, r) = self.to_device(&crate::Device::Cpu)?.qr()?;
+            return Ok((q.to_device(&dev)?, r.to_device(&dev)?));
+        }
         let dtype = self.dtype();
         crate::threads::install(|| {
             with_mat!(self, OP, m, n, |a| {

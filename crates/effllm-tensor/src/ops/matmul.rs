@@ -49,14 +49,23 @@ fn plan(a: &Layout, b: &Layout) -> Result<Plan> {
     }
     let batch_shape = broadcast_shape(OP, &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
     // Batch-only layouts (the matrix dims dropped), broadcast to the common batch shape.
-    let drop2 = |l: &Layout| Layout::new(l.shape()[..l.rank() - 2].to_vec(), l.strides()[..l.rank() - 2].to_vec(), l.offset());
+    let drop2 =
+        |l: &Layout| Layout::new(l.shape()[..l.rank() - 2].to_vec(), l.strides()[..l.rank() - 2].to_vec(), l.offset());
     let a_batch = drop2(a).broadcast_as(&batch_shape)?;
     let b_batch = drop2(b).broadcast_as(&batch_shape)?;
     Ok(Plan { batch_shape, m, k, n, a_batch, b_batch })
 }
 
 /// One product `C = A·B` into a contiguous `m × n` output.
-fn gemm_one<R: Real + faer::traits::ComplexField>(a: Operand<'_, R>, b: Operand<'_, R>, c: &mut [R], m: usize, k: usize, n: usize, par: Par) {
+fn gemm_one<R: Real + faer::traits::ComplexField>(
+    a: Operand<'_, R>,
+    b: Operand<'_, R>,
+    c: &mut [R],
+    m: usize,
+    k: usize,
+    n: usize,
+    par: Par,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -76,7 +85,14 @@ fn gemm_one<R: Real + faer::traits::ComplexField>(a: Operand<'_, R>, b: Operand<
     faer_matmul(cm, Accum::Replace, am, bm, R::one(), par);
 }
 
-fn batched<R: Real + faer::traits::ComplexField>(a: &[R], la: &Layout, b: &[R], lb: &Layout, p: &Plan, gemv: impl Fn(Operand<'_, R>, Operand<'_, R>, &mut [R]) -> bool + Sync) -> Vec<R> {
+fn batched<R: Real + faer::traits::ComplexField>(
+    a: &[R],
+    la: &Layout,
+    b: &[R],
+    lb: &Layout,
+    p: &Plan,
+    gemv: impl Fn(Operand<'_, R>, Operand<'_, R>, &mut [R]) -> bool + Sync,
+) -> Vec<R> {
     let (m, k, n) = (p.m, p.k, p.n);
     let (ra, rb) = (la.rank(), lb.rank());
     let (a_rs, a_cs) = (la.strides()[ra - 2], la.strides()[ra - 1]);
@@ -84,7 +100,8 @@ fn batched<R: Real + faer::traits::ComplexField>(a: &[R], la: &Layout, b: &[R], 
     let a_offs: Vec<usize> = p.a_batch.offsets().collect();
     let b_offs: Vec<usize> = p.b_batch.offsets().collect();
     let batches = a_offs.len().max(if p.batch_shape.is_empty() { 1 } else { 0 });
-    let (a_offs, b_offs) = if p.batch_shape.is_empty() { (vec![la.offset()], vec![lb.offset()]) } else { (a_offs, b_offs) };
+    let (a_offs, b_offs) =
+        if p.batch_shape.is_empty() { (vec![la.offset()], vec![lb.offset()]) } else { (a_offs, b_offs) };
     let mut out = vec![R::zero(); batches * m * n];
     let one = |i: usize, c: &mut [R], par: Par| {
         let ao = Operand { data: a, off: a_offs[i], rs: a_rs, cs: a_cs };
@@ -146,6 +163,7 @@ impl Tensor {
         let (m, k, n) = (p.m, p.k, p.n);
         let mut shape = p.batch_shape.clone();
         shape.extend([m, n]);
+        crate::tensor::on_cuda!(self, crate::cuda::ops::matmul(self, rhs, &p.batch_shape, m, k, n));
         let out = match (self.cpu_storage(), rhs.cpu_storage()) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
                 WorkOut::F32(batched(a, &self.layout, b, &rhs.layout, &p, |a, b, c| gemv_path_f32(a, b, c, m, k, n)))

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::cpu::Real;
 use crate::cpu::kernels::{rows_map, softmax_row};
-use crate::tensor::{Work, WorkOut};
+use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
 /// Which pairs of a head vector RoPE rotates together.
@@ -43,7 +43,14 @@ pub enum AttentionMask {
 }
 
 fn rms_norm_row<R: Real>(x: &[R], w: &[R], eps: R, out: &mut [R]) {
-    let ms: f64 = x.iter().map(|v| { let v = WithDType::to_f64(*v); v * v }).sum::<f64>() / x.len() as f64;
+    let ms: f64 = x
+        .iter()
+        .map(|v| {
+            let v = WithDType::to_f64(*v);
+            v * v
+        })
+        .sum::<f64>()
+        / x.len() as f64;
     let inv = R::one() / (R::from(ms).unwrap_or_else(R::nan) + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * inv * g;
@@ -53,8 +60,16 @@ fn rms_norm_row<R: Real>(x: &[R], w: &[R], eps: R, out: &mut [R]) {
 fn layer_norm_row<R: Real>(x: &[R], w: &[R], b: Option<&[R]>, eps: R, out: &mut [R]) {
     let n = x.len() as f64;
     let mean = x.iter().map(|v| WithDType::to_f64(*v)).sum::<f64>() / n;
-    let var = x.iter().map(|v| { let d = WithDType::to_f64(*v) - mean; d * d }).sum::<f64>() / n;
-    let (mean, inv) = (R::from(mean).unwrap_or_else(R::nan), R::one() / (R::from(var).unwrap_or_else(R::nan) + eps).sqrt());
+    let var = x
+        .iter()
+        .map(|v| {
+            let d = WithDType::to_f64(*v) - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    let (mean, inv) =
+        (R::from(mean).unwrap_or_else(R::nan), R::one() / (R::from(var).unwrap_or_else(R::nan) + eps).sqrt());
     for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
         let y = (v - mean) * inv * w[i];
         *o = match b {
@@ -68,7 +83,8 @@ impl Tensor {
     fn norm_weight_check(&self, op: &'static str, w: &Tensor) -> Result<usize> {
         self.check_same_dtype(op, w)?;
         self.check_float(op)?;
-        let d = *self.shape().last().ok_or_else(|| Error::BadShape { op, shape: vec![], msg: "need rank >= 1".into() })?;
+        let d =
+            *self.shape().last().ok_or_else(|| Error::BadShape { op, shape: vec![], msg: "need rank >= 1".into() })?;
         if w.shape() != [d] {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().to_vec(), rhs: w.shape().to_vec() });
         }
@@ -78,6 +94,7 @@ impl Tensor {
     /// RMSNorm over the last dimension: `x / √(mean(x²) + ε) ⊙ w` (mean of squares accumulated in f64).
     pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Result<Tensor> {
         let d = self.norm_weight_check("rms_norm", weight)?;
+        on_cuda!(self, crate::cuda::ops::norm(self, weight, None, eps, true));
         let out = match (self.work("rms_norm")?, weight.work("rms_norm")?) {
             (Work::F32(x), Work::F32(w)) => WorkOut::F32(rows_map(&x, d, d, |r, o| rms_norm_row(r, &w, eps as f32, o))),
             (Work::F64(x), Work::F64(w)) => WorkOut::F64(rows_map(&x, d, d, |r, o| rms_norm_row(r, &w, eps, o))),
@@ -92,14 +109,21 @@ impl Tensor {
         if let Some(b) = bias {
             self.norm_weight_check("layer_norm", b)?;
         }
+        on_cuda!(self, crate::cuda::ops::norm(self, weight, bias, eps, false));
         let bw = bias.map(|b| b.work("layer_norm")).transpose()?;
         let out = match (self.work("layer_norm")?, weight.work("layer_norm")?, bw) {
             (Work::F32(x), Work::F32(w), b) => {
-                let b = match &b { Some(Work::F32(b)) => Some(&b[..]), _ => None };
+                let b = match &b {
+                    Some(Work::F32(b)) => Some(&b[..]),
+                    _ => None,
+                };
                 WorkOut::F32(rows_map(&x, d, d, |r, o| layer_norm_row(r, &w, b, eps as f32, o)))
             }
             (Work::F64(x), Work::F64(w), b) => {
-                let b = match &b { Some(Work::F64(b)) => Some(&b[..]), _ => None };
+                let b = match &b {
+                    Some(Work::F64(b)) => Some(&b[..]),
+                    _ => None,
+                };
                 WorkOut::F64(rows_map(&x, d, d, |r, o| layer_norm_row(r, &w, b, eps, o)))
             }
             _ => unreachable!("same dtype gives the same work precision"),
@@ -118,14 +142,24 @@ impl Tensor {
         positions.check_index_dtype(OP)?;
         self.check_same_device(OP, positions)?;
         let [b, h, s, d] = *self.shape() else {
-            return Err(Error::BadShape { op: OP, shape: self.shape().to_vec(), msg: "expected [batch, heads, seq, head_dim]".into() });
+            return Err(Error::BadShape {
+                op: OP,
+                shape: self.shape().to_vec(),
+                msg: "expected [batch, heads, seq, head_dim]".into(),
+            });
         };
         let r = cfg.rotary_dims;
-        if r % 2 != 0 || r > d || r == 0 {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("rotary_dims {r} must be even, positive and at most head_dim {d}") });
+        if !r.is_multiple_of(2) || r > d || r == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("rotary_dims {r} must be even, positive and at most head_dim {d}"),
+            });
         }
         if !(cfg.base.is_finite() && cfg.base > 0.0) {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("base {} must be finite and positive", cfg.base) });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("base {} must be finite and positive", cfg.base),
+            });
         }
         let per_batch = match positions.shape() {
             [n] if *n == s => false,
@@ -134,13 +168,27 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.to_vec() });
             }
         };
+        host_round_trip!(this = self, p = positions => this.rope(p, cfg));
         let pos = positions.to_vec::<u32>()?;
         // cos/sin table per (batch-or-shared, seq, i).
         let half = r / 2;
         let theta: Vec<f64> = (0..half).map(|i| cfg.base.powf(-2.0 * i as f64 / r as f64)).collect();
-        let table = |p: u32| -> Vec<(f64, f64)> { theta.iter().map(|&t| (p as f64 * t).sin_cos()).map(|(s, c)| (c, s)).collect() };
+        let table = |p: u32| -> Vec<(f64, f64)> {
+            theta.iter().map(|&t| (p as f64 * t).sin_cos()).map(|(s, c)| (c, s)).collect()
+        };
         let tables: Vec<Vec<(f64, f64)>> = pos.iter().map(|&p| table(p)).collect();
-        fn apply<R: Real>(x: &[R], b: usize, h: usize, s: usize, d: usize, half: usize, style: RopeStyle, per_batch: bool, tables: &[Vec<(f64, f64)>]) -> Vec<R> {
+        #[allow(clippy::too_many_arguments)]
+        fn apply<R: Real>(
+            x: &[R],
+            b: usize,
+            h: usize,
+            s: usize,
+            d: usize,
+            half: usize,
+            style: RopeStyle,
+            per_batch: bool,
+            tables: &[Vec<(f64, f64)>],
+        ) -> Vec<R> {
             let mut out = x.to_vec();
             out.par_chunks_mut(d).enumerate().with_min_len(64).for_each(|(row, o)| {
                 let (bi, si) = (row / (h * s), row % s);
@@ -178,7 +226,11 @@ impl Tensor {
         self.check_same_dtype(OP, k)?;
         self.check_same_dtype(OP, v)?;
         self.check_float(OP)?;
-        let bad = |t: &Tensor, what: &str| Error::BadShape { op: OP, shape: t.shape().to_vec(), msg: format!("expected {what}") };
+        let bad = |t: &Tensor, what: &str| Error::BadShape {
+            op: OP,
+            shape: t.shape().to_vec(),
+            msg: format!("expected {what}"),
+        };
         let [b, hq, sq, d] = *self.shape() else { return Err(bad(self, "q = [batch, heads_q, s_q, d]")) };
         let [bk, hkv, skv, dk] = *k.shape() else { return Err(bad(k, "k = [batch, heads_kv, s_kv, d]")) };
         let [bv, hv, sv, dv] = *v.shape() else { return Err(bad(v, "v = [batch, heads_kv, s_kv, d_v]")) };
@@ -186,11 +238,30 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: OP, lhs: k.shape().to_vec(), rhs: v.shape().to_vec() });
         }
         if hkv == 0 || hq % hkv != 0 {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("heads_q {hq} is not a multiple of heads_kv {hkv}") });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("heads_q {hq} is not a multiple of heads_kv {hkv}"),
+            });
         }
         let causal = matches!(mask, AttentionMask::Causal);
         if causal && sq > skv {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("causal attention needs s_q {sq} <= s_kv {skv}") });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("causal attention needs s_q {sq} <= s_kv {skv}"),
+            });
+        }
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            let dev = self.device();
+            let cpu = crate::Device::Cpu;
+            let m = match mask {
+                AttentionMask::Mask(t) => AttentionMask::Mask(t.to_device(&cpu)?),
+                other => other.clone(),
+            };
+            return self
+                .to_device(&cpu)?
+                .attention(&k.to_device(&cpu)?, &v.to_device(&cpu)?, &m, scale)?
+                .to_device(&dev);
         }
         let mask_data = match mask {
             AttentionMask::Mask(m) => {
@@ -204,7 +275,17 @@ impl Tensor {
         };
         let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
         let group = hq / hkv;
-        fn run<R: Real>(q: &[R], k: &[R], v: &[R], dims: [usize; 7], group: usize, scale: f64, causal: bool, mask: Option<&[u8]>) -> Vec<R> {
+        #[allow(clippy::too_many_arguments)]
+        fn run<R: Real>(
+            q: &[R],
+            k: &[R],
+            v: &[R],
+            dims: [usize; 7],
+            group: usize,
+            scale: f64,
+            causal: bool,
+            mask: Option<&[u8]>,
+        ) -> Vec<R> {
             let [_b, hq, sq, d, hkv, skv, dv] = dims;
             let scale = R::from(scale).unwrap_or_else(R::nan);
             let mut out = vec![R::zero(); dims[0] * hq * sq * dv];
@@ -250,8 +331,12 @@ impl Tensor {
         let dims = [b, hq, sq, d, hkv, skv, dv];
         let m = mask_data.as_deref();
         let out = match (self.work(OP)?, k.work(OP)?, v.work(OP)?) {
-            (Work::F32(q), Work::F32(kk), Work::F32(vv)) => WorkOut::F32(run(&q, &kk, &vv, dims, group, scale, causal, m)),
-            (Work::F64(q), Work::F64(kk), Work::F64(vv)) => WorkOut::F64(run(&q, &kk, &vv, dims, group, scale, causal, m)),
+            (Work::F32(q), Work::F32(kk), Work::F32(vv)) => {
+                WorkOut::F32(run(&q, &kk, &vv, dims, group, scale, causal, m))
+            }
+            (Work::F64(q), Work::F64(kk), Work::F64(vv)) => {
+                WorkOut::F64(run(&q, &kk, &vv, dims, group, scale, causal, m))
+            }
             _ => unreachable!("same dtype gives the same work precision"),
         };
         Ok(out.into_tensor(&[b, hq, sq, dv], self.dtype()))

@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 
 use crate::cpu::Real;
 use crate::cpu::kernels::{dim_to_last, last_to_dim, logsumexp_row, rows_map, softmax_row};
-use crate::tensor::{Work, WorkOut, with_work};
+use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda, with_work};
 use crate::{Error, Result, Tensor, WithDType};
 
 /// A reduction over one dimension.
@@ -40,12 +40,14 @@ impl ReduceOp {
                 let s = if self == ReduceOp::Mean { s / row.len() as f64 } else { s };
                 R::from(s).unwrap_or_else(R::nan)
             }
-            ReduceOp::Max => {
-                row.iter().copied().fold(R::neg_infinity(), |a, b| if a.is_nan() || b.is_nan() { R::nan() } else { a.max(b) })
-            }
-            ReduceOp::Min => {
-                row.iter().copied().fold(R::infinity(), |a, b| if a.is_nan() || b.is_nan() { R::nan() } else { a.min(b) })
-            }
+            ReduceOp::Max => row
+                .iter()
+                .copied()
+                .fold(R::neg_infinity(), |a, b| if a.is_nan() || b.is_nan() { R::nan() } else { a.max(b) }),
+            ReduceOp::Min => row
+                .iter()
+                .copied()
+                .fold(R::infinity(), |a, b| if a.is_nan() || b.is_nan() { R::nan() } else { a.min(b) }),
             ReduceOp::LogSumExp => logsumexp_row(row),
         }
     }
@@ -81,6 +83,11 @@ impl Tensor {
                 msg: format!("cannot reduce the empty dimension {dim}"),
             });
         }
+        self.check_float(name)?;
+        on_cuda!(self, {
+            let kept = crate::cuda::ops::reduce(self, dim, op as i32)?;
+            if keepdim { Ok(kept) } else { kept.squeeze(dim) }
+        });
         let work = self.work(name)?;
         let out = with_work!(work, d => {
             let rows = dim_to_last(&d, outer, n, inner);
@@ -142,6 +149,7 @@ impl Tensor {
         if n == 0 {
             return Err(Error::BadShape { op: name, shape: self.shape().to_vec(), msg: "empty dimension".into() });
         }
+        host_round_trip!(this = self => this.arg_reduce(dim, keepdim, max));
         fn pick<R: Real>(r: &[R], max: bool) -> u32 {
             let key = |i: usize| order_key(r[i]);
             let mut best = 0;
@@ -181,6 +189,8 @@ impl Tensor {
     fn softmax_impl(&self, dim: usize, log: bool) -> Result<Tensor> {
         let name = if log { "log_softmax" } else { "softmax" };
         self.layout.check_dim(name, dim)?;
+        self.check_float(name)?;
+        on_cuda!(self, crate::cuda::ops::softmax(self, dim, log));
         let (outer, n, inner) = split_at_dim(self.shape(), dim);
         let work = self.work(name)?;
         let out = with_work!(work, d => {
@@ -212,8 +222,14 @@ impl Tensor {
         if k > n {
             return Err(Error::InvalidArgument { op: "top_k", msg: format!("k = {k} exceeds the last dimension {n}") });
         }
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            let dev = self.device();
+            let (v, i) = self.to_device(&crate::Device::Cpu)?.top_k(k)?;
+            return Ok((v.to_device(&dev)?, i.to_device(&dev)?));
+        }
         fn topk_rows<R: Real>(d: &[R], n: usize, k: usize) -> (Vec<R>, Vec<u32>) {
-            let rows = if n == 0 { 0 } else { d.len() / n };
+            let rows = d.len().checked_div(n).unwrap_or(0);
             let mut vals = Vec::with_capacity(rows * k);
             let mut idx = Vec::with_capacity(rows * k);
             let mut pairs: Vec<(usize, R)> = Vec::with_capacity(n);

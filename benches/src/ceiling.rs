@@ -1,0 +1,332 @@
+//! Roofline ceilings of this machine, measured in the same process as the kernels they judge.
+//!
+//! * **Compute**: [`fma_parallel`] runs a tight loop of [`FMA_CHAINS`] independent 8-lane f32 FMA chains per thread
+//!   (AVX2 + FMA selected at run time, scalar multiply-add otherwise) on every thread of effllm's pool, and counts
+//!   2 flops per FMA lane. With FMA latency 4 and two FMA pipes (Zen 2/3/4, Skylake and later), 8 chains are
+//!   the minimum to fill the pipes; 12 leave headroom and still fit the 16 ymm registers.
+//! * **Memory**: over buffers of [`MemBuffers::DEFAULT_BYTES`] (256 MiB each, far beyond any L3), a copy
+//!   ([`MemBuffers::copy`], glibc `memcpy` per chunk) counted as bytes read + bytes written (the STREAM
+//!   convention: write-allocate traffic is not counted), and a read-only streaming sum ([`MemBuffers::read`])
+//!   counted as bytes read.
+//!
+//! The GEMV, attention-decode and quantized-GEMV targets compare against the **read** figure (those kernels only
+//! read their weights / KV cache); softmax and RMSNorm, which read one tensor and write another of the same size,
+//! compare against the **copy** figure.
+//!
+//! Ceilings are "best of repetitions" (the peak the machine showed), not medians.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+/// Independent FMA accumulator chains per thread in the compute ceiling.
+pub const FMA_CHAINS: usize = 12;
+/// f32 lanes of one AVX2 register.
+pub const LANES: usize = 8;
+
+/// Flops of one thread's call of the FMA kernel with `iters` iterations (2 per FMA lane).
+pub fn fma_flops_per_thread(iters: u64) -> u64 {
+    iters * (FMA_CHAINS * LANES * 2) as u64
+}
+
+/// Whether the AVX2 + FMA kernels run on this machine (run-time detection).
+pub fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_avx2(iters: u64, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    // acc ← acc·a + b converges to b / (1 − a): no overflow, no denormals, and every FMA depends on the last
+    // one of its chain, so nothing can be folded away.
+    let a = _mm256_set1_ps(0.999_9);
+    let b = _mm256_set1_ps(1e-4 * seed);
+    let mut acc = [_mm256_set1_ps(seed); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut s = acc[0];
+    for v in &acc[1..] {
+        s = _mm256_add_ps(s, *v);
+    }
+    let mut lanes = [0f32; LANES];
+    // SAFETY: `lanes` holds exactly 8 f32, the unaligned store writes 32 bytes.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    lanes.iter().sum()
+}
+
+fn fma_scalar(iters: u64, seed: f32) -> f32 {
+    let (a, b) = (0.999_9f32, 1e-4 * seed);
+    let mut acc = [[seed; LANES]; FMA_CHAINS];
+    for _ in 0..iters {
+        for chain in acc.iter_mut() {
+            for v in chain.iter_mut() {
+                *v = *v * a + b;
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+/// One thread's FMA kernel: `iters` iterations of [`FMA_CHAINS`] × 8-lane FMAs. Returns a value that depends on
+/// every FMA (so the loop cannot be removed).
+pub fn fma_kernel(iters: u64) -> f32 {
+    let seed = black_box(1.0f32);
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { fma_avx2(iters, seed) };
+    }
+    fma_scalar(iters, seed)
+}
+
+/// Runs [`fma_kernel`] once on every thread of effllm's pool ([`effllm_tensor::threads`]) and returns the wall
+/// time and the total flops.
+pub fn fma_parallel(iters: u64) -> (Duration, u64) {
+    effllm_tensor::threads::install(|| {
+        let n = rayon::current_num_threads();
+        let t = Instant::now();
+        let r = rayon::broadcast(|_| fma_kernel(iters));
+        let dt = t.elapsed();
+        black_box(r);
+        (dt, fma_flops_per_thread(iters) * n as u64)
+    })
+}
+
+/// Iterations of [`fma_kernel`] that take about `target` on one thread.
+pub fn calibrate_fma(target: Duration) -> u64 {
+    let mut iters = 1u64 << 14;
+    loop {
+        let t = Instant::now();
+        black_box(fma_kernel(iters));
+        let dt = t.elapsed();
+        if dt >= target / 8 || iters >= 1 << 40 {
+            let scale = target.as_secs_f64() / dt.as_secs_f64().max(1e-9);
+            return ((iters as f64 * scale) as u64).max(1);
+        }
+        iters *= 4;
+    }
+}
+
+/// Measured compute ceiling: best GFLOP/s of `reps` runs of about `per_rep` each.
+pub fn measure_fma(reps: usize, per_rep: Duration) -> f64 {
+    let iters = calibrate_fma(per_rep);
+    (0..reps.max(1))
+        .map(|_| {
+            let (dt, flops) = fma_parallel(iters);
+            flops as f64 / dt.as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Chunk of a parallel memory pass: big enough that `memcpy` uses streaming stores, small enough to balance.
+const CHUNK_BYTES: usize = 16 << 20;
+
+/// Source and destination buffers of the memory ceilings, filled with a non-zero pattern by the pool's threads
+/// (so every page is really backed, not the shared zero page).
+#[derive(Debug)]
+pub struct MemBuffers {
+    src: Vec<u64>,
+    dst: Vec<u64>,
+}
+
+impl MemBuffers {
+    /// Default size of each buffer: 256 MiB.
+    pub const DEFAULT_BYTES: usize = 256 << 20;
+
+    /// Allocates and fills two buffers of `bytes` bytes each (rounded down to whole chunks of 16 MiB, at least one).
+    pub fn new(bytes: usize) -> MemBuffers {
+        let words_per_chunk = CHUNK_BYTES / 8;
+        let words = (bytes / CHUNK_BYTES).max(1) * words_per_chunk;
+        let mut src = vec![0u64; words];
+        let mut dst = vec![0u64; words];
+        effllm_tensor::threads::install(|| {
+            src.par_chunks_mut(words_per_chunk).zip(dst.par_chunks_mut(words_per_chunk)).enumerate().for_each(
+                |(c, (s, d))| {
+                    for (i, (s, d)) in s.iter_mut().zip(d.iter_mut()).enumerate() {
+                        let x = ((c * words_per_chunk + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                        *s = x;
+                        *d = !x;
+                    }
+                },
+            )
+        });
+        MemBuffers { src, dst }
+    }
+
+    /// Bytes of one buffer.
+    pub fn bytes(&self) -> usize {
+        self.src.len() * 8
+    }
+
+    /// Copies the source into the destination on the pool's threads. Returns the wall time and the bytes moved
+    /// (read + written = 2 × [`MemBuffers::bytes`]).
+    pub fn copy(&mut self) -> (Duration, u64) {
+        let words = CHUNK_BYTES / 8;
+        let (src, dst) = (&self.src, &mut self.dst);
+        let dt = effllm_tensor::threads::install(|| {
+            let t = Instant::now();
+            dst.par_chunks_mut(words).zip(src.par_chunks(words)).for_each(|(d, s)| d.copy_from_slice(s));
+            t.elapsed()
+        });
+        black_box(&self.dst);
+        (dt, 2 * self.bytes() as u64)
+    }
+
+    /// Sums the source buffer on the pool's threads. Returns the wall time and the bytes read.
+    pub fn read(&self) -> (Duration, u64) {
+        let words = CHUNK_BYTES / 8;
+        let src = &self.src;
+        let (dt, sum) = effllm_tensor::threads::install(|| {
+            let t = Instant::now();
+            let s = src.par_chunks(words).map(read_sum).reduce(|| 0, u64::wrapping_add);
+            (t.elapsed(), s)
+        });
+        black_box(sum);
+        (dt, self.bytes() as u64)
+    }
+}
+
+/// Wrapping sum of a slice, streaming it once (AVX2 with four independent accumulators when available).
+pub fn read_sum(x: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { read_sum_avx2(x) };
+    }
+    let mut acc = [0u64; 4];
+    let mut it = x.chunks_exact(4);
+    for c in &mut it {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(*v);
+        }
+    }
+    it.remainder().iter().chain(&acc).fold(0, |s, v| s.wrapping_add(*v))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn read_sum_avx2(x: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        let p = c.as_ptr() as *const __m256i;
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `c` holds 16 u64 = 4 × 32 bytes; unaligned loads.
+            *a = _mm256_add_epi64(*a, unsafe { _mm256_loadu_si256(p.add(j)) });
+        }
+    }
+    let s = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+    let mut lanes = [0u64; 4];
+    // SAFETY: `lanes` is 32 bytes.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, s) };
+    it.remainder().iter().chain(&lanes).fold(0, |s, v| s.wrapping_add(*v))
+}
+
+/// Best GB/s (10⁹ bytes per second) of `reps` runs of `pass`.
+pub fn best_gbs(reps: usize, mut pass: impl FnMut() -> (Duration, u64)) -> f64 {
+    (0..reps.max(1))
+        .map(|_| {
+            let (dt, bytes) = pass();
+            bytes as f64 / dt.as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The ceilings of one run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceilings {
+    /// Threads of effllm's pool during the measurement.
+    pub threads: usize,
+    /// Peak f32 GFLOP/s on `threads` threads (FMA loop).
+    pub fma_gflops: f64,
+    /// Peak f32 GFLOP/s of one thread.
+    pub fma_gflops_1t: f64,
+    /// Copy bandwidth on `threads` threads, GB/s counting bytes read + bytes written.
+    pub copy_gbs: f64,
+    /// Read-only streaming bandwidth on `threads` threads, GB/s of bytes read. The GEMV targets use this one.
+    pub read_gbs: f64,
+    /// Read-only streaming bandwidth of one thread.
+    pub read_gbs_1t: f64,
+    /// Bytes of each buffer of the memory passes.
+    pub buffer_bytes: usize,
+    /// Whether the AVX2 + FMA kernels ran.
+    pub simd: bool,
+}
+
+/// How long the ceiling measurements run.
+#[derive(Clone, Copy, Debug)]
+pub struct CeilingConfig {
+    /// Repetitions of each measurement (the best one counts).
+    pub reps: usize,
+    /// Duration of one FMA repetition.
+    pub fma_time: Duration,
+    /// Bytes of each memory buffer.
+    pub buffer_bytes: usize,
+}
+
+impl Default for CeilingConfig {
+    fn default() -> Self {
+        CeilingConfig { reps: 7, fma_time: Duration::from_millis(150), buffer_bytes: MemBuffers::DEFAULT_BYTES }
+    }
+}
+
+/// Measures every ceiling on the current pool (its thread count is `threads`) and on one thread.
+pub fn measure(cfg: &CeilingConfig) -> Ceilings {
+    let threads = effllm_tensor::threads::num_threads();
+    let fma_gflops = measure_fma(cfg.reps, cfg.fma_time);
+    let fma_gflops_1t = effllm_tensor::threads::with_num_threads(1, || measure_fma(cfg.reps.div_ceil(2), cfg.fma_time))
+        .unwrap_or(f64::NAN);
+    let mut bufs = MemBuffers::new(cfg.buffer_bytes);
+    // One untimed pass of each to settle page tables and frequency.
+    bufs.copy();
+    bufs.read();
+    let copy_gbs = best_gbs(cfg.reps, || bufs.copy());
+    let read_gbs = best_gbs(cfg.reps, || bufs.read());
+    let read_gbs_1t = effllm_tensor::threads::with_num_threads(1, || best_gbs(cfg.reps.div_ceil(2), || bufs.read()))
+        .unwrap_or(f64::NAN);
+    Ceilings {
+        threads,
+        fma_gflops,
+        fma_gflops_1t,
+        copy_gbs,
+        read_gbs,
+        read_gbs_1t,
+        buffer_bytes: bufs.bytes(),
+        simd: simd_available(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_agree_with_scalar() {
+        let x: Vec<u64> = (0..1000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let want = x.iter().fold(0u64, |s, v| s.wrapping_add(*v));
+        assert_eq!(read_sum(&x), want);
+        let f = fma_kernel(100);
+        let s = fma_scalar(100, 1.0);
+        assert!((f - s).abs() <= 1e-3 * s.abs(), "{f} vs {s}");
+    }
+
+    #[test]
+    fn small_measurements_are_positive() {
+        let cfg = CeilingConfig { reps: 1, fma_time: Duration::from_millis(5), buffer_bytes: 16 << 20 };
+        let c = measure(&cfg);
+        assert!(c.fma_gflops > 0.0 && c.copy_gbs > 0.0 && c.read_gbs > 0.0, "{c:?}");
+    }
+}

@@ -1,0 +1,291 @@
+//! # effllm-benches
+//!
+//! Benchmarks of effllm, in two forms over the same inputs ([`inputs`]) and the same roofline ceilings
+//! ([`ceiling`]):
+//!
+//! * **criterion benches** under `benches/benches/*.rs` for interactive work (`cargo bench -p effllm-benches
+//!   --bench gemm`); they never run in CI, `cargo bench --no-run` (`cargo xtask bench-check`) keeps them compiling;
+//! * **`bench-all`** (`cargo xtask bench-all [--full] [--only NAME] [--list]`), which measures the ceilings, runs
+//!   every registered [`Scenario`] with its own median-of-N timer ([`timing`]), shows a progress bar and writes
+//!   `target/effllm-report/report.md` plus one PNG (and SVG) plot per scenario.
+//!
+//! ## Adding a scenario
+//!
+//! Implement [`Scenario`] (a name, a description, the number of timed cases for the progress bar, and
+//! `run(&mut Context) -> Result<ScenarioReport>`) and add it to [`registry`], the one place that lists them.
+//! Inside `run`, time each case with [`Context::time`], compare against [`Context::ceilings`], and return
+//! [`Table`]s, [`plot::PlotSpec`]s and, where the project has a goal, [`Target`]s.
+
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub mod ceiling;
+pub mod inputs;
+pub mod machine;
+pub mod plot;
+pub mod report;
+pub mod scenarios;
+pub mod timing;
+
+pub use ceiling::Ceilings;
+pub use machine::Machine;
+pub use plot::PlotSpec;
+pub use timing::{Measurement, TimingConfig};
+
+/// Boxed error of the bench harness.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// Result of the bench harness.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Every scenario of `bench-all`, in report order. Later crates register theirs here.
+pub fn registry() -> Vec<Box<dyn Scenario>> {
+    use scenarios::tensor;
+    vec![
+        Box::new(tensor::Gemm),
+        Box::new(tensor::Gemv),
+        Box::new(tensor::Softmax),
+        Box::new(tensor::RmsNorm),
+        Box::new(tensor::AttentionDecode),
+    ]
+}
+
+/// One benchmark scenario of `bench-all`: a family of timed cases that share a table and a plot.
+pub trait Scenario {
+    /// Short unique name, used by `--only` (lowercase, `-` or `_` separated).
+    fn name(&self) -> &'static str;
+    /// One line for `--list` and the report.
+    fn description(&self) -> &'static str;
+    /// Number of [`Context::time`] calls `run` will make under `options` (for the progress bar).
+    fn cases(&self, options: &Options) -> usize;
+    /// Runs every case and returns the tables and plots.
+    fn run(&self, ctx: &mut Context) -> Result<ScenarioReport>;
+}
+
+/// Command-line options of `bench-all`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Longer timings and larger shapes.
+    pub full: bool,
+    /// Threads of effllm's pool (default: all available cores).
+    pub threads: usize,
+    /// Only the scenarios with these names (all if empty).
+    pub only: Vec<String>,
+    /// Where the report goes (default `target/effllm-report`).
+    pub out_dir: PathBuf,
+    /// Skip the plots (tables only).
+    pub no_plots: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            full: false,
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            only: Vec::new(),
+            out_dir: target_dir().join("effllm-report"),
+            no_plots: false,
+        }
+    }
+}
+
+impl Options {
+    /// The timer configuration these options call for.
+    pub fn timing(&self) -> TimingConfig {
+        if self.full { TimingConfig::full() } else { TimingConfig::quick() }
+    }
+
+    /// The ceiling-measurement configuration these options call for.
+    pub fn ceiling_config(&self) -> ceiling::CeilingConfig {
+        let mut c = ceiling::CeilingConfig::default();
+        if self.full {
+            c.reps = 15;
+            c.fma_time = Duration::from_millis(300);
+        }
+        c
+    }
+}
+
+/// The workspace root (parent of this crate's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// What a scenario sees while it runs.
+#[derive(Debug)]
+pub struct Context {
+    /// The run's options.
+    pub options: Options,
+    /// Ceilings measured at the start of this run.
+    pub ceilings: Ceilings,
+    /// The machine.
+    pub machine: Machine,
+    timing: TimingConfig,
+    progress: ProgressBar,
+}
+
+impl Context {
+    /// A context with already measured ceilings and a progress bar of `total_cases` steps (hidden when stderr is
+    /// not a terminal).
+    pub fn new(options: Options, ceilings: Ceilings, machine: Machine, total_cases: usize) -> Context {
+        let progress = ProgressBar::with_draw_target(Some(total_cases as u64), ProgressDrawTarget::stderr());
+        progress.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        let timing = options.timing();
+        Context { options, ceilings, machine, timing, progress }
+    }
+
+    /// Times one case (median of N, see [`timing::measure`]) and advances the progress bar.
+    pub fn time<R>(&mut self, label: &str, f: impl FnMut() -> R) -> Measurement {
+        self.progress.set_message(label.to_string());
+        let m = timing::measure(&self.timing, f);
+        self.progress.inc(1);
+        m
+    }
+
+    /// Prints a line above the progress bar.
+    pub fn log(&self, msg: impl AsRef<str>) {
+        self.progress.println(msg);
+    }
+
+    /// Sets the progress message without timing anything (e.g. while preparing inputs).
+    pub fn status(&self, msg: impl Into<String>) {
+        self.progress.set_message(msg.into());
+    }
+
+    /// Clears the progress bar.
+    pub fn finish(&self) {
+        self.progress.finish_and_clear();
+    }
+}
+
+/// A markdown table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Table {
+    /// Heading above the table.
+    pub title: String,
+    /// Column headers.
+    pub columns: Vec<String>,
+    /// Rows of cells (each as many as `columns`).
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// An empty table with these headers.
+    pub fn new(title: impl Into<String>, columns: &[&str]) -> Table {
+        Table { title: title.into(), columns: columns.iter().map(|c| c.to_string()).collect(), rows: Vec::new() }
+    }
+
+    /// Appends a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// GitHub-flavoured markdown; `|` in cells is escaped; numeric columns are right-aligned.
+    pub fn to_markdown(&self) -> String {
+        let esc = |s: &str| s.replace('|', "\\|");
+        let mut out = String::new();
+        out.push_str(&format!("| {} |\n", self.columns.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")));
+        // Right-align columns whose cells all start with a digit (numbers, times, percentages).
+        let numeric = |i: usize| {
+            !self.rows.is_empty()
+                && self
+                    .rows
+                    .iter()
+                    .all(|r| r.get(i).is_some_and(|c| c.trim_start().starts_with(|ch: char| ch.is_ascii_digit())))
+        };
+        let align: Vec<&str> = (0..self.columns.len()).map(|i| if numeric(i) { "---:" } else { "---" }).collect();
+        out.push_str(&format!("| {} |\n", align.join(" | ")));
+        for r in &self.rows {
+            out.push_str(&format!("| {} |\n", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(" | ")));
+        }
+        out
+    }
+}
+
+/// A stated performance goal and how this run did against it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// What is measured, e.g. "f32 GEMM 1024² vs FMA ceiling".
+    pub what: String,
+    /// Achieved fraction of the ceiling.
+    pub ratio: f64,
+    /// Required fraction.
+    pub goal: f64,
+}
+
+impl Target {
+    /// Whether the goal was met.
+    pub fn met(&self) -> bool {
+        self.ratio >= self.goal
+    }
+}
+
+/// What a scenario hands back: tables, plots, notes and targets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScenarioReport {
+    /// Section heading in the report.
+    pub title: String,
+    /// Paragraphs printed under the heading (how throughput is counted, which ceiling, caveats).
+    pub notes: Vec<String>,
+    /// Tables.
+    pub tables: Vec<Table>,
+    /// Plots (rendered by the report writer).
+    pub plots: Vec<PlotSpec>,
+    /// Goals checked by this scenario.
+    pub targets: Vec<Target>,
+}
+
+/// "73.4%".
+pub fn pct(ratio: f64) -> String {
+    if ratio.is_finite() { format!("{:.1}%", ratio * 100.0) } else { "n/a".into() }
+}
+
+/// Three significant-ish digits: "1234", "123.4", "12.34", "1.234".
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        "n/a".into()
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_markdown() {
+        let mut t = Table::new("t", &["a", "b|c"]);
+        t.row(vec!["1".into(), "2".into()]);
+        t.row(vec!["x".into(), "3 ms".into()]);
+        assert_eq!(t.to_markdown(), "| a | b\\|c |\n| --- | ---: |\n| 1 | 2 |\n| x | 3 ms |\n");
+    }
+
+    #[test]
+    fn registry_names_are_unique() {
+        let mut names: Vec<_> = registry().iter().map(|s| s.name()).collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
+}

@@ -1,0 +1,319 @@
+//! Devices, storage, transfers and the kernel cache of the CUDA backend.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+
+use crate::cpu::{CpuStorage, map_storage};
+use crate::layout::Layout;
+use crate::{DType, Device, Error, Result};
+
+/// One CUDA device as the backend uses it: the primary context, one stream, a cuBLAS handle and the cache of
+/// compiled kernel modules.
+pub struct CudaDevice {
+    ordinal: usize,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: Mutex<CudaBlas>,
+    modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    compiles: AtomicUsize,
+    arch: &'static str,
+    name: String,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ordinal)
+            .field("name", &self.name)
+            .field("arch", &self.arch)
+            .finish()
+    }
+}
+
+fn cuda_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Cuda { op, msg: e.to_string() }
+}
+
+/// Why CUDA cannot be used, probed once; `None` when it can. Never panics: cudarc panics when `libcuda` is missing,
+/// so the libraries are checked first and the rest runs under `catch_unwind`.
+fn probe() -> &'static Option<String> {
+    static PROBE: OnceLock<Option<String>> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        // SAFETY: these only try to dlopen the libraries.
+        let present = unsafe {
+            [
+                ("libcuda", cudarc::driver::sys::is_culib_present()),
+                ("libnvrtc", cudarc::nvrtc::sys::is_culib_present()),
+                ("libcublas", cudarc::cublas::sys::is_culib_present()),
+            ]
+        };
+        if let Some((lib, _)) = present.iter().find(|(_, ok)| !ok) {
+            return Some(format!("{lib} could not be loaded"));
+        }
+        match std::panic::catch_unwind(|| -> std::result::Result<(), String> {
+            let ctx = CudaContext::new(0).map_err(|e| e.to_string())?;
+            CudaBlas::new(ctx.default_stream()).map_err(|e| e.to_string())?;
+            compile_ptx_with_opts("extern \"C\" __global__ void probe() {}", CompileOptions::default())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("the CUDA driver panicked during initialisation".into()),
+        }
+    })
+}
+
+/// Whether a CUDA device can be used (driver, NVRTC and cuBLAS load, device 0 initialises). Cached; never panics.
+pub fn cuda_available() -> bool {
+    probe().is_none()
+}
+
+/// Number of CUDA devices (0 when CUDA is unavailable).
+pub fn device_count() -> usize {
+    if !cuda_available() {
+        return 0;
+    }
+    CudaContext::device_count().map(|n| n as usize).unwrap_or(0)
+}
+
+pub(crate) fn check_device(device: Device) -> Result<()> {
+    get(device).map(|_| ())
+}
+
+/// The backend's handle of `device` (created on first use).
+pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
+    let Device::Cuda(ordinal) = device else {
+        return Err(Error::InvalidArgument { op: "cuda", msg: format!("{device} is not a CUDA device") });
+    };
+    if let Some(reason) = probe() {
+        return Err(Error::CudaUnavailable { device, reason: reason.clone() });
+    }
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+    let mut map = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = map.get(&ordinal) {
+        return Ok(Arc::clone(d));
+    }
+    let count = device_count();
+    if ordinal >= count {
+        return Err(Error::CudaUnavailable { device, reason: format!("only {count} CUDA device(s) present") });
+    }
+    let ctx = CudaContext::new(ordinal).map_err(cuda_err("CudaContext::new"))?;
+    let stream = ctx.default_stream();
+    let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::Cuda { op: "cublas", msg: e.to_string() })?;
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let major = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(cuda_err("attribute"))?;
+    let minor = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(cuda_err("attribute"))?;
+    // NVRTC wants a &'static str; one short string per device for the life of the process.
+    let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+    let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+    let dev = Arc::new(CudaDevice {
+        ordinal,
+        ctx,
+        stream,
+        blas: Mutex::new(blas),
+        modules: Mutex::new(HashMap::new()),
+        compiles: AtomicUsize::new(0),
+        arch,
+        name,
+    });
+    map.insert(ordinal, Arc::clone(&dev));
+    Ok(dev)
+}
+
+impl CudaDevice {
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The GPU's name as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The NVRTC target, e.g. `sm_90`.
+    pub fn arch(&self) -> &'static str {
+        self.arch
+    }
+
+    /// How many modules NVRTC has compiled on this device (each source compiles once per process).
+    pub fn compile_count(&self) -> usize {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// The compiled module for `source`, keyed by `key` (compiled once per process; later calls return the same
+    /// `Arc`).
+    pub fn module(&self, key: &str, source: &str) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(key) {
+            return Ok(Arc::clone(m));
+        }
+        let opts = CompileOptions {
+            arch: Some(self.arch),
+            use_fast_math: Some(false),
+            options: vec!["-std=c++17".into()],
+            name: Some(format!("{key}.cu")),
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(source, opts)
+            .map_err(|e| Error::Nvrtc { kernel: key.to_string(), log: e.to_string() })?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let m = self.ctx.load_module(ptx).map_err(cuda_err("load_module"))?;
+        modules.insert(key.to_string(), Arc::clone(&m));
+        Ok(m)
+    }
+
+    /// Function `name` of a built-in kernel family (the prelude is prepended).
+    pub(crate) fn builtin(&self, family: &'static str, body: &'static str, name: &str) -> Result<CudaFunction> {
+        let m = self.module(family, &format!("{}{}", super::kernels::PRELUDE, body))?;
+        m.load_function(name).map_err(cuda_err("load_function"))
+    }
+
+    /// Waits for all work queued on the device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    pub(crate) fn alloc(&self, dtype: DType, len: usize) -> Result<CudaStorage> {
+        let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or(Error::InvalidArgument {
+            op: "cuda alloc",
+            msg: format!("{len} elements of {dtype} overflow usize"),
+        })?;
+        // SAFETY: the buffer is written by a kernel or a copy before it is read.
+        let buf = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| Error::CudaOutOfMemory {
+            device: Device::Cuda(self.ordinal),
+            bytes,
+            msg: e.to_string(),
+        })?;
+        Ok(CudaStorage { buf, dtype, len, dev: Arc::clone(&self.me()?) })
+    }
+
+    fn me(&self) -> Result<Arc<CudaDevice>> {
+        get(Device::Cuda(self.ordinal))
+    }
+}
+
+/// Device memory of one tensor: a byte buffer plus its dtype and element count.
+pub struct CudaStorage {
+    pub(crate) buf: CudaSlice<u8>,
+    pub(crate) dtype: DType,
+    pub(crate) len: usize,
+    pub(crate) dev: Arc<CudaDevice>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({} x {} on cuda:{})", self.len, self.dtype, self.dev.ordinal)
+    }
+}
+
+impl CudaStorage {
+    /// The device.
+    pub fn device(&self) -> Device {
+        Device::Cuda(self.dev.ordinal)
+    }
+
+    /// Uploads host data.
+    pub(crate) fn upload(cpu: &CpuStorage, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
+        let bytes: &[u8] = map_storage!(cpu, v => {
+            // SAFETY: every element type is plain old data without padding.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..])) }
+        });
+        let buf = if bytes.is_empty() {
+            // SAFETY: a one-byte placeholder that is never read.
+            unsafe { dev.stream.alloc::<u8>(1) }
+        } else {
+            dev.stream.clone_htod(bytes)
+        }
+        .map_err(|e| Error::CudaOutOfMemory {
+            device: Device::Cuda(dev.ordinal),
+            bytes: bytes.len(),
+            msg: e.to_string(),
+        })?;
+        Ok(CudaStorage { buf, dtype: cpu.dtype(), len: cpu.len(), dev: Arc::clone(dev) })
+    }
+
+    /// Downloads to host memory (synchronises the stream).
+    pub(crate) fn download(&self) -> Result<CpuStorage> {
+        let nbytes = self.len * self.dtype.size_in_bytes();
+        let bytes: Vec<u8> = if nbytes == 0 {
+            Vec::new()
+        } else {
+            self.dev.stream.clone_dtoh(&self.buf.slice(..nbytes)).map_err(cuda_err("download"))?
+        };
+        fn typed<T: Copy + Default>(bytes: &[u8], len: usize) -> Vec<T> {
+            let mut v = vec![T::default(); len];
+            // SAFETY: `bytes` holds exactly `len` elements of `T`, a plain-old-data type.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
+            v
+        }
+        Ok(match self.dtype {
+            DType::F16 => CpuStorage::F16(typed(&bytes, self.len)),
+            DType::BF16 => CpuStorage::BF16(typed(&bytes, self.len)),
+            DType::F32 => CpuStorage::F32(typed(&bytes, self.len)),
+            DType::F64 => CpuStorage::F64(typed(&bytes, self.len)),
+            DType::U8 => CpuStorage::U8(typed(&bytes, self.len)),
+            DType::U32 => CpuStorage::U32(typed(&bytes, self.len)),
+        })
+    }
+}
+
+/// A strided layout as the kernels receive it (rank ≤ 8).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KLayout {
+    rank: i32,
+    pad: i32,
+    off: i64,
+    shape: [i64; 8],
+    stride: [i64; 8],
+}
+
+// SAFETY: `#[repr(C)]` plain data matching `struct Lay` of the kernel prelude.
+unsafe impl DeviceRepr for KLayout {}
+
+impl KLayout {
+    pub(crate) fn new(op: &'static str, l: &Layout) -> Result<KLayout> {
+        if l.rank() > 8 {
+            return Err(Error::BadShape { op, shape: l.shape().to_vec(), msg: "CUDA kernels take rank <= 8".into() });
+        }
+        let mut k = KLayout { rank: l.rank() as i32, pad: 0, off: l.offset() as i64, shape: [1; 8], stride: [0; 8] };
+        for (d, (&s, &st)) in l.shape().iter().zip(l.strides()).enumerate() {
+            k.shape[d] = s as i64;
+            k.stride[d] = st as i64;
+        }
+        Ok(k)
+    }
+}
+
+/// A 1-D grid-stride launch over `n` elements.
+pub(crate) fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65_535 * 4) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One block of 256 threads per row.
+pub(crate) fn rows_grid(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+pub(crate) fn dtype_id(d: DType) -> i32 {
+    match d {
+        DType::F16 => 0,
+        DType::BF16 => 1,
+        DType::F32 => 2,
+        DType::F64 => 3,
+        DType::U8 => 4,
+        DType::U32 => 5,
+    }
+}
+
+pub(crate) fn launch_err(e: cudarc::driver::DriverError) -> Error {
+    Error::Cuda { op: "kernel launch", msg: e.to_string() }
+}

@@ -1,0 +1,289 @@
+//! CUDA C sources of the built-in kernels, compiled at run time by NVRTC (no toolkit at build time).
+//!
+//! No CUDA headers are included: f16 and bf16 travel as `unsigned short` and are converted with PTX `cvt`
+//! instructions, so NVRTC needs no include path.
+
+/// Dtype ids shared by the kernels and [`dtype_id`].
+pub(crate) const PRELUDE: &str = r#"
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define DT_F16 0
+#define DT_BF16 1
+#define DT_F32 2
+#define DT_F64 3
+#define DT_U8 4
+#define DT_U32 5
+
+struct Lay { int rank; int pad; i64 off; i64 shape[8]; i64 stride[8]; };
+
+__device__ __forceinline__ i64 lay_offset(const Lay& l, i64 i) {
+    i64 o = l.off;
+    for (int d = l.rank - 1; d >= 0; --d) {
+        i64 s = l.shape[d];
+        o += (i % s) * l.stride[d];
+        i /= s;
+    }
+    return o;
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ u16 f64_to_f16(double f) { u16 h; asm("cvt.rn.f16.f64 %0, %1;" : "=h"(h) : "d"(f)); return h; }
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ u16 f32_to_bf16(float f) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+
+__device__ __forceinline__ double load_as_f64(const void* p, int dt, i64 i) {
+    switch (dt) {
+        case DT_F16: return (double)f16_to_f32(((const u16*)p)[i]);
+        case DT_BF16: return (double)bf16_to_f32(((const u16*)p)[i]);
+        case DT_F32: return (double)((const float*)p)[i];
+        case DT_F64: return ((const double*)p)[i];
+        case DT_U8: return (double)((const u8*)p)[i];
+        default: return (double)((const u32*)p)[i];
+    }
+}
+
+__device__ __forceinline__ double sat_u(double v, double hi) {
+    if (v != v || v <= 0.0) return 0.0;
+    return v >= hi ? hi : v;
+}
+"#;
+
+/// Strided copy with dtype conversion: `contiguous`, `to_dtype` and every widening of half inputs.
+pub(crate) const CAST: &str = r#"
+extern "C" __global__ void cast_strided(const void* src, int sdt, Lay lay, void* dst, int ddt, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 o = lay_offset(lay, i);
+        if (sdt == ddt) {
+            switch (sdt) {
+                case DT_F16: case DT_BF16: ((u16*)dst)[i] = ((const u16*)src)[o]; break;
+                case DT_F32: case DT_U32: ((u32*)dst)[i] = ((const u32*)src)[o]; break;
+                case DT_F64: ((u64*)dst)[i] = ((const u64*)src)[o]; break;
+                default: ((u8*)dst)[i] = ((const u8*)src)[o]; break;
+            }
+            continue;
+        }
+        if (sdt == DT_F32 && ddt == DT_F16) { ((u16*)dst)[i] = f32_to_f16(((const float*)src)[o]); continue; }
+        if (sdt == DT_F32 && ddt == DT_BF16) { ((u16*)dst)[i] = f32_to_bf16(((const float*)src)[o]); continue; }
+        double v = load_as_f64(src, sdt, o);
+        switch (ddt) {
+            case DT_F16: ((u16*)dst)[i] = f64_to_f16(v); break;
+            case DT_BF16: ((u16*)dst)[i] = f32_to_bf16((float)v); break;
+            case DT_F32: ((float*)dst)[i] = (float)v; break;
+            case DT_F64: ((double*)dst)[i] = v; break;
+            case DT_U8: ((u8*)dst)[i] = (u8)sat_u(v, 255.0); break;
+            default: ((u32*)dst)[i] = (u32)sat_u(v, 4294967295.0); break;
+        }
+    }
+}
+"#;
+
+/// Elementwise unary ops (ids match `UNARY_IDS` in `ops.rs`), templated over float/double.
+pub(crate) const UNARY: &str = r#"
+template <typename T> __device__ __forceinline__ T sigm(T x) {
+    if (x >= (T)0) return (T)1 / ((T)1 + exp(-x));
+    T e = exp(x); return e / ((T)1 + e);
+}
+
+template <typename T> __device__ __forceinline__ T unary_apply(T x, int op, T p0, T p1) {
+    switch (op) {
+        case 0: return -x;
+        case 1: return fabs(x);
+        case 2: return exp(x);
+        case 3: return log(x);
+        case 4: return sqrt(x);
+        case 5: return x * x;
+        case 6: return (T)1 / x;
+        case 7: return tanh(x);
+        case 8: return sigm(x);
+        case 9: return sin(x);
+        case 10: return cos(x);
+        case 11: return (x > (T)0 || x != x) ? x : (T)0;
+        case 12: return x * sigm(x);
+        case 13: { T c = sqrt((T)2 / (T)3.14159265358979323846); T z = c * (x + (T)0.044715 * x * x * x); return x * sigm(z + z); }
+        case 14: return (T)0.5 * x * erfc(-x * (T)0.70710678118654752440);
+        case 100: return x * p0 + p1;
+        case 101: return pow(x, p0);
+        case 102: return x != x ? x : fmin(fmax(x, p0), p1);
+        default: return x;
+    }
+}
+
+template <typename T> __device__ void unary_body(const T* x, T* y, i64 n, int op, T p0, T p1) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] = unary_apply(x[i], op, p0, p1);
+}
+extern "C" __global__ void unary_f32(const float* x, float* y, i64 n, int op, float p0, float p1) { unary_body(x, y, n, op, p0, p1); }
+extern "C" __global__ void unary_f64(const double* x, double* y, i64 n, int op, double p0, double p1) { unary_body(x, y, n, op, p0, p1); }
+
+template <typename T> __device__ void swiglu_body(const T* g, const T* u, T* y, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] = g[i] * sigm(g[i]) * u[i];
+}
+extern "C" __global__ void swiglu_f32(const float* g, const float* u, float* y, i64 n) { swiglu_body(g, u, y, n); }
+extern "C" __global__ void swiglu_f64(const double* g, const double* u, double* y, i64 n) { swiglu_body(g, u, y, n); }
+"#;
+
+/// Broadcasting binary ops over strided operands (ids: add, sub, mul, div, maximum, minimum).
+pub(crate) const BINARY: &str = r#"
+template <typename T> __device__ void binary_body(const T* a, Lay la, const T* b, Lay lb, T* y, i64 n, int op) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        T x = a[lay_offset(la, i)], z = b[lay_offset(lb, i)], r;
+        switch (op) {
+            case 0: r = x + z; break;
+            case 1: r = x - z; break;
+            case 2: r = x * z; break;
+            case 3: r = x / z; break;
+            case 4: r = (x != x || z != z) ? x + z : fmax(x, z); break;
+            default: r = (x != x || z != z) ? x + z : fmin(x, z); break;
+        }
+        y[i] = r;
+    }
+}
+extern "C" __global__ void binary_f32(const float* a, Lay la, const float* b, Lay lb, float* y, i64 n, int op) { binary_body(a, la, b, lb, y, n, op); }
+extern "C" __global__ void binary_f64(const double* a, Lay la, const double* b, Lay lb, double* y, i64 n, int op) { binary_body(a, la, b, lb, y, n, op); }
+"#;
+
+/// Row-wise kernels: one block per row of a contiguous `[rows, n]` buffer. Softmax, log-softmax, RMSNorm,
+/// LayerNorm and the reductions (sum/mean accumulate in double, as the CPU backend does).
+pub(crate) const ROWS: &str = r#"
+#define BLOCK 256
+
+template <typename T> __device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v; __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s]; __syncthreads(); }
+    double r = sh[0]; __syncthreads(); return r;
+}
+template <typename T> __device__ double block_max(double v, double* sh) {
+    sh[threadIdx.x] = v; __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) { double o = sh[threadIdx.x + s], m = sh[threadIdx.x]; sh[threadIdx.x] = (m != m || o != o) ? m + o : fmax(m, o); }
+        __syncthreads();
+    }
+    double r = sh[0]; __syncthreads(); return r;
+}
+template <typename T> __device__ double block_min(double v, double* sh) {
+    sh[threadIdx.x] = v; __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) { double o = sh[threadIdx.x + s], m = sh[threadIdx.x]; sh[threadIdx.x] = (m != m || o != o) ? m + o : fmin(m, o); }
+        __syncthreads();
+    }
+    double r = sh[0]; __syncthreads(); return r;
+}
+
+template <typename T> __device__ void softmax_body(const T* x, T* y, i64 n, int log_) {
+    __shared__ double sh[BLOCK];
+    const T* xr = x + blockIdx.x * n; T* yr = y + blockIdx.x * n;
+    double m = -1.0 / 0.0;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) m = fmax(m, (double)xr[j]);
+    m = block_max<T>(m, sh);
+    if (m == -1.0 / 0.0) { for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = log_ ? (T)(-1.0/0.0) : (T)0; return; }
+    T mt = (T)m;
+    double s = 0.0;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += (double)exp(xr[j] - mt);
+    s = block_sum<T>(s, sh);
+    if (log_) { T l = mt + (T)log(s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - l; }
+    else { T inv = (T)(1.0 / s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = exp(xr[j] - mt) * inv; }
+}
+extern "C" __global__ void softmax_f32(const float* x, float* y, i64 n, int log_) { softmax_body(x, y, n, log_); }
+extern "C" __global__ void softmax_f64(const double* x, double* y, i64 n, int log_) { softmax_body(x, y, n, log_); }
+
+template <typename T> __device__ void rms_norm_body(const T* x, const T* w, T* y, i64 d, double eps) {
+    __shared__ double sh[BLOCK];
+    const T* xr = x + blockIdx.x * d; T* yr = y + blockIdx.x * d;
+    double s = 0.0;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { double v = (double)xr[j]; s += v * v; }
+    s = block_sum<T>(s, sh);
+    T inv = (T)1 / sqrt((T)(s / (double)d) + (T)eps);
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) yr[j] = xr[j] * inv * w[j];
+}
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, i64 d, double eps) { rms_norm_body(x, w, y, d, eps); }
+extern "C" __global__ void rms_norm_f64(const double* x, const double* w, double* y, i64 d, double eps) { rms_norm_body(x, w, y, d, eps); }
+
+template <typename T> __device__ void layer_norm_body(const T* x, const T* w, const T* b, T* y, i64 d, double eps) {
+    __shared__ double sh[BLOCK];
+    const T* xr = x + blockIdx.x * d; T* yr = y + blockIdx.x * d;
+    double s = 0.0;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) s += (double)xr[j];
+    double mean = block_sum<T>(s, sh) / (double)d;
+    double v = 0.0;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { double t = (double)xr[j] - mean; v += t * t; }
+    double var = block_sum<T>(v, sh) / (double)d;
+    T mt = (T)mean, inv = (T)1 / sqrt((T)var + (T)eps);
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { T r = (xr[j] - mt) * inv * w[j]; yr[j] = b ? r + b[j] : r; }
+}
+extern "C" __global__ void layer_norm_f32(const float* x, const float* w, const float* b, float* y, i64 d, double eps) { layer_norm_body(x, w, b, y, d, eps); }
+extern "C" __global__ void layer_norm_f64(const double* x, const double* w, const double* b, double* y, i64 d, double eps) { layer_norm_body(x, w, b, y, d, eps); }
+
+// Reductions over the middle axis of [outer, n, inner]: one block per output element.
+template <typename T> __device__ void reduce_body(const T* x, T* y, i64 n, i64 inner, int op) {
+    __shared__ double sh[BLOCK];
+    i64 o = blockIdx.x / inner, in = blockIdx.x % inner;
+    const T* base = x + o * n * inner + in;
+    double r;
+    if (op == 0 || op == 1) {
+        double s = 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += (double)base[j * inner];
+        r = block_sum<T>(s, sh);
+        if (op == 1) r /= (double)n;
+    } else if (op == 2 || op == 4) {
+        double m = -1.0 / 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) { double v = (double)base[j * inner]; m = (m != m || v != v) ? m + v : fmax(m, v); }
+        r = block_max<T>(m, sh);
+        if (op == 4 && r > -1.0 / 0.0 && r < 1.0 / 0.0) {
+            T mt = (T)r; double s = 0.0;
+            for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += (double)exp(base[j * inner] - mt);
+            s = block_sum<T>(s, sh);
+            r = (double)(mt + (T)log(s));
+        }
+    } else {
+        double m = 1.0 / 0.0;
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) { double v = (double)base[j * inner]; m = (m != m || v != v) ? m + v : fmin(m, v); }
+        r = block_min<T>(m, sh);
+    }
+    if (threadIdx.x == 0) y[blockIdx.x] = (T)r;
+}
+extern "C" __global__ void reduce_f32(const float* x, float* y, i64 n, i64 inner, int op) { reduce_body(x, y, n, inner, op); }
+extern "C" __global__ void reduce_f64(const double* x, double* y, i64 n, i64 inner, int op) { reduce_body(x, y, n, inner, op); }
+"#;
+
+/// Philox4x32-10 random numbers with the exact mapping of `crate::rng` (uniforms bitwise equal to the CPU;
+/// normals equal to rounding of the device's `log`/`sincos`).
+pub(crate) const RNG: &str = r#"
+__device__ __forceinline__ void philox(u32 c[4], u32 k0, u32 k1) {
+    for (int r = 0; r < 10; ++r) {
+        u64 p0 = (u64)0xD2511F53u * c[0], p1 = (u64)0xCD9E8D57u * c[2];
+        u32 hi0 = (u32)(p0 >> 32), lo0 = (u32)p0, hi1 = (u32)(p1 >> 32), lo1 = (u32)p1;
+        u32 n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+        c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+}
+__device__ __forceinline__ void block_words(u64 seed, u64 stream, u64 block, u32 w[4]) {
+    w[0] = (u32)block; w[1] = (u32)(block >> 32); w[2] = (u32)stream; w[3] = (u32)(stream >> 32);
+    philox(w, (u32)seed, (u32)(seed >> 32));
+}
+// kind: 0 = uniform f32, 1 = uniform f64, 2 = normal (f64, then `mean + std·z` in double, stored as f64).
+extern "C" __global__ void rng_fill(void* out, i64 n, u64 seed, u64 stream, u64 offset, int kind, double mean, double std_) {
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n; t += (i64)gridDim.x * blockDim.x) {
+        u64 i = offset + (u64)t; u32 w[4];
+        if (kind == 0) { block_words(seed, stream, i / 4, w); ((float*)out)[t] = (float)(w[i % 4] >> 8) * (1.0f / 16777216.0f); }
+        else if (kind == 1) {
+            block_words(seed, stream, i / 2, w); int s = 2 * (int)(i % 2);
+            u64 bits = (((u64)w[s]) << 21) ^ (((u64)w[s + 1]) >> 11);
+            ((double*)out)[t] = (double)bits * (1.0 / 9007199254740992.0);
+        } else {
+            block_words(seed, stream, i / 4, w); int slot = (int)(i % 4);
+            u32 wa = slot < 2 ? w[0] : w[2], wb = slot < 2 ? w[1] : w[3];
+            double u1 = ((double)(wa >> 8) + 1.0) * (1.0 / 16777216.0), u2 = (double)(wb >> 8) * (1.0 / 16777216.0);
+            double r = sqrt(-2.0 * log(u1)), s, c;
+            sincos(6.283185307179586476925 * u2, &s, &c);
+            ((double*)out)[t] = (slot % 2 == 0 ? r * c : r * s) * std_ + mean;
+        }
+    }
+}
+"#;

@@ -1,0 +1,314 @@
+//! Tensor ops on CUDA storage: kernel launches and cuBLAS calls. Entry points are called from the `Tensor` ops
+//! after their shape/dtype/device checks, so everything here may assume valid operands.
+
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaView, PushKernelArg};
+
+use super::backend::{CudaDevice, CudaStorage, KLayout, dtype_id, grid, launch_err, rows_grid};
+use super::kernels;
+use crate::layout::Layout;
+use crate::tensor::Storage;
+use crate::{DType, Error, Result, Tensor};
+
+impl Tensor {
+    pub(crate) fn cuda_storage(&self) -> Option<&CudaStorage> {
+        match &*self.storage {
+            Storage::Cuda(s) => Some(s),
+            Storage::Cpu(_) => None,
+        }
+    }
+
+    pub(crate) fn from_cuda(s: CudaStorage, shape: &[usize]) -> Tensor {
+        Tensor { storage: Arc::new(Storage::Cuda(s)), layout: Layout::contiguous(shape) }
+    }
+}
+
+fn storage(t: &Tensor) -> &CudaStorage {
+    t.cuda_storage().expect("cuda op called on a CUDA tensor")
+}
+
+/// Device view of the elements from the tensor's offset on.
+fn view(t: &Tensor) -> CudaView<'_, u8> {
+    let s = storage(t);
+    s.buf.slice(t.layout.offset() * s.dtype.size_in_bytes()..)
+}
+
+/// A contiguous copy of `t` converted to `dtype` (one strided-cast kernel).
+pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let s = storage(t);
+    let dev = Arc::clone(&s.dev);
+    let n = t.elem_count();
+    let mut out = dev.alloc(dtype, n)?;
+    if n > 0 {
+        let f = dev.builtin("cast", kernels::CAST, "cast_strided")?;
+        let lay = KLayout::new("cast", &t.layout)?;
+        let (sdt, ddt, nn) = (dtype_id(s.dtype), dtype_id(dtype), n as i64);
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&s.buf).arg(&sdt).arg(&lay).arg(&mut out.buf).arg(&ddt).arg(&nn);
+        // SAFETY: the layout addresses elements inside `s.buf` (checked by `Layout`), `out` holds `n` elements.
+        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, t.shape()))
+}
+
+/// `t` as a contiguous f32 (for f16/bf16/f32) or f64 tensor: the precision kernels compute in.
+pub(crate) fn work(t: &Tensor) -> Result<Tensor> {
+    let wd = if t.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    if t.dtype() == wd && t.is_contiguous() { Ok(t.clone()) } else { cast(t, wd) }
+}
+
+/// Converts a work-precision result back to the caller's dtype.
+fn finish(out: Tensor, dtype: DType) -> Result<Tensor> {
+    if out.dtype() == dtype { Ok(out) } else { cast(&out, dtype) }
+}
+
+fn suffix(d: DType) -> &'static str {
+    if d == DType::F64 { "f64" } else { "f32" }
+}
+
+/// Elementwise unary op `op` (ids as in the kernel source) with parameters.
+pub(crate) fn unary(t: &Tensor, op: i32, p0: f64, p1: f64) -> Result<Tensor> {
+    let w = work(t)?;
+    let s = storage(&w);
+    let dev = Arc::clone(&s.dev);
+    let n = w.elem_count();
+    let mut out = dev.alloc(w.dtype(), n)?;
+    if n > 0 {
+        let f = dev.builtin("unary", kernels::UNARY, &format!("unary_{}", suffix(w.dtype())))?;
+        let (nn, x) = (n as i64, view(&w));
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&x).arg(&mut out.buf).arg(&nn).arg(&op);
+        let (p0f, p1f) = (p0 as f32, p1 as f32);
+        if w.dtype() == DType::F64 {
+            b.arg(&p0).arg(&p1);
+        } else {
+            b.arg(&p0f).arg(&p1f);
+        }
+        // SAFETY: input and output hold `n` contiguous elements of the work dtype.
+        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, t.shape()), t.dtype())
+}
+
+/// `silu(g) · u` elementwise (same shapes).
+pub(crate) fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let (gw, uw) = (work(g)?, work(u)?);
+    let dev = Arc::clone(&storage(&gw).dev);
+    let n = gw.elem_count();
+    let mut out = dev.alloc(gw.dtype(), n)?;
+    if n > 0 {
+        let f = dev.builtin("unary", kernels::UNARY, &format!("swiglu_{}", suffix(gw.dtype())))?;
+        let (nn, gv, uv) = (n as i64, view(&gw), view(&uw));
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&gv).arg(&uv).arg(&mut out.buf).arg(&nn);
+        // SAFETY: three buffers of `n` contiguous elements.
+        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, g.shape()), g.dtype())
+}
+
+/// Broadcasting binary op on operands already broadcast to `shape` (layouts may have zero strides).
+pub(crate) fn binary(a: &Tensor, b: &Tensor, shape: &[usize], op: i32) -> Result<Tensor> {
+    // Half inputs are widened once; f32/f64 operands are read in place through their (broadcast) layouts.
+    let (aw, bw) = if a.dtype().is_float() && matches!(a.dtype(), DType::F32 | DType::F64) {
+        (a.clone(), b.clone())
+    } else {
+        (work(a)?, work(b)?)
+    };
+    let la = KLayout::new("binary", &aw.layout.broadcast_as(shape)?)?;
+    let lb = KLayout::new("binary", &bw.layout.broadcast_as(shape)?)?;
+    let sa = storage(&aw);
+    let dev = Arc::clone(&sa.dev);
+    let n: usize = shape.iter().product();
+    let mut out = dev.alloc(aw.dtype(), n)?;
+    if n > 0 {
+        let f = dev.builtin("binary", kernels::BINARY, &format!("binary_{}", suffix(aw.dtype())))?;
+        let nn = n as i64;
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&sa.buf).arg(&la).arg(&storage(&bw).buf).arg(&lb).arg(&mut out.buf).arg(&nn).arg(&op);
+        // SAFETY: layouts address elements inside their buffers; the output holds `n` elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, shape), a.dtype())
+}
+
+/// Moves `dim` last (a contiguous copy when it is not already last) and returns `(rows, n)`.
+fn rows_view(t: &Tensor, dim: usize) -> Result<(Tensor, usize, usize)> {
+    let last = t.rank() - 1;
+    let moved = if dim == last { t.clone() } else { t.transpose(dim, last)? };
+    let w = work(&moved)?;
+    let n = t.shape()[dim];
+    let rows = t.elem_count().checked_div(n).unwrap_or(0);
+    Ok((w, rows, n))
+}
+
+/// Softmax or log-softmax along `dim`.
+pub(crate) fn softmax(t: &Tensor, dim: usize, log: bool) -> Result<Tensor> {
+    let (w, rows, n) = rows_view(t, dim)?;
+    let dev = Arc::clone(&storage(&w).dev);
+    let mut out = dev.alloc(w.dtype(), rows * n)?;
+    if rows * n > 0 {
+        let f = dev.builtin("rows", kernels::ROWS, &format!("softmax_{}", suffix(w.dtype())))?;
+        let (nn, lg, x) = (n as i64, i32::from(log), view(&w));
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&x).arg(&mut out.buf).arg(&nn).arg(&lg);
+        // SAFETY: `rows` rows of `n` contiguous elements in and out.
+        unsafe { b.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    }
+    let last = t.rank() - 1;
+    let mut moved_shape = t.shape().to_vec();
+    moved_shape.swap(dim, last);
+    let y = Tensor::from_cuda(out, &moved_shape);
+    let y = if dim == last { y } else { cast(&y.transpose(dim, last)?, y.dtype())? };
+    finish(y, t.dtype())
+}
+
+/// RMSNorm (`bias = None`, `rms = true`) or LayerNorm over the last dimension.
+pub(crate) fn norm(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, eps: f64, rms: bool) -> Result<Tensor> {
+    let d = x.shape()[x.rank() - 1];
+    let rows = x.elem_count().checked_div(d).unwrap_or(0);
+    let (xw, ww) = (work(x)?, work(w)?);
+    let bw = bias.map(work).transpose()?;
+    let dev = Arc::clone(&storage(&xw).dev);
+    let mut out = dev.alloc(xw.dtype(), rows * d)?;
+    if rows * d > 0 {
+        let sfx = suffix(xw.dtype());
+        let name = if rms { format!("rms_norm_{sfx}") } else { format!("layer_norm_{sfx}") };
+        let f = dev.builtin("rows", kernels::ROWS, &name)?;
+        let (dd, xv, wv) = (d as i64, view(&xw), view(&ww));
+        let null: u64 = 0;
+        let bv = bw.as_ref().map(view);
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&xv).arg(&wv);
+        if !rms {
+            match &bv {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
+        }
+        b.arg(&mut out.buf).arg(&dd).arg(&eps);
+        // SAFETY: `rows` rows of `d` elements, weights (and bias) of `d` elements; a null bias is checked in-kernel.
+        unsafe { b.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, x.shape()), x.dtype())
+}
+
+/// Reduction `op` (0 sum, 1 mean, 2 max, 3 min, 4 logsumexp) over `dim`; returns the keepdim shape.
+pub(crate) fn reduce(t: &Tensor, dim: usize, op: i32) -> Result<Tensor> {
+    let w = work(t)?;
+    let (outer, n, inner) = crate::ops::reduce::split_at_dim(t.shape(), dim);
+    let dev = Arc::clone(&storage(&w).dev);
+    let count = outer * inner;
+    let mut out = dev.alloc(w.dtype(), count)?;
+    if count > 0 {
+        let f = dev.builtin("rows", kernels::ROWS, &format!("reduce_{}", suffix(w.dtype())))?;
+        let (nn, ii, x) = (n as i64, inner as i64, view(&w));
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&x).arg(&mut out.buf).arg(&nn).arg(&ii).arg(&op);
+        // SAFETY: `outer·n·inner` contiguous inputs, `outer·inner` outputs.
+        unsafe { b.launch(rows_grid(count)) }.map_err(launch_err)?;
+    }
+    let mut shape = t.shape().to_vec();
+    shape[dim] = 1;
+    finish(Tensor::from_cuda(out, &shape), t.dtype())
+}
+
+/// Random fill: `kind` 0 uniform f32, 1 uniform f64, 2 normal (f64 values, `mean + std·z`).
+pub(crate) fn rng_fill(
+    dev: &Arc<CudaDevice>,
+    shape: &[usize],
+    rng: &crate::rng::CounterRng,
+    offset: u64,
+    kind: i32,
+    mean: f64,
+    std: f64,
+) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let dtype = if kind == 0 { DType::F32 } else { DType::F64 };
+    let mut out = dev.alloc(dtype, n)?;
+    if n > 0 {
+        let f = dev.builtin("rng", kernels::RNG, "rng_fill")?;
+        let (nn, seed, stream) = (n as i64, rng.seed(), rng.stream());
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&mut out.buf).arg(&nn).arg(&seed).arg(&stream).arg(&offset).arg(&kind).arg(&mean).arg(&std);
+        // SAFETY: `n` outputs of the written type.
+        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, shape))
+}
+
+/// Batched matmul through cuBLAS (row-major via `Cᵀ = Bᵀ Aᵀ`). Operands are broadcast and made contiguous first.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch_shape: &[usize], m: usize, k: usize, n: usize) -> Result<Tensor> {
+    let batch: usize = batch_shape.iter().product();
+    let mut ash = batch_shape.to_vec();
+    ash.extend([m, k]);
+    let mut bsh = batch_shape.to_vec();
+    bsh.extend([k, n]);
+    let wd = if a.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let aw = cast(&a.broadcast_as(&ash)?, wd)?;
+    let bw = cast(&b.broadcast_as(&bsh)?, wd)?;
+    let dev = Arc::clone(&storage(&aw).dev);
+    let mut out = dev.alloc(wd, batch * m * n)?;
+    if batch * m * n > 0 {
+        if k == 0 {
+            let zero = dev.stream.memset_zeros(&mut out.buf);
+            zero.map_err(launch_err)?;
+        } else {
+            let blas = dev.blas.lock().unwrap_or_else(|e| e.into_inner());
+            let (sa, sb) = (storage(&aw), storage(&bw));
+            let res = if wd == DType::F64 {
+                // SAFETY: transmute of byte buffers holding exactly these many f64 elements.
+                let (av, bv) =
+                    unsafe { (sa.buf.transmute::<f64>(batch * m * k), sb.buf.transmute::<f64>(batch * k * n)) };
+                let mut cv = unsafe { out.buf.transmute_mut::<f64>(batch * m * n) };
+                match (av, bv, cv.as_mut()) {
+                    // SAFETY: dimensions and strides describe the contiguous buffers above.
+                    (Some(av), Some(bv), Some(cv)) => unsafe {
+                        blas.gemm_strided_batched(sbc(1.0f64, 0.0f64, batch, m, k, n), &bv, &av, cv)
+                    },
+                    _ => return Err(Error::Cuda { op: "matmul", msg: "buffer size mismatch".into() }),
+                }
+            } else {
+                let (av, bv) =
+                    unsafe { (sa.buf.transmute::<f32>(batch * m * k), sb.buf.transmute::<f32>(batch * k * n)) };
+                let mut cv = unsafe { out.buf.transmute_mut::<f32>(batch * m * n) };
+                match (av, bv, cv.as_mut()) {
+                    (Some(av), Some(bv), Some(cv)) => unsafe {
+                        blas.gemm_strided_batched(sbc(1.0f32, 0.0f32, batch, m, k, n), &bv, &av, cv)
+                    },
+                    _ => return Err(Error::Cuda { op: "matmul", msg: "buffer size mismatch".into() }),
+                }
+            };
+            res.map_err(|e| Error::Cuda { op: "cublas gemm", msg: e.to_string() })?;
+        }
+    }
+    let mut shape = batch_shape.to_vec();
+    shape.extend([m, n]);
+    finish(Tensor::from_cuda(out, &shape), a.dtype())
+}
+
+/// cuBLAS configuration of a row-major batched `C[m×n] = A[m×k]·B[k×n]` computed as column-major
+/// `Cᵀ = Bᵀ·Aᵀ`: cuBLAS's A is our B (`n × k`, ld `n`), its B is our A (`k × m`, ld `k`).
+fn sbc<T>(alpha: T, beta: T, batch: usize, m: usize, k: usize, n: usize) -> StridedBatchedConfig<T> {
+    StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha,
+            lda: n as i32,
+            ldb: k as i32,
+            beta,
+            ldc: n as i32,
+        },
+        batch_size: batch as i32,
+        stride_a: (k * n) as i64,
+        stride_b: (m * k) as i64,
+        stride_c: (m * n) as i64,
+    }
+}

@@ -1,0 +1,495 @@
+//! Fused row-dot kernels: scalar (the oracle) and AVX2 + FMA + F16C (selected at run time).
+//!
+//! Every kernel computes `M` dot products of one quantized weight row with `M` activation vectors, reading each
+//! weight block once. For every output the sequence of floating-point operations does not depend on `M`, so the
+//! skinny GEMM (M > 1) is bitwise equal to M GEMVs (M = 1).
+
+use half::f16;
+
+use super::QuantType;
+use super::blocks::{BlockQ8_1, f16_le};
+
+/// Whether the AVX2 kernels can run on this CPU (checked at run time; std caches the answer).
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One activation vector prepared for the f32-activation kernels.
+pub(crate) struct F32Act<'a> {
+    /// The activations, in blocks of 32.
+    pub x: &'a [[f32; 32]],
+    /// `S_b = Σ_j x_b[j]` per block (used by Q4_1).
+    pub sums: Vec<f32>,
+}
+
+/// One activation vector quantised per 32-block to Q8_0 / Q8_1.
+pub(crate) struct Q8Act {
+    /// Quants per block.
+    pub qs: Vec<[i8; 32]>,
+    /// `d_y` (the stored f16 value, widened) per block.
+    pub d: Vec<f32>,
+    /// `s_y = d_y·Σ q_y` (the stored f16 value, widened) per block.
+    pub s: Vec<f32>,
+}
+
+impl<'a> F32Act<'a> {
+    /// `x.len()` must be a multiple of 32 (checked by the callers).
+    pub fn new(ty: QuantType, x: &'a [f32]) -> Self {
+        let (x, _) = x.as_chunks::<32>();
+        let sums = if ty == QuantType::Q4_1 { x.iter().map(|b| b.iter().sum::<f32>()).collect() } else { Vec::new() };
+        F32Act { x, sums }
+    }
+}
+
+impl Q8Act {
+    /// `x.len()` must be a multiple of 32 (checked by the callers).
+    pub fn new(x: &[f32]) -> Self {
+        let (xb, _) = x.as_chunks::<32>();
+        let mut qs = Vec::with_capacity(xb.len());
+        let mut d = Vec::with_capacity(xb.len());
+        let mut s = Vec::with_capacity(xb.len());
+        for b in xb {
+            // Q8_0 and Q8_1 share d and qs; s is used only with Q4_1 weights.
+            let q = BlockQ8_1::quantize(b);
+            qs.push(q.qs);
+            d.push(q.d.to_f32());
+            s.push(q.s.to_f32());
+        }
+        Q8Act { qs, d, s }
+    }
+}
+
+/// The activations of one call, prepared once.
+pub(crate) enum Acts<'a> {
+    F32(Vec<F32Act<'a>>),
+    Q8(Vec<Q8Act>),
+}
+
+impl Acts<'_> {
+    /// Number of activation vectors.
+    pub fn len(&self) -> usize {
+        match self {
+            Acts::F32(v) => v.len(),
+            Acts::Q8(v) => v.len(),
+        }
+    }
+
+    /// Dot products of `row` (whole blocks of `ty`) with activation vectors `first..first + M`.
+    ///
+    /// Panics (an internal invariant, never user-reachable) if an activation vector is shorter than the row.
+    #[inline]
+    pub fn dot<const M: usize>(&self, ty: QuantType, avx2: bool, row: &[u8], first: usize) -> [f32; M] {
+        let nb = row.len() / ty.block_bytes();
+        match self {
+            Acts::F32(v) => {
+                let a: [&F32Act<'_>; M] = std::array::from_fn(|i| &v[first + i]);
+                let xs = a.map(|a| &a.x[..nb]);
+                let sums = a.map(|a| if ty == QuantType::Q4_1 { &a.sums[..nb] } else { &a.sums[..0] });
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: `avx2` is true only when `avx2_available()` returned true.
+                    return unsafe { avx2::dot_f32::<M>(ty, row, xs, sums) };
+                }
+                let _ = avx2;
+                scalar::dot_f32::<M>(ty, row, xs, sums)
+            }
+            Acts::Q8(v) => {
+                let a: [&Q8Act; M] = std::array::from_fn(|i| &v[first + i]);
+                let qs = a.map(|a| &a.qs[..nb]);
+                let d = a.map(|a| &a.d[..nb]);
+                let s = a.map(|a| &a.s[..nb]);
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: as above.
+                    return unsafe { avx2::dot_q8::<M>(ty, row, qs, d, s) };
+                }
+                scalar::dot_q8::<M>(ty, row, qs, d, s)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn f16f(b: &[u8], at: usize) -> f32 {
+    f16::to_f32(f16_le(b, at))
+}
+
+/// Portable kernels: the test oracle. Plain f32 multiplies and adds, no FMA.
+pub(crate) mod scalar {
+    use super::*;
+
+    /// `Σ_j q_j x_j` over one block with 8 interleaved partial sums and a fixed final tree.
+    #[inline(always)]
+    fn dot32(q: &[f32; 32], x: &[f32; 32]) -> f32 {
+        let mut p = [0f32; 8];
+        for j in 0..32 {
+            p[j % 8] += q[j] * x[j];
+        }
+        ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]))
+    }
+
+    #[inline(always)]
+    fn nibbles(qs: &[u8], offset: f32) -> [f32; 32] {
+        let mut q = [0f32; 32];
+        for j in 0..16 {
+            q[j] = (qs[j] & 0xF) as f32 - offset;
+            q[j + 16] = (qs[j] >> 4) as f32 - offset;
+        }
+        q
+    }
+
+    pub(crate) fn dot_f32<const M: usize>(
+        ty: QuantType,
+        row: &[u8],
+        xs: [&[[f32; 32]]; M],
+        sums: [&[f32]; M],
+    ) -> [f32; M] {
+        let mut acc = [0f32; M];
+        match ty {
+            QuantType::Q4_0 => {
+                for (b, blk) in row.as_chunks::<18>().0.iter().enumerate() {
+                    let d = f16f(blk, 0);
+                    // q - 8 is exact in f32: the same products as the dequantised weights, no cancellation.
+                    let q = nibbles(&blk[2..], 8.0);
+                    for i in 0..M {
+                        acc[i] += d * dot32(&q, &xs[i][b]);
+                    }
+                }
+            }
+            QuantType::Q4_1 => {
+                for (b, blk) in row.as_chunks::<20>().0.iter().enumerate() {
+                    let d = f16f(blk, 0);
+                    let m = f16f(blk, 2);
+                    let q = nibbles(&blk[4..], 0.0);
+                    for i in 0..M {
+                        acc[i] += d * dot32(&q, &xs[i][b]) + m * sums[i][b];
+                    }
+                }
+            }
+            QuantType::Q8_0 => {
+                for (b, blk) in row.as_chunks::<34>().0.iter().enumerate() {
+                    let d = f16f(blk, 0);
+                    let mut q = [0f32; 32];
+                    for (q, &v) in q.iter_mut().zip(&blk[2..]) {
+                        *q = (v as i8) as f32;
+                    }
+                    for i in 0..M {
+                        acc[i] += d * dot32(&q, &xs[i][b]);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    pub(crate) fn dot_q8<const M: usize>(
+        ty: QuantType,
+        row: &[u8],
+        qy: [&[[i8; 32]]; M],
+        dy: [&[f32]; M],
+        sy: [&[f32]; M],
+    ) -> [f32; M] {
+        let mut acc = [0f32; M];
+        match ty {
+            QuantType::Q4_0 => {
+                for (b, blk) in row.as_chunks::<18>().0.iter().enumerate() {
+                    let d = f16f(blk, 0);
+                    for i in 0..M {
+                        let y = &qy[i][b];
+                        let mut sumi = 0i32;
+                        for j in 0..16 {
+                            sumi += ((blk[2 + j] & 0xF) as i32 - 8) * y[j] as i32;
+                            sumi += ((blk[2 + j] >> 4) as i32 - 8) * y[j + 16] as i32;
+                        }
+                        acc[i] += sumi as f32 * d * dy[i][b];
+                    }
+                }
+            }
+            QuantType::Q4_1 => {
+                for (b, blk) in row.as_chunks::<20>().0.iter().enumerate() {
+                    let d = f16f(blk, 0);
+                    let m = f16f(blk, 2);
+                    for i in 0..M {
+                        let y = &qy[i][b];
+                        let mut sumi = 0i32;
+                        for j in 0..16 {
+                            sumi += (blk[4 + j] & 0xF) as i32 * y[j] as i32;
+                            sumi += (blk[4 + j] >> 4) as i32 * y[j + 16] as i32;
+                        }
+                        acc[i] += (d * dy[i][b]) * sumi as f32 + m * sy[i][b];
+                    }
+                }
+            }
+            QuantType::Q8_0 => {
+                for (b, blk) in row.as_chunks::<34>().0.iter().enumerate() {
+                    let d = f16f(blk, 0);
+                    for i in 0..M {
+                        let y = &qy[i][b];
+                        let mut sumi = 0i32;
+                        for j in 0..32 {
+                            sumi += (blk[2 + j] as i8) as i32 * y[j] as i32;
+                        }
+                        acc[i] += sumi as f32 * (d * dy[i][b]);
+                    }
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// AVX2 + FMA + F16C kernels. Callers must have checked [`avx2_available`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::QuantType;
+
+    /// `$v[$b]` without a bounds check. Used only where the kernel has asserted up front that `$v` holds at
+    /// least as many blocks as the row, with `$b` running over the row's blocks.
+    macro_rules! at {
+        ($v:expr, $b:expr) => {{
+            let (v, b) = ($v, $b);
+            debug_assert!(b < v.len());
+            // SAFETY: `b < nb <= v.len()`, asserted at the top of the kernel.
+            unsafe { v.get_unchecked(b) }
+        }};
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_f32x8(x: &[f32; 32], at: usize) -> __m256 {
+        let s = &x[at..at + 8];
+        // SAFETY: `s` holds 8 f32; unaligned load.
+        unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    }
+
+    /// Zero-extends 8 bytes of `b` starting at `at` to 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn u8x8_to_i32(b: &[u8], at: usize) -> __m256i {
+        let s = &b[at..at + 8];
+        // SAFETY: `s` holds 8 bytes; `_mm_loadl_epi64` reads exactly 8 bytes, unaligned.
+        unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(s.as_ptr().cast())) }
+    }
+
+    /// Sign-extends 8 bytes of `b` starting at `at` to 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn i8x8_to_i32(b: &[u8], at: usize) -> __m256i {
+        let s = &b[at..at + 8];
+        // SAFETY: as above.
+        unsafe { _mm256_cvtepi8_epi32(_mm_loadl_epi64(s.as_ptr().cast())) }
+    }
+
+    /// The f16 at `b[at..at + 2]` widened to f32, in lane 0 (lane 1 holds the f16 at `at + 2`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16x2(b: &[u8], at: usize) -> __m128 {
+        let v = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        _mm_cvtph_ps(_mm_cvtsi32_si128(v as i32))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16x1(b: &[u8], at: usize) -> __m128 {
+        let v = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtph_ps(_mm_cvtsi32_si128(v as i32))
+    }
+
+    /// Fixed-order horizontal sum of 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `Σ_j q_j x_j` as 8 lane partial sums, q given as four 8-lane f32 vectors (elements 0..8, 8..16, ...).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block_dot(q: &[__m256; 4], x: &[f32; 32]) -> __m256 {
+        let mut t = _mm256_mul_ps(q[0], load_f32x8(x, 0));
+        t = _mm256_fmadd_ps(q[1], load_f32x8(x, 8), t);
+        t = _mm256_fmadd_ps(q[2], load_f32x8(x, 16), t);
+        _mm256_fmadd_ps(q[3], load_f32x8(x, 24), t)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_f32<const M: usize>(
+        ty: QuantType,
+        row: &[u8],
+        xs: [&[[f32; 32]]; M],
+        sums: [&[f32]; M],
+    ) -> [f32; M] {
+        let nb = row.len() / ty.block_bytes();
+        assert!(xs.iter().all(|x| x.len() >= nb), "activations shorter than the row");
+        assert!(ty != QuantType::Q4_1 || sums.iter().all(|s| s.len() >= nb), "block sums shorter than the row");
+        let mut acc = [_mm256_setzero_ps(); M];
+        let mut corr = [0f32; M];
+        let low = _mm256_set1_epi32(0xF);
+        match ty {
+            QuantType::Q4_0 => {
+                let eight = _mm256_set1_epi32(8);
+                for (b, blk) in row.as_chunks::<18>().0.iter().enumerate() {
+                    let d = _mm256_broadcastss_ps(f16x1(blk, 0));
+                    let v0 = u8x8_to_i32(blk, 2);
+                    let v1 = u8x8_to_i32(blk, 10);
+                    let q = [
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v0, low), eight)),
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v1, low), eight)),
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32::<4>(v0), eight)),
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32::<4>(v1), eight)),
+                    ];
+                    for i in 0..M {
+                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
+                    }
+                }
+            }
+            QuantType::Q4_1 => {
+                for (b, blk) in row.as_chunks::<20>().0.iter().enumerate() {
+                    let dm = f16x2(blk, 0);
+                    let d = _mm256_broadcastss_ps(dm);
+                    let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                    let v0 = u8x8_to_i32(blk, 4);
+                    let v1 = u8x8_to_i32(blk, 12);
+                    let q = [
+                        _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)),
+                        _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)),
+                        _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v0)),
+                        _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
+                    ];
+                    for i in 0..M {
+                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
+                        corr[i] += m * *at!(sums[i], b);
+                    }
+                }
+            }
+            QuantType::Q8_0 => {
+                for (b, blk) in row.as_chunks::<34>().0.iter().enumerate() {
+                    let d = _mm256_broadcastss_ps(f16x1(blk, 0));
+                    let q = [
+                        _mm256_cvtepi32_ps(i8x8_to_i32(blk, 2)),
+                        _mm256_cvtepi32_ps(i8x8_to_i32(blk, 10)),
+                        _mm256_cvtepi32_ps(i8x8_to_i32(blk, 18)),
+                        _mm256_cvtepi32_ps(i8x8_to_i32(blk, 26)),
+                    ];
+                    for i in 0..M {
+                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
+                    }
+                }
+            }
+        }
+        let mut out = [0f32; M];
+        for i in 0..M {
+            out[i] = hsum(acc[i]) + corr[i];
+        }
+        out
+    }
+
+    /// 32 nibbles of `qs` (16 bytes at `at`) as 32 u8 lanes in element order (low nibbles first).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn nibbles32(b: &[u8], at: usize) -> __m256i {
+        let s = &b[at..at + 16];
+        // SAFETY: `s` holds 16 bytes; unaligned load.
+        let t = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+        _mm256_and_si256(both, _mm256_set1_epi8(0xF))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_i8x32(y: &[i8; 32]) -> __m256i {
+        // SAFETY: 32 bytes; unaligned load.
+        unsafe { _mm256_loadu_si256(y.as_ptr().cast()) }
+    }
+
+    /// Σ of u8 × i8 products in 8 i32 lanes, as f32 (exact: |sum| < 2^24).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum_u8_i8(ux: __m256i, sy: __m256i) -> __m256 {
+        let dot = _mm256_maddubs_epi16(ux, sy);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(dot, _mm256_set1_epi16(1)))
+    }
+
+    /// Σ of i8 × i8 products (`x` ≥ −128, `y` in −127..=127) in 8 i32 lanes, as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum_i8_i8(x: __m256i, y: __m256i) -> __m256 {
+        sum_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_q8<const M: usize>(
+        ty: QuantType,
+        row: &[u8],
+        qy: [&[[i8; 32]]; M],
+        dy: [&[f32]; M],
+        sy: [&[f32]; M],
+    ) -> [f32; M] {
+        let nb = row.len() / ty.block_bytes();
+        assert!(qy.iter().all(|q| q.len() >= nb), "activations shorter than the row");
+        assert!(dy.iter().all(|d| d.len() >= nb), "activation scales shorter than the row");
+        assert!(ty != QuantType::Q4_1 || sy.iter().all(|s| s.len() >= nb), "activation sums shorter than the row");
+        let mut acc = [_mm256_setzero_ps(); M];
+        let mut summs = [0f32; M];
+        match ty {
+            QuantType::Q4_0 => {
+                for (b, blk) in row.as_chunks::<18>().0.iter().enumerate() {
+                    let d = _mm_cvtss_f32(f16x1(blk, 0));
+                    let qx = _mm256_sub_epi8(nibbles32(blk, 2), _mm256_set1_epi8(8));
+                    for i in 0..M {
+                        let p = sum_i8_i8(qx, load_i8x32(at!(qy[i], b)));
+                        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * *at!(dy[i], b)), p, acc[i]);
+                    }
+                }
+            }
+            QuantType::Q4_1 => {
+                for (b, blk) in row.as_chunks::<20>().0.iter().enumerate() {
+                    let dm = f16x2(blk, 0);
+                    let d = _mm_cvtss_f32(dm);
+                    let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                    let qx = nibbles32(blk, 4);
+                    for i in 0..M {
+                        let p = sum_u8_i8(qx, load_i8x32(at!(qy[i], b)));
+                        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * *at!(dy[i], b)), p, acc[i]);
+                        summs[i] += m * *at!(sy[i], b);
+                    }
+                }
+            }
+            QuantType::Q8_0 => {
+                for (b, blk) in row.as_chunks::<34>().0.iter().enumerate() {
+                    let d = _mm_cvtss_f32(f16x1(blk, 0));
+                    let s = &blk[2..34];
+                    // SAFETY: `s` holds 32 bytes; unaligned load.
+                    let qx = unsafe { _mm256_loadu_si256(s.as_ptr().cast()) };
+                    for i in 0..M {
+                        let p = sum_i8_i8(qx, load_i8x32(at!(qy[i], b)));
+                        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * *at!(dy[i], b)), p, acc[i]);
+                    }
+                }
+            }
+        }
+        let mut out = [0f32; M];
+        for i in 0..M {
+            out[i] = hsum(acc[i]) + summs[i];
+        }
+        out
+    }
+}
