@@ -310,14 +310,8 @@ impl Tensor {
             let t = self.contiguous()?;
             return match (&*t.storage, device) {
                 (Storage::Cuda(s), Device::Cpu) => {
-                    let host = Tensor::from_storage(s.download()?, t.shape());
-                    // A contiguous view may start past the buffer's beginning or end before its end.
-                    let off = t.layout.offset();
-                    Ok(if off == 0 && host.storage_len() == t.elem_count() {
-                        host
-                    } else {
-                        host.narrow_flat(off, t.elem_count())?
-                    })
+                    // Only the view's elements travel (a contiguous view may start or end inside the buffer).
+                    Ok(Tensor::from_storage(s.download_range(t.layout.offset(), t.elem_count())?, t.shape()))
                 }
                 (Storage::Cpu(c), Device::Cuda(_)) => {
                     let dev = crate::cuda::get(*device)?;
@@ -538,11 +532,5 @@ impl Tensor {
             });
         }
         Ok(())
-    }
-
-    /// A contiguous 1-D-addressed sub-range of a contiguous CPU tensor, reshaped to `self`'s shape later.
-    #[cfg(feature = "cuda")]
-    fn narrow_flat(&self, off: usize, len: usize) -> Result<Tensor> {
-        self.reshape(&[self.elem_count()])?.narrow(0, off, len)?.contiguous()
     }
 }

@@ -239,13 +239,19 @@ impl CudaStorage {
         Ok(CudaStorage { buf, dtype: cpu.dtype(), len: cpu.len(), dev: Arc::clone(dev) })
     }
 
-    /// Downloads to host memory (synchronises the stream).
-    pub(crate) fn download(&self) -> Result<CpuStorage> {
-        let nbytes = self.len * self.dtype.size_in_bytes();
-        let bytes: Vec<u8> = if nbytes == 0 {
+    /// Downloads elements `off..off + len` to host memory (synchronises the stream).
+    pub(crate) fn download_range(&self, off: usize, len: usize) -> Result<CpuStorage> {
+        let size = self.dtype.size_in_bytes();
+        if off + len > self.len {
+            return Err(Error::Cuda {
+                op: "download",
+                msg: format!("range {off}+{len} exceeds {} elements", self.len),
+            });
+        }
+        let bytes: Vec<u8> = if len == 0 {
             Vec::new()
         } else {
-            self.dev.stream.clone_dtoh(&self.buf.slice(..nbytes)).map_err(cuda_err("download"))?
+            self.dev.stream.clone_dtoh(&self.buf.slice(off * size..(off + len) * size)).map_err(cuda_err("download"))?
         };
         fn typed<T: Copy + Default>(bytes: &[u8], len: usize) -> Vec<T> {
             let mut v = vec![T::default(); len];
@@ -254,12 +260,12 @@ impl CudaStorage {
             v
         }
         Ok(match self.dtype {
-            DType::F16 => CpuStorage::F16(typed(&bytes, self.len)),
-            DType::BF16 => CpuStorage::BF16(typed(&bytes, self.len)),
-            DType::F32 => CpuStorage::F32(typed(&bytes, self.len)),
-            DType::F64 => CpuStorage::F64(typed(&bytes, self.len)),
-            DType::U8 => CpuStorage::U8(typed(&bytes, self.len)),
-            DType::U32 => CpuStorage::U32(typed(&bytes, self.len)),
+            DType::F16 => CpuStorage::F16(typed(&bytes, len)),
+            DType::BF16 => CpuStorage::BF16(typed(&bytes, len)),
+            DType::F32 => CpuStorage::F32(typed(&bytes, len)),
+            DType::F64 => CpuStorage::F64(typed(&bytes, len)),
+            DType::U8 => CpuStorage::U8(typed(&bytes, len)),
+            DType::U32 => CpuStorage::U32(typed(&bytes, len)),
         })
     }
 }
