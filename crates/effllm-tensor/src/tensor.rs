@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use ndarray::ShapeBuilder;
 use std::sync::Arc;
 
-use crate::cpu::{CpuStorage, map_storage};
+use crate::cpu::{CpuStorage, map_storage, map_storage_same};
 use crate::cuda::CudaStorage;
 use crate::layout::{Layout, checked_elem_count, contiguous_strides};
 use crate::{DType, Device, Error, Result, WithDType};
@@ -134,15 +134,31 @@ impl Tensor {
     pub fn full(value: f64, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         device.check_available()?;
         let n = checked_elem_count("full", shape)?;
-        let storage = match dtype {
-            DType::F16 => CpuStorage::F16(vec![half::f16::from_f64(value); n]),
-            DType::BF16 => CpuStorage::BF16(vec![half::bf16::from_f64(value); n]),
-            DType::F32 => CpuStorage::F32(vec![value as f32; n]),
-            DType::F64 => CpuStorage::F64(vec![value; n]),
-            DType::U8 => CpuStorage::U8(vec![u8::from_f64(value); n]),
-            DType::U32 => CpuStorage::U32(vec![u32::from_f64(value); n]),
-        };
-        Tensor::from_storage(storage, shape).to_device(device)
+        let one = Tensor::from_storage(
+            match dtype {
+                DType::F16 => CpuStorage::F16(vec![half::f16::from_f64(value)]),
+                DType::BF16 => CpuStorage::BF16(vec![half::bf16::from_f64(value)]),
+                DType::F32 => CpuStorage::F32(vec![value as f32]),
+                DType::F64 => CpuStorage::F64(vec![value]),
+                DType::U8 => CpuStorage::U8(vec![u8::from_f64(value)]),
+                DType::U32 => CpuStorage::U32(vec![u32::from_f64(value)]),
+            },
+            &[1],
+        );
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(_) = device {
+            // Filled on the device: no host buffer of the full size.
+            let bits = map_storage!(one.cpu_storage(), v => {
+                let mut b = [0u8; 8];
+                // SAFETY: one plain-old-data element of at most 8 bytes.
+                let src = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[0])) };
+                b[..src.len()].copy_from_slice(src);
+                u64::from_le_bytes(b)
+            });
+            return crate::cuda::ops::fill(*device, shape, dtype, bits);
+        }
+        let storage = map_storage_same!(one.cpu_storage(), v => try_filled(v[0], n, shape)?);
+        Ok(Tensor::from_storage(storage, shape))
     }
 
     /// A tensor of zeros.
@@ -533,4 +549,15 @@ impl Tensor {
         }
         Ok(())
     }
+}
+
+/// `vec![value; n]`, but an allocation failure is a typed error rather than an abort.
+fn try_filled<T: Clone>(value: T, n: usize, shape: &[usize]) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| Error::InvalidArgument {
+        op: "full",
+        msg: format!("cannot allocate {n} elements for shape {shape:?}: {e}"),
+    })?;
+    v.resize(n, value);
+    Ok(v)
 }

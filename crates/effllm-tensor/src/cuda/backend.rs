@@ -86,6 +86,11 @@ pub(crate) fn check_device(device: Device) -> Result<()> {
     get(device).map(|_| ())
 }
 
+/// The backend's handle of CUDA device `ordinal` (device name, NVRTC target, compile counter, synchronisation).
+pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+    get(Device::Cuda(ordinal))
+}
+
 /// The backend's handle of `device` (created on first use).
 pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     let Device::Cuda(ordinal) = device else {
@@ -322,4 +327,79 @@ pub(crate) fn dtype_id(d: DType) -> i32 {
 
 pub(crate) fn launch_err(e: cudarc::driver::DriverError) -> Error {
     Error::Cuda { op: "kernel launch", msg: e.to_string() }
+}
+
+/// Launches a checked custom kernel (see [`super::CustomKernel`]).
+pub(crate) fn launch_custom(
+    kernel: &super::CustomKernel,
+    device: Device,
+    dims: super::LaunchDims,
+    args: &mut [super::Arg<'_>],
+) -> Result<()> {
+    use cudarc::driver::PushKernelArg;
+    let dev = get(device)?;
+    let module = dev.module(kernel.key(), kernel.source())?;
+    let f = module.load_function(kernel.function()).map_err(cuda_err("load_function"))?;
+    // Outputs must be uniquely owned so that the write is visible through exactly one tensor.
+    for a in args.iter_mut() {
+        if let super::Arg::Out(t) = a
+            && std::sync::Arc::get_mut(&mut t.storage).is_none()
+        {
+            return Err(Error::InvalidArgument {
+                op: "CustomKernel::launch",
+                msg: "an output tensor shares its storage with another tensor".into(),
+            });
+        }
+    }
+    // Device pointers (with each tensor's offset) and scalars, kept alive until the launch returns.
+    let mut views = Vec::new();
+    for a in args.iter() {
+        match a {
+            super::Arg::In(t) => views.push(tensor_view(t)?),
+            super::Arg::Out(t) => views.push(tensor_view(t)?),
+            _ => {}
+        }
+    }
+    let mut b = dev.stream.launch_builder(&f);
+    let mut vi = 0;
+    for a in args.iter() {
+        match a {
+            super::Arg::In(_) | super::Arg::Out(_) => {
+                b.arg(&views[vi]);
+                vi += 1;
+            }
+            super::Arg::I32(v) => {
+                b.arg(v);
+            }
+            super::Arg::U32(v) => {
+                b.arg(v);
+            }
+            super::Arg::I64(v) => {
+                b.arg(v);
+            }
+            super::Arg::U64(v) => {
+                b.arg(v);
+            }
+            super::Arg::F32(v) => {
+                b.arg(v);
+            }
+            super::Arg::F64(v) => {
+                b.arg(v);
+            }
+        }
+    }
+    let cfg = LaunchConfig { grid_dim: dims.grid, block_dim: dims.block, shared_mem_bytes: dims.shared_mem_bytes };
+    // SAFETY: arguments match the declared signature (kind, dtype, device, contiguity, element counts checked by
+    // `CustomKernel::check`); the kernel's own indexing is the caller's contract, as with any CUDA kernel.
+    unsafe { b.launch(cfg) }.map_err(launch_err)?;
+    Ok(())
+}
+
+fn tensor_view(t: &crate::Tensor) -> Result<cudarc::driver::CudaView<'_, u8>> {
+    let s = t.cuda_storage().ok_or(Error::DeviceMismatch {
+        op: "CustomKernel::launch",
+        lhs: Device::Cuda(0),
+        rhs: t.device(),
+    })?;
+    Ok(s.buf.slice(t.layout().offset() * s.dtype.size_in_bytes()..))
 }

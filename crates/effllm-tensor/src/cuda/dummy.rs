@@ -2,6 +2,8 @@
 //! and every CUDA branch of the dispatch code is statically dead; asking for a CUDA device returns
 //! [`Error::NotCompiledWithCuda`].
 
+use std::sync::Arc;
+
 use crate::{Device, Error, Result};
 
 /// Device memory of one tensor. Uninhabited in a build without CUDA.
@@ -19,5 +21,46 @@ pub fn device_count() -> usize {
 }
 
 pub(crate) fn check_device(device: Device) -> Result<()> {
+    Err(Error::NotCompiledWithCuda { device })
+}
+
+/// A CUDA device handle. Uninhabited in a build without CUDA.
+#[derive(Debug)]
+pub enum CudaDevice {}
+
+impl CudaDevice {
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        match *self {}
+    }
+    /// The GPU's name.
+    pub fn name(&self) -> &str {
+        match *self {}
+    }
+    /// The NVRTC target.
+    pub fn arch(&self) -> &'static str {
+        match *self {}
+    }
+    /// Modules compiled so far.
+    pub fn compile_count(&self) -> usize {
+        match *self {}
+    }
+    /// Waits for queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        match *self {}
+    }
+}
+
+/// The handle of CUDA device `ordinal`: always [`Error::NotCompiledWithCuda`] in this build.
+pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+    Err(Error::NotCompiledWithCuda { device: Device::Cuda(ordinal) })
+}
+
+pub(crate) fn launch_custom(
+    _kernel: &super::CustomKernel,
+    device: Device,
+    _dims: super::LaunchDims,
+    _args: &mut [super::Arg<'_>],
+) -> Result<()> {
     Err(Error::NotCompiledWithCuda { device })
 }

@@ -287,3 +287,141 @@ extern "C" __global__ void rng_fill(void* out, i64 n, u64 seed, u64 stream, u64 
     }
 }
 "#;
+
+/// RoPE, attention, index selection, arg-reductions and concatenation.
+pub(crate) const MODEL: &str = r#"
+#define BLOCK 256
+
+// RoPE on contiguous [b, h, s, d]; one thread per (row, pair). `per_batch` positions are [b, s], else [s].
+template <typename T> __device__ void rope_body(const T* x, T* y, const u32* pos, i64 b, i64 h, i64 s, i64 d,
+                                                i64 half, int neox, int per_batch, double base) {
+    i64 rows = b * h * s;
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < rows * half; t += (i64)gridDim.x * blockDim.x) {
+        i64 row = t / half, i = t % half;
+        i64 bi = row / (h * s), si = row % s;
+        double p = (double)pos[per_batch ? bi * s + si : si];
+        double theta = pow(base, -2.0 * (double)i / (double)(2 * half));
+        double sn, cs; sincos(p * theta, &sn, &cs);
+        i64 ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        const T* xr = x + row * d; T* yr = y + row * d;
+        T a = xr[ia], bb = xr[ib], c = (T)cs, sv = (T)sn;
+        yr[ia] = a * c - bb * sv;
+        yr[ib] = a * sv + bb * c;
+    }
+}
+extern "C" __global__ void rope_f32(const float* x, float* y, const u32* pos, i64 b, i64 h, i64 s, i64 d, i64 half, int neox, int per_batch, double base) { rope_body(x, y, pos, b, h, s, d, half, neox, per_batch, base); }
+extern "C" __global__ void rope_f64(const double* x, double* y, const u32* pos, i64 b, i64 h, i64 s, i64 d, i64 half, int neox, int per_batch, double base) { rope_body(x, y, pos, b, h, s, d, half, neox, per_batch, base); }
+
+// Copies the dimensions past `rot` unchanged (launched before rope when rot < d).
+template <typename T> __device__ void copy_body(const T* x, T* y, i64 n) {
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n; t += (i64)gridDim.x * blockDim.x) y[t] = x[t];
+}
+extern "C" __global__ void copy_f32(const float* x, float* y, i64 n) { copy_body(x, y, n); }
+extern "C" __global__ void copy_f64(const double* x, double* y, i64 n) { copy_body(x, y, n); }
+
+// Attention: one block per query row (b, hq, i); `scratch` holds s_kv floats per row.
+template <typename T> __device__ void attention_body(const T* q, const T* k, const T* v, const u8* mask, T* out, T* scratch,
+        i64 hq, i64 sq, i64 d, i64 hkv, i64 skv, i64 dv, int causal, double scale) {
+    __shared__ double sh[BLOCK];
+    i64 row = blockIdx.x;
+    i64 bh = row / sq, i = row % sq, bi = bh / hq, h = bh % hq;
+    i64 kvh = bi * hkv + h / (hq / hkv);
+    const T* qr = q + row * d;
+    T* sc = scratch + row * skv;
+    i64 limit = causal ? skv - sq + i + 1 : skv;
+    const u8* mr = mask ? mask + row * skv : 0;
+    double m = -1.0 / 0.0;
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) {
+        bool ok = j < limit && (!mr || mr[j] != 0);
+        double s = -1.0 / 0.0;
+        if (ok) {
+            const T* kr = k + (kvh * skv + j) * d;
+            T acc = (T)0;
+            for (i64 c = 0; c < d; ++c) acc += qr[c] * kr[c];
+            s = (double)(acc * (T)scale);
+        }
+        sc[j] = (T)s;
+        m = fmax(m, s);
+    }
+    sh[threadIdx.x] = m; __syncthreads();
+    for (int st = blockDim.x / 2; st > 0; st >>= 1) { if (threadIdx.x < st) sh[threadIdx.x] = fmax(sh[threadIdx.x], sh[threadIdx.x + st]); __syncthreads(); }
+    m = sh[0]; __syncthreads();
+    T* o = out + row * dv;
+    if (m == -1.0 / 0.0) { for (i64 c = threadIdx.x; c < dv; c += blockDim.x) o[c] = (T)0; return; }
+    double z = 0.0;
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) {
+        T p = (double)sc[j] == -1.0 / 0.0 ? (T)0 : exp(sc[j] - (T)m);
+        sc[j] = p; z += (double)p;
+    }
+    sh[threadIdx.x] = z; __syncthreads();
+    for (int st = blockDim.x / 2; st > 0; st >>= 1) { if (threadIdx.x < st) sh[threadIdx.x] += sh[threadIdx.x + st]; __syncthreads(); }
+    T inv = (T)(1.0 / sh[0]);
+    for (i64 c = threadIdx.x; c < dv; c += blockDim.x) {
+        T acc = (T)0;
+        for (i64 j = 0; j < limit; ++j) acc += sc[j] * v[(kvh * skv + j) * dv + c];
+        o[c] = acc * inv;
+    }
+}
+extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, const u8* mask, float* out, float* scratch, i64 hq, i64 sq, i64 d, i64 hkv, i64 skv, i64 dv, int causal, double scale) { attention_body(q, k, v, mask, out, scratch, hq, sq, d, hkv, skv, dv, causal, scale); }
+extern "C" __global__ void attention_f64(const double* q, const double* k, const double* v, const u8* mask, double* out, double* scratch, i64 hq, i64 sq, i64 d, i64 hkv, i64 skv, i64 dv, int causal, double scale) { attention_body(q, k, v, mask, out, scratch, hq, sq, d, hkv, skv, dv, causal, scale); }
+
+// index_select on contiguous [outer, n, inner] for any element size; ids were bounds-checked by the caller.
+extern "C" __global__ void index_select_any(const u8* x, u8* y, const u32* ids, i64 outer, i64 n, i64 picks, i64 inner, int esize) {
+    i64 total = outer * picks * inner;
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
+        i64 in = t % inner, p = (t / inner) % picks, o = t / (inner * picks);
+        i64 src = (o * n + (i64)ids[p]) * inner + in;
+        for (int e = 0; e < esize; ++e) y[t * esize + e] = x[src * esize + e];
+    }
+}
+
+// Writes a contiguous part [outer, len, inner] into [outer, total, inner] at `at` along the middle axis.
+extern "C" __global__ void concat_part(const u8* x, u8* y, i64 outer, i64 len, i64 inner, i64 total, i64 at, int esize) {
+    i64 count = outer * len * inner;
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < count; t += (i64)gridDim.x * blockDim.x) {
+        i64 o = t / (len * inner), r = t % (len * inner);
+        i64 dst = o * total * inner + at * inner + r;
+        for (int e = 0; e < esize; ++e) y[dst * esize + e] = x[t * esize + e];
+    }
+}
+
+// Total-order key: IEEE totalOrder on doubles with -0 == +0 (NaN above +inf).
+__device__ __forceinline__ i64 order_key(double v) {
+    if (v == 0.0) v = 0.0;
+    i64 b = __double_as_longlong(v);
+    return b < 0 ? b ^ 0x7fffffffffffffffLL : b;
+}
+
+// arg-max/min over the middle axis of contiguous [outer, n, inner]; one block per output; ties -> lowest index.
+template <typename T> __device__ void argreduce_body(const T* x, u32* y, i64 n, i64 inner, int max_) {
+    __shared__ i64 kk[BLOCK]; __shared__ i64 ii[BLOCK];
+    i64 o = blockIdx.x / inner, in = blockIdx.x % inner;
+    const T* base = x + o * n * inner + in;
+    i64 bk = 0, bi = -1;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        i64 key = order_key((double)base[j * inner]);
+        if (!max_) key = ~key;
+        if (bi < 0 || key > bk) { bk = key; bi = j; }
+    }
+    kk[threadIdx.x] = bk; ii[threadIdx.x] = bi; __syncthreads();
+    for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+        if (threadIdx.x < st) {
+            i64 ok = kk[threadIdx.x + st], oi = ii[threadIdx.x + st];
+            i64 mk = kk[threadIdx.x], mi = ii[threadIdx.x];
+            if (oi >= 0 && (mi < 0 || ok > mk || (ok == mk && oi < mi))) { kk[threadIdx.x] = ok; ii[threadIdx.x] = oi; }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) y[blockIdx.x] = (u32)(ii[0] < 0 ? 0 : ii[0]);
+}
+extern "C" __global__ void argreduce_f32(const float* x, u32* y, i64 n, i64 inner, int max_) { argreduce_body(x, y, n, inner, max_); }
+extern "C" __global__ void argreduce_f64(const double* x, u32* y, i64 n, i64 inner, int max_) { argreduce_body(x, y, n, inner, max_); }
+"#;
+
+/// Fills a buffer with one element's bit pattern (any element size up to 8 bytes).
+pub(crate) const FILL: &str = r#"
+extern "C" __global__ void fill_any(u8* y, i64 n, u64 bits, int esize) {
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n; t += (i64)gridDim.x * blockDim.x)
+        for (int e = 0; e < esize; ++e) y[t * esize + e] = (u8)(bits >> (8 * e));
+}
+"#;

@@ -14,6 +14,8 @@
 
 #[cfg(feature = "cuda")]
 mod backend;
+mod custom;
+pub use custom::{Arg, CustomKernel, LaunchDims, Param};
 #[cfg(feature = "cuda")]
 pub(crate) mod kernels;
 #[cfg(feature = "cuda")]
@@ -29,3 +31,17 @@ pub use dummy::*;
 /// Ops that run on CUDA tensors as a host round trip (download, CPU kernel, upload) until they get a kernel.
 pub const HOST_ROUND_TRIP_OPS: &[&str] =
     &["top_k", "thin_svd", "singular_values", "qr", "gather", "scatter", "scatter_add", "where_cond"];
+
+/// Helpers every custom kernel source may start with: `u8/u16/u32/u64/i64` typedefs and header-free f16/bf16
+/// conversions (`f16_to_f32`, `f32_to_f16`, `bf16_to_f32`, `f32_to_bf16`) through PTX `cvt` instructions.
+pub const KERNEL_PRELUDE: &str = r#"
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+__device__ __forceinline__ float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ u16 f32_to_bf16(float f) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+"#;

@@ -312,3 +312,173 @@ fn sbc<T>(alpha: T, beta: T, batch: usize, m: usize, k: usize, n: usize) -> Stri
         stride_c: (m * n) as i64,
     }
 }
+
+/// RoPE on `[b, h, s, d]` with u32 positions `[s]` or `[b, s]` already on the device.
+pub(crate) fn rope(x: &Tensor, positions: &Tensor, cfg: &crate::RopeConfig, per_batch: bool) -> Result<Tensor> {
+    let [b, h, s, d] = *x.shape() else { unreachable!("checked by Tensor::rope") };
+    let w = work(x)?;
+    let pos = if positions.is_contiguous() { positions.clone() } else { cast(positions, DType::U32)? };
+    let dev = Arc::clone(&storage(&w).dev);
+    let n = w.elem_count();
+    let mut out = dev.alloc(w.dtype(), n)?;
+    if n > 0 {
+        let sfx = suffix(w.dtype());
+        let (xv, nn) = (view(&w), n as i64);
+        if cfg.rotary_dims < d {
+            // Pass-through dimensions: copy everything first, then rotate the leading ones in place.
+            let f = dev.builtin("model", kernels::MODEL, &format!("copy_{sfx}"))?;
+            let mut l = dev.stream.launch_builder(&f);
+            l.arg(&xv).arg(&mut out.buf).arg(&nn);
+            // SAFETY: `n` contiguous elements in and out.
+            unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+        }
+        let half = cfg.rotary_dims / 2;
+        let f = dev.builtin("model", kernels::MODEL, &format!("rope_{sfx}"))?;
+        let (bb, hh, ss, dd, hf) = (b as i64, h as i64, s as i64, d as i64, half as i64);
+        let (neox, pb, pv) = (i32::from(cfg.style == crate::RopeStyle::NeoX), i32::from(per_batch), view(&pos));
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv)
+            .arg(&mut out.buf)
+            .arg(&pv)
+            .arg(&bb)
+            .arg(&hh)
+            .arg(&ss)
+            .arg(&dd)
+            .arg(&hf)
+            .arg(&neox)
+            .arg(&pb)
+            .arg(&cfg.base);
+        // SAFETY: shapes as checked by `Tensor::rope`; positions hold `s` or `b·s` entries.
+        unsafe { l.launch(grid(b * h * s * half)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, x.shape()), x.dtype())
+}
+
+/// Grouped-query attention (shapes checked by `Tensor::attention`); `mask` is already broadcast to
+/// `[b, hq, sq, skv]` and on the device.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    let [b, hq, sq, d] = *q.shape() else { unreachable!("checked by Tensor::attention") };
+    let [_, hkv, skv, _] = *k.shape() else { unreachable!() };
+    let dv = v.shape()[3];
+    let (qw, kw, vw) = (work(q)?, work(k)?, work(v)?);
+    let mw = mask.map(|m| cast(m, DType::U8)).transpose()?;
+    let dev = Arc::clone(&storage(&qw).dev);
+    let rows = b * hq * sq;
+    let mut out = dev.alloc(qw.dtype(), rows * dv)?;
+    if rows * dv > 0 {
+        let mut scratch = dev.alloc(qw.dtype(), rows * skv.max(1))?;
+        let f = dev.builtin("model", kernels::MODEL, &format!("attention_{}", suffix(qw.dtype())))?;
+        let (qv, kv, vv) = (view(&qw), view(&kw), view(&vw));
+        let mv = mw.as_ref().map(view);
+        let null: u64 = 0;
+        let dims = [hq as i64, sq as i64, d as i64, hkv as i64, skv as i64, dv as i64];
+        let c = i32::from(causal);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&qv).arg(&kv).arg(&vv);
+        match &mv {
+            Some(m) => l.arg(m),
+            None => l.arg(&null),
+        };
+        l.arg(&mut out.buf).arg(&mut scratch.buf);
+        for x in &dims {
+            l.arg(x);
+        }
+        l.arg(&c).arg(&scale);
+        // SAFETY: shapes checked by `Tensor::attention`; scratch holds `skv` entries per query row.
+        unsafe { l.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, &[b, hq, sq, dv]), q.dtype())
+}
+
+/// `index_select` along `dim` for any dtype; `ids` (u32, on the device) were bounds-checked by the caller.
+pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<Tensor> {
+    let src = if x.is_contiguous() { x.clone() } else { cast(x, x.dtype())? };
+    let idv = if ids.is_contiguous() { ids.clone() } else { cast(ids, DType::U32)? };
+    let (outer, n, inner) = crate::ops::reduce::split_at_dim(x.shape(), dim);
+    let picks = ids.elem_count();
+    let dev = Arc::clone(&storage(&src).dev);
+    let total = outer * picks * inner;
+    let mut out = dev.alloc(x.dtype(), total)?;
+    if total > 0 {
+        let f = dev.builtin("model", kernels::MODEL, "index_select_any")?;
+        let (xv, iv) = (view(&src), view(&idv));
+        let (o, nn, p, i, es) = (outer as i64, n as i64, picks as i64, inner as i64, x.dtype().size_in_bytes() as i32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv).arg(&mut out.buf).arg(&iv).arg(&o).arg(&nn).arg(&p).arg(&i).arg(&es);
+        // SAFETY: ids < n (checked), buffers sized by the shapes.
+        unsafe { l.launch(grid(total)) }.map_err(launch_err)?;
+    }
+    let mut shape = x.shape().to_vec();
+    shape[dim] = picks;
+    Ok(Tensor::from_cuda(out, &shape))
+}
+
+/// Concatenation along `dim` (shapes and dtypes checked by `Tensor::concat`).
+pub(crate) fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+    let first = parts[0];
+    let dev = Arc::clone(&storage(first).dev);
+    let (outer, total, inner) = crate::ops::reduce::split_at_dim(shape, dim);
+    let mut out = dev.alloc(first.dtype(), outer * total * inner)?;
+    let f = dev.builtin("model", kernels::MODEL, "concat_part")?;
+    let mut at = 0usize;
+    for p in parts {
+        let len = p.shape()[dim];
+        let count = outer * len * inner;
+        if count > 0 {
+            let c = if p.is_contiguous() { (*p).clone() } else { cast(p, p.dtype())? };
+            let xv = view(&c);
+            let (o, ln, i, t, a, es) =
+                (outer as i64, len as i64, inner as i64, total as i64, at as i64, p.dtype().size_in_bytes() as i32);
+            let mut l = dev.stream.launch_builder(&f);
+            l.arg(&xv).arg(&mut out.buf).arg(&o).arg(&ln).arg(&i).arg(&t).arg(&a).arg(&es);
+            // SAFETY: the part fits its slot of the output.
+            unsafe { l.launch(grid(count)) }.map_err(launch_err)?;
+        }
+        at += len;
+    }
+    Ok(Tensor::from_cuda(out, shape))
+}
+
+/// `argmax` / `argmin` over `dim` (keepdim shape).
+pub(crate) fn arg_reduce(x: &Tensor, dim: usize, max: bool) -> Result<Tensor> {
+    let w = work(x)?;
+    let (outer, n, inner) = crate::ops::reduce::split_at_dim(x.shape(), dim);
+    let dev = Arc::clone(&storage(&w).dev);
+    let count = outer * inner;
+    let mut out = dev.alloc(DType::U32, count)?;
+    if count > 0 {
+        let f = dev.builtin("model", kernels::MODEL, &format!("argreduce_{}", suffix(w.dtype())))?;
+        let (xv, nn, ii, mx) = (view(&w), n as i64, inner as i64, i32::from(max));
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv).arg(&mut out.buf).arg(&nn).arg(&ii).arg(&mx);
+        // SAFETY: `outer·n·inner` inputs, `outer·inner` outputs.
+        unsafe { l.launch(rows_grid(count)) }.map_err(launch_err)?;
+    }
+    let mut shape = x.shape().to_vec();
+    shape[dim] = 1;
+    Ok(Tensor::from_cuda(out, &shape))
+}
+
+/// A device tensor of `shape` whose every element has the little-endian bit pattern `bits`.
+pub(crate) fn fill(device: crate::Device, shape: &[usize], dtype: DType, bits: u64) -> Result<Tensor> {
+    let dev = super::backend::get(device)?;
+    let n: usize = shape.iter().product();
+    let mut out = dev.alloc(dtype, n)?;
+    if n > 0 {
+        let f = dev.builtin("fill", kernels::FILL, "fill_any")?;
+        let (nn, es) = (n as i64, dtype.size_in_bytes() as i32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&mut out.buf).arg(&nn).arg(&bits).arg(&es);
+        // SAFETY: `n` elements of `es` bytes.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, shape))
+}

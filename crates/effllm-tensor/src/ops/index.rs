@@ -22,10 +22,10 @@ impl Tensor {
         if ids.rank() != 1 {
             return Err(Error::BadShape { op: OP, shape: ids.shape().to_vec(), msg: "ids must be 1-D".into() });
         }
-        host_round_trip!(this = self, i = ids => this.index_select(dim, i));
         let idx = ids.to_vec::<u32>()?;
         let (outer, n, inner) = split_at_dim(self.shape(), dim);
         check_ids(OP, &idx, n)?;
+        crate::tensor::on_cuda!(self, crate::cuda::ops::index_select(self, dim, ids));
         let src = self.contiguous()?;
         let storage = map_storage_same!(src.cpu_storage(), v => {
             let v = &v[src.layout.offset()..];
@@ -190,17 +190,11 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: OP, lhs: first.shape().to_vec(), rhs: t.shape().to_vec() });
             }
         }
-        #[cfg(feature = "cuda")]
-        if first.cuda_storage().is_some() {
-            let dev = first.device();
-            let host: Vec<Tensor> = tensors.iter().map(|t| t.to_device(&crate::Device::Cpu)).collect::<Result<_>>()?;
-            let refs: Vec<&Tensor> = host.iter().collect();
-            return Tensor::concat(&refs, dim)?.to_device(&dev);
-        }
-        let parts: Vec<Tensor> = tensors.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
-        let (outer, _, inner) = split_at_dim(first.shape(), dim);
         let mut shape = first.shape().to_vec();
         shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
+        crate::tensor::on_cuda!(first, crate::cuda::ops::concat(tensors, dim, &shape));
+        let parts: Vec<Tensor> = tensors.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+        let (outer, _, inner) = split_at_dim(first.shape(), dim);
         let storage = map_storage_same!(first.cpu_storage(), _v => {
             let slices: Vec<&[_]> = parts.iter().map(|p| {
                 let s = WithDType::storage_slice(p.cpu_storage()).unwrap_or(&[]);

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::cpu::Real;
 use crate::cpu::kernels::{rows_map, softmax_row};
-use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda};
+use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
 /// Which pairs of a head vector RoPE rotates together.
@@ -168,7 +168,7 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.to_vec() });
             }
         };
-        host_round_trip!(this = self, p = positions => this.rope(p, cfg));
+        on_cuda!(self, crate::cuda::ops::rope(self, positions, cfg, per_batch));
         let pos = positions.to_vec::<u32>()?;
         // cos/sin table per (batch-or-shared, seq, i).
         let half = r / 2;
@@ -252,16 +252,18 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() {
-            let dev = self.device();
-            let cpu = crate::Device::Cpu;
             let m = match mask {
-                AttentionMask::Mask(t) => AttentionMask::Mask(t.to_device(&cpu)?),
-                other => other.clone(),
+                AttentionMask::Mask(m) => {
+                    if m.dtype() != DType::U8 {
+                        return Err(Error::UnsupportedDType { op: OP, dtype: m.dtype(), expected: "a u8 mask" });
+                    }
+                    self.check_same_device(OP, m)?;
+                    Some(m.broadcast_as(&[b, hq, sq, skv])?)
+                }
+                _ => None,
             };
-            return self
-                .to_device(&cpu)?
-                .attention(&k.to_device(&cpu)?, &v.to_device(&cpu)?, &m, scale)?
-                .to_device(&dev);
+            let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+            return crate::cuda::ops::attention(self, k, v, m.as_ref(), causal, scale);
         }
         let mask_data = match mask {
             AttentionMask::Mask(m) => {

@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 
 use crate::cpu::Real;
 use crate::cpu::kernels::{dim_to_last, last_to_dim, logsumexp_row, rows_map, softmax_row};
-use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda, with_work};
+use crate::tensor::{Work, WorkOut, on_cuda, with_work};
 use crate::{Error, Result, Tensor, WithDType};
 
 /// A reduction over one dimension.
@@ -149,7 +149,11 @@ impl Tensor {
         if n == 0 {
             return Err(Error::BadShape { op: name, shape: self.shape().to_vec(), msg: "empty dimension".into() });
         }
-        host_round_trip!(this = self => this.arg_reduce(dim, keepdim, max));
+        self.check_float(name)?;
+        on_cuda!(self, {
+            let kept = crate::cuda::ops::arg_reduce(self, dim, max)?;
+            if keepdim { Ok(kept) } else { kept.squeeze(dim) }
+        });
         fn pick<R: Real>(r: &[R], max: bool) -> u32 {
             let key = |i: usize| order_key(r[i]);
             let mut best = 0;

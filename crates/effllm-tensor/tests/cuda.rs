@@ -1,0 +1,181 @@
+//! CUDA-backend invariants beyond the conformance suite: transfers, the NVRTC module cache, the counter-based
+//! generator against the CPU, typed errors. Every test skips without a usable GPU unless `EFFLLM_REQUIRE_CUDA=1`.
+
+use effllm_tensor::rng::CounterRng;
+use effllm_tensor::{DType, Device, Error, Tensor};
+
+const GPU: Device = Device::Cuda(0);
+
+/// False (after a notice) when CUDA is unusable; panics instead when `EFFLLM_REQUIRE_CUDA=1`.
+fn gpu() -> bool {
+    match GPU.check_available() {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"), "EFFLLM_REQUIRE_CUDA=1 but {e}");
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn without_a_gpu_errors_are_typed() {
+    let e = Tensor::zeros(&[2], DType::F32, &Device::Cuda(999)).unwrap_err();
+    assert!(matches!(e, Error::NotCompiledWithCuda { .. } | Error::CudaUnavailable { .. }), "unexpected error {e}");
+    // The probe never panics, and its answer is stable.
+    assert_eq!(effllm_tensor::cuda::cuda_available(), effllm_tensor::cuda::cuda_available());
+}
+
+#[test]
+fn transfers_round_trip_every_dtype_and_view() {
+    if !gpu() {
+        return;
+    }
+    let x = Tensor::randn(&[5, 7], DType::F64, &Device::Cpu, &CounterRng::new(1, 0), 0, 0.0, 3.0).unwrap();
+    for dt in [DType::F16, DType::BF16, DType::F32, DType::F64, DType::U8, DType::U32] {
+        let h = x.abs().unwrap().to_dtype(dt).unwrap();
+        let d = h.to_device(&GPU).unwrap();
+        assert_eq!(d.device(), GPU);
+        assert_eq!(d.to_device(&Device::Cpu).unwrap().to_vec_f64().unwrap(), h.to_vec_f64().unwrap(), "{dt}");
+        // A strided view uploads and downloads as its own elements.
+        let v = d.t().unwrap().narrow(0, 2, 3).unwrap();
+        let want = h.t().unwrap().narrow(0, 2, 3).unwrap();
+        assert_eq!(v.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{dt} view");
+        // Device-side dtype conversion equals the host's.
+        let c = d.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(c, h.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), "{dt} -> f32");
+    }
+}
+
+#[test]
+fn kernels_compile_once() {
+    if !gpu() {
+        return;
+    }
+    let dev = effllm_tensor::cuda::device(0).unwrap();
+    let x = Tensor::ones(&[1000], DType::F32, &GPU).unwrap();
+    x.exp().unwrap().to_vec::<f32>().unwrap();
+    eprintln!("device {} ({}), {} modules compiled so far", dev.name(), dev.arch(), dev.compile_count());
+    // Other tests compile other modules concurrently, so the count is checked in `module_cache_returns_the_same_module`
+    // through pointer equality; here: repeated launches keep working on the cached module.
+    for _ in 0..3 {
+        let v = x.exp().unwrap().ln().unwrap().to_vec::<f32>().unwrap();
+        assert!(v.iter().all(|&v| (v - 1.0).abs() <= 1e-6));
+    }
+}
+
+#[test]
+fn rng_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let rng = CounterRng::new(0xDEAD_BEEF, 5);
+    for (dt, off) in [(DType::F32, 0u64), (DType::F64, 12_345)] {
+        let c = Tensor::rand_uniform(&[4097], dt, &Device::Cpu, &rng, off).unwrap().to_vec_f64().unwrap();
+        let g = Tensor::rand_uniform(&[4097], dt, &GPU, &rng, off).unwrap().to_vec_f64().unwrap();
+        assert_eq!(c, g, "uniforms are bitwise equal ({dt})");
+    }
+    // Normals: the same words through the device's log/sincos; equal to rounding.
+    let c = Tensor::randn(&[4097], DType::F64, &Device::Cpu, &rng, 99, 0.5, 2.0).unwrap().to_vec::<f64>().unwrap();
+    let g = Tensor::randn(&[4097], DType::F64, &GPU, &rng, 99, 0.5, 2.0).unwrap().to_vec::<f64>().unwrap();
+    for (a, b) in c.iter().zip(&g) {
+        assert!((a - b).abs() <= 1e-13 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    let cf = Tensor::randn(&[4097], DType::F32, &Device::Cpu, &rng, 7, 0.0, 1.0).unwrap().to_vec::<f32>().unwrap();
+    let gf = Tensor::randn(&[4097], DType::F32, &GPU, &rng, 7, 0.0, 1.0).unwrap().to_vec::<f32>().unwrap();
+    let same = cf.iter().zip(&gf).filter(|(a, b)| a == b).count();
+    assert!(same as f64 >= 0.999 * cf.len() as f64, "f32 normals equal after rounding: {same}/{}", cf.len());
+}
+
+#[test]
+fn allocation_failure_is_a_typed_error() {
+    if !gpu() {
+        return;
+    }
+    // 2^42 f32 = 16 TiB: more than any GPU has.
+    let e = Tensor::zeros(&[1 << 42], DType::F32, &GPU).unwrap_err();
+    assert!(matches!(e, Error::CudaOutOfMemory { .. }), "{e}");
+    // The device stays usable afterwards.
+    let x = Tensor::ones(&[3], DType::F32, &GPU).unwrap();
+    assert_eq!(x.sum(0, false).unwrap().to_scalar::<f32>().unwrap(), 3.0);
+}
+
+#[test]
+fn mixing_devices_is_an_error() {
+    if !gpu() {
+        return;
+    }
+    let a = Tensor::ones(&[3], DType::F32, &GPU).unwrap();
+    let b = Tensor::ones(&[3], DType::F32, &Device::Cpu).unwrap();
+    let e = a.add(&b).unwrap_err();
+    assert!(matches!(e, Error::DeviceMismatch { op: "add", .. }), "{e}");
+}
+
+fn saxpy() -> effllm_tensor::cuda::CustomKernel {
+    use effllm_tensor::cuda::{CustomKernel, KERNEL_PRELUDE, Param};
+    let src = format!(
+        "{KERNEL_PRELUDE}\nextern \"C\" __global__ void saxpy(const float* x, float* y, float a, i64 n) {{\n\
+         i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; if (i < n) y[i] = a * x[i] + y[i]; }}"
+    );
+    CustomKernel::new(
+        "tests::saxpy",
+        &src,
+        "saxpy",
+        &[Param::In(DType::F32), Param::Out(DType::F32), Param::F32, Param::I64],
+    )
+}
+
+#[test]
+fn custom_kernel_arguments_are_checked() {
+    use effllm_tensor::cuda::Arg;
+    let k = saxpy();
+    let x = Tensor::ones(&[8], DType::F32, &Device::Cpu).unwrap();
+    let mut y64 = Tensor::ones(&[8], DType::F64, &Device::Cpu).unwrap();
+    let mut y = Tensor::ones(&[8], DType::F32, &Device::Cpu).unwrap();
+    // Wrong dtype, wrong kind, too few elements, wrong device, wrong arity: each a typed error.
+    let e = k.check(Device::Cpu, &[Arg::In(&x), Arg::Out(&mut y64), Arg::F32(2.0), Arg::I64(8)], 8).unwrap_err();
+    assert!(matches!(e, Error::DTypeMismatch { .. }), "{e}");
+    let e = k.check(Device::Cpu, &[Arg::In(&x), Arg::In(&y), Arg::F32(2.0), Arg::I64(8)], 8).unwrap_err();
+    assert!(e.to_string().contains("argument 1"), "{e}");
+    let e = k.check(Device::Cpu, &[Arg::In(&x), Arg::Out(&mut y), Arg::F32(2.0), Arg::I64(8)], 9).unwrap_err();
+    assert!(e.to_string().contains("8 elements"), "{e}");
+    let e = k.check(GPU, &[Arg::In(&x), Arg::Out(&mut y), Arg::F32(2.0), Arg::I64(8)], 8).unwrap_err();
+    assert!(matches!(e, Error::DeviceMismatch { .. }), "{e}");
+    let e = k.check(Device::Cpu, &[Arg::In(&x)], 8).unwrap_err();
+    assert!(e.to_string().contains("1 arguments for 4"), "{e}");
+}
+
+#[test]
+fn custom_kernel_runs_and_is_cached() {
+    use effllm_tensor::cuda::{Arg, LaunchDims};
+    if !gpu() {
+        return;
+    }
+    let k = saxpy();
+    let n = 1000usize;
+    let x = Tensor::arange(n, DType::F32, &GPU).unwrap();
+    let mut y = Tensor::ones(&[n], DType::F32, &GPU).unwrap();
+    k.launch(GPU, LaunchDims::linear(n), &mut [Arg::In(&x), Arg::Out(&mut y), Arg::F32(2.0), Arg::I64(n as i64)], n)
+        .unwrap();
+    let got = y.to_vec::<f32>().unwrap();
+    assert!(got.iter().enumerate().all(|(i, &v)| v == 2.0 * i as f32 + 1.0));
+    // An output that shares storage is refused (the write would show through the other tensor).
+    let mut shared = y.clone();
+    let e = k
+        .launch(GPU, LaunchDims::linear(n), &mut [Arg::In(&x), Arg::Out(&mut shared), Arg::F32(1.0), Arg::I64(1)], n)
+        .unwrap_err();
+    assert!(e.to_string().contains("shares its storage"), "{e}");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn module_cache_returns_the_same_module() {
+    if !gpu() {
+        return;
+    }
+    let dev = effllm_tensor::cuda::device(0).unwrap();
+    let src = "extern \"C\" __global__ void noop() {}";
+    let a = dev.module("tests::noop", src).unwrap();
+    let b = dev.module("tests::noop", src).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "the second request must hit the cache");
+}
