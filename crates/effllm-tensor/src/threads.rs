@@ -63,8 +63,12 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Number of threads of the current pool.
+/// Number of threads that parallel work started from here runs on: the enclosing pool's when called on a worker
+/// (e.g. inside [`with_num_threads`]), else effllm's pool's.
 pub fn num_threads() -> usize {
+    if rayon::current_thread_index().is_some() {
+        return rayon::current_num_threads();
+    }
     pool().current_num_threads()
 }
 
