@@ -77,6 +77,11 @@ pub fn input(dev: &Device, dtype: DType, shape: &[usize], data: &[f64]) -> Resul
 
 /// Compares `got` with the reference `want`; `k` is the reduction length behind each output element.
 pub fn compare(what: &str, dtype: DType, got: &Tensor, want: &[f64], want_shape: &[usize], k: usize) -> Outcome {
+    compare_tol(what, dtype, got, want, want_shape, tolerance(dtype, k))
+}
+
+/// [`compare`] with an explicit tolerance.
+pub fn compare_tol(what: &str, dtype: DType, got: &Tensor, want: &[f64], want_shape: &[usize], tol: f64) -> Outcome {
     if got.shape() != want_shape {
         return Err(format!("{what}: shape {:?}, expected {want_shape:?}", got.shape()));
     }
@@ -92,7 +97,6 @@ pub fn compare(what: &str, dtype: DType, got: &Tensor, want: &[f64], want_shape:
     let num: f64 = g.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
     let den: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
     let rel = num / den.max(1e-3 * (want.len().max(1) as f64).sqrt());
-    let tol = tolerance(dtype, k);
     if !within(rel, tol) {
         return Err(format!("{what} [{dtype}]: rel L2 error {rel:e} > tolerance {tol:e} (shape {want_shape:?})"));
     }
@@ -390,6 +394,25 @@ pub fn linear(dev: &Device, dtype: DType, rows: usize, k: usize, n: usize, seed:
     let got = x.linear(&w).map_err(err("linear"))?;
     let wt = r::permute(&wv, &[n, k], &[1, 0]);
     compare("linear", dtype, &got, &r::matmul(&xv, &wt, rows, k, n), &[rows, n], k)
+}
+
+/// `linear_q`: activations times a quantized weight (Q4_0 / Q4_1 / Q8_0 blocks read directly), against the f64
+/// product with the dequantized weight. `rows ≤ 8` takes the fused GEMV path, more rows the GEMM path.
+pub fn linear_q(dev: &Device, dtype: DType, qtype: usize, rows: usize, blocks: usize, n: usize, seed: u64) -> Outcome {
+    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    let ty = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0][qtype % 3];
+    let k = 32 * blocks;
+    let wdata: Vec<f32> = normals(seed ^ 1, n * k).iter().map(|&v| v as f32).collect();
+    let qm = QMatrix::quantize(ty, n, k, &wdata).map_err(err("quantize"))?;
+    let wd: Vec<f64> = qm.dequantize().iter().map(|&v| v as f64).collect();
+    let w = QWeight::new(qm).to_device(dev).map_err(err("QWeight::to_device"))?;
+    let (x, xv) = input(dev, dtype, &[rows, k], &normals(seed, rows * k))?;
+    let got = x.linear_q(&w).map_err(err("linear_q"))?;
+    let wt = r::permute(&wd, &[n, k], &[1, 0]);
+    let want = r::matmul(&xv, &wt, rows, k, n);
+    // Quantized products are computed in f32 whatever the activation dtype.
+    let tol = tolerance(if dtype == DType::F64 { DType::F32 } else { dtype }, k);
+    compare_tol(&format!("linear_q {ty:?}"), dtype, &got, &want, &[rows, n], tol)
 }
 
 /// Views and copies: transpose, permute, narrow, strided slice, reshape, concat, contiguous.
@@ -750,6 +773,12 @@ macro_rules! conformance_suite {
             fn linear(dtype in __dtype(), rows in 1usize..=12, k in 1usize..=200, n in 1usize..=96, seed in any::<u64>()) {
                 if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::linear(&__dev(), dtype, rows, k, n, seed))?;
+            }
+
+            #[test]
+            fn linear_q(dtype in __dtype(), qtype in 0usize..3, rows in 1usize..=12, blocks in 1usize..=8, n in 1usize..=80, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
+                __check($crate::linear_q(&__dev(), dtype, qtype, rows, blocks, n, seed))?;
             }
 
             #[test]

@@ -425,3 +425,66 @@ extern "C" __global__ void fill_any(u8* y, i64 n, u64 bits, int esize) {
         for (int e = 0; e < esize; ++e) y[t * esize + e] = (u8)(bits >> (8 * e));
 }
 "#;
+
+/// Quantized (ggml Q4_0 / Q4_1 / Q8_0) matrix kernels reading the blocks directly: a fused GEMV for up to a few
+/// activation rows (one warp per output row, lanes striding over blocks, shuffle reduction) and a dequantizer for
+/// prefill-sized inputs (then cuBLAS). Type ids: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
+pub(crate) const QUANT: &str = r#"
+__device__ __forceinline__ float ld_f16(const u8* p) { return f16_to_f32((u16)p[0] | ((u16)p[1] << 8)); }
+__device__ __forceinline__ int block_bytes(int ty) { return ty == 0 ? 18 : ty == 1 ? 20 : 34; }
+
+extern "C" __global__ void qgemv(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m, int ty) {
+    int lane = threadIdx.x & 31;
+    i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= n_rows) return;
+    i64 nb = k / 32; int bsz = block_bytes(ty);
+    const u8* row = w + r * nb * bsz;
+    for (i64 i = 0; i < m; ++i) {
+        const float* xr = x + i * k;
+        float acc = 0.0f;
+        for (i64 b = lane; b < nb; b += 32) {
+            const u8* blk = row + b * bsz;
+            const float* xb = xr + b * 32;
+            float d = ld_f16(blk);
+            if (ty == 2) {
+                const signed char* q = (const signed char*)(blk + 2);
+                float s = 0.0f;
+                #pragma unroll
+                for (int j = 0; j < 32; ++j) s += (float)q[j] * xb[j];
+                acc += d * s;
+            } else if (ty == 1) {
+                float mn = ld_f16(blk + 2);
+                const u8* qs = blk + 4;
+                float s = 0.0f, sx = 0.0f;
+                #pragma unroll
+                for (int j = 0; j < 16; ++j) {
+                    s += (float)(qs[j] & 15) * xb[j] + (float)(qs[j] >> 4) * xb[j + 16];
+                    sx += xb[j] + xb[j + 16];
+                }
+                acc += d * s + mn * sx;
+            } else {
+                const u8* qs = blk + 2;
+                float s = 0.0f;
+                #pragma unroll
+                for (int j = 0; j < 16; ++j) s += (float)((int)(qs[j] & 15) - 8) * xb[j] + (float)((int)(qs[j] >> 4) - 8) * xb[j + 16];
+                acc += d * s;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+        if (lane == 0) y[i * n_rows + r] = acc;
+    }
+}
+
+// One thread per block: writes its 32 dequantized weights (ggml formulas, multiply then add).
+extern "C" __global__ void qdequant(const u8* w, float* out, i64 n_blocks, int ty) {
+    int bsz = block_bytes(ty);
+    for (i64 b = blockIdx.x * (i64)blockDim.x + threadIdx.x; b < n_blocks; b += (i64)gridDim.x * blockDim.x) {
+        const u8* blk = w + b * bsz; float* o = out + b * 32; float d = ld_f16(blk);
+        if (ty == 2) { for (int j = 0; j < 32; ++j) o[j] = d * (float)((const signed char*)(blk + 2))[j]; }
+        else if (ty == 1) { float mn = ld_f16(blk + 2); const u8* qs = blk + 4;
+            for (int j = 0; j < 16; ++j) { o[j] = __fadd_rn(__fmul_rn(d, (float)(qs[j] & 15)), mn); o[j + 16] = __fadd_rn(__fmul_rn(d, (float)(qs[j] >> 4)), mn); } }
+        else { const u8* qs = blk + 2;
+            for (int j = 0; j < 16; ++j) { o[j] = d * (float)((int)(qs[j] & 15) - 8); o[j + 16] = d * (float)((int)(qs[j] >> 4) - 8); } }
+    }
+}
+"#;

@@ -482,3 +482,47 @@ pub(crate) fn fill(device: crate::Device, shape: &[usize], dtype: DType, bits: u
     }
     Ok(Tensor::from_cuda(out, shape))
 }
+
+fn quant_id(ty: crate::quant::QuantType) -> i32 {
+    match ty {
+        crate::quant::QuantType::Q4_0 => 0,
+        crate::quant::QuantType::Q4_1 => 1,
+        crate::quant::QuantType::Q8_0 => 2,
+    }
+}
+
+/// `Y[m × n] = X[m × k] · Wᵀ` with W's blocks (a u8 tensor on the device): the fused GEMV for `m ≤ 8`, else
+/// dequantize to f32 and cuBLAS.
+pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, n: usize, k: usize) -> Result<Tensor> {
+    let m = x.elem_count() / k;
+    let xw = cast(x, DType::F32)?;
+    let dev = Arc::clone(&storage(&xw).dev);
+    let wv = view(blocks);
+    let tid = quant_id(ty);
+    if m <= crate::SKINNY_MAX_ROWS {
+        let mut out = dev.alloc(DType::F32, m * n)?;
+        if m * n > 0 {
+            let f = dev.builtin("quant", kernels::QUANT, "qgemv")?;
+            let (xv, nn, kk, mm) = (view(&xw), n as i64, k as i64, m as i64);
+            let mut l = dev.stream.launch_builder(&f);
+            l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk).arg(&mm).arg(&tid);
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (n.div_ceil(8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: `blocks` holds n·k/32 blocks of the type's size (checked by QWeight), x holds m·k floats.
+            unsafe { l.launch(cfg) }.map_err(launch_err)?;
+        }
+        return Ok(Tensor::from_cuda(out, &[m, n]));
+    }
+    let n_blocks = n * k / 32;
+    let mut wf = dev.alloc(DType::F32, n * k)?;
+    let f = dev.builtin("quant", kernels::QUANT, "qdequant")?;
+    let (nbk, mut l) = (n_blocks as i64, dev.stream.launch_builder(&f));
+    l.arg(&wv).arg(&mut wf.buf).arg(&nbk).arg(&tid);
+    // SAFETY: `n_blocks` blocks in, 32 floats per block out.
+    unsafe { l.launch(grid(n_blocks)) }.map_err(launch_err)?;
+    let w = Tensor::from_cuda(wf, &[n, k]);
+    xw.reshape(&[m, k])?.matmul(&w.t()?)
+}

@@ -1,0 +1,99 @@
+//! [`QWeight`]: a quantized weight matrix on any device, and `Tensor::linear_q`.
+
+use super::{QMatrix, QuantType};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// A quantized `n_rows × n_cols` weight (ggml blocks, row-major) on the CPU or a CUDA device.
+///
+/// On the CPU it is a [`QMatrix`] (zero-copy over e.g. a memory-mapped GGUF); on a GPU the same bytes live in a
+/// u8 tensor and the CUDA kernels read the blocks directly. [`Tensor::linear_q`] multiplies activations by it.
+#[derive(Clone, Debug)]
+pub struct QWeight {
+    matrix: QMatrix,
+    device_blocks: Option<Tensor>,
+}
+
+impl QWeight {
+    /// A CPU weight over `matrix`.
+    pub fn new(matrix: QMatrix) -> QWeight {
+        QWeight { matrix, device_blocks: None }
+    }
+
+    /// The block format.
+    pub fn quant_type(&self) -> QuantType {
+        self.matrix.quant_type()
+    }
+
+    /// Output features (rows).
+    pub fn n_rows(&self) -> usize {
+        self.matrix.n_rows()
+    }
+
+    /// Input features (columns).
+    pub fn n_cols(&self) -> usize {
+        self.matrix.n_cols()
+    }
+
+    /// Where the blocks live.
+    pub fn device(&self) -> Device {
+        self.device_blocks.as_ref().map_or(Device::Cpu, |t| t.device())
+    }
+
+    /// The host copy of the blocks.
+    pub fn matrix(&self) -> &QMatrix {
+        &self.matrix
+    }
+
+    /// The same weight with its blocks on `device` (uploaded once; the host copy stays shared).
+    pub fn to_device(&self, device: &Device) -> Result<QWeight> {
+        if self.device() == *device {
+            return Ok(self.clone());
+        }
+        let device_blocks = match device {
+            Device::Cpu => None,
+            Device::Cuda(_) => {
+                let bytes = self.matrix.as_bytes().to_vec();
+                let n = bytes.len();
+                Some(Tensor::from_vec(bytes, &[n], device)?)
+            }
+        };
+        Ok(QWeight { matrix: self.matrix.clone(), device_blocks })
+    }
+}
+
+impl From<QMatrix> for QWeight {
+    fn from(m: QMatrix) -> QWeight {
+        QWeight::new(m)
+    }
+}
+
+impl Tensor {
+    /// `self · Wᵀ` for a quantized weight `W` = `[n, k]`: `[.., k] → [.., n]`, computed in f32 from the blocks
+    /// without materialising W as f32 on the CPU (fused GEMV / skinny GEMM for up to 8 rows, dequantized panels
+    /// beyond), and on CUDA with the fused GEMV kernel (≤ 8 rows) or dequantize + cuBLAS. The result has `self`'s
+    /// dtype.
+    pub fn linear_q(&self, w: &QWeight) -> Result<Tensor> {
+        const OP: &str = "linear_q";
+        self.check_float(OP)?;
+        if self.device() != w.device() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: w.device() });
+        }
+        let (n, k) = (w.n_rows(), w.n_cols());
+        if self.rank() == 0 || self.shape()[self.rank() - 1] != k {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: vec![n, k] });
+        }
+        let m = self.elem_count() / k.max(1);
+        let mut shape = self.shape().to_vec();
+        let last = shape.len() - 1;
+        shape[last] = n;
+        #[cfg(feature = "cuda")]
+        if let Some(blocks) = &w.device_blocks {
+            let y = crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k)?;
+            return y.reshape(&shape)?.to_dtype(self.dtype());
+        }
+        let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
+        let mut y = vec![0f32; m * n];
+        w.matrix.matmul_t(&x, m, &mut y)?;
+        Tensor::from_vec(y, &shape, &Device::Cpu)?.to_dtype(self.dtype())
+    }
+}
