@@ -19,7 +19,7 @@ pub struct Finished {
 }
 
 /// The machine and ceilings section, as markdown.
-pub fn machine_section(machine: &Machine, ceilings: &Ceilings, options: &Options) -> String {
+pub fn machine_section(machine: &Machine, ceilings: &Ceilings, end: Option<&Ceilings>, options: &Options) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Machine\n");
     let mut t = Table::new("", &["", ""]);
@@ -47,10 +47,14 @@ pub fn machine_section(machine: &Machine, ceilings: &Ceilings, options: &Options
     t.row(vec!["mode".into(), if options.full { "--full".into() } else { "default (quick)".into() }]);
     s.push_str(&t.to_markdown());
     let _ = writeln!(s, "\n## Ceilings (measured in this run)\n");
-    let mut c = Table::new("", &["ceiling", &format!("{} threads", ceilings.threads), "1 thread", "how"]);
+    let n = ceilings.threads;
+    let end_col = format!("{n} threads, at the end (check)");
+    let mut c = Table::new("", &["ceiling", &format!("{n} threads (used)"), &end_col, "1 thread", "how"]);
+    let at_end = |f: fn(&Ceilings) -> f64, unit: &str| end.map(|e| format!("{} {unit}", num(f(e)))).unwrap_or_default();
     c.row(vec![
         "f32 FMA".into(),
         format!("{} GFLOP/s", num(ceilings.fma_gflops)),
+        at_end(|c| c.fma_gflops, "GFLOP/s"),
         format!("{} GFLOP/s", num(ceilings.fma_gflops_1t)),
         format!(
             "{} independent {} FMA chains per thread, 2 flops per lane, best of reps",
@@ -61,16 +65,23 @@ pub fn machine_section(machine: &Machine, ceilings: &Ceilings, options: &Options
     c.row(vec![
         "memory copy".into(),
         format!("{} GB/s", num(ceilings.copy_gbs)),
+        at_end(|c| c.copy_gbs, "GB/s"),
         String::new(),
         format!("memcpy of {} MiB, bytes read + bytes written", ceilings.buffer_bytes >> 20),
     ]);
     c.row(vec![
         "memory read".into(),
         format!("{} GB/s", num(ceilings.read_gbs)),
+        at_end(|c| c.read_gbs, "GB/s"),
         format!("{} GB/s", num(ceilings.read_gbs_1t)),
         format!("streaming sum over {} MiB, bytes read (the GEMV / attention ceiling)", ceilings.buffer_bytes >> 20),
     ]);
     s.push_str(&c.to_markdown());
+    let _ = writeln!(
+        s,
+        "\nRatios use the ceilings measured at the start. The end-of-run measurement is a check: if it differs \
+         much from the start, other processes competed for the cores or the memory during the run."
+    );
     s
 }
 
@@ -80,6 +91,7 @@ pub fn write(
     dir: &Path,
     machine: &Machine,
     ceilings: &Ceilings,
+    ceilings_end: Option<&Ceilings>,
     options: &Options,
     finished: &[Finished],
     total_secs: f64,
@@ -94,7 +106,7 @@ pub fn write(
         if options.full { " --full" } else { "" },
         total_secs
     );
-    md.push_str(&machine_section(machine, ceilings, options));
+    md.push_str(&machine_section(machine, ceilings, ceilings_end, options));
 
     let targets: Vec<_> = finished.iter().filter_map(|f| f.outcome.as_ref().ok()).flat_map(|r| &r.targets).collect();
     if !targets.is_empty() {

@@ -118,6 +118,18 @@ fn main() -> ExitCode {
         finished.push(Finished { name: s.name().into(), description: s.description().into(), outcome, secs });
     }
     ctx.finish();
+    let ceilings_end = (!chosen.is_empty()).then(|| {
+        eprintln!("bench-all: measuring the ceilings again (stability check) ...");
+        ceiling::measure(&options.ceiling_config())
+    });
+    if let Some(e) = &ceilings_end {
+        eprintln!(
+            "bench-all: ceilings at the end: FMA {} GFLOP/s, copy {} GB/s, read {} GB/s",
+            num(e.fma_gflops),
+            num(e.copy_gbs),
+            num(e.read_gbs)
+        );
+    }
     let failed = finished.iter().any(|f| f.outcome.is_err());
     for f in &finished {
         if let Ok(r) = &f.outcome {
@@ -132,7 +144,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    match report::write(&options.out_dir, &machine, &ceilings, &options, &finished, start.elapsed().as_secs_f64()) {
+    let elapsed = start.elapsed().as_secs_f64();
+    match report::write(&options.out_dir, &machine, &ceilings, ceilings_end.as_ref(), &options, &finished, elapsed) {
         Ok(path) => {
             println!("bench-all: report written to {} ({:.0} s)", path.display(), start.elapsed().as_secs_f64());
             if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }

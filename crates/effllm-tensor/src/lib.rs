@@ -2,7 +2,7 @@
 //!
 //! The tensor crate under every effllm technique: an n-dimensional [`Tensor`] with a [`DType`] and a [`Device`],
 //! the ops that more than one efficient-LLM technique needs, the ggml quantized block formats with fused
-//! dequantize-and-multiply kernels, a counter-based random generator, and a naive f64 [`reference`] of every op
+//! dequantize-and-multiply kernels, a counter-based random generator, and a naive f64 [`reference`](mod@reference) of every op
 //! that the property tests hold the fast code to.
 //!
 //! ## Design

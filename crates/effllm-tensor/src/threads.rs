@@ -41,7 +41,7 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
-/// The current pool, created on first use with [`default_threads`] threads.
+/// The current pool, created on first use with `EFFLLM_NUM_THREADS` threads (default: all cores).
 pub fn pool() -> Arc<rayon::ThreadPool> {
     if let Some(p) = slot().read().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return Arc::clone(p);

@@ -20,6 +20,7 @@ pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) blas: Mutex<CudaBlas>,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     compiles: AtomicUsize,
     arch: &'static str,
     name: String,
@@ -123,6 +124,7 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
         stream,
         blas: Mutex::new(blas),
         modules: Mutex::new(HashMap::new()),
+        functions: Mutex::new(HashMap::new()),
         compiles: AtomicUsize::new(0),
         arch,
         name,
@@ -175,9 +177,17 @@ impl CudaDevice {
     }
 
     /// Function `name` of a built-in kernel family (the prelude is prepended).
+    /// Looked up in a function cache first: the launch path costs a hash lookup, not a source concatenation or a
+    /// driver call.
     pub(crate) fn builtin(&self, family: &'static str, body: &'static str, name: &str) -> Result<CudaFunction> {
+        let key = (family, name.to_string());
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(f.clone());
+        }
         let m = self.module(family, &format!("{}{}", super::kernels::PRELUDE, body))?;
-        m.load_function(name).map_err(cuda_err("load_function"))
+        let f = m.load_function(name).map_err(cuda_err("load_function"))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
+        Ok(f)
     }
 
     /// Waits for all work queued on the device's stream.

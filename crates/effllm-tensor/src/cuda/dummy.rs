@@ -64,3 +64,6 @@ pub(crate) fn launch_custom(
 ) -> Result<()> {
     Err(Error::NotCompiledWithCuda { device })
 }
+
+/// Lets f32 matmuls use TF32 on CUDA. No effect in this build.
+pub fn set_allow_tf32(_allow: bool) {}

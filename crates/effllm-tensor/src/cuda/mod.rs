@@ -22,6 +22,8 @@ pub(crate) mod kernels;
 pub(crate) mod ops;
 #[cfg(feature = "cuda")]
 pub use backend::*;
+#[cfg(feature = "cuda")]
+pub use ops::set_allow_tf32;
 
 #[cfg(not(feature = "cuda"))]
 mod dummy;

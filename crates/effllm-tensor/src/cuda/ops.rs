@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaView, PushKernelArg};
 
 use super::backend::{CudaDevice, CudaStorage, KLayout, dtype_id, grid, launch_err, rows_grid};
@@ -240,77 +239,137 @@ pub(crate) fn rng_fill(
     Ok(Tensor::from_cuda(out, shape))
 }
 
-/// Batched matmul through cuBLAS (row-major via `Cᵀ = Bᵀ Aᵀ`). Operands are broadcast and made contiguous first.
+/// How one operand reaches cuBLAS without a copy: pointer offset (elements), transpose flag, leading dimension and
+/// batch stride; `None` when its layout needs a copy first.
+fn gemm_operand(l: &Layout, batch: usize) -> Option<(usize, bool, usize, usize)> {
+    let r = l.rank();
+    let (rows, cols) = (l.shape()[r - 2], l.shape()[r - 1]);
+    let (rs, cs) = (l.strides()[r - 2], l.strides()[r - 1]);
+    let (trans, ld) = if (cs == 1 || cols == 1) && rs >= cols.max(1) {
+        (false, rs.max(cols).max(1))
+    } else if (rs == 1 || rows == 1) && cs >= rows.max(1) {
+        (true, cs.max(rows).max(1))
+    } else {
+        return None;
+    };
+    // The batch dims must collapse into one stride (0 when broadcast).
+    let dims: Vec<(usize, usize)> =
+        l.shape()[..r - 2].iter().zip(&l.strides()[..r - 2]).filter(|(d, _)| **d > 1).map(|(&d, &s)| (d, s)).collect();
+    let stride = match dims.as_slice() {
+        [] => 0,
+        [(_, s)] => *s,
+        many => {
+            let inner = many[many.len() - 1].1;
+            let mut expect = inner;
+            for w in many.iter().rev() {
+                if w.1 != expect {
+                    return None;
+                }
+                expect *= w.0;
+            }
+            inner
+        }
+    };
+    if batch > 1 && stride == 0 && !dims.is_empty() {
+        return None;
+    }
+    Some((l.offset(), trans, ld, stride))
+}
+
+static ALLOW_TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets f32 matmuls use TF32 tensor cores (10-bit mantissa products, f32 accumulation): about 3e-4 relative error
+/// instead of f32's 1e-6. Off by default.
+pub fn set_allow_tf32(allow: bool) {
+    ALLOW_TF32.store(allow, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Batched matmul through `cublasGemmStridedBatchedEx`, row-major via `Cᵀ = Bᵀ·Aᵀ`. Operands are read in place when
+/// their layout allows it (row-major or transposed, uniform or broadcast batch stride) and copied otherwise.
+/// f32 computes in f32 (TF32 when allowed), f16/bf16 store 16-bit and accumulate in f32, f64 in f64.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch_shape: &[usize], m: usize, k: usize, n: usize) -> Result<Tensor> {
+    use cudarc::cublas::sys::{cublasComputeType_t as C, cublasGemmAlgo_t, cudaDataType as D};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
     let batch: usize = batch_shape.iter().product();
+    let dtype = a.dtype();
     let mut ash = batch_shape.to_vec();
     ash.extend([m, k]);
     let mut bsh = batch_shape.to_vec();
     bsh.extend([k, n]);
-    let wd = if a.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let aw = cast(&a.broadcast_as(&ash)?, wd)?;
-    let bw = cast(&b.broadcast_as(&bsh)?, wd)?;
-    let dev = Arc::clone(&storage(&aw).dev);
-    let mut out = dev.alloc(wd, batch * m * n)?;
-    if batch * m * n > 0 {
-        if k == 0 {
-            let zero = dev.stream.memset_zeros(&mut out.buf);
-            zero.map_err(launch_err)?;
-        } else {
-            let blas = dev.blas.lock().unwrap_or_else(|e| e.into_inner());
-            let (sa, sb) = (storage(&aw), storage(&bw));
-            let res = if wd == DType::F64 {
-                // SAFETY: transmute of byte buffers holding exactly these many f64 elements.
-                let (av, bv) =
-                    unsafe { (sa.buf.transmute::<f64>(batch * m * k), sb.buf.transmute::<f64>(batch * k * n)) };
-                let mut cv = unsafe { out.buf.transmute_mut::<f64>(batch * m * n) };
-                match (av, bv, cv.as_mut()) {
-                    // SAFETY: dimensions and strides describe the contiguous buffers above.
-                    (Some(av), Some(bv), Some(cv)) => unsafe {
-                        blas.gemm_strided_batched(sbc(1.0f64, 0.0f64, batch, m, k, n), &bv, &av, cv)
-                    },
-                    _ => return Err(Error::Cuda { op: "matmul", msg: "buffer size mismatch".into() }),
-                }
-            } else {
-                let (av, bv) =
-                    unsafe { (sa.buf.transmute::<f32>(batch * m * k), sb.buf.transmute::<f32>(batch * k * n)) };
-                let mut cv = unsafe { out.buf.transmute_mut::<f32>(batch * m * n) };
-                match (av, bv, cv.as_mut()) {
-                    (Some(av), Some(bv), Some(cv)) => unsafe {
-                        blas.gemm_strided_batched(sbc(1.0f32, 0.0f32, batch, m, k, n), &bv, &av, cv)
-                    },
-                    _ => return Err(Error::Cuda { op: "matmul", msg: "buffer size mismatch".into() }),
-                }
-            };
-            res.map_err(|e| Error::Cuda { op: "cublas gemm", msg: e.to_string() })?;
+    let prep = |t: &Tensor, shape: &[usize]| -> Result<(Tensor, (usize, bool, usize, usize))> {
+        let v = t.broadcast_as(shape)?;
+        if let Some(p) = gemm_operand(&v.layout, batch) {
+            return Ok((v, p));
         }
-    }
+        let c = cast(&v, dtype)?;
+        let p = gemm_operand(&c.layout, batch).expect("a contiguous operand is always usable");
+        Ok((c, p))
+    };
+    let (aw, (a_off, a_t, lda, a_bs)) = prep(a, &ash)?;
+    let (bw, (b_off, b_t, ldb, b_bs)) = prep(b, &bsh)?;
+    let dev = Arc::clone(&storage(&aw).dev);
+    let mut out = dev.alloc(dtype, batch * m * n)?;
     let mut shape = batch_shape.to_vec();
     shape.extend([m, n]);
-    finish(Tensor::from_cuda(out, &shape), a.dtype())
-}
-
-/// cuBLAS configuration of a row-major batched `C[m×n] = A[m×k]·B[k×n]` computed as column-major
-/// `Cᵀ = Bᵀ·Aᵀ`: cuBLAS's A is our B (`n × k`, ld `n`), its B is our A (`k × m`, ld `k`).
-fn sbc<T>(alpha: T, beta: T, batch: usize, m: usize, k: usize, n: usize) -> StridedBatchedConfig<T> {
-    StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha,
-            lda: n as i32,
-            ldb: k as i32,
-            beta,
-            ldc: n as i32,
-        },
-        batch_size: batch as i32,
-        stride_a: (k * n) as i64,
-        stride_b: (m * k) as i64,
-        stride_c: (m * n) as i64,
+    if batch * m * n == 0 {
+        return Ok(Tensor::from_cuda(out, &shape));
     }
+    if k == 0 {
+        dev.stream.memset_zeros(&mut out.buf).map_err(launch_err)?;
+        return Ok(Tensor::from_cuda(out, &shape));
+    }
+    let (data_type, compute) = match dtype {
+        DType::F64 => (D::CUDA_R_64F, C::CUBLAS_COMPUTE_64F),
+        DType::F16 => (D::CUDA_R_16F, C::CUBLAS_COMPUTE_32F),
+        DType::BF16 => (D::CUDA_R_16BF, C::CUBLAS_COMPUTE_32F),
+        _ if ALLOW_TF32.load(std::sync::atomic::Ordering::Relaxed) => (D::CUDA_R_32F, C::CUBLAS_COMPUTE_32F_FAST_TF32),
+        _ => (D::CUDA_R_32F, C::CUBLAS_COMPUTE_32F),
+    };
+    let (one64, zero64, one32, zero32) = (1.0f64, 0.0f64, 1.0f32, 0.0f32);
+    let (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void) = if dtype == DType::F64 {
+        ((&one64 as *const f64).cast(), (&zero64 as *const f64).cast())
+    } else {
+        ((&one32 as *const f32).cast(), (&zero32 as *const f32).cast())
+    };
+    let size = dtype.size_in_bytes() as u64;
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    {
+        let blas = dev.blas.lock().unwrap_or_else(|e| e.into_inner());
+        let (pa, _ga) = storage(&aw).buf.device_ptr(&dev.stream);
+        let (pb, _gb) = storage(&bw).buf.device_ptr(&dev.stream);
+        let (pc, _gc) = out.buf.device_ptr_mut(&dev.stream);
+        // SAFETY: pointers, leading dimensions and batch strides describe the operands' layouts inside their buffers
+        // (checked by `gemm_operand`); cuBLAS's A is our B and its B our A (column-major view of row-major data).
+        unsafe {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                *blas.handle(),
+                op(b_t),
+                op(a_t),
+                n as i32,
+                m as i32,
+                k as i32,
+                alpha,
+                (pb + b_off as u64 * size) as *const std::ffi::c_void,
+                data_type,
+                ldb as i32,
+                b_bs as i64,
+                (pa + a_off as u64 * size) as *const std::ffi::c_void,
+                data_type,
+                lda as i32,
+                a_bs as i64,
+                beta,
+                pc as *mut std::ffi::c_void,
+                data_type,
+                n as i32,
+                (m * n) as i64,
+                batch as i32,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            )
+        }
+        .map_err(|e| Error::Cuda { op: "cublasGemmStridedBatchedEx", msg: e.to_string() })?;
+    }
+    Ok(Tensor::from_cuda(out, &shape))
 }
 
 /// RoPE on `[b, h, s, d]` with u32 positions `[s]` or `[b, s]` already on the device.
@@ -495,7 +554,7 @@ fn quant_id(ty: crate::quant::QuantType) -> i32 {
 /// dequantize to f32 and cuBLAS.
 pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, n: usize, k: usize) -> Result<Tensor> {
     let m = x.elem_count() / k;
-    let xw = cast(x, DType::F32)?;
+    let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
     let dev = Arc::clone(&storage(&xw).dev);
     let wv = view(blocks);
     let tid = quant_id(ty);
