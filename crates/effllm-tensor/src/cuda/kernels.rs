@@ -145,6 +145,24 @@ template <typename T> __device__ void binary_body(const T* a, Lay la, const T* b
     }
 }
 extern "C" __global__ void binary_f32(const float* a, Lay la, const float* b, Lay lb, float* y, i64 n, int op) { binary_body(a, la, b, lb, y, n, op); }
+
+// Both operands dense with the output's shape: no index arithmetic.
+template <typename T> __device__ void binary_dense_body(const T* a, const T* b, T* y, i64 n, int op) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        T x = a[i], z = b[i], r;
+        switch (op) {
+            case 0: r = x + z; break;
+            case 1: r = x - z; break;
+            case 2: r = x * z; break;
+            case 3: r = x / z; break;
+            case 4: r = (x != x || z != z) ? x + z : fmax(x, z); break;
+            default: r = (x != x || z != z) ? x + z : fmin(x, z); break;
+        }
+        y[i] = r;
+    }
+}
+extern "C" __global__ void binary_dense_f32(const float* a, const float* b, float* y, i64 n, int op) { binary_dense_body(a, b, y, n, op); }
+extern "C" __global__ void binary_dense_f64(const double* a, const double* b, double* y, i64 n, int op) { binary_dense_body(a, b, y, n, op); }
 extern "C" __global__ void binary_f64(const double* a, Lay la, const double* b, Lay lb, double* y, i64 n, int op) { binary_body(a, la, b, lb, y, n, op); }
 "#;
 
@@ -175,17 +193,30 @@ template <typename T> __device__ double block_min(double v, double* sh) {
     double r = sh[0]; __syncthreads(); return r;
 }
 
+// Online softmax: one read for the running max and rescaled sum (merged across threads), one read + write for the
+// output. Sums in double, as the CPU does.
 template <typename T> __device__ void softmax_body(const T* x, T* y, i64 n, int log_) {
-    __shared__ double sh[BLOCK];
+    __shared__ double shm[BLOCK]; __shared__ double shs[BLOCK];
     const T* xr = x + blockIdx.x * n; T* yr = y + blockIdx.x * n;
-    double m = -1.0 / 0.0;
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) m = fmax(m, (double)xr[j]);
-    m = block_max<T>(m, sh);
+    double m = -1.0 / 0.0, s = 0.0;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        double v = (double)xr[j];
+        if (v > m) { s = s * exp(m - v) + 1.0; m = v; }
+        else if (v > -1.0 / 0.0) { s += exp(v - m); }
+    }
+    shm[threadIdx.x] = m; shs[threadIdx.x] = s; __syncthreads();
+    for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+        if (threadIdx.x < st) {
+            double m1 = shm[threadIdx.x], s1 = shs[threadIdx.x], m2 = shm[threadIdx.x + st], s2 = shs[threadIdx.x + st];
+            double mm = fmax(m1, m2);
+            double t = (m1 == -1.0 / 0.0 ? 0.0 : s1 * exp(m1 - mm)) + (m2 == -1.0 / 0.0 ? 0.0 : s2 * exp(m2 - mm));
+            shm[threadIdx.x] = mm; shs[threadIdx.x] = t;
+        }
+        __syncthreads();
+    }
+    m = shm[0]; s = shs[0];
     if (m == -1.0 / 0.0) { for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = log_ ? (T)(-1.0/0.0) : (T)0; return; }
     T mt = (T)m;
-    double s = 0.0;
-    for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += (double)exp(xr[j] - mt);
-    s = block_sum<T>(s, sh);
     if (log_) { T l = mt + (T)log(s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - l; }
     else { T inv = (T)(1.0 / s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = exp(xr[j] - mt) * inv; }
 }

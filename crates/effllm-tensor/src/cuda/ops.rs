@@ -117,13 +117,20 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, shape: &[usize], op: i32) -> Result
     } else {
         (work(a)?, work(b)?)
     };
-    let la = KLayout::new("binary", &aw.layout.broadcast_as(shape)?)?;
-    let lb = KLayout::new("binary", &bw.layout.broadcast_as(shape)?)?;
     let sa = storage(&aw);
     let dev = Arc::clone(&sa.dev);
     let n: usize = shape.iter().product();
     let mut out = dev.alloc(aw.dtype(), n)?;
-    if n > 0 {
+    if n > 0 && aw.is_contiguous() && bw.is_contiguous() && aw.shape() == shape && bw.shape() == shape {
+        let f = dev.builtin("binary", kernels::BINARY, &format!("binary_dense_{}", suffix(aw.dtype())))?;
+        let (nn, av, bv) = (n as i64, view(&aw), view(&bw));
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&av).arg(&bv).arg(&mut out.buf).arg(&nn).arg(&op);
+        // SAFETY: three dense buffers of `n` elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    } else if n > 0 {
+        let la = KLayout::new("binary", &aw.layout.broadcast_as(shape)?)?;
+        let lb = KLayout::new("binary", &bw.layout.broadcast_as(shape)?)?;
         let f = dev.builtin("binary", kernels::BINARY, &format!("binary_{}", suffix(aw.dtype())))?;
         let nn = n as i64;
         let mut l = dev.stream.launch_builder(&f);
