@@ -269,8 +269,11 @@ pub struct Ceilings {
 /// How long the ceiling measurements run.
 #[derive(Clone, Copy, Debug)]
 pub struct CeilingConfig {
-    /// Repetitions of each measurement (the best one counts).
+    /// Repetitions of the FMA measurement (the best one counts).
     pub reps: usize,
+    /// Repetitions of each memory measurement (the best one counts; a pass takes only 15-40 ms, and the memory
+    /// bandwidth of a shared host fluctuates more than its compute).
+    pub mem_reps: usize,
     /// Duration of one FMA repetition.
     pub fma_time: Duration,
     /// Bytes of each memory buffer.
@@ -279,7 +282,12 @@ pub struct CeilingConfig {
 
 impl Default for CeilingConfig {
     fn default() -> Self {
-        CeilingConfig { reps: 7, fma_time: Duration::from_millis(150), buffer_bytes: MemBuffers::DEFAULT_BYTES }
+        CeilingConfig {
+            reps: 7,
+            mem_reps: 15,
+            fma_time: Duration::from_millis(150),
+            buffer_bytes: MemBuffers::DEFAULT_BYTES,
+        }
     }
 }
 
@@ -325,7 +333,7 @@ mod tests {
 
     #[test]
     fn small_measurements_are_positive() {
-        let cfg = CeilingConfig { reps: 1, fma_time: Duration::from_millis(5), buffer_bytes: 16 << 20 };
+        let cfg = CeilingConfig { reps: 1, mem_reps: 1, fma_time: Duration::from_millis(5), buffer_bytes: 16 << 20 };
         let c = measure(&cfg);
         assert!(c.fma_gflops > 0.0 && c.copy_gbs > 0.0 && c.read_gbs > 0.0, "{c:?}");
     }

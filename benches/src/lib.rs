@@ -103,6 +103,7 @@ impl Options {
         let mut c = ceiling::CeilingConfig::default();
         if self.full {
             c.reps = 15;
+            c.mem_reps = 31;
             c.fma_time = Duration::from_millis(300);
         }
         c

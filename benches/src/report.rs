@@ -66,7 +66,7 @@ pub fn machine_section(machine: &Machine, ceilings: &Ceilings, end: Option<&Ceil
         "memory copy".into(),
         format!("{} GB/s", num(ceilings.copy_gbs)),
         at_end(|c| c.copy_gbs, "GB/s"),
-        String::new(),
+        "–".into(),
         format!("memcpy of {} MiB, bytes read + bytes written", ceilings.buffer_bytes >> 20),
     ]);
     c.row(vec![
