@@ -317,13 +317,13 @@ pub(crate) mod avx2 {
     }
 
     /// `Σ_j q_j x_j` as 8 lane partial sums, q given as four 8-lane f32 vectors (elements 0..8, 8..16, ...).
+    /// Two independent product chains joined at the end: 12 cycles of latency instead of 16.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn block_dot(q: &[__m256; 4], x: &[f32; 32]) -> __m256 {
-        let mut t = _mm256_mul_ps(q[0], load_f32x8(x, 0));
-        t = _mm256_fmadd_ps(q[1], load_f32x8(x, 8), t);
-        t = _mm256_fmadd_ps(q[2], load_f32x8(x, 16), t);
-        _mm256_fmadd_ps(q[3], load_f32x8(x, 24), t)
+        let t0 = _mm256_fmadd_ps(q[2], load_f32x8(x, 16), _mm256_mul_ps(q[0], load_f32x8(x, 0)));
+        let t1 = _mm256_fmadd_ps(q[3], load_f32x8(x, 24), _mm256_mul_ps(q[1], load_f32x8(x, 8)));
+        _mm256_add_ps(t0, t1)
     }
 
     /// # Safety
@@ -338,8 +338,10 @@ pub(crate) mod avx2 {
         let nb = row.len() / ty.block_bytes();
         assert!(xs.iter().all(|x| x.len() >= nb), "activations shorter than the row");
         assert!(ty != QuantType::Q4_1 || sums.iter().all(|s| s.len() >= nb), "block sums shorter than the row");
-        let mut acc = [_mm256_setzero_ps(); M];
-        let mut corr = [0f32; M];
+        // Even and odd blocks accumulate separately (joined at the end in a fixed order), halving the loop-carried
+        // FMA latency per block.
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        let mut corr = [[0f32; 2]; M];
         let low = _mm256_set1_epi32(0xF);
         match ty {
             QuantType::Q4_0 => {
@@ -355,7 +357,7 @@ pub(crate) mod avx2 {
                         _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32::<4>(v1), eight)),
                     ];
                     for i in 0..M {
-                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
+                        acc[i][b & 1] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i][b & 1]);
                     }
                 }
             }
@@ -373,8 +375,8 @@ pub(crate) mod avx2 {
                         _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
                     ];
                     for i in 0..M {
-                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
-                        corr[i] += m * *at!(sums[i], b);
+                        acc[i][b & 1] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i][b & 1]);
+                        corr[i][b & 1] += m * *at!(sums[i], b);
                     }
                 }
             }
@@ -388,14 +390,14 @@ pub(crate) mod avx2 {
                         _mm256_cvtepi32_ps(i8x8_to_i32(blk, 26)),
                     ];
                     for i in 0..M {
-                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
+                        acc[i][b & 1] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i][b & 1]);
                     }
                 }
             }
         }
         let mut out = [0f32; M];
         for i in 0..M {
-            out[i] = hsum(acc[i]) + corr[i];
+            out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + (corr[i][0] + corr[i][1]);
         }
         out
     }
