@@ -5,7 +5,9 @@
 //! * `ci` — runs `.ci/run` with bash, exactly as CI does;
 //! * `bench-all [ARGS]` — `cargo run --release -p effllm-benches --bin bench-all -- ARGS` (report under
 //!   `target/effllm-report/`; `--list`, `--only NAME`, `--full`, `--help`);
-//! * `bench-check` — `cargo bench --workspace --no-run` (benches compile, none runs).
+//! * `bench-check` — `cargo bench --workspace --no-run` (benches compile, none runs);
+//! * `gpu-test` — builds the CUDA test binaries (`--features cuda`, no toolkit needed) into `target/gpu-test/`
+//!   with a `run.sh`, and prints the one command that runs them on a GPU machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,6 +20,7 @@ commands:
   bench-all [ARGS]   run every benchmark scenario and write target/effllm-report/report.md
                      (ARGS go to bench-all: --list, --only NAME, --full, --threads N, --help)
   bench-check        cargo bench --workspace --no-run (check that every bench compiles)
+  gpu-test           build the CUDA test binaries into target/gpu-test/ and print how to run them on a GPU
   help               this text";
 
 /// The workspace root: the parent of this crate's manifest directory.
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             c.args(["run", "--release", "-p", "effllm-benches", "--bin", "bench-all", "--"]).args(&rest);
             run(c)
         }
+        "gpu-test" => gpu_test(),
         "bench-check" => {
             let mut c = cargo();
             c.args(["bench", "--workspace", "--no-run"]).args(&rest);
@@ -87,4 +91,74 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The script shipped with the GPU test binaries: finds the CUDA libraries, then runs every binary with
+/// `EFFLLM_REQUIRE_CUDA=1`, so a machine without a usable GPU fails instead of skipping.
+const GPU_RUN_SH: &str = r#"#!/usr/bin/env bash
+# Runs effllm's CUDA test binaries (built by `cargo xtask gpu-test`). A missing or broken GPU is a failure.
+set -u
+cd "$(dirname "$0")"
+libs=$(find / \( -name 'libnvrtc.so*' -o -name 'libcublas.so*' -o -name 'libcuda.so*' \) -not -path '*/stubs/*' 2>/dev/null \
+  | xargs -r -n1 dirname | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+export EFFLLM_REQUIRE_CUDA=1
+status=0
+for t in ./test-*; do
+  echo "== $t"
+  "$t" --test-threads 4 || status=1
+done
+exit $status
+"#;
+
+fn gpu_test() -> ExitCode {
+    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda";
+    let mut c = cargo();
+    c.args(["test", "-p", "effllm-tensor", "-p", "effllm-tensor-conformance", "--features", features, "--no-run"]);
+    // No debug info: the binaries must be small enough to carry to the GPU machine.
+    c.env("CARGO_PROFILE_DEV_DEBUG", "0").env("CARGO_PROFILE_TEST_DEBUG", "0").current_dir(root());
+    eprintln!("xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance --features {features} --no-run");
+    let out = match c.output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("xtask: could not start cargo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        eprintln!("{log}");
+        return ExitCode::FAILURE;
+    }
+    // "Executable tests/cuda.rs (target/debug/deps/cuda-0123abcd)": keep the CUDA test files of both crates.
+    let dest = root().join("target/gpu-test");
+    let _ = std::fs::remove_dir_all(&dest);
+    if let Err(e) = std::fs::create_dir_all(&dest) {
+        eprintln!("xtask: cannot create {}: {e}", dest.display());
+        return ExitCode::FAILURE;
+    }
+    let mut copied = 0;
+    for line in log.lines().filter(|l| l.contains("Executable tests/cuda.rs")) {
+        let Some(path) = line.rsplit_once('(').and_then(|(_, p)| p.strip_suffix(')')) else { continue };
+        let src = root().join(path);
+        let name =
+            format!("test-{copied}-{}", src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        if let Err(e) = std::fs::copy(&src, dest.join(&name)) {
+            eprintln!("xtask: cannot copy {}: {e}", src.display());
+            return ExitCode::FAILURE;
+        }
+        copied += 1;
+    }
+    if copied == 0 {
+        eprintln!("xtask: found no CUDA test binaries in cargo's output");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = std::fs::write(dest.join("run.sh"), GPU_RUN_SH) {
+        eprintln!("xtask: cannot write run.sh: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("{copied} CUDA test binaries in {}.", dest.display());
+    println!("On a GPU machine (x86_64 Linux, CUDA 13 driver), with that folder copied over, run:");
+    println!("    bash target/gpu-test/run.sh");
+    ExitCode::SUCCESS
 }
