@@ -134,30 +134,10 @@ pub const UNARY_OPS: [UnaryOp; 15] = [
     UnaryOp::GeluErf,
 ];
 
-fn unary_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Neg => "neg",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Ln => "ln",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Sqr => "sqr",
-        UnaryOp::Recip => "recip",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Sin => "sin",
-        UnaryOp::Cos => "cos",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Silu => "silu",
-        UnaryOp::Gelu => "gelu",
-        UnaryOp::GeluErf => "gelu_erf",
-    }
-}
-
 /// A unary op on random data in its domain.
 pub fn unary(dev: &Device, dtype: DType, op: UnaryOp, shape: &[usize], seed: u64) -> Outcome {
     let n = shape.iter().product();
-    let name = unary_name(op);
+    let name = op.name();
     let data: Vec<f64> = normals(seed, n)
         .into_iter()
         .map(|x| match op {

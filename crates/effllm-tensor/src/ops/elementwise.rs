@@ -78,7 +78,8 @@ impl UnaryOp {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The op's name (`"exp"`, `"gelu_erf"`, ...), as used in error messages and by `reference::unary`.
+    pub fn name(self) -> &'static str {
         match self {
             UnaryOp::Neg => "neg",
             UnaryOp::Abs => "abs",
