@@ -338,10 +338,8 @@ pub(crate) mod avx2 {
         let nb = row.len() / ty.block_bytes();
         assert!(xs.iter().all(|x| x.len() >= nb), "activations shorter than the row");
         assert!(ty != QuantType::Q4_1 || sums.iter().all(|s| s.len() >= nb), "block sums shorter than the row");
-        // Even and odd blocks accumulate separately (joined at the end in a fixed order), halving the loop-carried
-        // FMA latency per block.
-        let mut acc = [[_mm256_setzero_ps(); 2]; M];
-        let mut corr = [[0f32; 2]; M];
+        let mut acc = [_mm256_setzero_ps(); M];
+        let mut corr = [0f32; M];
         let low = _mm256_set1_epi32(0xF);
         match ty {
             QuantType::Q4_0 => {
@@ -357,7 +355,7 @@ pub(crate) mod avx2 {
                         _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32::<4>(v1), eight)),
                     ];
                     for i in 0..M {
-                        acc[i][b & 1] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i][b & 1]);
+                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
                     }
                 }
             }
@@ -375,8 +373,8 @@ pub(crate) mod avx2 {
                         _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
                     ];
                     for i in 0..M {
-                        acc[i][b & 1] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i][b & 1]);
-                        corr[i][b & 1] += m * *at!(sums[i], b);
+                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
+                        corr[i] += m * *at!(sums[i], b);
                     }
                 }
             }
@@ -390,14 +388,14 @@ pub(crate) mod avx2 {
                         _mm256_cvtepi32_ps(i8x8_to_i32(blk, 26)),
                     ];
                     for i in 0..M {
-                        acc[i][b & 1] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i][b & 1]);
+                        acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
                     }
                 }
             }
         }
         let mut out = [0f32; M];
         for i in 0..M {
-            out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + (corr[i][0] + corr[i][1]);
+            out[i] = hsum(acc[i]) + corr[i];
         }
         out
     }
