@@ -16,9 +16,16 @@
 
 #![deny(missing_docs)]
 
-use effllm_tensor::reference as r;
+/// The oracle of every check: `effllm-tensor`'s naive f64 implementations, re-exported so that a backend crate
+/// running the suite can name the exact reference it is held to. The suite adds no math of its own beyond the
+/// comparison ([`compare`]).
+pub mod reference {
+    pub use effllm_tensor::reference::*;
+}
+
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{AttentionMask, BinaryOp, DType, Device, RopeConfig, RopeStyle, Tensor, UnaryOp};
+use reference as r;
 
 #[doc(hidden)]
 pub use proptest;

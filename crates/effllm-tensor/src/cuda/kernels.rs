@@ -130,18 +130,20 @@ extern "C" __global__ void swiglu_f64(const double* g, const double* u, double* 
 
 /// Broadcasting binary ops over strided operands (ids: add, sub, mul, div, maximum, minimum).
 pub(crate) const BINARY: &str = r#"
+template <typename T> __device__ __forceinline__ T binop(T x, T z, int op) {
+    switch (op) {
+        case 0: return x + z;
+        case 1: return x - z;
+        case 2: return x * z;
+        case 3: return x / z;
+        case 4: return (x != x || z != z) ? x + z : fmax(x, z);
+        default: return (x != x || z != z) ? x + z : fmin(x, z);
+    }
+}
+
 template <typename T> __device__ void binary_body(const T* a, Lay la, const T* b, Lay lb, T* y, i64 n, int op) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        T x = a[lay_offset(la, i)], z = b[lay_offset(lb, i)], r;
-        switch (op) {
-            case 0: r = x + z; break;
-            case 1: r = x - z; break;
-            case 2: r = x * z; break;
-            case 3: r = x / z; break;
-            case 4: r = (x != x || z != z) ? x + z : fmax(x, z); break;
-            default: r = (x != x || z != z) ? x + z : fmin(x, z); break;
-        }
-        y[i] = r;
+        y[i] = binop(a[lay_offset(la, i)], b[lay_offset(lb, i)], op);
     }
 }
 extern "C" __global__ void binary_f32(const float* a, Lay la, const float* b, Lay lb, float* y, i64 n, int op) { binary_body(a, la, b, lb, y, n, op); }
@@ -149,16 +151,7 @@ extern "C" __global__ void binary_f32(const float* a, Lay la, const float* b, La
 // Both operands dense with the output's shape: no index arithmetic.
 template <typename T> __device__ void binary_dense_body(const T* a, const T* b, T* y, i64 n, int op) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        T x = a[i], z = b[i], r;
-        switch (op) {
-            case 0: r = x + z; break;
-            case 1: r = x - z; break;
-            case 2: r = x * z; break;
-            case 3: r = x / z; break;
-            case 4: r = (x != x || z != z) ? x + z : fmax(x, z); break;
-            default: r = (x != x || z != z) ? x + z : fmin(x, z); break;
-        }
-        y[i] = r;
+        y[i] = binop(a[i], b[i], op);
     }
 }
 extern "C" __global__ void binary_dense_f32(const float* a, const float* b, float* y, i64 n, int op) { binary_dense_body(a, b, y, n, op); }
@@ -176,25 +169,21 @@ template <typename T> __device__ double block_sum(double v, double* sh) {
     for (int s = blockDim.x / 2; s > 0; s >>= 1) { if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s]; __syncthreads(); }
     double r = sh[0]; __syncthreads(); return r;
 }
-template <typename T> __device__ double block_max(double v, double* sh) {
+// Max (`want_max`) or min of one value per thread, NaN-propagating.
+template <typename T> __device__ double block_extreme(double v, double* sh, bool want_max) {
     sh[threadIdx.x] = v; __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) { double o = sh[threadIdx.x + s], m = sh[threadIdx.x]; sh[threadIdx.x] = (m != m || o != o) ? m + o : fmax(m, o); }
+        if (threadIdx.x < s) {
+            double o = sh[threadIdx.x + s], m = sh[threadIdx.x];
+            sh[threadIdx.x] = (m != m || o != o) ? m + o : (want_max ? fmax(m, o) : fmin(m, o));
+        }
         __syncthreads();
     }
     double r = sh[0]; __syncthreads(); return r;
 }
-template <typename T> __device__ double block_min(double v, double* sh) {
-    sh[threadIdx.x] = v; __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) { double o = sh[threadIdx.x + s], m = sh[threadIdx.x]; sh[threadIdx.x] = (m != m || o != o) ? m + o : fmin(m, o); }
-        __syncthreads();
-    }
-    double r = sh[0]; __syncthreads(); return r;
-}
+template <typename T> __device__ double block_max(double v, double* sh) { return block_extreme<T>(v, sh, true); }
+template <typename T> __device__ double block_min(double v, double* sh) { return block_extreme<T>(v, sh, false); }
 
-// Online softmax: one read for the running max and rescaled sum (merged across threads), one read + write for the
-// output. Sums in double, as the CPU does.
 template <typename T> __device__ void softmax_body(const T* x, T* y, i64 n, int log_) {
     __shared__ double shm[BLOCK]; __shared__ double shs[BLOCK];
     const T* xr = x + blockIdx.x * n; T* yr = y + blockIdx.x * n;
