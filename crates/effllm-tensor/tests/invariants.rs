@@ -126,6 +126,37 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `slice_assign` equals rebuilding the tensor with `concat`, and never leaks into a tensor sharing storage.
+    #[test]
+    fn slice_assign_equals_concat(outer in 1usize..4, len in 1usize..9, inner in 1usize..5, seed in any::<u64>(),
+                                  start_frac in 0.0f64..1.0, n_frac in 0.0f64..1.0) {
+        let start = ((len as f64) * start_frac) as usize % len;
+        let n = 1 + ((len - start - 1) as f64 * n_frac) as usize;
+        let base = randn(&[outer, len, inner], seed);
+        let shared = base.clone();
+        let src = randn(&[outer, n, inner], seed ^ 1);
+        let mut dst = base.clone();
+        dst.slice_assign(1, start, &src).unwrap();
+        let head = base.narrow(1, 0, start).unwrap();
+        let tail = base.narrow(1, start + n, len - start - n).unwrap();
+        let expect = Tensor::concat(&[&head, &src, &tail], 1).unwrap();
+        prop_assert_eq!(bits(&dst), bits(&expect));
+        prop_assert_eq!(bits(&shared), bits(&base));
+    }
+}
+
+#[test]
+fn slice_assign_rejects_misfits() {
+    let mut t = randn(&[2, 4, 3], 1);
+    assert!(t.slice_assign(1, 3, &randn(&[2, 2, 3], 2)).is_err()); // runs past the end
+    assert!(t.slice_assign(1, 0, &randn(&[2, 2, 4], 2)).is_err()); // other dim differs
+    assert!(t.slice_assign(3, 0, &randn(&[2, 2, 3], 2)).is_err()); // no such dim
+    assert!(t.slice_assign(1, 0, &randn64(&[2, 2, 3], 2)).is_err()); // dtype
+}
+
 #[test]
 fn causal_mask_equals_explicit_mask() {
     let (sq, skv) = (3, 7);

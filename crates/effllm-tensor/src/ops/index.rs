@@ -3,7 +3,7 @@
 use crate::cpu::{CpuStorage, map_storage_same};
 use crate::ops::reduce::split_at_dim;
 use crate::tensor::{Work, WorkOut, host_round_trip};
-use crate::{Error, Result, Tensor, WithDType};
+use crate::{DType, Error, Result, Tensor, WithDType};
 
 fn check_ids(op: &'static str, ids: &[u32], size: usize) -> Result<()> {
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= size) {
@@ -210,6 +210,54 @@ impl Tensor {
             out
         });
         Ok(Tensor::from_storage(storage, &shape))
+    }
+}
+
+impl Tensor {
+    /// Writes `src` into `self[.., start..start + src.shape()[dim], ..]` along `dim`, in place.
+    ///
+    /// `src` must have `self`'s rank, dtype and device, and `self`'s size in every other dimension. The write
+    /// touches only the target slice; if `self`'s storage is shared with another tensor it is copied first (copy on
+    /// write), so no other tensor ever sees the change. This is the primitive behind preallocated KV caches: a
+    /// cache keeps a capacity-sized buffer, writes new rows with `slice_assign` and hands out `narrow` views.
+    /// On CUDA it currently runs on a host copy (see `cuda::HOST_ROUND_TRIP_OPS`).
+    pub fn slice_assign(&mut self, dim: usize, start: usize, src: &Tensor) -> Result<()> {
+        const OP: &str = "slice_assign";
+        self.layout.check_dim(OP, dim)?;
+        self.check_same_dtype(OP, src)?;
+        self.check_same_device(OP, src)?;
+        let fits = src.rank() == self.rank()
+            && src.shape().iter().zip(self.shape()).enumerate().all(|(d, (a, b))| d == dim || a == b)
+            && start.checked_add(src.shape()[dim]).is_some_and(|end| end <= self.shape()[dim]);
+        if !fits {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("cannot write {:?} at {start} along dim {dim} of {:?}", src.shape(), self.shape()),
+            });
+        }
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            let dev = self.device();
+            let mut host = self.to_device(&crate::Device::Cpu)?;
+            host.slice_assign(dim, start, &src.to_device(&crate::Device::Cpu)?)?;
+            *self = host.to_device(&dev)?;
+            return Ok(());
+        }
+        fn write<T: WithDType>(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> Result<()> {
+            let src_view = src.as_ndarray::<T>()?;
+            let mut view = dst.as_ndarray_mut::<T>()?;
+            let n = src_view.shape()[dim];
+            view.slice_axis_mut(ndarray::Axis(dim), ndarray::Slice::from(start..start + n)).assign(&src_view);
+            Ok(())
+        }
+        match self.dtype() {
+            DType::F16 => write::<half::f16>(self, dim, start, src),
+            DType::BF16 => write::<half::bf16>(self, dim, start, src),
+            DType::F32 => write::<f32>(self, dim, start, src),
+            DType::F64 => write::<f64>(self, dim, start, src),
+            DType::U8 => write::<u8>(self, dim, start, src),
+            DType::U32 => write::<u32>(self, dim, start, src),
+        }
     }
 }
 

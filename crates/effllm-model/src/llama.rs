@@ -1,0 +1,558 @@
+//! The Llama-family decoder: loading (GGUF, safetensors) and the forward pass.
+
+use std::ops::Range;
+use std::path::Path;
+
+use effllm_gguf::{GgufFile, ReadOptions};
+use effllm_tensor::{AttentionMask, DType, Device, Tensor};
+
+use crate::batch::Batch;
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result, invalid};
+use crate::hooks::{ForwardHooks, NoHooks};
+use crate::weights::{Embedding, Linear, WeightFormat, check_shape, gguf_f32, gguf_linear};
+use crate::{CausalLm, LayeredLm, LogitRows};
+
+/// A SwiGLU feed-forward block: `down( silu(gate x) ⊙ up x )`.
+#[derive(Clone, Debug)]
+pub struct LlamaFfn {
+    /// `W_gate` `[d_ff, d]`.
+    pub gate: Linear,
+    /// `W_up` `[d_ff, d]`.
+    pub up: Linear,
+    /// `W_down` `[d, d_ff]`.
+    pub down: Linear,
+}
+
+impl LlamaFfn {
+    /// Intermediate width.
+    pub fn d_ff(&self) -> usize {
+        self.gate.out_features()
+    }
+
+    /// `Z = silu(x W_gateᵀ) ⊙ (x W_upᵀ)`: `[T, d] → [T, d_ff]`.
+    pub fn intermediate(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.gate.forward(x)?.swiglu(&self.up.forward(x)?)?)
+    }
+
+    /// `Z W_downᵀ`: `[T, d_ff] → [T, d]`.
+    pub fn down(&self, z: &Tensor) -> Result<Tensor> {
+        self.down.forward(z)
+    }
+
+    /// The whole block.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down(&self.intermediate(x)?)
+    }
+
+    /// The block restricted to the intermediate neurons `neurons` (GRIFFIN's experts): gate/up rows and down
+    /// columns gathered once. Quantized gate/up stay quantized; down becomes dense f32.
+    pub fn subset(&self, neurons: &[u32]) -> Result<LlamaFfn> {
+        if let Some(&bad) = neurons.iter().find(|&&n| n as usize >= self.d_ff()) {
+            return Err(invalid("FFN subset", format!("neuron {bad} of {}", self.d_ff())));
+        }
+        Ok(LlamaFfn {
+            gate: self.gate.select_rows(neurons)?,
+            up: self.up.select_rows(neurons)?,
+            down: self.down.select_cols(neurons)?,
+        })
+    }
+
+    fn to_device(&self, device: &Device) -> Result<LlamaFfn> {
+        Ok(LlamaFfn {
+            gate: self.gate.to_device(device)?,
+            up: self.up.to_device(device)?,
+            down: self.down.to_device(device)?,
+        })
+    }
+}
+
+/// One transformer block.
+#[derive(Clone, Debug)]
+pub struct LlamaLayer {
+    /// RMSNorm gain before attention `[d]`.
+    pub attn_norm: Tensor,
+    /// `W_q` `[n_head·head_dim, d]`.
+    pub wq: Linear,
+    /// `W_k` `[n_head_kv·head_dim, d]`.
+    pub wk: Linear,
+    /// `W_v` `[n_head_kv·head_dim, d]`.
+    pub wv: Linear,
+    /// `W_o` `[d, n_head·head_dim]`.
+    pub wo: Linear,
+    /// RMSNorm gain before the FFN `[d]`.
+    pub ffn_norm: Tensor,
+    /// The FFN.
+    pub ffn: LlamaFfn,
+}
+
+/// Load-time choices (default: quantized weights kept as blocks, on the CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// How 2-D weights are kept.
+    pub format: WeightFormat,
+    /// Where the model runs.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { format: WeightFormat::Quantized, device: Device::Cpu }
+    }
+}
+
+/// A Llama-family decoder (Llama 2/3, SmolLM, Mistral without sliding windows): RMSNorm, grouped-query attention
+/// with RoPE, SwiGLU FFN, optional tied LM head.
+#[derive(Clone, Debug)]
+pub struct LlamaModel {
+    config: LlamaConfig,
+    embedding: Embedding,
+    layers: Vec<LlamaLayer>,
+    norm: Tensor,
+    lm_head: Linear,
+    device: Device,
+}
+
+fn f32_tensor(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
+impl LlamaModel {
+    /// Opens a GGUF file (memory-mapped) and loads it.
+    pub fn open_gguf(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LlamaModel> {
+        let f = GgufFile::open(path.as_ref(), &ReadOptions::default())?;
+        LlamaModel::from_gguf(&f, opts)
+    }
+
+    /// Loads from a parsed GGUF. With [`WeightFormat::Quantized`] on the CPU, quantized weights stay in the
+    /// memory map (no copy).
+    pub fn from_gguf(f: &GgufFile, opts: &LoadOptions) -> Result<LlamaModel> {
+        let cfg = LlamaConfig::from_gguf(f)?;
+        let (d, hd) = (cfg.d_model, cfg.head_dim);
+        let fmt = opts.format;
+        let dev = &opts.device;
+        let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            gguf_linear(f, name, rows, cols, fmt)?.to_device(dev)
+        };
+        let vec1 = |name: &str| -> Result<Tensor> { f32_tensor(gguf_f32(f, name, &[d])?, &[d], dev) };
+        let embedding = match lin("token_embd.weight", cfg.vocab, d)? {
+            Linear::Quant(q) => Embedding::Quant(q),
+            Linear::Dense(t) => Embedding::Dense(t),
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(LlamaLayer {
+                attn_norm: vec1(&n("attn_norm"))?,
+                wq: lin(&n("attn_q"), cfg.n_head * hd, d)?,
+                wk: lin(&n("attn_k"), cfg.n_head_kv * hd, d)?,
+                wv: lin(&n("attn_v"), cfg.n_head_kv * hd, d)?,
+                wo: lin(&n("attn_output"), d, cfg.n_head * hd)?,
+                ffn_norm: vec1(&n("ffn_norm"))?,
+                ffn: LlamaFfn {
+                    gate: lin(&n("ffn_gate"), cfg.d_ff, d)?,
+                    up: lin(&n("ffn_up"), cfg.d_ff, d)?,
+                    down: lin(&n("ffn_down"), d, cfg.d_ff)?,
+                },
+            });
+        }
+        let lm_head = if cfg.tied_embeddings { embedding.as_linear() } else { lin("output.weight", cfg.vocab, d)? };
+        let norm = vec1("output_norm.weight")?;
+        Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev })
+    }
+
+    /// Loads a Hugging Face checkpoint: `config.json` plus `*.safetensors` files in `dir` (f32, f16 or bf16
+    /// tensors named `model.layers.N.self_attn.q_proj.weight` etc.). RoPE is NeoX. `WeightFormat::Quantized`
+    /// keeps the stored float dtype.
+    pub fn open_safetensors(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<LlamaModel> {
+        let dir = dir.as_ref();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ModelError::Io { path, source }
+        };
+        let cfg_path = dir.join("config.json");
+        let json = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+        let cfg = LlamaConfig::from_hf_json(&json)?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(ModelError::Safetensors(format!("no .safetensors file in {}", dir.display())));
+        }
+        let mut buffers = Vec::new();
+        for p in &files {
+            let file = std::fs::File::open(p).map_err(io(p))?;
+            // SAFETY: read-only private mapping; the file is not modified while this loader runs (a concurrent
+            // writer could change bytes under us, which the safetensors parser then rejects or reads as data).
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(p))?;
+            buffers.push(map);
+        }
+        let mut tensors = std::collections::HashMap::new();
+        for buf in &buffers {
+            let st = safetensors::SafeTensors::deserialize(buf).map_err(|e| ModelError::Safetensors(e.to_string()))?;
+            for (name, view) in st.tensors() {
+                tensors.insert(name, (view.dtype(), view.shape().to_vec(), view.data().to_vec()));
+            }
+        }
+        LlamaModel::from_named_tensors(cfg, &mut tensors, opts)
+    }
+
+    fn from_named_tensors(
+        cfg: LlamaConfig,
+        tensors: &mut std::collections::HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+        opts: &LoadOptions,
+    ) -> Result<LlamaModel> {
+        let dev = &opts.device;
+        let (d, hd) = (cfg.d_model, cfg.head_dim);
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let (dtype, found, bytes) = tensors.remove(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+            check_shape(name, &found, shape)?;
+            let t = match dtype {
+                safetensors::Dtype::F32 => Tensor::from_vec(
+                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(),
+                    shape,
+                    &Device::Cpu,
+                )?,
+                safetensors::Dtype::BF16 => Tensor::from_vec(
+                    bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(),
+                    shape,
+                    &Device::Cpu,
+                )?,
+                safetensors::Dtype::F16 => Tensor::from_vec(
+                    bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(),
+                    shape,
+                    &Device::Cpu,
+                )?,
+                other => {
+                    return Err(ModelError::UnsupportedWeightType { name: name.into(), ty: format!("{other:?}") });
+                }
+            };
+            Ok(t)
+        };
+        let fmt = opts.format;
+        let as_linear = |t: Tensor| -> Result<Linear> {
+            let t = match fmt {
+                WeightFormat::F32 => t.to_dtype(DType::F32)?,
+                WeightFormat::BF16 => t.to_dtype(DType::BF16)?,
+                WeightFormat::Quantized => t,
+            };
+            Linear::Dense(t).to_device(dev)
+        };
+        let vec1 = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(dev)?) };
+        let embed = as_linear(take("model.embed_tokens.weight", &[cfg.vocab, d])?)?;
+        let Linear::Dense(embed_t) = embed else { unreachable!("as_linear returns Dense") };
+        let embedding = Embedding::Dense(embed_t);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            layers.push(LlamaLayer {
+                attn_norm: vec1(take(&p("input_layernorm"), &[d])?)?,
+                wq: as_linear(take(&p("self_attn.q_proj"), &[cfg.n_head * hd, d])?)?,
+                wk: as_linear(take(&p("self_attn.k_proj"), &[cfg.n_head_kv * hd, d])?)?,
+                wv: as_linear(take(&p("self_attn.v_proj"), &[cfg.n_head_kv * hd, d])?)?,
+                wo: as_linear(take(&p("self_attn.o_proj"), &[d, cfg.n_head * hd])?)?,
+                ffn_norm: vec1(take(&p("post_attention_layernorm"), &[d])?)?,
+                ffn: LlamaFfn {
+                    gate: as_linear(take(&p("mlp.gate_proj"), &[cfg.d_ff, d])?)?,
+                    up: as_linear(take(&p("mlp.up_proj"), &[cfg.d_ff, d])?)?,
+                    down: as_linear(take(&p("mlp.down_proj"), &[d, cfg.d_ff])?)?,
+                },
+            });
+        }
+        let norm = vec1(take("model.norm.weight", &[d])?)?;
+        let lm_head = if cfg.tied_embeddings {
+            embedding.as_linear()
+        } else {
+            as_linear(take("lm_head.weight", &[cfg.vocab, d])?)?
+        };
+        Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev })
+    }
+
+    /// Assembles a model from parts (tests, converters, training).
+    pub fn from_parts(
+        config: LlamaConfig,
+        embedding: Embedding,
+        layers: Vec<LlamaLayer>,
+        norm: Tensor,
+        lm_head: Linear,
+    ) -> Result<LlamaModel> {
+        config.validate()?;
+        if layers.len() != config.n_layer {
+            return Err(invalid("model parts", format!("{} layers, config says {}", layers.len(), config.n_layer)));
+        }
+        let device = norm.device();
+        Ok(LlamaModel { config, embedding, layers, norm, lm_head, device })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The blocks.
+    pub fn layers(&self) -> &[LlamaLayer] {
+        &self.layers
+    }
+
+    /// The token embedding.
+    pub fn embedding(&self) -> &Embedding {
+        &self.embedding
+    }
+
+    /// The final norm's gain `[d]`.
+    pub fn final_norm_weight(&self) -> &Tensor {
+        &self.norm
+    }
+
+    /// The LM head (the embedding when tied).
+    pub fn lm_head_weight(&self) -> &Linear {
+        &self.lm_head
+    }
+
+    /// The same model on another device (weights uploaded; quantized blocks stay blocks).
+    pub fn to_device(&self, device: &Device) -> Result<LlamaModel> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LlamaLayer {
+                    attn_norm: l.attn_norm.to_device(device)?,
+                    wq: l.wq.to_device(device)?,
+                    wk: l.wk.to_device(device)?,
+                    wv: l.wv.to_device(device)?,
+                    wo: l.wo.to_device(device)?,
+                    ffn_norm: l.ffn_norm.to_device(device)?,
+                    ffn: l.ffn.to_device(device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embedding = match &self.embedding {
+            Embedding::Dense(t) => Embedding::Dense(t.to_device(device)?),
+            Embedding::Quant(q) => Embedding::Quant(q.to_device(device)?),
+        };
+        let lm_head = self.lm_head.to_device(device)?;
+        Ok(LlamaModel {
+            config: self.config.clone(),
+            embedding,
+            layers,
+            norm: self.norm.to_device(device)?,
+            lm_head,
+            device: *device,
+        })
+    }
+
+    /// Bytes of weights (quantized blocks counted as stored; a tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.nbytes()
+                    + l.wk.nbytes()
+                    + l.wv.nbytes()
+                    + l.wo.nbytes()
+                    + l.ffn.gate.nbytes()
+                    + l.ffn.up.nbytes()
+                    + l.ffn.down.nbytes()
+            })
+            .sum();
+        let head = if self.config.tied_embeddings { 0 } else { self.lm_head.nbytes() };
+        per_layer + self.embedding.as_linear().nbytes() + head
+    }
+
+    fn check_batch(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
+        batch.validate()?;
+        if cache.n_layers() != self.config.n_layer {
+            return Err(invalid(
+                "cache",
+                format!("{} layers for a {}-layer model", cache.n_layers(), self.config.n_layer),
+            ));
+        }
+        if let Some((index, &id)) = batch.tokens.iter().enumerate().find(|(_, id)| **id as usize >= self.config.vocab) {
+            return Err(ModelError::BadToken { id, index, vocab: self.config.vocab });
+        }
+        let max_pos = batch.positions.iter().copied().max().unwrap_or(0) as usize;
+        if max_pos >= self.config.context {
+            return Err(ModelError::ContextOverflow {
+                cached: max_pos + 1 - batch.len().min(max_pos + 1),
+                new: batch.len(),
+                context: self.config.context,
+            });
+        }
+        Ok(())
+    }
+
+    fn layer_forward(
+        &self,
+        li: usize,
+        h: Tensor,
+        batch: &Batch,
+        positions: &Tensor,
+        cache: &mut KvCache,
+        hooks: &mut dyn ForwardHooks,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let layer = &self.layers[li];
+        let t = batch.len();
+        let (hq, hkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+        let x = h.rms_norm(&layer.attn_norm, cfg.rms_eps)?;
+        let heads =
+            |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape(&[t, n, hd])?.transpose(0, 1)?.unsqueeze(0)?) };
+        let q = heads(layer.wq.forward(&x)?, hq)?.rope(positions, &cfg.rope)?;
+        let k = heads(layer.wk.forward(&x)?, hkv)?.rope(positions, &cfg.rope)?;
+        let v = heads(layer.wv.forward(&x)?, hkv)?.contiguous()?;
+        hooks.query(li, &q)?;
+        let (kv, mut policy) = cache.parts_mut(li)?;
+        if let Some(p) = policy.as_mut() {
+            p.before_append(li, kv, t)?;
+        }
+        let cached = kv.len();
+        kv.append(&k, &v, &batch.positions)?;
+        let mask = match batch.dense_mask(cached)? {
+            None => AttentionMask::Causal,
+            Some(m) => AttentionMask::Mask(Tensor::from_vec(m, &[1, 1, t, cached + t], &self.device)?),
+        };
+        let group = cfg.group_size();
+        let mut outs = Vec::with_capacity(hkv);
+        let want_probs = policy.as_ref().is_some_and(|p| p.wants_attention_probs(li));
+        let mut probs = Vec::new();
+        for g in 0..hkv {
+            let (kk, vv) = kv.attention_views(g)?;
+            let qg = q.narrow(1, g * group, group)?;
+            outs.push(qg.attention(&kk, &vv, &mask, None)?);
+            if want_probs {
+                probs.push(attention_probs(&qg, &kk, &mask, hd)?);
+            }
+        }
+        if let Some(p) = policy
+            && want_probs
+        {
+            let refs: Vec<&Tensor> = probs.iter().collect();
+            let all = Tensor::concat(&refs, 1)?.squeeze(0)?;
+            p.record_attention(li, kv, &all)?;
+        }
+        let refs: Vec<&Tensor> = outs.iter().collect();
+        let attn = Tensor::concat(&refs, 1)?.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape(&[t, hq * hd])?;
+        let h = h.add(&layer.wo.forward(&attn)?)?;
+        let x = h.rms_norm(&layer.ffn_norm, cfg.rms_eps)?;
+        hooks.ffn_input(li, &x)?;
+        let f = match hooks.ffn_override(li, &layer.ffn, &x)? {
+            Some(f) => f,
+            None => {
+                let z = layer.ffn.intermediate(&x)?;
+                hooks.ffn_intermediate(li, &z)?;
+                layer.ffn.down(&z)?
+            }
+        };
+        let h = h.add(&f)?;
+        hooks.layer_output(li, &h)?;
+        Ok(h)
+    }
+}
+
+/// `softmax(q kᵀ/√d + mask)` = `[1, group, T, S]`, for cache policies that score slots.
+fn attention_probs(q: &Tensor, k: &Tensor, mask: &AttentionMask, hd: usize) -> Result<Tensor> {
+    let [_, g, t, _] = *q.shape() else { return Err(invalid("attention probs", "query rank")) };
+    let s = k.shape()[2];
+    let scores = q.matmul(&k.transpose(2, 3)?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
+    let allowed: Vec<u8> = match mask {
+        AttentionMask::Mask(m) => m.broadcast_as(&[1, g, t, s])?.to_vec::<u8>()?,
+        _ => (0..g * t * s).map(|i| u8::from(i % s <= s - t + (i / s) % t)).collect(),
+    };
+    let bias: Vec<f32> = allowed.iter().map(|&a| if a != 0 { 0.0 } else { f32::NEG_INFINITY }).collect();
+    let bias = Tensor::from_vec(bias, &[1, g, t, s], &q.device())?;
+    Ok(scores.add(&bias)?.softmax(3)?)
+}
+
+impl CausalLm for LlamaModel {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab
+    }
+
+    fn context_length(&self) -> usize {
+        self.config.context
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layer, self.config.n_head_kv, self.config.head_dim, &self.device)
+    }
+
+    fn forward(&self, batch: &Batch, cache: &mut KvCache, rows: &LogitRows) -> Result<Tensor> {
+        self.forward_with_hooks(batch, cache, rows, &mut NoHooks)
+    }
+}
+
+impl LlamaModel {
+    /// [`CausalLm::forward`] with hooks.
+    pub fn forward_with_hooks(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        rows: &LogitRows,
+        hooks: &mut dyn ForwardHooks,
+    ) -> Result<Tensor> {
+        let h = self.embed(&batch.tokens)?;
+        let h = self.run_layers(h, 0..self.config.n_layer, batch, cache, hooks)?;
+        let h = rows.select(&h)?;
+        self.unembed(&h)
+    }
+}
+
+impl LayeredLm for LlamaModel {
+    fn n_layers(&self) -> usize {
+        self.config.n_layer
+    }
+
+    fn d_model(&self) -> usize {
+        self.config.d_model
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        if let Some((index, &id)) = tokens.iter().enumerate().find(|(_, id)| **id as usize >= self.config.vocab) {
+            return Err(ModelError::BadToken { id, index, vocab: self.config.vocab });
+        }
+        self.embedding.lookup(tokens, &self.device)
+    }
+
+    fn run_layers(
+        &self,
+        h: Tensor,
+        layers: Range<usize>,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &mut dyn ForwardHooks,
+    ) -> Result<Tensor> {
+        if layers.start > layers.end || layers.end > self.config.n_layer {
+            return Err(invalid("layer range", format!("{layers:?} of {} layers", self.config.n_layer)));
+        }
+        self.check_batch(batch, cache)?;
+        if h.shape() != [batch.len(), self.config.d_model] {
+            return Err(invalid(
+                "hidden state",
+                format!("{:?}, expected [{}, {}]", h.shape(), batch.len(), self.config.d_model),
+            ));
+        }
+        let positions = Tensor::from_slice(&batch.positions, &[batch.len()], &self.device)?;
+        let mut h = h;
+        for li in layers {
+            h = self.layer_forward(li, h, batch, &positions, cache, hooks)?;
+        }
+        Ok(h)
+    }
+
+    fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(h.rms_norm(&self.norm, self.config.rms_eps)?)
+    }
+
+    fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(h)
+    }
+}

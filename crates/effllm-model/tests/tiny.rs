@@ -1,0 +1,227 @@
+//! The decoder against its f64 reference on random tiny models, and the cache/mask/layer-range invariants.
+
+mod common;
+
+use common::{Tiny, rel_l2, tiny_gguf};
+use effllm_gguf::GgmlType;
+use effllm_model::reference::ReferenceLlama;
+use effllm_model::{
+    Batch, CaptureHidden, CausalLm, ForwardHooks, LayeredLm, LlamaFfn, LlamaModel, LoadOptions, LogitRows, NoHooks,
+    SinkWindowPolicy, Tensor, WeightFormat,
+};
+use proptest::prelude::*;
+
+fn load(t: &Tiny, seed: u64, format: WeightFormat) -> LlamaModel {
+    LlamaModel::from_gguf(&tiny_gguf(t, seed), &LoadOptions { format, ..Default::default() }).unwrap()
+}
+
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503))) % vocab as u64) as u32)
+        .collect()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_vec::<f32>().unwrap()
+}
+
+fn tiny_strategy() -> impl Strategy<Value = Tiny> {
+    (
+        1usize..=2,
+        prop::sample::select(vec![(4, 2, 8), (4, 4, 8), (2, 1, 16), (6, 2, 16), (2, 2, 32)]),
+        1usize..=3,
+        17usize..70,
+        prop::sample::select(vec![GgmlType::F32, GgmlType::Q4_1, GgmlType::Q8_0]),
+        any::<bool>(),
+    )
+        .prop_map(|(n_layer, (n_head, n_head_kv, head_dim), ff, vocab, weights, tied)| Tiny {
+            n_layer,
+            n_head,
+            n_head_kv,
+            head_dim,
+            d_ff: 32 * ff,
+            vocab,
+            context: 128,
+            weights,
+            tied,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Prefill logits of every position equal the f64 reference (same dequantized weights) within f32 rounding.
+    #[test]
+    fn prefill_matches_reference(t in tiny_strategy(), seed in any::<u64>(), n in 1usize..12, f32_weights in any::<bool>()) {
+        let format = if f32_weights { WeightFormat::F32 } else { WeightFormat::Quantized };
+        let m = load(&t, seed, format);
+        let r = ReferenceLlama::from_model(&m).unwrap();
+        let toks = tokens(n, t.vocab, seed);
+        let mut cache = m.new_cache();
+        let got = m.forward(&Batch::causal(&toks, 0), &mut cache, &LogitRows::All).unwrap();
+        prop_assert_eq!(got.shape(), &[n, t.vocab]);
+        let want: Vec<f64> = r.forward_causal(&toks).concat();
+        let err = rel_l2(&flat(&got), &want);
+        prop_assert!(err < 1e-5, "rel L2 {err}");
+        prop_assert_eq!(cache.len(), n);
+    }
+
+    /// Chunked prefill and token-by-token decode give the logits of a one-shot prefill.
+    #[test]
+    fn incremental_equals_prefill(t in tiny_strategy(), seed in any::<u64>(), n in 2usize..14, cut in 1usize..13) {
+        let m = load(&t, seed, WeightFormat::Quantized);
+        let toks = tokens(n, t.vocab, seed);
+        let full = flat(&m.forward(&Batch::causal(&toks, 0), &mut m.new_cache(), &LogitRows::All).unwrap());
+        let cut = cut.min(n - 1);
+        let mut cache = m.new_cache();
+        let mut got = flat(&m.forward(&Batch::causal(&toks[..cut], 0), &mut cache, &LogitRows::All).unwrap());
+        for (i, &tok) in toks.iter().enumerate().skip(cut) {
+            got.extend(flat(&m.forward(&Batch::causal(&[tok], i), &mut cache, &LogitRows::Last).unwrap()));
+        }
+        let full64: Vec<f64> = full.iter().map(|&x| x as f64).collect();
+        prop_assert!(rel_l2(&got, &full64) < 1e-5);
+    }
+
+    /// A token tree verified in one batch: every node's logits equal the reference run on prefix + its ancestors;
+    /// compacting the cache to one root-to-leaf path leaves exactly the cache of that path.
+    #[test]
+    fn tree_batch_matches_reference_and_compaction_keeps_path(t in tiny_strategy(), seed in any::<u64>(), p in 1usize..6, parent_seed in any::<u64>(), nodes in 1usize..8) {
+        let m = load(&t, seed, WeightFormat::Quantized);
+        let r = ReferenceLlama::from_model(&m).unwrap();
+        let prefix = tokens(p, t.vocab, seed);
+        let tree_toks = tokens(nodes, t.vocab, seed ^ 7);
+        let parents: Vec<Option<usize>> = (0..nodes)
+            .map(|i| if i == 0 { None } else { let k = (parent_seed >> (i % 60)) as usize % (i + 1); (k < i).then_some(k) })
+            .collect();
+        let mut cache = m.new_cache();
+        m.forward(&Batch::causal(&prefix, 0), &mut cache, &LogitRows::Last).unwrap();
+        let batch = Batch::tree(&tree_toks, &parents, p).unwrap();
+        let got = flat(&m.forward(&batch, &mut cache, &LogitRows::All).unwrap());
+        let ancestors = |i: usize| { let mut v = vec![]; let mut n = Some(i); while let Some(x) = n { v.push(x); n = parents[x]; } v };
+        let all_toks: Vec<u32> = prefix.iter().chain(&tree_toks).copied().collect();
+        let mut pos: Vec<u32> = (0..p as u32).collect();
+        pos.extend(&batch.positions);
+        let vis = |i: usize, j: usize| if i < p { j <= i } else { j < p || ancestors(i - p).contains(&(j - p)) };
+        let want: Vec<f64> = r.forward(&all_toks, &pos, &vis)[p..].concat();
+        prop_assert!(rel_l2(&got, &want) < 1e-5);
+
+        // Accept the path to the last node, then decode one more token: equals a fresh causal run.
+        let mut path = ancestors(nodes - 1);
+        path.reverse();
+        let keep: Vec<usize> = (0..p).chain(path.iter().map(|&i| p + i)).collect();
+        cache.compact(&keep).unwrap();
+        let mut seq = prefix.clone();
+        seq.extend(path.iter().map(|&i| tree_toks[i]));
+        let next = (seq.len() as u32 * 5 + 3) % t.vocab as u32;
+        let after = flat(&m.forward(&Batch::causal(&[next], seq.len()), &mut cache, &LogitRows::Last).unwrap());
+        seq.push(next);
+        let fresh = flat(&m.forward(&Batch::causal(&seq, 0), &mut m.new_cache(), &LogitRows::Last).unwrap());
+        let fresh64: Vec<f64> = fresh.iter().map(|&x| x as f64).collect();
+        prop_assert!(rel_l2(&after, &fresh64) < 1e-5);
+    }
+}
+
+#[test]
+fn truncate_then_continue_equals_fresh() {
+    let t = Tiny { weights: GgmlType::Q4_1, ..Tiny::default_f32() };
+    let m = load(&t, 11, WeightFormat::Quantized);
+    let toks = tokens(10, t.vocab, 3);
+    let mut cache = m.new_cache();
+    m.forward(&Batch::causal(&toks, 0), &mut cache, &LogitRows::Last).unwrap();
+    cache.truncate(6);
+    assert_eq!(cache.len(), 6);
+    let alt = [5u32, 9];
+    let got = flat(&m.forward(&Batch::causal(&alt, 6), &mut cache, &LogitRows::All).unwrap());
+    let mut seq = toks[..6].to_vec();
+    seq.extend(alt);
+    let want = flat(&m.forward(&Batch::causal(&seq, 0), &mut m.new_cache(), &LogitRows::Rows(vec![6, 7])).unwrap());
+    let want64: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+    assert!(rel_l2(&got, &want64) < 1e-6);
+}
+
+#[test]
+fn layer_ranges_compose_and_capture_hidden_state() {
+    let t = Tiny { n_layer: 3, ..Tiny::default_f32() };
+    let m = load(&t, 5, WeightFormat::Quantized);
+    let toks = tokens(7, t.vocab, 1);
+    let batch = Batch::causal(&toks, 0);
+    let full = flat(&m.forward(&batch, &mut m.new_cache(), &LogitRows::All).unwrap());
+    let mut cache = m.new_cache();
+    let mut cap = CaptureHidden { layers: vec![0, 2], ..Default::default() };
+    let h = m.embed(&toks).unwrap();
+    let h = m.run_layers(h, 0..1, &batch, &mut cache, &mut cap).unwrap();
+    assert_eq!(cache.layer(0).unwrap().len(), 7);
+    assert_eq!(cache.layer(1).unwrap().len(), 0, "layers outside the range are untouched");
+    let h = m.run_layers(h, 1..3, &batch, &mut cache, &mut cap).unwrap();
+    assert_eq!(flat(&m.unembed(&h).unwrap()), full);
+    assert_eq!(cap.captured.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(flat(&cap.captured[1].1), flat(&h));
+    assert!(m.run_layers(m.embed(&toks).unwrap(), 2..4, &batch, &mut m.new_cache(), &mut NoHooks).is_err());
+}
+
+/// GRIFFIN-style FFN override: running the FFN over every neuron (a permuted subset) equals the dense FFN; over a
+/// strict subset it equals the reference with the other neurons' down columns zeroed.
+#[test]
+fn ffn_subset_override() {
+    struct Subset(Vec<u32>, Vec<LlamaFfn>, Vec<usize>);
+    impl ForwardHooks for Subset {
+        fn ffn_override(&mut self, layer: usize, ffn: &LlamaFfn, x: &Tensor) -> effllm_model::Result<Option<Tensor>> {
+            if self.1.len() <= layer {
+                self.1.push(ffn.subset(&self.0)?);
+            }
+            self.2.push(layer);
+            Ok(Some(self.1[layer].forward(x)?))
+        }
+    }
+    let t = Tiny { weights: GgmlType::Q4_1, ..Tiny::default_f32() };
+    let m = load(&t, 8, WeightFormat::Quantized);
+    let toks = tokens(5, t.vocab, 2);
+    let batch = Batch::causal(&toks, 0);
+    let dense = flat(&m.forward(&batch, &mut m.new_cache(), &LogitRows::All).unwrap());
+    let mut all: Vec<u32> = (0..t.d_ff as u32).collect();
+    all.reverse();
+    let mut hooks = Subset(all, vec![], vec![]);
+    let got = flat(&m.forward_with_hooks(&batch, &mut m.new_cache(), &LogitRows::All, &mut hooks).unwrap());
+    assert_eq!(hooks.2, vec![0, 1]);
+    let dense64: Vec<f64> = dense.iter().map(|&x| x as f64).collect();
+    assert!(rel_l2(&got, &dense64) < 1e-5);
+    assert!(m.layers()[0].ffn.subset(&[t.d_ff as u32]).is_err());
+}
+
+/// StreamingLLM through the policy hook: the cache never exceeds sink + recent, and the logits equal the
+/// reference where each token sees the sink and its recent window.
+#[test]
+fn sink_window_policy_matches_reference() {
+    let t = Tiny { weights: GgmlType::Q8_0, ..Tiny::default_f32() };
+    let m = load(&t, 21, WeightFormat::Quantized);
+    let r = ReferenceLlama::from_model(&m).unwrap();
+    let (sink, recent) = (2usize, 4usize);
+    let toks = tokens(14, t.vocab, 4);
+    let mut cache = m.new_cache().with_policy(Box::new(SinkWindowPolicy { sink, recent }));
+    let mut got = Vec::new();
+    for (i, &tok) in toks.iter().enumerate() {
+        got.extend(flat(&m.forward(&Batch::causal(&[tok], i), &mut cache, &LogitRows::Last).unwrap()));
+        assert!(cache.len() <= sink + recent);
+    }
+    let pos: Vec<u32> = (0..toks.len() as u32).collect();
+    let want: Vec<f64> = r.forward(&toks, &pos, &|i, j| j <= i && (j < sink || j + recent > i)).concat();
+    assert!(rel_l2(&got, &want) < 1e-5, "{}", rel_l2(&got, &want));
+    assert_eq!(cache.layer(0).unwrap().positions(0), &[0, 1, 10, 11, 12, 13]);
+}
+
+#[test]
+fn bad_batches_are_typed_errors() {
+    let t = Tiny { context: 16, ..Tiny::default_f32() };
+    let m = load(&t, 1, WeightFormat::Quantized);
+    let mut cache = m.new_cache();
+    let e = m.forward(&Batch::causal(&[t.vocab as u32], 0), &mut cache, &LogitRows::Last).unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    let long = tokens(17, t.vocab, 1);
+    let e = m.forward(&Batch::causal(&long, 0), &mut cache, &LogitRows::Last).unwrap_err();
+    assert!(e.to_string().contains("context"), "{e}");
+    assert!(m.forward(&Batch::causal(&[], 0), &mut cache, &LogitRows::Last).is_err());
+    assert!(Batch::tree(&[1, 2], &[None, Some(1)], 0).is_err());
+    let e = m.forward(&Batch::causal(&[1, 2], 0), &mut cache, &LogitRows::Rows(vec![2])).unwrap_err();
+    assert!(e.to_string().contains("row 2"), "{e}");
+    assert!(cache.compact(&[0, 0]).is_err());
+}
