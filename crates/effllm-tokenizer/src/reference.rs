@@ -10,8 +10,8 @@
 //!   regex engine;
 //! - BPE: each piece's bytes mapped to byte-level characters, one symbol per character; then, as long as some
 //!   adjacent pair is a merge rule, merge the pair with the lowest rank (leftmost on ties); the final symbols are
-//!   looked up in the vocabulary (a symbol not in it becomes the unknown token if there is one, else is dropped,
-//!   as `tokenizers` does). Quadratic per piece, which is fine for an oracle.
+//!   looked up in the vocabulary. A byte whose character is not a vocabulary token is dropped and its neighbours
+//!   are never merged across it (llama.cpp's behaviour). Quadratic per piece, which is fine for an oracle.
 
 use std::collections::HashMap;
 
@@ -148,7 +148,6 @@ pub struct ReferenceBpe {
     tokens: Vec<String>,
     ranks: HashMap<(String, String), usize>,
     specials: Vec<String>,
-    unk: Option<String>,
     kind: PreTokenizerKind,
     classes: CharClasses,
     table: [char; 256],
@@ -175,7 +174,6 @@ impl ReferenceBpe {
             tokens: vocab.tokens.clone(),
             ranks,
             specials,
-            unk: vocab.unk_id.map(|id| vocab.tokens[id as usize].clone()),
             kind,
             classes: CharClasses::new(),
             table: byte_to_char_table(),
@@ -200,16 +198,24 @@ impl ReferenceBpe {
     }
 
     /// BPE of one piece: lowest-rank adjacent pair merged first, leftmost on ties, until no pair is a merge rule.
+    /// A byte whose character is not a vocabulary token is dropped and splits the piece: the parts on either
+    /// side are merged separately.
     pub fn bpe(&self, piece: &str) -> Vec<u32> {
+        let mut out = Vec::new();
         let mut symbols: Vec<String> = Vec::new();
         for c in bytes_to_token(piece.as_bytes(), &self.table).chars() {
             let s = c.to_string();
             if self.vocab.contains_key(&s) {
                 symbols.push(s);
-            } else if let Some(unk) = &self.unk {
-                symbols.push(unk.clone());
+            } else {
+                out.extend(self.merge_run(std::mem::take(&mut symbols)));
             }
         }
+        out.extend(self.merge_run(symbols));
+        out
+    }
+
+    fn merge_run(&self, mut symbols: Vec<String>) -> Vec<u32> {
         loop {
             let mut best: Option<(usize, usize)> = None; // (rank, position)
             for i in 0..symbols.len().saturating_sub(1) {

@@ -5,9 +5,11 @@ use std::fmt;
 use effllm_gguf::GgufFile;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::{AddedToken, DecoderWrapper, Tokenizer};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, DecoderWrapper, SplitDelimiterBehavior, Tokenizer};
 
-use crate::byte_level::token_bytes;
+use crate::byte_level::{byte_to_char_table, token_bytes};
 use crate::chat::{ChatMessage, render_chat_template};
 use crate::error::{Result, TokenizerError};
 use crate::pretok::{PreTokenizerChoice, PreTokenizerKind};
@@ -67,12 +69,25 @@ impl GgufTokenizer {
             PreTokenizerChoice::Override(p) => (p, None),
         };
 
+        // Bytes whose character is not a vocabulary token (SmolLM2 lacks 21 of the 256, among them 0x04 and the
+        // UTF-8 lead bytes 0xF1/0xF2 of planes 4-11) are removed after the byte-level mapping, splitting the piece
+        // there: as in llama.cpp, such a byte is dropped and its neighbours never merge across it.
+        let pre_tokenizer = match missing_byte_class(&vocab) {
+            None => pre_tokenizer,
+            Some(class) => {
+                let split = Split::new(SplitPattern::Regex(class), SplitDelimiterBehavior::Removed, false)
+                    .map_err(TokenizerError::backend)?;
+                Sequence::new(vec![pre_tokenizer, split.into()]).into()
+            }
+        };
+
         let bpe_vocab: Vocab = vocab.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let mut builder = BPE::builder().vocab_and_merges(bpe_vocab, vocab.merges.clone());
-        if let Some(unk) = vocab.unk_id {
-            builder = builder.unk_token(vocab.tokens[unk as usize].clone());
-        }
-        let bpe = builder.build().map_err(TokenizerError::backend)?;
+        // No BPE `unk_token` (the removal above leaves nothing unknown), so the unknown id (0, `<|endoftext|>` in
+        // SmolLM2) never appears in the middle of user text.
+        let bpe = BPE::builder()
+            .vocab_and_merges(bpe_vocab, vocab.merges.clone())
+            .build()
+            .map_err(TokenizerError::backend)?;
 
         let mut parse = Tokenizer::new(bpe);
         parse.with_pre_tokenizer(Some(pre_tokenizer));
@@ -257,4 +272,16 @@ impl GgufTokenizer {
     pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<Vec<u32>> {
         self.encode(&self.apply_chat_template(messages, add_generation_prompt)?, true)
     }
+}
+
+/// A regex character class of the byte-level characters that are not vocabulary tokens, if any.
+fn missing_byte_class(vocab: &GgufVocab) -> Option<String> {
+    let tokens: std::collections::HashSet<&str> = vocab.tokens.iter().map(String::as_str).collect();
+    let mut buf = [0u8; 4];
+    let missing: Vec<char> =
+        byte_to_char_table().into_iter().filter(|c| !tokens.contains(&*c.encode_utf8(&mut buf))).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!("[{}]", missing.iter().map(|c| format!("\\x{{{:X}}}", *c as u32)).collect::<String>()))
 }
