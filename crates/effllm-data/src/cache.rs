@@ -25,7 +25,7 @@
 //!     48     8  n_docs
 //!     56     8  n_tokens
 //!     64     8  id_bytes: size of the document-id section
-//!     72    32  SHA-256 of the payload (everything from offset 104)
+//!     72    32  checksum: SHA-256 of bytes 0..72 followed by the payload
 //!    104        payload:
 //!               document ids   n_docs × (len: u32, UTF-8 bytes[len])        = id_bytes bytes
 //!               token counts   n_docs × u64
@@ -33,7 +33,8 @@
 //! ```
 //!
 //! Reading ([`TokenizedSplit::from_bytes`]) checks, before allocating anything, that the header's counts add up
-//! to exactly the bytes present (checked arithmetic), then the payload checksum, then every id length against
+//! to exactly the bytes present (checked arithmetic), then the checksum (which covers the header too, so any
+//! corrupted byte is detected), then every id length against
 //! its section and the counts' sum against `n_tokens`. Any failure is a typed [`CacheFormatError`], never a panic;
 //! memory is bounded by the file's size. [`TokenCache::load_or_build`] rebuilds a bad file and says so
 //! ([`CacheStatus::Rebuilt`]). Writes go to a temporary file in the same directory, are synced, then renamed over
@@ -60,12 +61,31 @@ pub const VERSION: u32 = 1;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 104;
 
+/// Offset of the checksum field in the header.
+const CHECKSUM_AT: usize = 72;
+
+/// SHA-256 of the header before the checksum field and the payload.
+fn checksum(header: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(&header[..CHECKSUM_AT]);
+    h.update(payload);
+    h.finalize().into()
+}
+
 /// The token ids of a list of documents, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedSplit {
     doc_ids: Vec<String>,
+    /// `offsets[i]..offsets[i + 1]` are document `i`'s tokens; `offsets.len() == doc_ids.len() + 1`.
     offsets: Vec<usize>,
     tokens: Vec<u32>,
+}
+
+impl Default for TokenizedSplit {
+    /// No documents.
+    fn default() -> Self {
+        TokenizedSplit { doc_ids: Vec::new(), offsets: vec![0], tokens: Vec::new() }
+    }
 }
 
 impl TokenizedSplit {
@@ -196,7 +216,8 @@ impl TokenizedSplit {
         out.extend_from_slice(&(self.doc_ids.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.tokens.len() as u64).to_le_bytes());
         out.extend_from_slice(&(id_bytes as u64).to_le_bytes());
-        out.extend_from_slice(&Sha256::digest(&payload));
+        let checksum = checksum(&out, &payload);
+        out.extend_from_slice(&checksum);
         debug_assert_eq!(out.len(), HEADER_LEN);
         out.extend_from_slice(&payload);
         out
@@ -238,7 +259,7 @@ impl TokenizedSplit {
         if needed != actual {
             return Err(CacheFormatError::SizeMismatch { n_docs, id_bytes, n_tokens, needed, actual });
         }
-        if Sha256::digest(payload)[..] != bytes[72..104] {
+        if checksum(&bytes[..CHECKSUM_AT], payload)[..] != bytes[CHECKSUM_AT..HEADER_LEN] {
             return Err(CacheFormatError::ChecksumMismatch);
         }
         // From here every count is bounded by the payload's length, which is in memory.

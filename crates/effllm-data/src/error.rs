@@ -119,8 +119,8 @@ pub enum CacheFormatError {
         /// Payload bytes present.
         actual: u64,
     },
-    /// The payload's SHA-256 differs from the header's.
-    #[error("checksum mismatch: the payload is corrupt")]
+    /// The checksum (SHA-256 of the header fields and the payload) does not match.
+    #[error("checksum mismatch: the file is corrupt")]
     ChecksumMismatch,
     /// The document-id section is malformed (a length runs past the section, or bytes are left over).
     #[error("malformed document-id section: {0}")]

@@ -45,7 +45,7 @@
 //!    (optionally `L + 1` for the input/target shift), shuffled by seed, batched; and sliding windows for
 //!    perplexity over each document.
 //!
-//! Every algorithm has a naive twin in [`reference`]; the property tests check one against the other.
+//! Every algorithm has a naive twin in [`reference`](mod@reference); the property tests check one against the other.
 //!
 //! ## Example
 //!
