@@ -2,7 +2,8 @@
 //!
 //! # Cache layout
 //!
-//! One file per (documents, encoder, label):
+//! One file per (documents, encoder, label) — or per (`(id, text)` items, encoder, label) for passages and other
+//! texts ([`CacheKey::for_texts`]):
 //!
 //! ```text
 //! <cache dir>/<label>-<first 24 hex digits of the key>.tok
@@ -104,7 +105,17 @@ impl TokenizedSplit {
 
     /// Encodes the documents' texts, in parallel over all cores, keeping the order.
     pub fn encode<E: TextEncoder + Sync + ?Sized>(docs: &[&Document], encoder: &E) -> Result<Self, DataError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, docs.len().max(1));
+        let items: Vec<(&str, &str)> = docs.iter().map(|d| (d.id.as_str(), d.text.as_str())).collect();
+        Self::encode_texts(&items, encoder)
+    }
+
+    /// Encodes `(id, text)` items (passages, prompts, any texts), in parallel over all cores, keeping the order.
+    /// On failure the error names the first failing item's id.
+    pub fn encode_texts<E: TextEncoder + Sync + ?Sized>(
+        items: &[(&str, &str)],
+        encoder: &E,
+    ) -> Result<Self, DataError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, items.len().max(1));
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let mut results: Vec<(usize, Result<Vec<u32>, DataError>)> = std::thread::scope(|scope| {
@@ -114,10 +125,10 @@ impl TokenizedSplit {
                         let mut local = Vec::new();
                         while !failed.load(Ordering::Relaxed) {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(d) = docs.get(i) else { break };
-                            let r = encoder.encode(&d.text).map_err(|source| DataError::Encode {
+                            let Some(&(id, text)) = items.get(i) else { break };
+                            let r = encoder.encode(text).map_err(|source| DataError::Encode {
                                 fingerprint: encoder.fingerprint(),
-                                document: d.id.clone(),
+                                document: id.to_string(),
                                 source,
                             });
                             if r.is_err() {
@@ -132,13 +143,13 @@ impl TokenizedSplit {
             workers.into_iter().flat_map(|w| w.join().expect("encoder thread panicked")).collect()
         });
         results.sort_by_key(|(i, _)| *i);
-        let mut per_doc = Vec::with_capacity(docs.len());
+        let mut per_item = Vec::with_capacity(items.len());
         for (_, r) in results {
-            per_doc.push(r?);
+            per_item.push(r?);
         }
         // Without an error every index was claimed and encoded exactly once.
-        debug_assert_eq!(per_doc.len(), docs.len());
-        Ok(Self::from_parts(docs.iter().map(|d| d.id.clone()).collect(), per_doc))
+        debug_assert_eq!(per_item.len(), items.len());
+        Ok(Self::from_parts(items.iter().map(|(id, _)| id.to_string()).collect(), per_item))
     }
 
     /// Number of documents.
@@ -338,6 +349,20 @@ impl CacheKey {
         CacheKey::new(&documents_hash(docs.iter().copied()), &encoder.fingerprint(), label)
     }
 
+    /// The key of `(id, text)` items, encoder and label (the items hash is SHA-256 of
+    /// `"effllm-data texts v1\0"` and each id and text, length-prefixed).
+    pub fn for_texts(items: &[(&str, &str)], encoder: &(impl TextEncoder + ?Sized), label: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"effllm-data texts v1\0");
+        for (id, text) in items {
+            for field in [id, text] {
+                h.update((field.len() as u64).to_le_bytes());
+                h.update(field.as_bytes());
+            }
+        }
+        CacheKey::new(&hex(&h.finalize()), &encoder.fingerprint(), label)
+    }
+
     /// The file name: `<label>-<24 hex digits>.tok`.
     pub fn file_name(&self) -> String {
         format!("{}-{}.tok", self.label, &hex(&self.digest)[..24])
@@ -444,14 +469,35 @@ impl TokenCache {
         encoder: &E,
     ) -> Result<(TokenizedSplit, CacheStatus), DataError> {
         let key = CacheKey::for_documents(docs, encoder, label);
-        let status = match self.load(&key) {
+        self.load_or_build_key(&key, encoder, |e| TokenizedSplit::encode(docs, e))
+    }
+
+    /// [`TokenCache::load_or_build`] for `(id, text)` items, such as passages
+    /// ([`PassageTable::tokenize`](crate::PassageTable::tokenize)).
+    pub fn load_or_build_texts<E: TextEncoder + Sync + ?Sized>(
+        &self,
+        items: &[(&str, &str)],
+        label: &str,
+        encoder: &E,
+    ) -> Result<(TokenizedSplit, CacheStatus), DataError> {
+        let key = CacheKey::for_texts(items, encoder, label);
+        self.load_or_build_key(&key, encoder, |e| TokenizedSplit::encode_texts(items, e))
+    }
+
+    fn load_or_build_key<E: TextEncoder + Sync + ?Sized>(
+        &self,
+        key: &CacheKey,
+        encoder: &E,
+        build: impl FnOnce(&E) -> Result<TokenizedSplit, DataError>,
+    ) -> Result<(TokenizedSplit, CacheStatus), DataError> {
+        let status = match self.load(key) {
             Ok(Some(t)) => return Ok((t, CacheStatus::Hit)),
             Ok(None) => CacheStatus::Built,
             Err(DataError::Cache { source, .. }) => CacheStatus::Rebuilt(source),
             Err(e) => return Err(e),
         };
-        let data = TokenizedSplit::encode(docs, encoder)?;
-        self.store(&key, &data)?;
+        let data = build(encoder)?;
+        self.store(key, &data)?;
         Ok((data, status))
     }
 

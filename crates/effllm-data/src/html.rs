@@ -11,8 +11,8 @@
 //!   `audio`, `video`, `math`; any element whose `class` contains one of `sidebar`, `menu-bar`, `nav-wrapper`,
 //!   `nav-wide-wrapper`, `nav-chapters`, `mobile-nav-chapters`, `rule` (the Reference's `[items.fn.intro]` rule
 //!   anchors), `popup-container`, `grammar-railroad` (the Reference's railroad diagrams; the textual grammar is
-//!   kept), `tests-popup`, `uncovered-rules-popup`; and, with [`HiddenLines::Drop`], `boring` (below). Images are
-//!   dropped (no alt text).
+//!   kept), `tests-popup`, `uncovered-rules-popup`; footnote back-links (`<a href="#fr-…">↩</a>`); and, with
+//!   [`HiddenLines::Drop`], `boring` (below). Images are dropped (no alt text).
 //! - **Prose**: tags are stripped, character references decoded ([`decode_entities`]), and runs of HTML
 //!   whitespace (space, tab, CR, LF, FF) collapse to one space, as a browser renders them.
 //! - **No-break spaces**: `U+00A0` (`&nbsp;`) becomes a plain space, in prose and code, but is never collapsed —
@@ -685,6 +685,7 @@ impl Converter {
         SKIP_ELEMENTS.contains(&t.name.as_str())
             || t.has_class(SKIP_CLASSES)
             || (self.opts.hidden_lines == HiddenLines::Drop && t.has_class(&["boring"]))
+            || (t.name == "a" && t.attr("href").is_some_and(|h| h.starts_with("#fr-")))
     }
 
     fn start(&mut self, t: &Tag<'_>) {
@@ -955,6 +956,9 @@ mod tests {
                     <svg><text>rail</text></svg><div class=\"grammar-railroad grammar-hidden\"><div>r</div></div>\
                     <p>and <img src=\"a.png\" alt=\"pic\">this</p>";
         assert_eq!(text(html), "keep this\n\nand this");
+        let footnotes = "<p>x<sup class=\"footnote-reference\" id=\"fr-a-1\"><a href=\"#footnote-a\">1</a></sup></p>\
+                         <ol class=\"footnote-definition\"><li id=\"footnote-a\"><p>Note. <a href=\"#fr-a-1\">↩</a></p></li></ol>";
+        assert_eq!(text(footnotes), "x1\n\n1. Note.");
     }
 
     #[test]

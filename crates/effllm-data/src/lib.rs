@@ -37,7 +37,7 @@
 //!    a document's split never depends on the other pages.
 //! 5. **Passages** ([`passage`]): paragraphs packed greedily into passages of at most 800 characters by default,
 //!    with stable ids `"{document id}#{index}"` and `u64` keys, and byte ranges into the document text (for NEST's
-//!    retrieval and attribution).
+//!    retrieval and attribution); [`PassageTable::tokenize`] gives (and caches) their tokens.
 //! 6. **Tokens** ([`cache`]): any [`TextEncoder`] (this crate depends on no tokenizer); token ids are cached on
 //!    disk per (documents hash, encoder fingerprint, label) in a checksummed little-endian format, written
 //!    atomically and read defensively.

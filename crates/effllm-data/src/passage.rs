@@ -40,7 +40,9 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::{TokenCache, TokenizedSplit};
 use crate::corpus::Document;
+use crate::encode::TextEncoder;
 use crate::error::DataError;
 
 /// The default maximum passage length in characters (about 200 BPE tokens of English).
@@ -350,6 +352,21 @@ impl<'a> PassageTable<'a> {
         let span =
             self.by_doc.get(doc_id).map_or(0..0, |&di| self.doc_first[di as usize]..self.doc_first[di as usize + 1]);
         span.map(move |i| self.get(i).expect("in range"))
+    }
+
+    /// The tokens of every passage, in position order (`tokenized.document(i)` is passage `i`, whose id string
+    /// is `tokenized.doc_id(i)`), through `cache` when given (label `passages-<max_chars>`).
+    pub fn tokenize<E: TextEncoder + Sync + ?Sized>(
+        &self,
+        encoder: &E,
+        cache: Option<&TokenCache>,
+    ) -> Result<TokenizedSplit, DataError> {
+        let ids: Vec<String> = self.iter().map(|p| p.id().to_string()).collect();
+        let items: Vec<(&str, &str)> = ids.iter().zip(self.iter()).map(|(id, p)| (id.as_str(), p.text())).collect();
+        match cache {
+            Some(c) => Ok(c.load_or_build_texts(&items, &format!("passages-{}", self.config.max_chars), encoder)?.0),
+            None => TokenizedSplit::encode_texts(&items, encoder),
+        }
     }
 
     /// All passages in position order.

@@ -270,3 +270,26 @@ fn parallel_encoding_keeps_document_order() {
         assert_eq!(toks, [(i % 17) as u32]);
     }
 }
+
+#[test]
+fn passage_tokens_are_cached_by_passage_id() {
+    use effllm_data::{PassageConfig, PassageTable};
+    let dir = TempDir::new("passages");
+    let cache = TokenCache::new(dir.path());
+    let docs = vec![
+        Document::new("book/a.html", Book::Book, "A", "first paragraph\n\nsecond paragraph"),
+        Document::new("book/b.html", Book::Book, "B", "only one"),
+    ];
+    let table = PassageTable::build(&docs, &PassageConfig { max_chars: 16 }).unwrap();
+    let direct = table.tokenize(&ByteEncoder, None).unwrap();
+    assert_eq!(direct.doc_ids(), ["book/a.html#0", "book/a.html#1", "book/b.html#0"]);
+    assert_eq!(direct.document(1), b"second paragraph".map(u32::from));
+    let cached = table.tokenize(&ByteEncoder, Some(&cache)).unwrap();
+    assert_eq!(cached, direct);
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].to_str().unwrap().starts_with("passages-16-"));
+    let items =
+        [("book/a.html#0", "first paragraph"), ("book/a.html#1", "second paragraph"), ("book/b.html#0", "only one")];
+    assert_eq!(cache.load_or_build_texts(&items, "passages-16", &ByteEncoder).unwrap(), (direct, CacheStatus::Hit));
+}
