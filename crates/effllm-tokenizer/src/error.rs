@@ -18,9 +18,9 @@ pub enum TokenizerError {
     WrongType {
         /// The key.
         key: String,
-        /// What this crate expects, in words.
+        /// What this crate expects (gguf-py type names: `STRING`, `BOOL`, `ARRAY of STRING`, ...).
         expected: &'static str,
-        /// What the file holds, in words.
+        /// What the file holds (e.g. `UINT32`, `ARRAY of INT32 (3 elements)`).
         found: String,
     },
     /// `tokenizer.ggml.model` names a tokenizer family this crate does not build (only `"gpt2"`, byte-level BPE).

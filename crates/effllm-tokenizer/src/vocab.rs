@@ -110,7 +110,7 @@ pub struct GgufVocab {
 
 fn describe(v: &Value) -> String {
     match v {
-        Value::Array(a) => format!("array of {} ({} elements)", a.elem_type.name(), a.len()),
+        Value::Array(a) => format!("ARRAY of {} ({} elements)", a.elem_type.name(), a.len()),
         other => other.value_type().name().to_string(),
     }
 }
@@ -122,27 +122,27 @@ fn wrong(key: &str, expected: &'static str, v: &Value) -> TokenizerError {
 fn opt_str<'a>(f: &'a GgufFile, key: &str) -> Result<Option<&'a str>> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_str().map(Some).ok_or_else(|| wrong(key, "string", v)),
+        Some(v) => v.as_str().map(Some).ok_or_else(|| wrong(key, "STRING", v)),
     }
 }
 
 fn opt_bool(f: &GgufFile, key: &str) -> Result<Option<bool>> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| wrong(key, "bool", v)),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| wrong(key, "BOOL", v)),
     }
 }
 
 fn str_array<'a>(f: &'a GgufFile, key: &'static str) -> Result<Option<Vec<&'a str>>> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_array().and_then(|a| a.as_strs()).map(Some).ok_or_else(|| wrong(key, "array of string", v)),
+        Some(v) => v.as_array().and_then(|a| a.as_strs()).map(Some).ok_or_else(|| wrong(key, "ARRAY of STRING", v)),
     }
 }
 
 fn special_id(f: &GgufFile, key: &'static str, vocab_size: usize) -> Result<Option<u32>> {
     let Some(v) = f.get(key) else { return Ok(None) };
-    let id = v.as_i64().ok_or_else(|| wrong(key, "integer", v))?;
+    let id = v.as_i64().ok_or_else(|| wrong(key, "an integer type", v))?;
     match usize::try_from(id) {
         Ok(i) if i < vocab_size => Ok(Some(i as u32)),
         _ => Err(TokenizerError::SpecialIdOutOfRange { key, id, vocab_size }),
@@ -174,19 +174,19 @@ impl GgufVocab {
             None => None,
             Some(v) => {
                 let raw =
-                    v.as_array().and_then(|a| a.as_i64s()).ok_or_else(|| wrong(KEY_TOKEN_TYPE, "array of i32", v))?;
+                    v.as_array().and_then(|a| a.as_i64s()).ok_or_else(|| wrong(KEY_TOKEN_TYPE, "ARRAY of INT32", v))?;
                 if raw.len() != tokens.len() {
                     return Err(TokenizerError::TokenTypeLength { tokens: tokens.len(), token_types: raw.len() });
                 }
                 let types = raw.iter().map(|&t| i32::try_from(t)).collect::<Result<Vec<i32>, _>>();
-                Some(types.map_err(|_| wrong(KEY_TOKEN_TYPE, "array of i32", v))?)
+                Some(types.map_err(|_| wrong(KEY_TOKEN_TYPE, "ARRAY of INT32", v))?)
             }
         };
 
         if let Some(arch) = opt_str(f, "general.architecture")? {
             let key = format!("{arch}.vocab_size");
             if let Some(v) = f.get(&key) {
-                let declared = v.as_u64().ok_or_else(|| wrong(&key, "unsigned integer", v))?;
+                let declared = v.as_u64().ok_or_else(|| wrong(&key, "an unsigned integer type", v))?;
                 if declared != tokens.len() as u64 {
                     return Err(TokenizerError::VocabSizeMismatch { key, declared, tokens: tokens.len() });
                 }
