@@ -325,3 +325,28 @@ proptest! {
         prop_assert_eq!(pos, s.len());
     }
 }
+
+/// The full random differential against llama.cpp: `EFFLLM_TOKENS_DUMP=/tmp/random.json python3
+/// scripts/fixtures/smollm2_tokens.py` writes the 20,000 strings with llama.cpp's ids, then
+/// `EFFLLM_TOKENS_DUMP=/tmp/random.json cargo test -p effllm-tokenizer --test smollm2 -- --ignored`.
+#[test]
+#[ignore = "needs the dump written by scripts/fixtures/smollm2_tokens.py (EFFLLM_TOKENS_DUMP)"]
+fn random_differential_against_llama_cpp() {
+    let Some(tok) = smollm2() else { return };
+    let path = std::env::var("EFFLLM_TOKENS_DUMP").expect("EFFLLM_TOKENS_DUMP=path of the dump");
+    let dump: Json = serde_json::from_str(&std::fs::read_to_string(&path).expect("dump")).expect("dump JSON");
+    let (mut total, mut agree_special, mut agree_plain) = (0, 0, 0);
+    for case in dump.as_array().expect("array") {
+        let text = case["text"].as_str().unwrap();
+        total += 1;
+        let special = tok.encode(text, true).unwrap() == ids(&case["ids_special"]);
+        let plain = tok.encode(text, false).unwrap() == ids(&case["ids_plain"]);
+        agree_special += usize::from(special);
+        agree_plain += usize::from(plain);
+        if !(special && plain) {
+            println!("differs: {text:?}");
+        }
+    }
+    println!("{total} strings: special=true agree {agree_special}, special=false agree {agree_plain}");
+    assert!(total - agree_special <= 10 && total - agree_plain <= 10);
+}
