@@ -269,3 +269,25 @@ where
         Verifier::Rejection => verify_chain(draft, q, p, rng),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_residual_samples_p() {
+        // p = q: max(0, p − q) is identically 0, so the residual sample falls back to p (no 0/0).
+        let p = [0.25f32, 0.0, 0.75];
+        for (u, want) in [(0.0, 0), (0.24, 0), (0.26, 2), (0.999, 2)] {
+            assert_eq!(sample_residual(&p, 1.0, &p, 1.0, u), want);
+        }
+        // Proportional rows are equal after normalisation.
+        let q = [0.5f32, 0.0, 1.5];
+        assert_eq!(sample_residual(&p, 1.0, &q, 2.0, 0.5), 2);
+        // A non-zero residual is sampled from its own support only.
+        let q = [0.5f32, 0.0, 0.5];
+        for u in [0.0, 0.3, 0.9] {
+            assert_eq!(sample_residual(&p, 1.0, &q, 1.0, u), 2);
+        }
+    }
+}
