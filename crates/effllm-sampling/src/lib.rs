@@ -11,7 +11,7 @@
 //! - [`verify_chain`] (rejection sampling), [`verify_greedy`], [`verify_sample_match`], [`verify_token_match`]
 //!   and the [`Verifier`] switch; [`verify_tree_sample_match`] (SpecExec), [`verify_tree_rejection`] /
 //!   [`verify_siblings`] (SpecInfer), [`verify_tree_greedy`]; [`verify_relaxed`] (NEST, lossy);
-//! - [`reference`]: naive f64 versions of all of it, and [`stats`]: the χ² goodness-of-fit test the statistical
+//! - [`reference`](mod@reference): naive f64 versions of all of it, and [`stats`]: the χ² goodness-of-fit test the statistical
 //!   tests use.
 //!
 //! Every fallible function returns a typed [`SamplingError`]; NaN or +∞ logits, empty rows, invalid

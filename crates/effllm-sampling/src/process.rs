@@ -18,6 +18,14 @@ pub(crate) fn check_logits(logits: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// Every history token must index the vocabulary (checked even when no penalty reads the history).
+pub(crate) fn check_history(history: &[Token], vocab: usize) -> Result<()> {
+    match history.iter().find(|&&t| t as usize >= vocab) {
+        Some(&token) => Err(SamplingError::TokenOutOfRange { what: "history", token, vocab }),
+        None => Ok(()),
+    }
+}
+
 #[inline]
 pub(crate) fn check_vocab(vocab: usize) -> Result<()> {
     if vocab as u64 > u32::MAX as u64 + 1 { Err(SamplingError::VocabTooLarge { vocab }) } else { Ok(()) }
@@ -77,6 +85,17 @@ pub fn sample_from_probs(probs: &[f32], u: f64) -> Result<Token> {
     Ok(inverse_cdf(probs.iter().map(|&p| p as f64), total, u))
 }
 
+/// Samples a weight row with one uniform from `rng` (validated first, so an invalid row consumes nothing).
+pub(crate) fn sample_row<U: crate::UniformSource + ?Sized>(
+    what: &'static str,
+    row: &[f32],
+    rng: &mut U,
+) -> Result<Token> {
+    let total = prob_sum(what, row)?;
+    let u = crate::uniform::draw(rng)?;
+    Ok(inverse_cdf(row.iter().map(|&p| p as f64), total, u))
+}
+
 /// Inverse CDF over f64 weights with known positive total.
 #[inline]
 pub(crate) fn inverse_cdf(weights: impl Iterator<Item = f64>, total: f64, u: f64) -> Token {
@@ -121,6 +140,7 @@ pub struct LogitsProcessor {
     idx: Vec<u32>,
     vals: Vec<f32>,
     hist: Vec<u32>,
+    weights: Vec<f64>,
 }
 
 impl LogitsProcessor {
@@ -181,10 +201,11 @@ impl LogitsProcessor {
         // Softmax over the kept tokens at the sampling temperature. The token at `m` is always kept (top-k keeps
         // k ≥ 1 largest, top-p keeps the first token of the order — the inverted filter keeps the last one and `m`
         // was re-anchored —, min-p keeps s = 0 ≥ ln(min_p)), so sum ≥ 1.
-        let weight = |z: f32| if z == f32::NEG_INFINITY { 0.0 } else { ((z as f64 - m) / t).exp() };
-        let sum: f64 = out.iter().map(|&z| weight(z)).sum();
-        for z in out.iter_mut() {
-            *z = (weight(*z) / sum) as f32;
+        self.weights.clear();
+        self.weights.extend(out.iter().map(|&z| if z == f32::NEG_INFINITY { 0.0 } else { ((z as f64 - m) / t).exp() }));
+        let sum: f64 = self.weights.iter().sum();
+        for (z, &w) in out.iter_mut().zip(&self.weights) {
+            *z = (w / sum) as f32;
         }
         Ok(())
     }
@@ -200,6 +221,7 @@ impl LogitsProcessor {
     ) -> Result<Token> {
         params.validate()?;
         check_logits(logits)?;
+        check_history(history, logits.len())?;
         if !params.has_penalties() {
             return argmax_unchecked(logits).ok_or(SamplingError::AllMasked);
         }
@@ -210,10 +232,7 @@ impl LogitsProcessor {
     }
 
     fn apply_penalties(&mut self, z: &mut [f32], params: &SamplingParams, history: &[Token]) -> Result<()> {
-        let vocab = z.len();
-        if let Some(&token) = history.iter().find(|&&t| t as usize >= vocab) {
-            return Err(SamplingError::TokenOutOfRange { what: "history", token, vocab });
-        }
+        check_history(history, z.len())?;
         if !params.has_penalties() {
             return Ok(());
         }

@@ -151,11 +151,14 @@ pub fn decision_margin(logits: &[f32], params: &SamplingParams, history: &[Token
     let scale = z.iter().filter(|v| v.is_finite()).fold(1.0f64, |a, v| a.max(v.abs()));
     let mut margin = f64::INFINITY;
     let all: Vec<bool> = z.iter().map(|&v| v > f64::NEG_INFINITY).collect();
-    let gap_to = |x: f64| -> f64 {
-        z.iter().filter(|&&v| v.is_finite() && v != x).map(|&v| (v - x).abs() / scale).fold(f64::INFINITY, f64::min)
-    };
     // Penalties are applied in f32 by the fast code: distinct logits closer than that rounding may tie there.
-    margin = margin.min(z.iter().filter(|v| v.is_finite()).map(|&v| gap_to(v)).fold(f64::INFINITY, f64::min));
+    let mut finite: Vec<f64> = z.iter().copied().filter(|v| v.is_finite()).collect();
+    finite.sort_by(|a, b| a.total_cmp(b));
+    for w in finite.windows(2) {
+        if w[1] != w[0] {
+            margin = margin.min((w[1] - w[0]) / scale);
+        }
+    }
     if params.temperature == 0.0 {
         return margin;
     }

@@ -3,7 +3,7 @@
 use crate::Token;
 use crate::error::Result;
 use crate::params::SamplingParams;
-use crate::process::{LogitsProcessor, sample_from_probs};
+use crate::process::{LogitsProcessor, inverse_cdf, prob_sum, sample_from_probs};
 use crate::uniform::{SeededUniforms, UniformSource};
 
 /// Samples tokens from logits rows with fixed [`SamplingParams`] and a replayable random stream.
@@ -87,15 +87,15 @@ impl Sampler {
         }
         self.processor.process_into(logits, &self.params, history, &mut self.scratch)?;
         let u = self.uniforms.next_uniform()?;
-        // Validate before consuming would be nicer, but `process_into` only produces valid distributions.
         sample_from_probs(&self.scratch, u)
     }
 
-    /// Samples a token from an already processed distribution (one draw).
+    /// Samples a token from an already processed distribution (weights, normalised internally): one draw,
+    /// consumed only if `probs` is valid.
     pub fn sample_probs(&mut self, probs: &[f32]) -> Result<Token> {
-        crate::process::prob_sum("probs", probs)?;
+        let total = prob_sum("probs", probs)?;
         let u = self.uniforms.next_uniform()?;
-        sample_from_probs(probs, u)
+        Ok(inverse_cdf(probs.iter().map(|&p| p as f64), total, u))
     }
 }
 

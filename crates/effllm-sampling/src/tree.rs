@@ -3,7 +3,7 @@
 
 use crate::Token;
 use crate::error::{Result, SamplingError};
-use crate::process::{argmax, inverse_cdf, prob_sum};
+use crate::process::{argmax, inverse_cdf, prob_sum, sample_row};
 use crate::uniform::{UniformSource, draw};
 
 /// A draft token tree. Node 0 is the root: the last emitted token, whose successor distribution is the first
@@ -221,12 +221,6 @@ pub fn verify_tree_greedy<P: AsRef<[f32]>>(tree: &TokenTree, p: &[P]) -> Result<
     }
 }
 
-fn sample_weights<U: UniformSource + ?Sized>(row: &[f32], rng: &mut U) -> Result<Token> {
-    let total = prob_sum("tree target row p", row)?;
-    let u = draw(rng)?;
-    Ok(inverse_cdf(row.iter().map(|&a| a as f64), total, u))
-}
-
 /// SpecExec's verification (`specexec.md` §2.5, §2.9): at the current node draw t ~ p(node) (one uniform,
 /// inverse CDF), emit t, and descend into the child carrying t if there is one; stop otherwise.
 ///
@@ -251,14 +245,14 @@ where
     let eager = match sampling {
         TreeSampling::Lazy => None,
         TreeSampling::EagerPerNode => {
-            Some(p.iter().map(|row| sample_weights(row.as_ref(), rng)).collect::<Result<Vec<_>>>()?)
+            Some(p.iter().map(|row| sample_row("tree target row p", row.as_ref(), rng)).collect::<Result<Vec<_>>>()?)
         }
     };
     let (mut node, mut path, mut tokens) = (0usize, Vec::new(), Vec::new());
     loop {
         let t = match &eager {
             Some(samples) => samples[node],
-            None => sample_weights(p[node].as_ref(), rng)?,
+            None => sample_row("tree target row p", p[node].as_ref(), rng)?,
         };
         tokens.push(t);
         match tree.child_with_token(node, t) {
@@ -393,7 +387,7 @@ where
     loop {
         let children = tree.children(node);
         if children.is_empty() {
-            tokens.push(sample_weights(p[node].as_ref(), rng)?);
+            tokens.push(sample_row("tree target row p", p[node].as_ref(), rng)?);
             return Ok(TreeVerification { path, tokens });
         }
         let cands = children.iter().map(|&c| (c, tree.tokens[c]));

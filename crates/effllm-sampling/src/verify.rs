@@ -3,7 +3,7 @@
 
 use crate::Token;
 use crate::error::{Result, SamplingError};
-use crate::process::{argmax, inverse_cdf, prob_sum};
+use crate::process::{argmax, inverse_cdf, prob_sum, sample_row};
 use crate::uniform::{UniformSource, draw};
 
 /// What a verification emitted: `tokens = draft[..accepted]` followed by exactly one token from the target (the
@@ -17,9 +17,9 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// The token emitted after the accepted prefix (correction or bonus).
-    pub fn next_token(&self) -> Token {
-        self.tokens[self.accepted]
+    /// The token emitted after the accepted prefix (correction or bonus): the last token.
+    pub fn next_token(&self) -> Option<Token> {
+        self.tokens.last().copied()
     }
 
     /// Whether every draft token was accepted (the last token is then the bonus token).
@@ -166,13 +166,6 @@ pub(crate) fn sample_residual(p: &[f32], sp: f64, q: &[f32], sq: f64, u: f64) ->
     }
 }
 
-/// Samples from a weight row with one uniform (row already validated, `total` its sum).
-fn sample_row<U: UniformSource + ?Sized>(p: &[f32], rng: &mut U) -> Result<Token> {
-    let total = prob_sum("target row p", p)?;
-    let u = draw(rng)?;
-    Ok(inverse_cdf(p.iter().map(|&a| a as f64), total, u))
-}
-
 /// Chain verification by rejection sampling ([`Verifier::Rejection`]; `specexec.md` §2.2).
 ///
 /// `draft = x_1..x_n` with `x_i ~ q_i`; `q` has n rows (the distributions the draft tokens were **actually**
@@ -199,7 +192,7 @@ where
             }
         }
     }
-    tokens.push(sample_row(p[draft.len()].as_ref(), rng)?);
+    tokens.push(sample_row("target row p", p[draft.len()].as_ref(), rng)?);
     Ok(Verification { accepted: draft.len(), tokens })
 }
 
@@ -237,13 +230,13 @@ where
     check_chain::<P, P>(draft, None, p)?;
     let mut tokens = Vec::with_capacity(draft.len() + 1);
     for (i, &x) in draft.iter().enumerate() {
-        let t = sample_row(p[i].as_ref(), rng)?;
+        let t = sample_row("target row p", p[i].as_ref(), rng)?;
         tokens.push(t);
         if t != x {
             return Ok(Verification { accepted: i, tokens });
         }
     }
-    tokens.push(sample_row(p[draft.len()].as_ref(), rng)?);
+    tokens.push(sample_row("target row p", p[draft.len()].as_ref(), rng)?);
     Ok(Verification { accepted: draft.len(), tokens })
 }
 

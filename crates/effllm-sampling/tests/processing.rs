@@ -168,6 +168,13 @@ fn errors_are_typed() {
         process_logits(&[0.0, 1.0], &d, &[2]),
         Err(SamplingError::TokenOutOfRange { token: 2, vocab: 2, .. })
     ));
+    // Also on the greedy fast path, where no penalty reads the history.
+    let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+    assert!(matches!(s.sample(&[0.0, 1.0], &[5]), Err(SamplingError::TokenOutOfRange { token: 5, .. })));
+    // An invalid row consumes no draw.
+    let mut s = Sampler::new(d.clone()).unwrap();
+    assert!(s.sample_probs(&[f32::NAN]).is_err());
+    assert_eq!(s.position(), 0);
     let bad = [
         ("temperature", SamplingParams { temperature: -1.0, ..d.clone() }),
         ("temperature", SamplingParams { temperature: f32::NAN, ..d.clone() }),
@@ -299,6 +306,31 @@ proptest! {
             // A filtered token is exactly 0; a kept one is 0 only through underflow.
             prop_assert!(*w != 0.0 || *g == 0.0);
             prop_assert!(*g != 0.0 || *w < 1e-30);
+        }
+    }
+
+    #[test]
+    fn mid_size_vocab_matches_reference(
+        (logits, params) in (65usize..3000).prop_flat_map(|v| (
+            proptest::collection::vec(-10.0f32..10.0, v),
+            (0.1f32..2.0, prop_oneof![Just(0usize), 1usize..4000], 0.05f32..1.0, prop_oneof![Just(0.0f32), 0.0f32..0.3],
+             any::<bool>(), any::<bool>()),
+        ))
+    ) {
+        // Several rounds of the partial selection (64, 256, 1024, 4096 candidates).
+        let (temperature, top_k, top_p, min_p, last, inverted) = params;
+        let params = SamplingParams {
+            temperature, top_k, top_p, min_p,
+            order: if last { FilterOrder::TemperatureLast } else { FilterOrder::TemperatureFirst },
+            nucleus: if inverted { NucleusMode::ReferenceInverted } else { NucleusMode::Standard },
+            ..Default::default()
+        };
+        prop_assume!(reference::decision_margin(&logits, &params, &[]) > 1e-6);
+        let got = process_logits(&logits, &params, &[]).unwrap();
+        let want = reference::process(&logits, &params, &[]).unwrap();
+        prop_assert!(close(&got, &want));
+        for (g, w) in got.iter().zip(&want) {
+            prop_assert!(*w != 0.0 || *g == 0.0);
         }
     }
 

@@ -62,7 +62,7 @@ fn chain_contract_and_uniform_consumption() {
     let mut u = ExplicitUniforms::new(&[0.1, 0.1, 0.3]);
     let v = verify_chain(&[0, 1], &q, &p, &mut u).unwrap();
     assert_eq!((v.accepted, v.tokens.clone(), u.consumed()), (2, vec![0, 1, 2], 3));
-    assert!(v.all_accepted(2) && v.next_token() == 2);
+    assert!(v.all_accepted(2) && v.next_token() == Some(2));
     // Empty draft: just a sample of p_1.
     let v = verify_chain::<_, Vec<f32>, _>(&[], &[], &[vec![0.0f32, 1.0]], &mut ExplicitUniforms::new(&[0.5])).unwrap();
     assert_eq!(v, Verification { accepted: 0, tokens: vec![1] });
