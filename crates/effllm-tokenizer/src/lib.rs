@@ -136,6 +136,7 @@
 pub mod byte_level;
 mod chat;
 mod error;
+mod fuzz;
 mod pretok;
 pub mod reference;
 mod stream;
@@ -144,6 +145,8 @@ mod vocab;
 
 pub use chat::{ChatMessage, render_chat_template};
 pub use error::{Result, TokenizerError};
+#[doc(hidden)]
+pub use fuzz::{fuzz_tokenize, fuzz_vocab_gguf};
 pub use pretok::{DIGIT_REGEX, GPT2_REGEX, PRE_TOKENIZER_TABLE, PreTokenizerChoice, PreTokenizerKind};
 pub use stream::DecodeStream;
 pub use tokenizer::GgufTokenizer;
