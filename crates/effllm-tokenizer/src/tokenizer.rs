@@ -33,6 +33,11 @@ pub struct GgufTokenizer {
     add_eos: bool,
 }
 
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<GgufTokenizer>();
+};
+
 impl fmt::Debug for GgufTokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GgufTokenizer")
