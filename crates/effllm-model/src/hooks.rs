@@ -7,11 +7,14 @@ use crate::llama::LlamaFfn;
 
 /// Callbacks a forward pass makes at fixed points of every layer it runs. Every method has a no-op default.
 ///
+/// Hooks are `Send` because a forward pass runs on effllm's worker pool (one hand-off per forward instead of one
+/// per op).
+///
 /// Shapes use `T` for the batch's new tokens: `query` gets the post-RoPE queries `[1, n_head, T, head_dim]`
 /// (TriForce's retrieval), `ffn_input` the normalised FFN input `[T, d]` (NEST's keys), `ffn_intermediate` the
 /// gated activations `silu(x W_gateᵀ) ⊙ (x W_upᵀ)` = `[T, d_ff]` (GRIFFIN's statistic), `layer_output` the
 /// residual stream after the layer `[T, d]` (early exit, hidden-state capture).
-pub trait ForwardHooks {
+pub trait ForwardHooks: Send {
     /// Post-RoPE queries of `layer`.
     fn query(&mut self, _layer: usize, _q: &Tensor) -> Result<()> {
         Ok(())

@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use effllm_gguf::{GgufFile, ReadOptions};
+use effllm_tensor::quant::ActivationQuant;
 use effllm_tensor::{AttentionMask, DType, Device, Tensor};
 
 use crate::batch::Batch;
@@ -94,11 +95,14 @@ pub struct LoadOptions {
     pub format: WeightFormat,
     /// Where the model runs.
     pub device: Device,
+    /// How the CPU's fused quantized kernels treat activations: f32 (exact, default) or Q8 blocks with integer
+    /// dot products (llama.cpp's numerics; faster).
+    pub activations: ActivationQuant,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { format: WeightFormat::Quantized, device: Device::Cpu }
+        LoadOptions { format: WeightFormat::Quantized, device: Device::Cpu, activations: ActivationQuant::F32 }
     }
 }
 
@@ -133,7 +137,11 @@ impl LlamaModel {
         let fmt = opts.format;
         let dev = &opts.device;
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
-            gguf_linear(f, name, rows, cols, fmt)?.to_device(dev)
+            Ok(match gguf_linear(f, name, rows, cols, fmt)? {
+                Linear::Quant(q) => Linear::Quant(q.with_activation_quant(opts.activations)),
+                dense => dense,
+            }
+            .to_device(dev)?)
         };
         let vec1 = |name: &str| -> Result<Tensor> { f32_tensor(gguf_f32(f, name, &[d])?, &[d], dev) };
         let embedding = match lin("token_embd.weight", cfg.vocab, d)? {
@@ -499,10 +507,14 @@ impl LlamaModel {
         rows: &LogitRows,
         hooks: &mut dyn ForwardHooks,
     ) -> Result<Tensor> {
-        let h = self.embed(&batch.tokens)?;
-        let h = self.run_layers(h, 0..self.config.n_layer, batch, cache, hooks)?;
-        let h = rows.select(&h)?;
-        self.unembed(&h)
+        // One hand-off to the worker pool for the whole pass: every op inside then runs inline on a worker instead
+        // of waking the pool ~600 times per decoded token.
+        effllm_tensor::threads::install(|| {
+            let h = self.embed(&batch.tokens)?;
+            let h = self.run_layers(h, 0..self.config.n_layer, batch, cache, hooks)?;
+            let h = rows.select(&h)?;
+            self.unembed(&h)
+        })
     }
 }
 
@@ -541,11 +553,13 @@ impl LayeredLm for LlamaModel {
             ));
         }
         let positions = Tensor::from_slice(&batch.positions, &[batch.len()], &self.device)?;
-        let mut h = h;
-        for li in layers {
-            h = self.layer_forward(li, h, batch, &positions, cache, hooks)?;
-        }
-        Ok(h)
+        effllm_tensor::threads::install(|| {
+            let mut h = h;
+            for li in layers {
+                h = self.layer_forward(li, h, batch, &positions, cache, hooks)?;
+            }
+            Ok(h)
+        })
     }
 
     fn final_norm(&self, h: &Tensor) -> Result<Tensor> {

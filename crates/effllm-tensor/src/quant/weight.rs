@@ -1,6 +1,6 @@
 //! [`QWeight`]: a quantized weight matrix on any device, and `Tensor::linear_q`.
 
-use super::{QMatrix, QuantType};
+use super::{ActivationQuant, KernelPath, QMatrix, QuantType};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// A quantized `n_rows × n_cols` weight (ggml blocks, row-major) on the CPU or a CUDA device.
@@ -11,12 +11,27 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub struct QWeight {
     matrix: QMatrix,
     device_blocks: Option<Tensor>,
+    activation: ActivationQuant,
 }
 
 impl QWeight {
     /// A CPU weight over `matrix`.
     pub fn new(matrix: QMatrix) -> QWeight {
-        QWeight { matrix, device_blocks: None }
+        QWeight { matrix, device_blocks: None, activation: ActivationQuant::F32 }
+    }
+
+    /// The same weight, multiplied on the CPU with activations treated as `act`: [`ActivationQuant::Q8`]
+    /// quantises each activation row per 32-block and uses integer dot products, as llama.cpp does (faster, and
+    /// llama.cpp's numerics); [`ActivationQuant::F32`] (the default) keeps activations exact. CUDA kernels
+    /// always take f32 activations.
+    pub fn with_activation_quant(mut self, act: ActivationQuant) -> QWeight {
+        self.activation = act;
+        self
+    }
+
+    /// How the CPU kernels treat activations.
+    pub fn activation_quant(&self) -> ActivationQuant {
+        self.activation
     }
 
     /// The block format.
@@ -57,7 +72,7 @@ impl QWeight {
                 Some(Tensor::from_vec(bytes, &[n], device)?)
             }
         };
-        Ok(QWeight { matrix: self.matrix.clone(), device_blocks })
+        Ok(QWeight { matrix: self.matrix.clone(), device_blocks, activation: self.activation })
     }
 }
 
@@ -93,7 +108,7 @@ impl Tensor {
         }
         let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
         let mut y = vec![0f32; m * n];
-        w.matrix.matmul_t(&x, m, &mut y)?;
+        w.matrix.matmul_t_with(&x, m, &mut y, KernelPath::Auto, w.activation)?;
         Tensor::from_vec(y, &shape, &Device::Cpu)?.to_dtype(self.dtype())
     }
 }
