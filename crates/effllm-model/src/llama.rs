@@ -137,11 +137,11 @@ impl LlamaModel {
         let fmt = opts.format;
         let dev = &opts.device;
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
-            Ok(match gguf_linear(f, name, rows, cols, fmt)? {
+            match gguf_linear(f, name, rows, cols, fmt)? {
                 Linear::Quant(q) => Linear::Quant(q.with_activation_quant(opts.activations)),
                 dense => dense,
             }
-            .to_device(dev)?)
+            .to_device(dev)
         };
         let vec1 = |name: &str| -> Result<Tensor> { f32_tensor(gguf_f32(f, name, &[d])?, &[d], dev) };
         let embedding = match lin("token_embd.weight", cfg.vocab, d)? {
