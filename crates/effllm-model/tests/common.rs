@@ -58,11 +58,22 @@ fn weight_bytes(ty: GgmlType, rows: usize, cols: usize, data: &[f32]) -> Vec<u8>
     }
 }
 
-/// The GGUF bytes of a random tiny model. `tweak` may edit the writer before it serialises (bad-input tests).
-pub fn tiny_gguf_with(t: &Tiny, seed: u64, tweak: impl FnOnce(&mut GgufWriter<'static>)) -> Vec<u8> {
+/// Edits for bad-input tests.
+#[derive(Clone, Debug, Default)]
+pub struct Edit {
+    /// `general.architecture` instead of `llama`.
+    pub arch: Option<&'static str>,
+    /// A tensor to leave out.
+    pub skip: Option<&'static str>,
+    /// A tensor whose GGUF dims get an extra 32 columns.
+    pub widen: Option<&'static str>,
+}
+
+/// The GGUF bytes of a random tiny model with `edit` applied; `tweak` may add entries before it serialises.
+pub fn tiny_gguf_with(t: &Tiny, seed: u64, edit: &Edit, tweak: impl FnOnce(&mut GgufWriter<'static>)) -> Vec<u8> {
     let d = t.d_model();
     let mut w = GgufWriter::new();
-    w.add("general.architecture", "llama")
+    w.add("general.architecture", edit.arch.unwrap_or("llama"))
         .add("llama.block_count", t.n_layer as u32)
         .add("llama.embedding_length", d as u32)
         .add("llama.feed_forward_length", t.d_ff as u32)
@@ -76,6 +87,10 @@ pub fn tiny_gguf_with(t: &Tiny, seed: u64, tweak: impl FnOnce(&mut GgufWriter<'s
     let mut stream = 0u64;
     let mut mat = |w: &mut GgufWriter<'static>, name: String, rows: usize, cols: usize, ty: GgmlType| {
         stream += 1;
+        if edit.skip == Some(name.as_str()) {
+            return;
+        }
+        let cols = if edit.widen == Some(name.as_str()) { cols + 32 } else { cols };
         let data = randn(rows * cols, seed, stream, 1.0 / (cols as f32).sqrt());
         w.add_tensor(name, ty, &[cols as u64, rows as u64], weight_bytes(ty, rows, cols, &data));
     };
@@ -113,7 +128,7 @@ pub fn tiny_gguf_with(t: &Tiny, seed: u64, tweak: impl FnOnce(&mut GgufWriter<'s
 }
 
 pub fn tiny_gguf(t: &Tiny, seed: u64) -> GgufFile {
-    GgufFile::parse(&tiny_gguf_with(t, seed, |_| {}), &ReadOptions::default()).unwrap()
+    GgufFile::parse(&tiny_gguf_with(t, seed, &Edit::default(), |_| {}), &ReadOptions::default()).unwrap()
 }
 
 /// ‖a − b‖ / ‖b‖ over flattened rows.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Tiny, rel_l2, tiny_gguf};
+use common::{Edit, Tiny, rel_l2, tiny_gguf, tiny_gguf_with};
 use effllm_gguf::GgmlType;
 use effllm_model::reference::ReferenceLlama;
 use effllm_model::{
@@ -224,4 +224,35 @@ fn bad_batches_are_typed_errors() {
     let e = m.forward(&Batch::causal(&[1, 2], 0), &mut cache, &LogitRows::Rows(vec![2])).unwrap_err();
     assert!(e.to_string().contains("row 2"), "{e}");
     assert!(cache.compact(&[0, 0]).is_err());
+}
+
+#[test]
+fn bad_gguf_files_are_typed_errors() {
+    use effllm_gguf::{GgufFile, ReadOptions};
+    use effllm_model::ModelError;
+    let t = Tiny::default_f32();
+    let load = |edit: &Edit| -> Result<LlamaModel, ModelError> {
+        let f = GgufFile::parse(&tiny_gguf_with(&t, 1, edit, |_| {}), &ReadOptions::default())?;
+        LlamaModel::from_gguf(&f, &LoadOptions::default())
+    };
+    let e = load(&Edit { arch: Some("gpt2"), ..Edit::default() }).unwrap_err();
+    assert!(matches!(&e, ModelError::UnsupportedArchitecture { found, .. } if found == "gpt2"), "{e}");
+    let e = load(&Edit { skip: Some("blk.1.ffn_up.weight"), ..Edit::default() }).unwrap_err();
+    assert!(matches!(&e, ModelError::MissingTensor(n) if n == "blk.1.ffn_up.weight"), "{e}");
+    let e = load(&Edit { widen: Some("blk.0.attn_k.weight"), ..Edit::default() }).unwrap_err();
+    assert!(matches!(&e, ModelError::BadTensorShape { name, .. } if name == "blk.0.attn_k.weight"), "{e}");
+    // An unsupported quant type (Q6_K bytes are never interpreted: the type alone is refused).
+    let wide = Tiny { n_head: 32, n_head_kv: 8, head_dim: 8, d_ff: 256, n_layer: 1, ..t };
+    let bytes = tiny_gguf_with(&wide, 1, &Edit { skip: Some("blk.0.attn_q.weight"), ..Edit::default() }, |w| {
+        w.add_tensor("blk.0.attn_q.weight", GgmlType::Q6_K, &[256, 256], vec![0u8; 256 * 210]);
+    });
+    let f = GgufFile::parse(&bytes, &ReadOptions::default()).unwrap();
+    let e = LlamaModel::from_gguf(&f, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::UnsupportedWeightType { name, ty } if name == "blk.0.attn_q.weight" && ty == "Q6_K"),
+        "{e}"
+    );
+    // A truncated file fails in the GGUF reader with its own error.
+    let full = tiny_gguf_with(&t, 1, &Edit::default(), |_| {});
+    assert!(matches!(GgufFile::parse(&full[..full.len() - 7], &ReadOptions::default()), Err(_)));
 }
