@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use effllm_gguf::{GgufFile, ReadOptions, model_cache};
 use effllm_model::{Batch, CausalLm, Device, LlamaModel, LoadOptions, LogitRows, WeightFormat};
 use effllm_sampling::{Sampler, SamplingParams};
+use effllm_tensor::quant::ActivationQuant;
 use effllm_tokenizer::{ChatMessage, GgufTokenizer, PreTokenizerChoice};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -59,6 +60,9 @@ struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Quantize activations to Q8 blocks in the quantized CPU kernels (llama.cpp's numerics) instead of f32.
+    #[arg(long)]
+    q8_activations: bool,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +122,10 @@ struct PerplexityArgs {
     /// Stop after scoring this many tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     max_tokens: usize,
+    /// Write the evaluated documents' token ids as JSON (`[[ids of document 0], ...]`) so another implementation
+    /// (e.g. llama.cpp) can score exactly the same windows.
+    #[arg(long)]
+    save_tokens: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -159,7 +167,14 @@ fn load(args: &ModelArgs) -> AnyResult<Loaded> {
         "bf16" => WeightFormat::BF16,
         _ => WeightFormat::Quantized,
     };
-    let model = LlamaModel::from_gguf(&file, &LoadOptions { format, device: parse_device(&args.device)? })?;
+    let model = LlamaModel::from_gguf(
+        &file,
+        &LoadOptions {
+            format,
+            device: parse_device(&args.device)?,
+            activations: if args.q8_activations { ActivationQuant::Q8 } else { ActivationQuant::F32 },
+        },
+    )?;
     Ok(Loaded { model, tokenizer, load_s: t0.elapsed().as_secs_f64() })
 }
 
@@ -290,6 +305,13 @@ fn perplexity(a: &PerplexityArgs) -> AnyResult<()> {
             (data, format!("Rust-docs corpus, {} split", a.split))
         }
     };
+    if let Some(path) = &a.save_tokens {
+        let docs: Vec<String> = (0..data.num_documents())
+            .map(|i| format!("[{}]", data.document(i).iter().map(u32::to_string).collect::<Vec<_>>().join(",")))
+            .collect();
+        std::fs::write(path, format!("[{}]\n", docs.join(",\n")))?;
+        eprintln!("effllm: wrote the token ids of {} documents to {}", docs.len(), path.display());
+    }
     let windows: Vec<_> = data.perplexity_windows(a.context, a.stride)?.collect();
     let total: usize = windows.iter().map(|(_, w)| w.targets().len()).sum();
     let goal = if a.max_tokens == 0 { total } else { a.max_tokens.min(total) };

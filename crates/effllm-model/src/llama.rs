@@ -428,10 +428,21 @@ impl LlamaModel {
         let mut outs = Vec::with_capacity(hkv);
         let want_probs = policy.as_ref().is_some_and(|p| p.wants_attention_probs(li));
         let mut probs = Vec::new();
+        // Long batches (prefill, big trees): attention as two GEMMs per KV head, in row chunks, instead of the
+        // per-query loop of `Tensor::attention`, which is O(T·S) scalar dot products.
+        let gemm_bias =
+            if t >= GEMM_ATTENTION_MIN_ROWS && !matches!(batch.mask, crate::batch::BatchMask::Explicit { .. }) {
+                Some(mask_bias(&mask, t, cached + t, &self.device)?)
+            } else {
+                None
+            };
         for g in 0..hkv {
             let (kk, vv) = kv.attention_views(g)?;
             let qg = q.narrow(1, g * group, group)?;
-            outs.push(qg.attention(&kk, &vv, &mask, None)?);
+            outs.push(match &gemm_bias {
+                Some(bias) => gemm_attention(&qg, &kk, &vv, bias, hd)?,
+                None => qg.attention(&kk, &vv, &mask, None)?,
+            });
             if want_probs {
                 probs.push(attention_probs(&qg, &kk, &mask, hd)?);
             }
@@ -460,6 +471,44 @@ impl LlamaModel {
         hooks.layer_output(li, &h)?;
         Ok(h)
     }
+}
+
+/// Batches of at least this many new tokens use [`gemm_attention`].
+const GEMM_ATTENTION_MIN_ROWS: usize = 32;
+/// Query rows per chunk of [`gemm_attention`] (bounds the `[group·rows, S]` score matrix).
+const GEMM_ATTENTION_CHUNK: usize = 256;
+
+/// The additive mask `[T, S]`: 0 where a query may attend, −∞ elsewhere (every row keeps at least its own slot).
+fn mask_bias(mask: &AttentionMask, t: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let allowed: Vec<u8> = match mask {
+        AttentionMask::Mask(m) => m.reshape(&[t, s])?.to_vec::<u8>()?,
+        _ => (0..t * s).map(|i| u8::from(i % s <= s - t + i / s)).collect(),
+    };
+    let bias: Vec<f32> = allowed.iter().map(|&a| if a != 0 { 0.0 } else { f32::NEG_INFINITY }).collect();
+    Ok(Tensor::from_vec(bias, &[t, s], device)?)
+}
+
+/// `softmax(q kᵀ/√d + bias) v` for one KV head: q = `[1, g, T, d]`, k, v = `[1, 1, S, d]`, bias `[T, S]`, as
+/// GEMMs over chunks of query rows. Equal to `Tensor::attention` up to f32 summation order (tested).
+fn gemm_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, hd: usize) -> Result<Tensor> {
+    let [_, g, t, _] = *q.shape() else { return Err(invalid("attention", "query rank")) };
+    let s = k.shape()[2];
+    let kf = k.reshape(&[s, hd])?;
+    let vf = v.reshape(&[s, hd])?;
+    let kt = kf.t()?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut chunks = Vec::new();
+    let mut t0 = 0;
+    while t0 < t {
+        let tc = GEMM_ATTENTION_CHUNK.min(t - t0);
+        let qc = q.narrow(2, t0, tc)?.contiguous()?.reshape(&[g * tc, hd])?;
+        let scores = qc.matmul(&kt)?.affine(scale, 0.0)?.reshape(&[g, tc, s])?;
+        let probs = scores.add(&bias.narrow(0, t0, tc)?)?.softmax(2)?.reshape(&[g * tc, s])?;
+        chunks.push(probs.matmul(&vf)?.reshape(&[1, g, tc, hd])?);
+        t0 += tc;
+    }
+    let refs: Vec<&Tensor> = chunks.iter().collect();
+    Ok(Tensor::concat(&refs, 2)?)
 }
 
 /// `softmax(q kᵀ/√d + mask)` = `[1, group, T, S]`, for cache policies that score slots.

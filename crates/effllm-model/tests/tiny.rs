@@ -256,3 +256,36 @@ fn bad_gguf_files_are_typed_errors() {
     let full = tiny_gguf_with(&t, 1, &Edit::default(), |_| {});
     assert!(GgufFile::parse(&full[..full.len() - 7], &ReadOptions::default()).is_err());
 }
+
+/// Long batches take the GEMM attention path (≥ 32 rows, chunks of 256): equal to the reference, to token-by-token
+/// decoding, and for a wide token tree too.
+#[test]
+fn long_batches_use_gemm_attention_and_match() {
+    let t = Tiny { weights: GgmlType::Q4_1, context: 512, ..Tiny::default_f32() };
+    let m = load(&t, 13, WeightFormat::Quantized);
+    let r = ReferenceLlama::from_model(&m).unwrap();
+    let toks = tokens(300, t.vocab, 9);
+    let got = flat(&m.forward(&Batch::causal(&toks, 0), &mut m.new_cache(), &LogitRows::All).unwrap());
+    let want: Vec<f64> = r.forward_causal(&toks).concat();
+    assert!(rel_l2(&got, &want) < 1e-5, "{}", rel_l2(&got, &want));
+    // Prefix of 40 (GEMM path), then a 40-node tree (GEMM path with a tree mask).
+    let mut cache = m.new_cache();
+    m.forward(&Batch::causal(&toks[..40], 0), &mut cache, &LogitRows::Last).unwrap();
+    let parents: Vec<Option<usize>> = (0..40).map(|i| if i < 4 { None } else { Some(i / 2 - 1) }).collect();
+    let batch = Batch::tree(&toks[40..80], &parents, 40).unwrap();
+    let got = flat(&m.forward(&batch, &mut cache, &LogitRows::All).unwrap());
+    let ancestors = |i: usize| {
+        let mut v = vec![];
+        let mut n = Some(i);
+        while let Some(x) = n {
+            v.push(x);
+            n = parents[x];
+        }
+        v
+    };
+    let mut pos: Vec<u32> = (0..40).collect();
+    pos.extend(&batch.positions);
+    let vis = |i: usize, j: usize| if i < 40 { j <= i } else { j < 40 || ancestors(i - 40).contains(&(j - 40)) };
+    let want: Vec<f64> = r.forward(&toks[..80], &pos, &vis)[40..].concat();
+    assert!(rel_l2(&got, &want) < 1e-5, "{}", rel_l2(&got, &want));
+}
