@@ -50,6 +50,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(tensor::Softmax),
         Box::new(tensor::RmsNorm),
         Box::new(tensor::AttentionDecode),
+        Box::new(scenarios::model::SmolLm2),
     ]
 }
 

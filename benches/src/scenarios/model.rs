@@ -1,0 +1,168 @@
+//! SmolLM2-135M-Instruct end to end: prefill and decode tokens/s with Q4_1 and f32 weights, side by side with
+//! llama.cpp on the same GGUF and thread count (through `scripts/bench/llama_cpp_bench.py` when
+//! `EFFLLM_LLAMA_CPP_PYTHON` names a Python with `llama-cpp-python` 0.3.36), plus peak resident memory.
+
+use std::time::Instant;
+
+use effllm_model::{Batch, CausalLm, LlamaModel, LoadOptions, LogitRows, WeightFormat};
+
+use crate::{Context, Options, Result, Scenario, ScenarioReport, Table, Target, num};
+
+/// Prompt lengths of the prefill cases.
+pub const PREFILL_LENS: [usize; 2] = [512, 4096];
+/// Context lengths of the decode cases.
+pub const DECODE_CTXS: [usize; 2] = [128, 4096];
+/// Tokens generated per decode case.
+pub const DECODE_TOKENS: usize = 32;
+/// Goal of the issue: our CPU decode at context 128 ÷ llama.cpp's ≥ 1.
+pub const DECODE_GOAL: f64 = 1.0;
+/// Environment variable naming the Python interpreter that has `llama_cpp` installed.
+pub const LLAMA_CPP_PYTHON_ENV: &str = "EFFLLM_LLAMA_CPP_PYTHON";
+
+/// The prompt ids of every case (the same in the llama.cpp script): `100 + (37 i mod 20000)`.
+pub fn prompt(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| 100 + (i * 37) % 20000).collect()
+}
+
+/// End-to-end SmolLM2 speed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SmolLm2;
+
+#[derive(Clone, Debug, Default)]
+struct Speeds {
+    prefill: Vec<(usize, f64)>,
+    decode: Vec<(usize, f64)>,
+}
+
+fn ours(model: &LlamaModel) -> Result<Speeds> {
+    let mut s = Speeds::default();
+    for &n in &PREFILL_LENS {
+        let mut cache = model.new_cache();
+        let t = Instant::now();
+        model.forward(&Batch::causal(&prompt(n), 0), &mut cache, &LogitRows::Last)?;
+        s.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
+    }
+    for &c in &DECODE_CTXS {
+        let mut cache = model.new_cache();
+        let mut logits = model.forward(&Batch::causal(&prompt(c), 0), &mut cache, &LogitRows::Last)?;
+        let t = Instant::now();
+        for i in 0..DECODE_TOKENS {
+            let next = logits.argmax(1, false)?.to_vec::<u32>()?[0];
+            logits = model.forward(&Batch::causal(&[next], c + i), &mut cache, &LogitRows::Last)?;
+        }
+        s.decode.push((c, DECODE_TOKENS as f64 / t.elapsed().as_secs_f64()));
+    }
+    Ok(s)
+}
+
+fn llama_cpp(model: &std::path::Path, threads: usize) -> std::result::Result<Speeds, String> {
+    let python = std::env::var(LLAMA_CPP_PYTHON_ENV).map_err(|_| format!("{LLAMA_CPP_PYTHON_ENV} is not set"))?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/llama_cpp_bench.py");
+    let join = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg("speed")
+        .arg(model)
+        .arg(threads.to_string())
+        .arg(join(&PREFILL_LENS))
+        .arg(join(&DECODE_CTXS))
+        .arg(DECODE_TOKENS.to_string())
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("llama.cpp script failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("llama.cpp script printed no JSON: {e}"))?;
+    let pick = |key: &str, lens: &[usize]| -> Vec<(usize, f64)> {
+        lens.iter().filter_map(|&n| v[key][n.to_string()].as_f64().map(|x| (n, x))).collect()
+    };
+    Ok(Speeds { prefill: pick("prefill", &PREFILL_LENS), decode: pick("decode", &DECODE_CTXS) })
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl Scenario for SmolLm2 {
+    fn name(&self) -> &'static str {
+        "smollm2"
+    }
+
+    fn description(&self) -> &'static str {
+        "SmolLM2-135M prefill (512, 4096) and decode (ctx 128, 4096) tokens/s, Q4_1 and f32, vs llama.cpp"
+    }
+
+    fn cases(&self, _options: &Options) -> usize {
+        0
+    }
+
+    fn run(&self, ctx: &mut Context) -> Result<ScenarioReport> {
+        let path = effllm_gguf::model_cache::fetch_smollm2(|l| ctx.log(l)).map_err(|e| e.to_string())?;
+        let threads = ctx.options.threads;
+        let mut table = Table::new(
+            format!("SmolLM2-135M-Instruct, {threads} CPU threads (tokens/s; ratio = effllm ÷ llama.cpp)"),
+            &["case", "effllm Q4_1", "effllm f32", "llama.cpp Q4_1", "Q4_1 ratio"],
+        );
+        ctx.status("smollm2: Q4_1 weights");
+        let q = LlamaModel::open_gguf(&path, &LoadOptions::default())?;
+        let ours_q = ours(&q)?;
+        let rss_q = peak_rss_mib();
+        drop(q);
+        ctx.status("smollm2: f32 weights");
+        let f = LlamaModel::open_gguf(&path, &LoadOptions { format: WeightFormat::F32, ..Default::default() })?;
+        let ours_f = ours(&f)?;
+        drop(f);
+        ctx.status("smollm2: llama.cpp");
+        let peer = llama_cpp(&path, threads);
+        let mut notes = vec![format!(
+            "Prompt ids 100 + (37 i mod 20000); decode = {DECODE_TOKENS} greedy tokens after a prompt of the context \
+             length, one forward per token. Peak resident memory after the Q4_1 cases (weights memory-mapped, file \
+             {:.1} MiB): {}.",
+            effllm_gguf::model_cache::SMOLLM2_SIZE as f64 / (1 << 20) as f64,
+            rss_q.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        )];
+        let peer_speeds = match &peer {
+            Ok(s) => Some(s),
+            Err(e) => {
+                notes.push(format!("llama.cpp not measured: {e}. See scripts/bench/llama_cpp_bench.py."));
+                None
+            }
+        };
+        let mut targets = Vec::new();
+        let rows = PREFILL_LENS
+            .iter()
+            .map(|&n| (format!("prefill {n}"), true, n))
+            .chain(DECODE_CTXS.iter().map(|&c| (format!("decode @ ctx {c}"), false, c)));
+        for (label, is_prefill, n) in rows {
+            let get = |s: &Speeds| {
+                let v = if is_prefill { &s.prefill } else { &s.decode };
+                v.iter().find(|(k, _)| *k == n).map(|(_, x)| *x)
+            };
+            let (a, b) = (get(&ours_q), get(&ours_f));
+            let p = peer_speeds.and_then(get);
+            let ratio = a.zip(p).map(|(a, p)| a / p);
+            if !is_prefill
+                && n == 128
+                && let Some(r) = ratio
+            {
+                targets.push(Target {
+                    what: "SmolLM2 Q4_1 CPU decode @ ctx 128 vs llama.cpp".into(),
+                    ratio: r,
+                    goal: DECODE_GOAL,
+                });
+            }
+            let cell = |x: Option<f64>| x.map_or("—".into(), num);
+            table.row(vec![label, cell(a), cell(b), cell(p), ratio.map_or("—".into(), |r| format!("{r:.2}"))]);
+        }
+        Ok(ScenarioReport {
+            title: "SmolLM2 end to end (CPU)".into(),
+            notes,
+            tables: vec![table],
+            plots: vec![],
+            targets,
+        })
+    }
+}
