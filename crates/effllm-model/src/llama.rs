@@ -34,7 +34,9 @@ impl LlamaFfn {
 
     /// `Z = silu(x W_gateᵀ) ⊙ (x W_upᵀ)`: `[T, d] → [T, d_ff]`.
     pub fn intermediate(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.gate.forward(x)?.swiglu(&self.up.forward(x)?)?)
+        let [g, u] = <[Tensor; 2]>::try_from(Linear::forward_many(&[&self.gate, &self.up], x)?)
+            .map_err(|_| invalid("FFN", "expected two outputs"))?;
+        Ok(g.swiglu(&u)?)
     }
 
     /// `Z W_downᵀ`: `[T, d_ff] → [T, d]`.
@@ -410,9 +412,11 @@ impl LlamaModel {
         let x = h.rms_norm(&layer.attn_norm, cfg.rms_eps)?;
         let heads =
             |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape(&[t, n, hd])?.transpose(0, 1)?.unsqueeze(0)?) };
-        let q = heads(layer.wq.forward(&x)?, hq)?.rope(positions, &cfg.rope)?;
-        let k = heads(layer.wk.forward(&x)?, hkv)?.rope(positions, &cfg.rope)?;
-        let v = heads(layer.wv.forward(&x)?, hkv)?.contiguous()?;
+        let [q, k, v] = <[Tensor; 3]>::try_from(Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &x)?)
+            .map_err(|_| invalid("attention", "expected three projections"))?;
+        let q = heads(q, hq)?.rope(positions, &cfg.rope)?;
+        let k = heads(k, hkv)?.rope(positions, &cfg.rope)?;
+        let v = heads(v, hkv)?.contiguous()?;
         hooks.query(li, &q)?;
         let (kv, mut policy) = cache.parts_mut(li)?;
         if let Some(p) = policy.as_mut() {

@@ -40,6 +40,17 @@ impl Linear {
         })
     }
 
+    /// `[x Wᵢᵀ]` for several maps sharing the input: quantized weights of one type run in one pass
+    /// (`Tensor::linear_q_many`, bitwise equal to separate calls); anything else is separate calls.
+    pub fn forward_many(maps: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let quant: Option<Vec<&QWeight>> =
+            maps.iter().map(|l| if let Linear::Quant(q) = l { Some(q) } else { None }).collect();
+        match quant {
+            Some(qs) => Ok(x.linear_q_many(&qs)?),
+            None => maps.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         match self {

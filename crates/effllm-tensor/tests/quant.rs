@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use effllm_tensor::Error;
+use effllm_tensor::quant::QWeight;
 use effllm_tensor::quant::reference::{dot_f64, gemv_abs_f64, gemv_f64, matmul_t_f64, rel_l2};
 use effllm_tensor::quant::{
     ActivationQuant, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, KernelPath, QMatrix, QuantType, dequantize_row,
     fuzz_dequantize, quantize_row,
 };
+use effllm_tensor::{Device, Error, Tensor};
 use half::f16;
 use proptest::prelude::*;
 
@@ -729,5 +730,44 @@ proptest! {
         let mut data = vec![ty, sel];
         data.extend_from_slice(w.as_bytes());
         fuzz_dequantize(&data);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// One pass over several weights sharing an input equals separate `linear_q` calls bit for bit.
+    #[test]
+    fn linear_q_many_equals_separate_calls(
+        ty in prop::sample::select(QuantType::ALL.to_vec()),
+        q8 in any::<bool>(),
+        m in 1usize..=8,
+        kb in 1usize..6,
+        ns in prop::collection::vec(1usize..300, 1..4),
+        seed in any::<u64>(),
+    ) {
+        let k = 32 * kb;
+        let act = if q8 { effllm_tensor::quant::ActivationQuant::Q8 } else { effllm_tensor::quant::ActivationQuant::F32 };
+        let rng = effllm_tensor::rng::CounterRng::new(seed, 3);
+        let ws: Vec<QWeight> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut v = vec![0f32; n * k];
+                rng.fill_normal_f32((i as u64) << 32, &mut v);
+                QWeight::new(QMatrix::quantize(ty, n, k, &v).unwrap()).with_activation_quant(act)
+            })
+            .collect();
+        let mut xv = vec![0f32; m * k];
+        rng.fill_normal_f32(1 << 40, &mut xv);
+        let x = Tensor::from_vec(xv, &[m, k], &Device::Cpu).unwrap();
+        let refs: Vec<&QWeight> = ws.iter().collect();
+        let many = x.linear_q_many(&refs).unwrap();
+        for (w, y) in ws.iter().zip(&many) {
+            let one = x.linear_q(w).unwrap();
+            prop_assert_eq!(one.shape(), y.shape());
+            let (a, b) = (one.to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap());
+            prop_assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
     }
 }

@@ -332,6 +332,76 @@ impl QMatrix {
         Ok(())
     }
 
+    /// `Y_i = X · W_iᵀ` for several matrices that share the input (`Q`, `K`, `V`; gate and up): one activation
+    /// preparation and one parallel pass over the rows of all of them, for `m ≤ 8` rows of `x` (`m · k`
+    /// values). Every output equals [`QMatrix::matmul_t_with`]'s bit for bit (the same row kernel); the point is
+    /// one dispatch instead of several small ones in decode.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the matrices differ in `n_cols` or quantization type, `x.len()` is not a
+    /// multiple of `n_cols` or `m` is not in `1..=8`.
+    pub fn matmul_t_many(
+        mats: &[&QMatrix],
+        x: &[f32],
+        path: KernelPath,
+        act: ActivationQuant,
+    ) -> Result<Vec<Vec<f32>>> {
+        const OP: &str = "QMatrix::matmul_t_many";
+        let Some(first) = mats.first() else { return Ok(Vec::new()) };
+        let k = first.n_cols;
+        if let Some(bad) = mats.iter().find(|w| w.n_cols != k || w.ty != first.ty) {
+            return Err(Error::ShapeMismatch { op: OP, lhs: vec![first.n_rows, k], rhs: vec![bad.n_rows, bad.n_cols] });
+        }
+        let m = if k == 0 { 0 } else { x.len() / k };
+        if k == 0 || m * k != x.len() || !(1..=SKINNY_MAX_M).contains(&m) {
+            return Err(Error::ShapeMismatch { op: OP, lhs: vec![m, k], rhs: vec![x.len()] });
+        }
+        let rows: Vec<&[f32]> = x.chunks_exact(k).collect();
+        let acts = first.prepare(&rows, act);
+        let avx2 = path.uses_avx2();
+        // Row-major n × m scratch per matrix, as in `skinny`.
+        let mut scratch: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; w.n_rows * m]).collect();
+        let total_rows: usize = mats.iter().map(|w| w.n_rows).sum();
+        let t = crate::threads::num_threads().max(1);
+        let chunk = total_rows.div_ceil(t * TASKS_PER_THREAD).max(MIN_CHUNK_ROWS).next_multiple_of(8);
+        let mut tasks: Vec<(&QMatrix, &[u8], &mut [f32])> = Vec::new();
+        for (w, out) in mats.iter().zip(scratch.iter_mut()) {
+            let rb = w.row_bytes;
+            let bytes = w.bytes(OP)?;
+            if rb == 0 {
+                continue;
+            }
+            for (wb, o) in bytes.chunks(chunk * rb).zip(out.chunks_mut(chunk * m)) {
+                tasks.push((w, wb, o));
+            }
+        }
+        let run = |(w, wb, o): (&QMatrix, &[u8], &mut [f32])| {
+            for (row, oo) in wb.chunks_exact(w.row_bytes).zip(o.chunks_exact_mut(m)) {
+                w.row_outputs(row, &acts, avx2, oo);
+            }
+        };
+        let bytes_total: usize = mats.iter().map(|w| w.nbytes).sum();
+        if bytes_total.saturating_mul(m) < SEQ_THRESHOLD_BYTES {
+            tasks.into_iter().for_each(run);
+        } else {
+            crate::threads::install(|| tasks.into_par_iter().for_each(run));
+        }
+        Ok(scratch
+            .into_iter()
+            .zip(mats)
+            .map(|(yt, w)| {
+                let n = w.n_rows;
+                let mut y = vec![0f32; m * n];
+                for (r, outs) in yt.chunks_exact(m).enumerate() {
+                    for (i, &v) in outs.iter().enumerate() {
+                        y[i * n + r] = v;
+                    }
+                }
+                y
+            })
+            .collect())
+    }
+
     fn prepare<'a>(&self, xs: &[&'a [f32]], act: ActivationQuant) -> Acts<'a> {
         match act {
             ActivationQuant::F32 => Acts::F32(xs.iter().map(|x| F32Act::new(self.ty, x)).collect()),

@@ -111,4 +111,41 @@ impl Tensor {
         w.matrix.matmul_t_with(&x, m, &mut y, KernelPath::Auto, w.activation)?;
         Tensor::from_vec(y, &shape, &Device::Cpu)?.to_dtype(self.dtype())
     }
+
+    /// `[self · W_iᵀ]` for several quantized weights sharing this input (e.g. a layer's Q, K and V). On the CPU,
+    /// for at most 8 rows and weights of one type and width, all rows run in one parallel pass
+    /// ([`QMatrix::matmul_t_many`]) with outputs bitwise equal to separate [`Tensor::linear_q`] calls; otherwise
+    /// (CUDA, more rows, mixed weights) it is exactly those calls.
+    pub fn linear_q_many(&self, ws: &[&QWeight]) -> Result<Vec<Tensor>> {
+        const OP: &str = "linear_q_many";
+        self.check_float(OP)?;
+        let Some(first) = ws.first() else { return Ok(Vec::new()) };
+        let k = first.n_cols();
+        let m = if k == 0 { 0 } else { self.elem_count() / k };
+        let fusable = self.device().is_cpu()
+            && (1..=8).contains(&m)
+            && self.rank() >= 1
+            && self.shape()[self.rank() - 1] == k
+            && ws.iter().all(|w| {
+                w.device().is_cpu()
+                    && w.n_cols() == k
+                    && w.quant_type() == first.quant_type()
+                    && w.activation == first.activation
+            });
+        if !fusable {
+            return ws.iter().map(|w| self.linear_q(w)).collect();
+        }
+        let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
+        let mats: Vec<&QMatrix> = ws.iter().map(|w| &w.matrix).collect();
+        let ys = QMatrix::matmul_t_many(&mats, &x, KernelPath::Auto, first.activation)?;
+        ys.into_iter()
+            .zip(ws)
+            .map(|(y, w)| {
+                let mut shape = self.shape().to_vec();
+                let last = shape.len() - 1;
+                shape[last] = w.n_rows();
+                Tensor::from_vec(y, &shape, &Device::Cpu)?.to_dtype(self.dtype())
+            })
+            .collect()
+    }
 }
