@@ -352,7 +352,7 @@ impl QMatrix {
         if let Some(bad) = mats.iter().find(|w| w.n_cols != k || w.ty != first.ty) {
             return Err(Error::ShapeMismatch { op: OP, lhs: vec![first.n_rows, k], rhs: vec![bad.n_rows, bad.n_cols] });
         }
-        let m = if k == 0 { 0 } else { x.len() / k };
+        let m = x.len().checked_div(k).unwrap_or(0);
         if k == 0 || m * k != x.len() || !(1..=SKINNY_MAX_M).contains(&m) {
             return Err(Error::ShapeMismatch { op: OP, lhs: vec![m, k], rhs: vec![x.len()] });
         }

@@ -121,7 +121,7 @@ impl Tensor {
         self.check_float(OP)?;
         let Some(first) = ws.first() else { return Ok(Vec::new()) };
         let k = first.n_cols();
-        let m = if k == 0 { 0 } else { self.elem_count() / k };
+        let m = self.elem_count().checked_div(k).unwrap_or(0);
         let fusable = self.device().is_cpu()
             && (1..=8).contains(&m)
             && self.rank() >= 1
