@@ -429,9 +429,7 @@ impl LlamaModel {
             Some(m) => AttentionMask::Mask(Tensor::from_vec(m, &[1, 1, t, cached + t], &self.device)?),
         };
         let group = cfg.group_size();
-        let mut outs = Vec::with_capacity(hkv);
         let want_probs = policy.as_ref().is_some_and(|p| p.wants_attention_probs(li));
-        let mut probs = Vec::new();
         // Long batches (prefill, big trees): attention as two GEMMs per KV head, in row chunks, instead of the
         // per-query loop of `Tensor::attention`, which is O(T·S) scalar dot products.
         let gemm_bias =
@@ -440,17 +438,27 @@ impl LlamaModel {
             } else {
                 None
             };
-        for g in 0..hkv {
-            let (kk, vv) = kv.attention_views(g)?;
+        let kv_ref: &crate::cache::LayerKv = kv;
+        let per_group = |g: usize| -> Result<(Tensor, Option<Tensor>)> {
+            let (kk, vv) = kv_ref.attention_views(g)?;
             let qg = q.narrow(1, g * group, group)?;
-            outs.push(match &gemm_bias {
+            let out = match &gemm_bias {
                 Some(bias) => gemm_attention(&qg, &kk, &vv, bias, hd)?,
                 None => qg.attention(&kk, &vv, &mask, None)?,
-            });
-            if want_probs {
-                probs.push(attention_probs(&qg, &kk, &mask, hd)?);
-            }
-        }
+            };
+            let probs = if want_probs { Some(attention_probs(&qg, &kk, &mask, hd)?) } else { None };
+            Ok((out, probs))
+        };
+        // KV heads are independent: in decode each is only `group` query rows, too little to split inside the op,
+        // so the heads run side by side on the pool (CPU only; device work is queued in order anyway).
+        let results: Vec<(Tensor, Option<Tensor>)> = if self.device.is_cpu() {
+            use rayon::prelude::*;
+            (0..hkv).into_par_iter().map(per_group).collect::<Result<_>>()?
+        } else {
+            (0..hkv).map(per_group).collect::<Result<_>>()?
+        };
+        let (outs, probs): (Vec<Tensor>, Vec<Option<Tensor>>) = results.into_iter().unzip();
+        let probs: Vec<Tensor> = probs.into_iter().flatten().collect();
         if let Some(p) = policy
             && want_probs
         {

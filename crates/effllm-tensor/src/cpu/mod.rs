@@ -135,11 +135,126 @@ pub trait Real:
 {
     /// The complementary error function `1 − erf(x)`.
     fn erfc(self) -> Self;
+
+    /// `Σ aᵢbᵢ` over the common length, with 8 independent partial sums combined in a fixed order. f32 uses
+    /// AVX2 + FMA when the CPU has them (fused rounding, so the last bits can differ from the portable path; the
+    /// choice is per machine, never per call, so results stay deterministic).
+    fn dot(a: &[Self], b: &[Self]) -> Self {
+        dot_lanes(a, b)
+    }
+
+    /// `out += alpha · x` over the common length.
+    fn axpy(out: &mut [Self], alpha: Self, x: &[Self]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = *o + alpha * v;
+        }
+    }
+}
+
+/// Portable 8-lane dot product (the oracle of the SIMD version).
+#[inline]
+pub(crate) fn dot_lanes<R: num_traits::Float>(a: &[R], b: &[R]) -> R {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [R::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] = acc[l] + x[l] * y[l];
+        }
+    }
+    let mut tail = R::zero();
+    for (&x, &y) in ra.iter().zip(rb) {
+        tail = tail + x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd_f32 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n <= both lengths; unaligned loads.
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+            acc = _mm256_fmadd_ps(x, y, acc);
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        let mut tail = 0f32;
+        for j in i..n {
+            tail = a[j].mul_add(b[j], tail);
+        }
+        ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
+        let n = out.len().min(x.len());
+        let va = _mm256_set1_ps(alpha);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n <= both lengths; unaligned loads and store.
+            unsafe {
+                let o = _mm256_loadu_ps(out.as_ptr().add(i));
+                let v = _mm256_loadu_ps(x.as_ptr().add(i));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(va, v, o));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            out[j] = alpha.mul_add(x[j], out[j]);
+        }
+    }
+}
+
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 impl Real for f32 {
     fn erfc(self) -> Self {
         libm::erfcf(self)
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { simd_f32::dot(a, b) };
+        }
+        dot_lanes(a, b)
+    }
+
+    fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2_fma() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { simd_f32::axpy(out, alpha, x) };
+        }
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o += alpha * v;
+        }
     }
 }
 

@@ -307,7 +307,7 @@ impl Tensor {
                             scores[j] = if allowed {
                                 any = true;
                                 let kr = &k[(kvh * skv + j) * d..(kvh * skv + j + 1) * d];
-                                qr.iter().zip(kr).fold(R::zero(), |a, (&x, &y)| a + x * y) * scale
+                                R::dot(qr, kr) * scale
                             } else {
                                 R::neg_infinity()
                             };
@@ -320,10 +320,7 @@ impl Tensor {
                             if p == R::zero() {
                                 continue;
                             }
-                            let vr = &v[(kvh * skv + j) * dv..(kvh * skv + j + 1) * dv];
-                            for (oo, &vv) in o.iter_mut().zip(vr) {
-                                *oo = *oo + p * vv;
-                            }
+                            R::axpy(o, p, &v[(kvh * skv + j) * dv..(kvh * skv + j + 1) * dv]);
                         }
                     },
                 )
