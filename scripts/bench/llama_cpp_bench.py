@@ -24,6 +24,7 @@ import math
 import sys
 import time
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
@@ -51,7 +52,9 @@ def speed(model, threads, prefill_lens, decode_ctxs, decode_tokens):
         llm.eval(prompt_ids(c))
         t = time.perf_counter()
         for _ in range(decode_tokens):
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            # logits_all is off (as in generation), so read the last row straight from llama.cpp.
+            last = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            nxt = int(np.argmax(np.ctypeslib.as_array(last, shape=(llm.n_vocab(),))))
             llm.eval([nxt])
         out["decode"][str(c)] = decode_tokens / (time.perf_counter() - t)
     return out
@@ -98,7 +101,6 @@ def main(argv):
         res = ppl(argv[2], int(argv[3]), argv[4], int(argv[5]), int(argv[6]))
     else:
         sys.exit(__doc__)
-    import llama_cpp
     res["llama_cpp_python"] = llama_cpp.__version__
     print(json.dumps(res))
 
