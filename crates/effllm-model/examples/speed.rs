@@ -26,8 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut logits = model.forward(&Batch::causal(&prompt, 0), &mut cache, &LogitRows::Last)?;
     let prefill = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
+    let mut generated = Vec::with_capacity(n_decode);
     for i in 0..n_decode {
         let next = logits.argmax(1, false)?.to_vec::<u32>()?[0];
+        generated.push(next);
         logits = model.forward(&Batch::causal(&[next], prompt_len + i), &mut cache, &LogitRows::Last)?;
     }
     let decode = t1.elapsed().as_secs_f64();
@@ -36,5 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt_len as f64 / prefill,
         n_decode as f64 / decode
     );
+    println!("greedy ids: {:?}", &generated[..generated.len().min(16)]);
     Ok(())
 }
