@@ -179,3 +179,37 @@ fn module_cache_returns_the_same_module() {
     let b = dev.module("tests::noop", src).unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b), "the second request must hit the cache");
 }
+
+#[test]
+fn slice_assign_in_place_matches_the_cpu_and_copies_on_write() {
+    if !gpu() {
+        return;
+    }
+    let rng = CounterRng::new(7, 0);
+    for dt in [DType::F32, DType::BF16, DType::U8] {
+        let base = Tensor::randn(&[2, 9, 5], DType::F32, &Device::Cpu, &rng, 0, 0.0, 2.0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let src = Tensor::randn(&[2, 3, 5], DType::F32, &Device::Cpu, &rng, 1 << 20, 0.0, 2.0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        let mut want = base.clone();
+        want.slice_assign(1, 4, &src).unwrap();
+        let shared = base.to_device(&GPU).unwrap();
+        let mut got = shared.clone();
+        got.slice_assign(1, 4, &src.to_device(&GPU).unwrap()).unwrap();
+        assert_eq!(got.to_device(&Device::Cpu).unwrap().to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{dt}");
+        // The clone that shared the buffer is unchanged.
+        assert_eq!(shared.to_device(&Device::Cpu).unwrap().to_vec_f64().unwrap(), base.to_vec_f64().unwrap(), "{dt}");
+        // A second write lands in the now-private buffer.
+        got.slice_assign(1, 0, &src.to_device(&GPU).unwrap()).unwrap();
+        want.slice_assign(1, 0, &src).unwrap();
+        assert_eq!(got.to_device(&Device::Cpu).unwrap().to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{dt}");
+    }
+}

@@ -592,3 +592,32 @@ pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, 
     let w = Tensor::from_cuda(wf, &[n, k]);
     xw.reshape(&[m, k])?.matmul(&w.t()?)
 }
+
+/// In-place `dst[.., start..start + len, ..] = src` along `dim` (checked by `Tensor::slice_assign`): one
+/// `concat_part` launch into `dst`'s own buffer. A shared or strided `dst` is first replaced by a private
+/// contiguous copy (copy on write), as on the CPU.
+pub(crate) fn slice_assign(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> Result<()> {
+    if !dst.is_contiguous() || dst.layout.offset() != 0 || Arc::get_mut(&mut dst.storage).is_none() {
+        *dst = cast(dst, dst.dtype())?;
+    }
+    let src = if src.is_contiguous() { src.clone() } else { cast(src, src.dtype())? };
+    let (outer, total, inner) = crate::ops::reduce::split_at_dim(dst.shape(), dim);
+    let len = src.shape()[dim];
+    let count = outer * len * inner;
+    if count == 0 {
+        return Ok(());
+    }
+    let es = dst.dtype().size_in_bytes() as i32;
+    let Some(Storage::Cuda(out)) = Arc::get_mut(&mut dst.storage) else {
+        return Err(Error::Layout { op: "slice_assign", msg: "destination is not a private CUDA buffer".into() });
+    };
+    let dev = Arc::clone(&out.dev);
+    let f = dev.builtin("model", kernels::MODEL, "concat_part")?;
+    let xv = view(&src);
+    let (o, ln, i, t, a) = (outer as i64, len as i64, inner as i64, total as i64, start as i64);
+    let mut l = dev.stream.launch_builder(&f);
+    l.arg(&xv).arg(&mut out.buf).arg(&o).arg(&ln).arg(&i).arg(&t).arg(&a).arg(&es);
+    // SAFETY: `Tensor::slice_assign` checked that the slice lies inside `dst`; `src` is contiguous.
+    unsafe { l.launch(grid(count)) }.map_err(launch_err)?;
+    Ok(())
+}

@@ -220,7 +220,7 @@ impl Tensor {
     /// touches only the target slice; if `self`'s storage is shared with another tensor it is copied first (copy on
     /// write), so no other tensor ever sees the change. This is the primitive behind preallocated KV caches: a
     /// cache keeps a capacity-sized buffer, writes new rows with `slice_assign` and hands out `narrow` views.
-    /// On CUDA it currently runs on a host copy (see `cuda::HOST_ROUND_TRIP_OPS`).
+    /// On CUDA it is one copy kernel into the destination's buffer.
     pub fn slice_assign(&mut self, dim: usize, start: usize, src: &Tensor) -> Result<()> {
         const OP: &str = "slice_assign";
         self.layout.check_dim(OP, dim)?;
@@ -237,11 +237,7 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() {
-            let dev = self.device();
-            let mut host = self.to_device(&crate::Device::Cpu)?;
-            host.slice_assign(dim, start, &src.to_device(&crate::Device::Cpu)?)?;
-            *self = host.to_device(&dev)?;
-            return Ok(());
+            return crate::cuda::ops::slice_assign(self, dim, start, src);
         }
         fn write<T: WithDType>(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> Result<()> {
             let src_view = src.as_ndarray::<T>()?;
