@@ -211,6 +211,14 @@ fn generate(a: &GenerateArgs) -> AnyResult<()> {
     if ids.is_empty() {
         return Err("the prompt encodes to no tokens".into());
     }
+    if ids.len() >= model.context_length() {
+        return Err(format!(
+            "the prompt has {} tokens but the model's context is {} (at least one slot must stay free to generate)",
+            ids.len(),
+            model.context_length()
+        )
+        .into());
+    }
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
