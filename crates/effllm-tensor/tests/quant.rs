@@ -771,3 +771,33 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The GEMV of a whole matrix (4-row kernels where they exist) equals, bit for bit, one-row matrices taken
+    /// one at a time.
+    #[test]
+    fn gemv_rows_in_groups_equal_single_rows(
+        ty in prop::sample::select(QuantType::ALL.to_vec()),
+        n in 1usize..70,
+        kb in 1usize..8,
+        seed in any::<u64>(),
+    ) {
+        let k = 32 * kb;
+        let rng = effllm_tensor::rng::CounterRng::new(seed, 5);
+        let mut w = vec![0f32; n * k];
+        rng.fill_normal_f32(0, &mut w);
+        let mut x = vec![0f32; k];
+        rng.fill_normal_f32(1 << 40, &mut x);
+        let m = QMatrix::quantize(ty, n, k, &w).unwrap();
+        let mut y = vec![0f32; n];
+        m.gemv(&x, &mut y).unwrap();
+        for r in 0..n {
+            let one = QMatrix::from_bytes(ty, 1, k, m.row_bytes(r).unwrap().to_vec()).unwrap();
+            let mut yr = [0f32; 1];
+            one.gemv(&x, &mut yr).unwrap();
+            prop_assert_eq!(yr[0].to_bits(), y[r].to_bits(), "row {}", r);
+        }
+    }
+}

@@ -83,6 +83,25 @@ impl Acts<'_> {
         }
     }
 
+    /// Dot products of four rows with the single activation vector, when a 4-row kernel exists for this
+    /// combination (Q4_1 weights, f32 activations, AVX2); `None` otherwise. Bitwise equal to four `dot::<1>` calls.
+    #[inline]
+    pub fn dot4_single(&self, ty: QuantType, avx2: bool, rows: [&[u8]; 4]) -> Option<[f32; 4]> {
+        #[cfg(target_arch = "x86_64")]
+        if let Acts::F32(v) = self
+            && avx2
+            && ty == QuantType::Q4_1
+            && v.len() == 1
+        {
+            let nb = rows[0].len() / ty.block_bytes();
+            let a = &v[0];
+            // SAFETY: `avx2` is true only when `avx2_available()` returned true.
+            return Some(unsafe { avx2::dot4_q4_1_f32(rows, &a.x[..nb], &a.sums[..nb]) });
+        }
+        let _ = (ty, avx2, rows);
+        None
+    }
+
     /// Dot products of `row` (whole blocks of `ty`) with activation vectors `first..first + M`.
     ///
     /// Panics (an internal invariant, never user-reachable) if an activation vector is shorter than the row.
@@ -324,6 +343,44 @@ pub(crate) mod avx2 {
         let t0 = _mm256_fmadd_ps(q[2], load_f32x8(x, 16), _mm256_mul_ps(q[0], load_f32x8(x, 0)));
         let t1 = _mm256_fmadd_ps(q[3], load_f32x8(x, 24), _mm256_mul_ps(q[1], load_f32x8(x, 8)));
         _mm256_add_ps(t0, t1)
+    }
+
+    /// Four Q4_1 rows against one f32 activation vector, interleaved block by block so that the activation loads
+    /// and the loop overhead are shared and four accumulator chains run side by side. Each row's arithmetic is
+    /// exactly that of `dot_f32::<1>` (same operations, same order), so the results are bitwise equal to it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn dot4_q4_1_f32(rows: [&[u8]; 4], x: &[[f32; 32]], sums: &[f32]) -> [f32; 4] {
+        let blocks = rows.map(|r| r.as_chunks::<20>().0);
+        let nb = blocks[0].len();
+        assert!(blocks.iter().all(|b| b.len() == nb), "rows of different lengths");
+        assert!(x.len() >= nb && sums.len() >= nb, "activations shorter than the row");
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut corr = [0f32; 4];
+        let low = _mm256_set1_epi32(0xF);
+        for b in 0..nb {
+            let xb = at!(x, b);
+            let sb = *at!(sums, b);
+            for r in 0..4 {
+                let blk = at!(blocks[r], b);
+                let dm = f16x2(blk, 0);
+                let d = _mm256_broadcastss_ps(dm);
+                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                let v0 = u8x8_to_i32(blk, 4);
+                let v1 = u8x8_to_i32(blk, 12);
+                let q = [
+                    _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)),
+                    _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)),
+                    _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v0)),
+                    _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
+                ];
+                acc[r] = _mm256_fmadd_ps(d, block_dot(&q, xb), acc[r]);
+                corr[r] += m * sb;
+            }
+        }
+        std::array::from_fn(|r| hsum(acc[r]) + corr[r])
     }
 
     /// # Safety

@@ -375,11 +375,7 @@ impl QMatrix {
                 tasks.push((w, wb, o));
             }
         }
-        let run = |(w, wb, o): (&QMatrix, &[u8], &mut [f32])| {
-            for (row, oo) in wb.chunks_exact(w.row_bytes).zip(o.chunks_exact_mut(m)) {
-                w.row_outputs(row, &acts, avx2, oo);
-            }
-        };
+        let run = |(w, wb, o): (&QMatrix, &[u8], &mut [f32])| w.rows_outputs(wb, &acts, avx2, o);
         let bytes_total: usize = mats.iter().map(|w| w.nbytes).sum();
         if bytes_total.saturating_mul(m) < SEQ_THRESHOLD_BYTES {
             tasks.into_iter().for_each(run);
@@ -406,6 +402,26 @@ impl QMatrix {
         match act {
             ActivationQuant::F32 => Acts::F32(xs.iter().map(|x| F32Act::new(self.ty, x)).collect()),
             ActivationQuant::Q8 => Acts::Q8(xs.iter().map(|x| Q8Act::new(x)).collect()),
+        }
+    }
+
+    /// The outputs of consecutive W rows (`rows`, whole rows) against `acts`, row r's outputs at
+    /// `out[r·m..(r + 1)·m]`. With one activation vector, four rows go through a 4-row kernel where one exists
+    /// (bitwise equal to the one-row kernel).
+    fn rows_outputs(&self, rows: &[u8], acts: &Acts<'_>, avx2: bool, out: &mut [f32]) {
+        let (rb, mv) = (self.row_bytes, acts.len());
+        let (mut rows, mut out) = (rows, out);
+        if mv == 1 {
+            while rows.len() >= 4 * rb {
+                let r4 = [&rows[..rb], &rows[rb..2 * rb], &rows[2 * rb..3 * rb], &rows[3 * rb..4 * rb]];
+                let Some(y) = acts.dot4_single(self.ty, avx2, r4) else { break };
+                out[..4].copy_from_slice(&y);
+                rows = &rows[4 * rb..];
+                out = &mut out[4..];
+            }
+        }
+        for (row, o) in rows.chunks_exact(rb).zip(out.chunks_exact_mut(mv)) {
+            self.row_outputs(row, acts, avx2, o);
         }
     }
 
@@ -457,11 +473,7 @@ impl QMatrix {
             return;
         }
         let rb = self.row_bytes;
-        let run = |rows: &[u8], out: &mut [f32]| {
-            for (row, o) in rows.chunks_exact(rb).zip(out.chunks_exact_mut(mv)) {
-                self.row_outputs(row, acts, avx2, o);
-            }
-        };
+        let run = |rows: &[u8], out: &mut [f32]| self.rows_outputs(rows, acts, avx2, out);
         if self.nbytes.saturating_mul(mv) < SEQ_THRESHOLD_BYTES {
             run(bytes, out);
             return;
