@@ -490,7 +490,8 @@ const GEMM_ATTENTION_MIN_ROWS: usize = 32;
 /// Query rows per chunk of [`gemm_attention`] (bounds the `[group·rows, S]` score matrix).
 const GEMM_ATTENTION_CHUNK: usize = 256;
 
-/// The additive mask `[T, S]`: 0 where a query may attend, −∞ elsewhere (every row keeps at least its own slot).
+/// The additive mask `[T, S]`: 0 where a query may attend, −∞ elsewhere (every row keeps at least its own slot;
+/// no row sees a slot after its own, which `gemm_attention` relies on).
 fn mask_bias(mask: &AttentionMask, t: usize, s: usize, device: &Device) -> Result<Tensor> {
     let allowed: Vec<u8> = match mask {
         AttentionMask::Mask(m) => m.reshape(&[t, s])?.to_vec::<u8>()?,
@@ -513,10 +514,14 @@ fn gemm_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, hd: usize) 
     let mut t0 = 0;
     while t0 < t {
         let tc = GEMM_ATTENTION_CHUNK.min(t - t0);
+        // No row of this chunk sees a key past its last row (causal and tree masks), so the chunk only needs the
+        // first `s_eff` keys: about half the work of a long prefill.
+        let s_eff = s - t + t0 + tc;
         let qc = q.narrow(2, t0, tc)?.contiguous()?.reshape(&[g * tc, hd])?;
-        let scores = qc.matmul(&kt)?.affine(scale, 0.0)?.reshape(&[g, tc, s])?;
-        let probs = scores.add(&bias.narrow(0, t0, tc)?)?.softmax(2)?.reshape(&[g * tc, s])?;
-        chunks.push(probs.matmul(&vf)?.reshape(&[1, g, tc, hd])?);
+        let scores = qc.matmul(&kt.narrow(1, 0, s_eff)?)?.affine(scale, 0.0)?.reshape(&[g, tc, s_eff])?;
+        let bias_c = bias.narrow(0, t0, tc)?.narrow(1, 0, s_eff)?;
+        let probs = scores.add(&bias_c)?.softmax(2)?.reshape(&[g * tc, s_eff])?;
+        chunks.push(probs.matmul(&vf.narrow(0, 0, s_eff)?)?.reshape(&[1, g, tc, hd])?);
         t0 += tc;
     }
     let refs: Vec<&Tensor> = chunks.iter().collect();
