@@ -279,7 +279,7 @@ fn generate(a: &GenerateArgs) -> AnyResult<()> {
 }
 
 fn perplexity(a: &PerplexityArgs) -> AnyResult<()> {
-    use effllm_data::{Corpus, FnEncoder, Split, SplitConfig, TokenCache, TokenizedSplit};
+    use effllm_data::{Corpus, FnEncoder, Split, SplitConfig, TextEncoder, TokenCache, TokenizedSplit};
     let Loaded { model, tokenizer, .. } = load(&a.model)?;
     if a.context > model.context_length() {
         return Err(format!("--context {} exceeds the model's {}", a.context, model.context_length()).into());
@@ -291,7 +291,10 @@ fn perplexity(a: &PerplexityArgs) -> AnyResult<()> {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             (
-                TokenizedSplit::from_parts(vec![p.display().to_string()], vec![encoder_encode(&tokenizer, &text)?]),
+                TokenizedSplit::from_parts(
+                    vec![p.display().to_string()],
+                    vec![encoder.encode(&text).map_err(|e| e as Box<dyn std::error::Error>)?],
+                ),
                 p.display().to_string(),
             )
         }
@@ -356,10 +359,6 @@ fn perplexity(a: &PerplexityArgs) -> AnyResult<()> {
         scored as f64 / secs
     );
     Ok(())
-}
-
-fn encoder_encode(tok: &GgufTokenizer, text: &str) -> AnyResult<Vec<u32>> {
-    Ok(tok.encode(text, false)?)
 }
 
 fn info(path: Option<&Path>) -> AnyResult<()> {

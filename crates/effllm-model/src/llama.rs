@@ -401,7 +401,7 @@ impl LlamaModel {
         li: usize,
         h: Tensor,
         batch: &Batch,
-        positions: &Tensor,
+        state: &mut BatchState,
         cache: &mut KvCache,
         hooks: &mut dyn ForwardHooks,
     ) -> Result<Tensor> {
@@ -414,8 +414,8 @@ impl LlamaModel {
             |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape(&[t, n, hd])?.transpose(0, 1)?.unsqueeze(0)?) };
         let [q, k, v] = <[Tensor; 3]>::try_from(Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &x)?)
             .map_err(|_| invalid("attention", "expected three projections"))?;
-        let q = heads(q, hq)?.rope(positions, &cfg.rope)?;
-        let k = heads(k, hkv)?.rope(positions, &cfg.rope)?;
+        let q = heads(q, hq)?.rope(&state.positions, &cfg.rope)?;
+        let k = heads(k, hkv)?.rope(&state.positions, &cfg.rope)?;
         let v = heads(v, hkv)?.contiguous()?;
         hooks.query(li, &q)?;
         let (kv, mut policy) = cache.parts_mut(li)?;
@@ -424,29 +424,37 @@ impl LlamaModel {
         }
         let cached = kv.len();
         kv.append(&k, &v, &batch.positions)?;
-        let mask = match batch.dense_mask(cached)? {
-            None => AttentionMask::Causal,
-            Some(m) => AttentionMask::Mask(Tensor::from_vec(m, &[1, 1, t, cached + t], &self.device)?),
-        };
         let group = cfg.group_size();
         let want_probs = policy.as_ref().is_some_and(|p| p.wants_attention_probs(li));
         // Long batches (prefill, big trees): attention as two GEMMs per KV head, in row chunks, instead of the
         // per-query loop of `Tensor::attention`, which is O(T·S) scalar dot products.
-        let gemm_bias =
-            if t >= GEMM_ATTENTION_MIN_ROWS && !matches!(batch.mask, crate::batch::BatchMask::Explicit { .. }) {
-                Some(mask_bias(&mask, t, cached + t, &self.device)?)
-            } else {
-                None
+        let use_gemm = t >= GEMM_ATTENTION_MIN_ROWS && !matches!(batch.mask, crate::batch::BatchMask::Explicit { .. });
+        // Layers holding the same number of slots share one mask (and bias): built once per forward, not per layer.
+        let masks = &mut state.masks;
+        if masks.as_ref().is_none_or(|m| m.cached != cached) {
+            let mask = match batch.dense_mask(cached)? {
+                None => AttentionMask::Causal,
+                Some(m) => AttentionMask::Mask(Tensor::from_vec(m, &[1, 1, t, cached + t], &self.device)?),
             };
+            *masks = Some(LayerMasks { cached, mask, bias: None });
+        }
+        let Some(m) = masks.as_mut() else { return Err(invalid("mask", "not built")) };
+        if (use_gemm || want_probs) && m.bias.is_none() {
+            m.bias = Some(mask_bias(&m.mask, t, cached + t, &self.device)?);
+        }
+        let (mask, bias) = (&m.mask, m.bias.as_ref());
         let kv_ref: &crate::cache::LayerKv = kv;
         let per_group = |g: usize| -> Result<(Tensor, Option<Tensor>)> {
             let (kk, vv) = kv_ref.attention_views(g)?;
             let qg = q.narrow(1, g * group, group)?;
-            let out = match &gemm_bias {
-                Some(bias) => gemm_attention(&qg, &kk, &vv, bias, hd)?,
-                None => qg.attention(&kk, &vv, &mask, None)?,
+            let out = match bias {
+                Some(bias) if use_gemm => gemm_attention(&qg, &kk, &vv, bias, hd)?,
+                _ => qg.attention(&kk, &vv, mask, None)?,
             };
-            let probs = if want_probs { Some(attention_probs(&qg, &kk, &mask, hd)?) } else { None };
+            let probs = match bias {
+                Some(bias) if want_probs => Some(attention_probs(&qg, &kk, bias, hd)?),
+                _ => None,
+            };
             Ok((out, probs))
         };
         // KV heads are independent: in decode each is only `group` query rows, too little to split inside the op,
@@ -483,6 +491,20 @@ impl LlamaModel {
         hooks.layer_output(li, &h)?;
         Ok(h)
     }
+}
+
+/// What the layers of one forward share: the positions tensor and the last mask built.
+struct BatchState {
+    positions: Tensor,
+    masks: Option<LayerMasks>,
+}
+
+/// The attention mask of one forward for layers holding `cached` slots before the batch, and its additive form
+/// (built on first use).
+struct LayerMasks {
+    cached: usize,
+    mask: AttentionMask,
+    bias: Option<Tensor>,
 }
 
 /// Batches of at least this many new tokens use [`gemm_attention`].
@@ -529,17 +551,9 @@ fn gemm_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, hd: usize) 
 }
 
 /// `softmax(q kᵀ/√d + mask)` = `[1, group, T, S]`, for cache policies that score slots.
-fn attention_probs(q: &Tensor, k: &Tensor, mask: &AttentionMask, hd: usize) -> Result<Tensor> {
-    let [_, g, t, _] = *q.shape() else { return Err(invalid("attention probs", "query rank")) };
-    let s = k.shape()[2];
+fn attention_probs(q: &Tensor, k: &Tensor, bias: &Tensor, hd: usize) -> Result<Tensor> {
     let scores = q.matmul(&k.transpose(2, 3)?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-    let allowed: Vec<u8> = match mask {
-        AttentionMask::Mask(m) => m.broadcast_as(&[1, g, t, s])?.to_vec::<u8>()?,
-        _ => (0..g * t * s).map(|i| u8::from(i % s <= s - t + (i / s) % t)).collect(),
-    };
-    let bias: Vec<f32> = allowed.iter().map(|&a| if a != 0 { 0.0 } else { f32::NEG_INFINITY }).collect();
-    let bias = Tensor::from_vec(bias, &[1, g, t, s], &q.device())?;
-    Ok(scores.add(&bias)?.softmax(3)?)
+    Ok(scores.add(bias)?.softmax(3)?)
 }
 
 impl CausalLm for LlamaModel {
@@ -621,8 +635,9 @@ impl LayeredLm for LlamaModel {
         let positions = Tensor::from_slice(&batch.positions, &[batch.len()], &self.device)?;
         effllm_tensor::threads::install(|| {
             let mut h = h;
+            let mut state = BatchState { positions, masks: None };
             for li in layers {
-                h = self.layer_forward(li, h, batch, &positions, cache, hooks)?;
+                h = self.layer_forward(li, h, batch, &mut state, cache, hooks)?;
             }
             Ok(h)
         })

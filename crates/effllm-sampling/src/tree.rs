@@ -207,9 +207,14 @@ pub enum Replacement {
 /// the target row (logits or probabilities) after node i's path.
 pub fn verify_tree_greedy<P: AsRef<[f32]>>(tree: &TokenTree, p: &[P]) -> Result<TreeVerification> {
     tree.check_rows("tree target rows p (one per node)", p, None)?;
+    descend(tree, |node| argmax(p[node].as_ref()))
+}
+
+/// Walks from the root: emits `choose(node)`, follows the child carrying that token, stops where none does.
+fn descend(tree: &TokenTree, mut choose: impl FnMut(usize) -> Result<Token>) -> Result<TreeVerification> {
     let (mut node, mut path, mut tokens) = (0usize, Vec::new(), Vec::new());
     loop {
-        let t = argmax(p[node].as_ref())?;
+        let t = choose(node)?;
         tokens.push(t);
         match tree.child_with_token(node, t) {
             Some(c) => {
@@ -248,21 +253,10 @@ where
             Some(p.iter().map(|row| sample_row("tree target row p", row.as_ref(), rng)).collect::<Result<Vec<_>>>()?)
         }
     };
-    let (mut node, mut path, mut tokens) = (0usize, Vec::new(), Vec::new());
-    loop {
-        let t = match &eager {
-            Some(samples) => samples[node],
-            None => sample_row("tree target row p", p[node].as_ref(), rng)?,
-        };
-        tokens.push(t);
-        match tree.child_with_token(node, t) {
-            Some(c) => {
-                path.push(c);
-                node = c;
-            }
-            None => return Ok(TreeVerification { path, tokens }),
-        }
-    }
+    descend(tree, |node| match &eager {
+        Some(samples) => Ok(samples[node]),
+        None => sample_row("tree target row p", p[node].as_ref(), rng),
+    })
 }
 
 /// Outcome of multi-round rejection over the siblings at one node.

@@ -345,6 +345,24 @@ pub(crate) mod avx2 {
         _mm256_add_ps(t0, t1)
     }
 
+    /// One Q4_1 block: `d` broadcast to 8 lanes, `m`, and the 32 nibbles as four 8-lane f32 vectors (elements
+    /// 0..8, 8..16, 16..24, 24..32). Shared by the one-row and four-row kernels, which keeps them bitwise equal.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn q4_1_block(blk: &[u8; 20]) -> (__m256, f32, [__m256; 4]) {
+        let low = _mm256_set1_epi32(0xF);
+        let dm = f16x2(blk, 0);
+        let v0 = u8x8_to_i32(blk, 4);
+        let v1 = u8x8_to_i32(blk, 12);
+        let q = [
+            _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)),
+            _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)),
+            _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v0)),
+            _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
+        ];
+        (_mm256_broadcastss_ps(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)), q)
+    }
+
     /// Four Q4_1 rows against one f32 activation vector, interleaved block by block so that the activation loads
     /// and the loop overhead are shared and four accumulator chains run side by side. Each row's arithmetic is
     /// exactly that of `dot_f32::<1>` (same operations, same order), so the results are bitwise equal to it.
@@ -359,23 +377,12 @@ pub(crate) mod avx2 {
         assert!(x.len() >= nb && sums.len() >= nb, "activations shorter than the row");
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut corr = [0f32; 4];
-        let low = _mm256_set1_epi32(0xF);
         for b in 0..nb {
             let xb = at!(x, b);
             let sb = *at!(sums, b);
             for r in 0..4 {
                 let blk = at!(blocks[r], b);
-                let dm = f16x2(blk, 0);
-                let d = _mm256_broadcastss_ps(dm);
-                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                let v0 = u8x8_to_i32(blk, 4);
-                let v1 = u8x8_to_i32(blk, 12);
-                let q = [
-                    _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)),
-                    _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)),
-                    _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v0)),
-                    _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
-                ];
+                let (d, m, q) = q4_1_block(blk);
                 acc[r] = _mm256_fmadd_ps(d, block_dot(&q, xb), acc[r]);
                 corr[r] += m * sb;
             }
@@ -418,17 +425,7 @@ pub(crate) mod avx2 {
             }
             QuantType::Q4_1 => {
                 for (b, blk) in row.as_chunks::<20>().0.iter().enumerate() {
-                    let dm = f16x2(blk, 0);
-                    let d = _mm256_broadcastss_ps(dm);
-                    let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                    let v0 = u8x8_to_i32(blk, 4);
-                    let v1 = u8x8_to_i32(blk, 12);
-                    let q = [
-                        _mm256_cvtepi32_ps(_mm256_and_si256(v0, low)),
-                        _mm256_cvtepi32_ps(_mm256_and_si256(v1, low)),
-                        _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v0)),
-                        _mm256_cvtepi32_ps(_mm256_srli_epi32::<4>(v1)),
-                    ];
+                    let (d, m, q) = q4_1_block(blk);
                     for i in 0..M {
                         acc[i] = _mm256_fmadd_ps(d, block_dot(&q, at!(xs[i], b)), acc[i]);
                         corr[i] += m * *at!(sums[i], b);
