@@ -414,7 +414,7 @@ impl QMatrix {
         if mv == 1 {
             while rows.len() >= 4 * rb {
                 let r4 = [&rows[..rb], &rows[rb..2 * rb], &rows[2 * rb..3 * rb], &rows[3 * rb..4 * rb]];
-                let Some(y) = acts.dot4_single(self.ty, avx2, r4) else { break };
+                let Some(y) = acts.dot4_single(self.ty, avx2, r4, 4 * rb) else { break };
                 out[..4].copy_from_slice(&y);
                 rows = &rows[4 * rb..];
                 out = &mut out[4..];
