@@ -59,19 +59,22 @@
 //!
 //! ```
 //! use effllm_model::Linear;
-//! use effllm_tensor::{Device, Tensor};
+//! use effllm_tensor::{rng::CounterRng, DType, Device, Tensor};
 //! use griffin::{Act, Ffn, GatedFfn, GriffinConfig, GriffinFfn};
 //!
 //! # fn main() -> griffin::Result<()> {
 //! let (d, d_ff) = (8, 16);
+//! let randn = |shape: &[usize], seed: u64| {
+//!     Tensor::randn(shape, DType::F32, &Device::Cpu, &CounterRng::new(seed, 0), 0, 0.0, 0.5)
+//! };
 //! let w = |rows: usize, cols: usize, seed: u64| -> griffin::Result<Linear> {
-//!     Ok(Linear::Dense(Tensor::randn(&[rows, cols], 0.0, 0.5, seed, &Device::Cpu)?))
+//!     Ok(Linear::Dense(randn(&[rows, cols], seed)?))
 //! };
 //! let ffn = Ffn::glu(w(d_ff, d, 1)?, w(d_ff, d, 2)?, w(d, d_ff, 3)?, Act::Silu)?;
 //! let g = GriffinFfn::new(ffn, GriffinConfig::default(), 0)?; // density 0.5: k = 8
 //!
 //! // The prompt: dense outputs, statistic accumulated.
-//! let prompt = Tensor::randn(&[5, d], 0.0, 1.0, 4, &Device::Cpu)?;
+//! let prompt = randn(&[5, d], 4)?;
 //! let mut stat = g.new_stat();
 //! let dense_out = g.prefill(&prompt, &mut stat)?;
 //! assert_eq!(dense_out.to_vec::<f32>()?, g.dense().forward(&prompt)?.to_vec::<f32>()?);
@@ -81,7 +84,7 @@
 //! // Freeze the experts, then decode with half the neurons.
 //! let pruned = g.finalize(&stat)?;
 //! assert_eq!(pruned.k(), 8);
-//! let token = Tensor::randn(&[1, d], 0.0, 1.0, 5, &Device::Cpu)?;
+//! let token = randn(&[1, d], 5)?;
 //! let y = g.decode(&token, &pruned)?;
 //! assert_eq!(y.shape(), &[1, d]);
 //! # Ok(()) }

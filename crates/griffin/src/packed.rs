@@ -12,8 +12,8 @@
 //!
 //! which is the dequantized value `d·q + m` of every kept weight exactly (Q4_0's `d·(q − 8)` is stored as
 //! `m = −8d`, also exact), so the result equals the masked dense FFN up to f32 summation order. A Q4_1 row of
-//! SmolLM2's down (`d_ff = 1536`, 48 blocks, 960 bytes) becomes `k/2 + 4·48` = 576 bytes at density 0.5 (the codes
-//! of odd-sized block segments are padded by one zero code).
+//! SmolLM2's down (`d_ff = 1536`, 48 blocks, 960 bytes) becomes `k/2 + 4·48` = 576 bytes at density 0.5, plus
+//! half a byte for every odd-sized block segment (padded by one zero code): about 590 bytes, 62% of dense.
 //!
 //! # Layout
 //!
