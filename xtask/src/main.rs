@@ -147,12 +147,15 @@ exit $status
 "#;
 
 fn gpu_test() -> ExitCode {
-    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda";
+    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda";
     let mut c = cargo();
-    c.args(["test", "-p", "effllm-tensor", "-p", "effllm-tensor-conformance", "--features", features, "--no-run"]);
+    c.args(["test", "-p", "effllm-tensor", "-p", "effllm-tensor-conformance", "-p", "effllm-model"]);
+    c.args(["--features", features, "--no-run"]);
     // No debug info: the binaries must be small enough to carry to the GPU machine.
     c.env("CARGO_PROFILE_DEV_DEBUG", "0").env("CARGO_PROFILE_TEST_DEBUG", "0").current_dir(root());
-    eprintln!("xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance --features {features} --no-run");
+    eprintln!(
+        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model --features {features} --no-run"
+    );
     let out = match c.output() {
         Ok(o) => o,
         Err(e) => {
@@ -165,7 +168,7 @@ fn gpu_test() -> ExitCode {
         eprintln!("{log}");
         return ExitCode::FAILURE;
     }
-    // "Executable tests/cuda.rs (target/debug/deps/cuda-0123abcd)": keep the CUDA test files of both crates.
+    // "Executable tests/cuda.rs (target/debug/deps/cuda-0123abcd)": keep the CUDA test files of every crate.
     let dest = root().join("target/gpu-test");
     let _ = std::fs::remove_dir_all(&dest);
     if let Err(e) = std::fs::create_dir_all(&dest) {

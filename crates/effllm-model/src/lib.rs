@@ -62,6 +62,7 @@ mod config;
 mod error;
 mod hooks;
 mod llama;
+mod offload;
 pub mod reference;
 mod weights;
 
@@ -74,6 +75,7 @@ pub use effllm_tensor::{Device, Tensor};
 pub use error::{ModelError, Result};
 pub use hooks::{CaptureHidden, ForwardHooks, NoHooks};
 pub use llama::{LlamaFfn, LlamaLayer, LlamaModel, LoadOptions};
+pub use offload::OffloadedLlama;
 pub use weights::{Embedding, Linear, WeightFormat};
 
 /// Which rows of a batch get logits.

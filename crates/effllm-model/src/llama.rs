@@ -1,5 +1,6 @@
 //! The Llama-family decoder: loading (GGUF, safetensors) and the forward pass.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::path::Path;
 
@@ -374,6 +375,52 @@ impl LlamaModel {
         per_layer + self.embedding.as_linear().nbytes() + head
     }
 
+    /// Runs `layers` with each layer's weights from `layer_of` (the resident layers, or layers streamed from the
+    /// host by [`crate::OffloadedLlama`]).
+    pub(crate) fn run_layers_from<'l>(
+        &self,
+        h: Tensor,
+        layers: Range<usize>,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &mut dyn ForwardHooks,
+        layer_of: &mut (dyn FnMut(usize) -> Result<Cow<'l, LlamaLayer>> + Send),
+    ) -> Result<Tensor> {
+        if layers.start > layers.end || layers.end > self.config.n_layer {
+            return Err(invalid("layer range", format!("{layers:?} of {} layers", self.config.n_layer)));
+        }
+        self.check_batch(batch, cache)?;
+        if h.shape() != [batch.len(), self.config.d_model] {
+            return Err(invalid(
+                "hidden state",
+                format!("{:?}, expected [{}, {}]", h.shape(), batch.len(), self.config.d_model),
+            ));
+        }
+        let positions = Tensor::from_slice(&batch.positions, &[batch.len()], &self.device)?;
+        effllm_tensor::threads::install(|| {
+            let mut h = h;
+            let mut state = BatchState { positions, masks: None };
+            for li in layers {
+                let layer = layer_of(li)?;
+                h = self.layer_forward(li, &layer, h, batch, &mut state, cache, hooks)?;
+            }
+            Ok(h)
+        })
+    }
+
+    /// The model without its decoder layers (embedding, final norm and LM head only), for
+    /// [`crate::OffloadedLlama`], which supplies the layers itself.
+    pub(crate) fn without_layers(&self) -> LlamaModel {
+        LlamaModel {
+            config: self.config.clone(),
+            embedding: self.embedding.clone(),
+            layers: Vec::new(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            device: self.device,
+        }
+    }
+
     fn check_batch(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
         batch.validate()?;
         if cache.n_layers() != self.config.n_layer {
@@ -396,9 +443,11 @@ impl LlamaModel {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         li: usize,
+        layer: &LlamaLayer,
         h: Tensor,
         batch: &Batch,
         state: &mut BatchState,
@@ -406,7 +455,6 @@ impl LlamaModel {
         hooks: &mut dyn ForwardHooks,
     ) -> Result<Tensor> {
         let cfg = &self.config;
-        let layer = &self.layers[li];
         let t = batch.len();
         let (hq, hkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
         let x = h.rms_norm(&layer.attn_norm, cfg.rms_eps)?;
@@ -622,25 +670,7 @@ impl LayeredLm for LlamaModel {
         cache: &mut KvCache,
         hooks: &mut dyn ForwardHooks,
     ) -> Result<Tensor> {
-        if layers.start > layers.end || layers.end > self.config.n_layer {
-            return Err(invalid("layer range", format!("{layers:?} of {} layers", self.config.n_layer)));
-        }
-        self.check_batch(batch, cache)?;
-        if h.shape() != [batch.len(), self.config.d_model] {
-            return Err(invalid(
-                "hidden state",
-                format!("{:?}, expected [{}, {}]", h.shape(), batch.len(), self.config.d_model),
-            ));
-        }
-        let positions = Tensor::from_slice(&batch.positions, &[batch.len()], &self.device)?;
-        effllm_tensor::threads::install(|| {
-            let mut h = h;
-            let mut state = BatchState { positions, masks: None };
-            for li in layers {
-                h = self.layer_forward(li, h, batch, &mut state, cache, hooks)?;
-            }
-            Ok(h)
-        })
+        self.run_layers_from(h, layers, batch, cache, hooks, &mut |li| Ok(Cow::Borrowed(&self.layers[li])))
     }
 
     fn final_norm(&self, h: &Tensor) -> Result<Tensor> {

@@ -79,6 +79,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod layout;
+pub mod offload;
 pub mod ops;
 pub mod quant;
 pub mod reference;

@@ -213,3 +213,98 @@ fn slice_assign_in_place_matches_the_cpu_and_copies_on_write() {
         assert_eq!(got.to_device(&Device::Cpu).unwrap().to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{dt}");
     }
 }
+
+// ---- offloading: pinned host tensors and the copy stream ----
+
+use effllm_tensor::offload::{CopyStream, PinnedTensor};
+
+#[test]
+fn offload_needs_a_cuda_device() {
+    let x = Tensor::ones(&[3], DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(PinnedTensor::new(&x, Device::Cpu).unwrap_err(), Error::InvalidArgument { .. }));
+    assert!(matches!(CopyStream::new(Device::Cpu).unwrap_err(), Error::InvalidArgument { .. }));
+    if !effllm_tensor::cuda::cuda_available() {
+        let e = PinnedTensor::new(&x, GPU).unwrap_err();
+        assert!(matches!(e, Error::NotCompiledWithCuda { .. } | Error::CudaUnavailable { .. }), "{e}");
+        let e = CopyStream::new(GPU).unwrap_err();
+        assert!(matches!(e, Error::NotCompiledWithCuda { .. } | Error::CudaUnavailable { .. }), "{e}");
+    }
+}
+
+#[test]
+fn pinned_uploads_round_trip_every_dtype_and_view() {
+    if !gpu() {
+        return;
+    }
+    let copy = CopyStream::new(GPU).unwrap();
+    let x = Tensor::randn(&[6, 9], DType::F64, &Device::Cpu, &CounterRng::new(5, 0), 0, 0.0, 3.0).unwrap();
+    for dt in [DType::F16, DType::BF16, DType::F32, DType::F64, DType::U8, DType::U32] {
+        let h = x.abs().unwrap().to_dtype(dt).unwrap();
+        // A strided view, and a source that already lives on the GPU.
+        for src in [h.clone(), h.t().unwrap().narrow(0, 1, 5).unwrap(), h.to_device(&GPU).unwrap()] {
+            let p = PinnedTensor::new(&src, GPU).unwrap();
+            assert_eq!((p.shape(), p.dtype()), (src.shape(), dt));
+            assert_eq!(p.to_host().unwrap().to_vec_f64().unwrap(), src.to_vec_f64().unwrap(), "{dt} pinned");
+            let d = copy.upload(&p).unwrap();
+            assert_eq!(d.device(), GPU);
+            assert_eq!(d.to_vec_f64().unwrap(), src.to_vec_f64().unwrap(), "{dt} uploaded");
+        }
+    }
+    copy.synchronize().unwrap();
+}
+
+#[test]
+fn streamed_layers_compute_what_resident_layers_compute() {
+    // Weights uploaded one step ahead on the copy stream while the previous step's matmul runs: every product
+    // equals the one with resident weights bitwise (same kernels; the copy stream only changes when bytes arrive),
+    // and buffers dropped right after their kernels were queued are not reused before those kernels ran.
+    if !gpu() {
+        return;
+    }
+    let copy = CopyStream::new(GPU).unwrap();
+    let rng = CounterRng::new(9, 0);
+    let layers: Vec<Tensor> = (0..12)
+        .map(|i| Tensor::randn(&[256, 256], DType::F32, &Device::Cpu, &rng, i * 100_000, 0.0, 0.06).unwrap())
+        .collect();
+    let pinned: Vec<PinnedTensor> = layers.iter().map(|w| PinnedTensor::new(w, GPU).unwrap()).collect();
+    let x0 = Tensor::randn(&[64, 256], DType::F32, &Device::Cpu, &rng, 9_999_999, 0.0, 1.0).unwrap();
+    let mut resident = x0.to_device(&GPU).unwrap();
+    for w in &layers {
+        resident = resident.matmul(&w.to_device(&GPU).unwrap()).unwrap().tanh().unwrap();
+    }
+    let mut streamed = x0.to_device(&GPU).unwrap();
+    let mut next = Some(copy.upload(&pinned[0]).unwrap());
+    for i in 0..layers.len() {
+        let w = next.take().unwrap();
+        if i + 1 < layers.len() {
+            next = Some(copy.upload(&pinned[i + 1]).unwrap());
+        }
+        streamed = streamed.matmul(&w).unwrap().tanh().unwrap();
+        drop(w);
+    }
+    assert_eq!(streamed.to_vec::<f32>().unwrap(), resident.to_vec::<f32>().unwrap());
+}
+
+#[test]
+fn quantized_weights_take_uploaded_blocks() {
+    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    let data: Vec<f32> = (0..64 * 96).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let w = QWeight::new(QMatrix::quantize(QuantType::Q4_1, 64, 96, &data).unwrap());
+    let wrong = Tensor::ones(&[7], DType::U8, &Device::Cpu).unwrap();
+    assert!(matches!(w.with_device_blocks(wrong).unwrap_err(), Error::InvalidArgument { .. }));
+    if !gpu() {
+        return;
+    }
+    let copy = CopyStream::new(GPU).unwrap();
+    let bytes = w.matrix().as_bytes().to_vec();
+    let n = bytes.len();
+    let blocks =
+        copy.upload(&PinnedTensor::new(&Tensor::from_vec(bytes, &[n], &Device::Cpu).unwrap(), GPU).unwrap()).unwrap();
+    let streamed = w.with_device_blocks(blocks).unwrap();
+    let resident = w.to_device(&GPU).unwrap();
+    let x = Tensor::randn(&[3, 96], DType::F32, &GPU, &CounterRng::new(2, 0), 0, 0.0, 1.0).unwrap();
+    assert_eq!(
+        x.linear_q(&streamed).unwrap().to_vec::<f32>().unwrap(),
+        x.linear_q(&resident).unwrap().to_vec::<f32>().unwrap()
+    );
+}

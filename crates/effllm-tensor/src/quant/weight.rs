@@ -76,6 +76,35 @@ impl QWeight {
     }
 }
 
+impl QWeight {
+    /// The same weight with `blocks` as its device copy: a u8 tensor of exactly the matrix's bytes on a CUDA
+    /// device, e.g. fresh from [`crate::offload::CopyStream::upload`] (offloaded weights streamed per layer).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `blocks` is not a contiguous u8 tensor of `nbytes` elements on a CUDA device.
+    pub fn with_device_blocks(&self, blocks: Tensor) -> Result<QWeight> {
+        const OP: &str = "QWeight::with_device_blocks";
+        if blocks.dtype() != DType::U8 || blocks.elem_count() != self.matrix.nbytes() || !blocks.is_contiguous() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "expected a contiguous u8 tensor of {} bytes, got {} {:?}",
+                    self.matrix.nbytes(),
+                    blocks.dtype(),
+                    blocks.shape()
+                ),
+            });
+        }
+        if !matches!(blocks.device(), Device::Cuda(_)) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("blocks on {}, not a CUDA device", blocks.device()),
+            });
+        }
+        Ok(QWeight { matrix: self.matrix.clone(), device_blocks: Some(blocks), activation: self.activation })
+    }
+}
+
 impl From<QMatrix> for QWeight {
     fn from(m: QMatrix) -> QWeight {
         QWeight::new(m)
