@@ -51,6 +51,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(tensor::RmsNorm),
         Box::new(tensor::AttentionDecode),
         Box::new(scenarios::model::SmolLm2),
+        Box::new(scenarios::griffin::Griffin),
     ]
 }
 
