@@ -160,7 +160,7 @@ pub use relaxed::{RelaxedRule, relaxed_acceptance_probability, verify_relaxed};
 pub use sampler::Sampler;
 pub use tree::{
     Replacement, SiblingVerdict, TokenTree, TreeSampling, TreeVerification, verify_siblings, verify_tree_greedy,
-    verify_tree_rejection, verify_tree_sample_match,
+    verify_tree_greedy_lazy, verify_tree_rejection, verify_tree_sample_match, verify_tree_sample_match_lazy,
 };
 pub use uniform::{ExplicitUniforms, SeededUniforms, UniformSource};
 pub use verify::{

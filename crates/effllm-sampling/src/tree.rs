@@ -259,6 +259,34 @@ where
     })
 }
 
+/// [`verify_tree_sample_match`] with [`TreeSampling::Lazy`], reading each visited node's target distribution on
+/// demand: `row(node)` returns the processed target distribution after node `node`'s path, and is called only for
+/// the nodes the walk visits (in walk order), so a verifier over a tree of K nodes processes only
+/// `accepted + 1` logits rows instead of K. Same walk, same uniforms (one per emitted token), same output as
+/// [`verify_tree_sample_match`] given the same rows.
+///
+/// The tree's tokens are not range-checked against the vocabulary (a token outside it can never be sampled, so
+/// it is never followed).
+pub fn verify_tree_sample_match_lazy<F, U>(tree: &TokenTree, mut row: F, rng: &mut U) -> Result<TreeVerification>
+where
+    F: FnMut(usize) -> Result<Vec<f32>>,
+    U: UniformSource + ?Sized,
+{
+    descend(tree, |node| {
+        let p = row(node)?;
+        sample_row("tree target row p", &p, rng)
+    })
+}
+
+/// [`verify_tree_greedy`] reading each visited node's row (logits or probabilities) on demand: `row(node)` is
+/// called only for the nodes the walk visits. Consumes no uniform.
+pub fn verify_tree_greedy_lazy<F>(tree: &TokenTree, mut row: F) -> Result<TreeVerification>
+where
+    F: FnMut(usize) -> Result<Vec<f32>>,
+{
+    descend(tree, |node| argmax(&row(node)?))
+}
+
 /// Outcome of multi-round rejection over the siblings at one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SiblingVerdict {
