@@ -284,7 +284,7 @@ fn perplexity(a: &PerplexityArgs) -> AnyResult<()> {
     if a.context > model.context_length() {
         return Err(format!("--context {} exceeds the model's {}", a.context, model.context_length()).into());
     }
-    let encoder = FnEncoder::new(format!("gguf-bpe:{}:{}", tokenizer.vocab_size(), "smollm2-q4_1"), |t: &str| {
+    let encoder = FnEncoder::new(tokenizer.fingerprint(), |t: &str| {
         tokenizer.encode(t, false).map_err(|e| Box::new(e) as effllm_data::EncodeError)
     });
     let (data, source) = match &a.file {

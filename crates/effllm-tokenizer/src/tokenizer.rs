@@ -189,6 +189,48 @@ impl GgufTokenizer {
         DecodeStream::new(self, skip_special)
     }
 
+    /// A stable fingerprint of everything that decides the ids [`encode`](Self::encode) returns: the tokens and
+    /// their types, the merges, the pre-tokenizer, the special ids and the BOS/EOS insertion flags, hashed with
+    /// SHA-256 (`"gguf-bpe-v1:" + 32 hex digits`). Token caches key on it, so two tokenizers with the same
+    /// fingerprint must tokenize identically; a caller-supplied pre-tokenizer
+    /// ([`PreTokenizerChoice::Override`](crate::PreTokenizerChoice::Override)) cannot be hashed and is marked
+    /// `custom`, so callers using one should add their own tag.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Every variable-length field is length-prefixed, so different field splits never hash alike.
+        let mut put = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        put(b"gguf-bpe-v1");
+        put(&(self.vocab.tokens.len() as u64).to_le_bytes());
+        for t in &self.vocab.tokens {
+            put(t.as_bytes());
+        }
+        for ty in self.vocab.token_types.iter().flatten() {
+            put(&ty.to_le_bytes());
+        }
+        put(&(self.vocab.merges.len() as u64).to_le_bytes());
+        for (a, b) in &self.vocab.merges {
+            put(a.as_bytes());
+            put(b.as_bytes());
+        }
+        put(self.pre_kind.map_or_else(|| "custom".to_string(), |k| format!("{k:?}")).as_bytes());
+        for id in [self.vocab.bos_id, self.vocab.eos_id, self.vocab.unk_id, self.vocab.pad_id] {
+            put(&id.map_or(u64::MAX, u64::from).to_le_bytes());
+        }
+        for (i, &sp) in self.special.iter().enumerate() {
+            if sp {
+                put(&(i as u64).to_le_bytes());
+            }
+        }
+        put(&[u8::from(self.add_bos), u8::from(self.add_eos)]);
+        let digest = h.finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("gguf-bpe-v1:{hex}")
+    }
+
     /// Number of tokens (ids are `0..vocab_size`).
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()

@@ -267,3 +267,27 @@ proptest! {
         prop_assert_eq!(out, s);
     }
 }
+
+/// The token-cache key: equal for equal tokenizers, different when anything that changes the ids changes.
+#[test]
+fn fingerprint_tracks_everything_that_changes_ids() {
+    let base = toy_with(PreTokenizerChoice::FromMetadata);
+    let f = base.fingerprint();
+    assert!(f.starts_with("gguf-bpe-v1:") && f.len() == "gguf-bpe-v1:".len() + 32, "{f}");
+    assert_eq!(f, toy_with(PreTokenizerChoice::FromMetadata).fingerprint());
+    // BOS insertion changes the ids of every text.
+    let bos = base.clone().with_add_bos(!base.add_bos()).unwrap();
+    assert_ne!(bos.fingerprint(), f);
+    // Another pre-tokenizer.
+    assert_ne!(toy_with(PreTokenizerChoice::Kind(PreTokenizerKind::Gpt2)).fingerprint(), f);
+    // One merge fewer.
+    let mut kvs = toy_kvs();
+    let merges = kvs.iter().find(|(k, _)| k == "tokenizer.ggml.merges").unwrap().1.clone();
+    if let Value::Array(mut items) = merges {
+        items.values.pop();
+        set(&mut kvs, "tokenizer.ggml.merges", Value::Array(items));
+    } else {
+        panic!("merges are an array");
+    }
+    assert_ne!(GgufTokenizer::from_gguf(&gguf(&kvs), PreTokenizerChoice::FromMetadata).unwrap().fingerprint(), f);
+}
