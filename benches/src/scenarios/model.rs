@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use effllm_model::{Batch, CausalLm, LlamaModel, LoadOptions, LogitRows, WeightFormat};
+use effllm_tensor::quant::ActivationQuant;
 
 use crate::{Context, Options, Result, Scenario, ScenarioReport, Table, Target, num};
 
@@ -34,9 +35,9 @@ struct Speeds {
     decode: Vec<(usize, f64)>,
 }
 
-fn ours(model: &LlamaModel) -> Result<Speeds> {
+fn ours(model: &LlamaModel, prefill: bool) -> Result<Speeds> {
     let mut s = Speeds::default();
-    for &n in &PREFILL_LENS {
+    for &n in PREFILL_LENS.iter().filter(|_| prefill) {
         let mut cache = model.new_cache();
         let t = Instant::now();
         model.forward(&Batch::causal(&prompt(n), 0), &mut cache, &LogitRows::Last)?;
@@ -104,16 +105,30 @@ impl Scenario for SmolLm2 {
         let threads = ctx.options.threads;
         let mut table = Table::new(
             format!("SmolLM2-135M-Instruct, {threads} CPU threads (tokens/s; ratio = effllm ÷ llama.cpp)"),
-            &["case", "effllm Q4_1", "effllm f32", "llama.cpp Q4_1", "Q4_1 ratio"],
+            &[
+                "case",
+                "effllm Q4_1",
+                "effllm Q4_1, Q8 acts",
+                "effllm f32",
+                "llama.cpp Q4_1",
+                "Q4_1 ratio",
+                "Q8-acts ratio",
+            ],
         );
         ctx.status("smollm2: Q4_1 weights");
         let q = LlamaModel::open_gguf(&path, &LoadOptions::default())?;
-        let ours_q = ours(&q)?;
+        let ours_q = ours(&q, true)?;
         let rss_q = peak_rss_mib();
         drop(q);
+        // llama.cpp's numerics: activations quantised to Q8 per 32-block, integer dot products (decode only; prefill
+        // keeps the f32 panel GEMM, which is faster for long prompts).
+        ctx.status("smollm2: Q4_1 weights, Q8 activations");
+        let q8 = LlamaModel::open_gguf(&path, &LoadOptions { activations: ActivationQuant::Q8, ..Default::default() })?;
+        let ours_q8 = ours(&q8, false)?;
+        drop(q8);
         ctx.status("smollm2: f32 weights");
         let f = LlamaModel::open_gguf(&path, &LoadOptions { format: WeightFormat::F32, ..Default::default() })?;
-        let ours_f = ours(&f)?;
+        let ours_f = ours(&f, true)?;
         drop(f);
         ctx.status("smollm2: llama.cpp");
         let peer = llama_cpp(&path, threads);
@@ -141,9 +156,10 @@ impl Scenario for SmolLm2 {
                 let v = if is_prefill { &s.prefill } else { &s.decode };
                 v.iter().find(|(k, _)| *k == n).map(|(_, x)| *x)
             };
-            let (a, b) = (get(&ours_q), get(&ours_f));
+            let (a, a8, b) = (get(&ours_q), get(&ours_q8), get(&ours_f));
             let p = peer_speeds.and_then(get);
             let ratio = a.zip(p).map(|(a, p)| a / p);
+            let ratio8 = a8.zip(p).map(|(a, p)| a / p);
             if !is_prefill
                 && n == 128
                 && let Some(r) = ratio
@@ -153,9 +169,18 @@ impl Scenario for SmolLm2 {
                     ratio: r,
                     goal: DECODE_GOAL,
                 });
+                if let Some(r8) = ratio8 {
+                    targets.push(Target {
+                        what: "SmolLM2 Q4_1 CPU decode @ ctx 128, Q8 activations (llama.cpp's numerics) vs llama.cpp"
+                            .into(),
+                        ratio: r8,
+                        goal: DECODE_GOAL,
+                    });
+                }
             }
             let cell = |x: Option<f64>| x.map_or("—".into(), num);
-            table.row(vec![label, cell(a), cell(b), cell(p), ratio.map_or("—".into(), |r| format!("{r:.2}"))]);
+            let r = |x: Option<f64>| x.map_or("—".into(), |r| format!("{r:.2}"));
+            table.row(vec![label, cell(a), cell(a8), cell(b), cell(p), r(ratio), r(ratio8)]);
         }
         Ok(ScenarioReport {
             title: "SmolLM2 end to end (CPU)".into(),
