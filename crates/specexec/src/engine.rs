@@ -163,6 +163,7 @@ impl<'m, D: CausalLm, T: CausalLm> Engine<'m, D, T> {
             target_cache,
             draft_cache: self.draft.new_cache(),
             stats,
+            last_tree: None,
         })
     }
 
@@ -268,9 +269,11 @@ impl<D: CausalLm> Drafting<'_, D> {
                 row[..root_pos].fill(1);
                 let mut a = tree.node(u).parent;
                 while let Some(x) = a {
-                    let slot = self.slots[x].ok_or(SpecError::Sampling(
-                        effllm_sampling::SamplingError::InvalidTree { node: u, reason: "an ancestor was not drafted" },
-                    ))?;
+                    let slot =
+                        self.slots[x].ok_or(SpecError::Sampling(effllm_sampling::SamplingError::InvalidTree {
+                            node: u,
+                            reason: "an ancestor was not drafted",
+                        }))?;
                     row[slot] = 1;
                     a = tree.node(x).parent;
                 }
@@ -324,6 +327,7 @@ pub struct Session<'e, 'm, D: CausalLm, T: CausalLm> {
     target_cache: KvCache,
     draft_cache: KvCache,
     stats: GenerationStats,
+    last_tree: Option<(usize, DraftTree)>,
 }
 
 impl<D: CausalLm, T: CausalLm> Session<'_, '_, D, T> {
@@ -345,6 +349,12 @@ impl<D: CausalLm, T: CausalLm> Session<'_, '_, D, T> {
     /// The draft's KV cache.
     pub fn draft_cache(&self) -> &KvCache {
         &self.draft_cache
+    }
+
+    /// The tree validated by the last step and the index in [`sequence`](Self::sequence) of its root (the tree
+    /// hangs off `sequence()[..=index]`).
+    pub fn last_tree(&self) -> Option<(usize, &DraftTree)> {
+        self.last_tree.as_ref().map(|(i, t)| (*i, t))
     }
 
     /// Statistics so far.
@@ -403,9 +413,10 @@ impl<D: CausalLm, T: CausalLm> Session<'_, '_, D, T> {
         // committed prefix (root included once drafted) and the drafted part of the accepted path.
         let keep: Vec<usize> = (0..=committed).chain(verdict.path.iter().map(|&p| committed + p)).collect();
         compact_cache(&mut self.target_cache, &keep)?;
-        if proposal.slots[0].is_some() {
-            let dkeep: Vec<usize> =
-                (0..=committed).chain(verdict.path.iter().map_while(|&p| proposal.slots[p])).collect();
+        if proposal.slots.first().copied().flatten().is_some() {
+            let dkeep: Vec<usize> = (0..=committed)
+                .chain(verdict.path.iter().map_while(|&p| proposal.slots.get(p).copied().flatten()))
+                .collect();
             compact_cache(&mut self.draft_cache, &dkeep)?;
         }
         let mut reached = Vec::with_capacity(verdict.path.len() + 1);
@@ -428,13 +439,21 @@ impl<D: CausalLm, T: CausalLm> Session<'_, '_, D, T> {
             verify_time: t2.elapsed(),
         });
         self.stats.new_tokens = self.seq.len() - self.prompt_len;
+        self.last_tree = Some((committed, proposal.tree));
         Ok(verdict.tokens)
     }
 
     fn propose(&mut self) -> Result<Proposal> {
         let draft = self.engine.draft;
         let root = *self.seq.last().ok_or(SpecError::EmptyPrompt)?;
-        let mut d = Drafting { model: draft, cache: &mut self.draft_cache, seq: &self.seq, slots: Vec::new(), forwards: 0, tokens: 0 };
+        let mut d = Drafting {
+            model: draft,
+            cache: &mut self.draft_cache,
+            seq: &self.seq,
+            slots: Vec::new(),
+            forwards: 0,
+            tokens: 0,
+        };
         let vocab = draft.vocab_size();
         match &self.engine.method {
             Method::SpecExec(cfg) => {

@@ -7,7 +7,7 @@
 //! - [`tiny_llama`]: a random-weight Llama (f32 or Q4_1) for doc examples and tests.
 
 use effllm_model::{
-    Batch, CausalLm, Device, Embedding, KvCache, LayeredLm, LlamaConfig, LlamaFfn, LlamaLayer, LlamaModel, Linear,
+    Batch, CausalLm, Device, Embedding, KvCache, LayeredLm, Linear, LlamaConfig, LlamaFfn, LlamaLayer, LlamaModel,
     LogitRows, ModelError, NoHooks, Tensor,
 };
 use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
@@ -159,7 +159,13 @@ impl CausalLm for LookupLm {
             };
             let mut ctx: Vec<(u32, u32)> = (0..cols)
                 .filter(|&j| visible(j))
-                .map(|j| if j < cached { (cached_pos[j], cached_tokens[j]) } else { (batch.positions[j - cached], batch.tokens[j - cached]) })
+                .map(|j| {
+                    if j < cached {
+                        (cached_pos[j], cached_tokens[j])
+                    } else {
+                        (batch.positions[j - cached], batch.tokens[j - cached])
+                    }
+                })
                 .collect();
             ctx.sort_by_key(|&(p, _)| p);
             let n = ctx.len();
@@ -167,7 +173,10 @@ impl CausalLm for LookupLm {
                 if p as usize != k {
                     return Err(ModelError::Invalid {
                         what: "lookup LM",
-                        msg: format!("token {i} sees positions {:?}, expected 0..{n}", ctx.iter().map(|c| c.0).collect::<Vec<_>>()),
+                        msg: format!(
+                            "token {i} sees positions {:?}, expected 0..{n}",
+                            ctx.iter().map(|c| c.0).collect::<Vec<_>>()
+                        ),
                     });
                 }
             }
@@ -264,7 +273,8 @@ pub fn tiny_llama(shape: TinyShape, seed: u64, logit_scale: f32, q4_1: bool) -> 
             },
         });
     }
-    let emb = Tensor::from_vec(randn(shape.vocab * d, logit_scale / (d as f32).sqrt()), &[shape.vocab, d], &Device::Cpu)?;
+    let emb =
+        Tensor::from_vec(randn(shape.vocab * d, logit_scale / (d as f32).sqrt()), &[shape.vocab, d], &Device::Cpu)?;
     let embedding = Embedding::Dense(emb.clone());
     let norm = gain(randn(d, 0.1))?;
     LlamaModel::from_parts(cfg, embedding, layers, norm, Linear::Dense(emb))

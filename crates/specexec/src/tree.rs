@@ -200,7 +200,8 @@ pub fn top_children(row: &[f32], temperature: f32, k: usize, row_index: usize) -
     let sum: f64 = row.iter().map(|&l| ((l as f64 - max) / t).exp()).sum();
     let lse = sum.ln();
     let mut idx: Vec<u32> = (0..row.len() as u32).filter(|&i| row[i as usize] != f32::NEG_INFINITY).collect();
-    let cmp = |a: &u32, b: &u32| row[*b as usize].partial_cmp(&row[*a as usize]).unwrap_or(Ordering::Equal).then(a.cmp(b));
+    let cmp =
+        |a: &u32, b: &u32| row[*b as usize].partial_cmp(&row[*a as usize]).unwrap_or(Ordering::Equal).then(a.cmp(b));
     let k = k.min(idx.len());
     if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, cmp);
@@ -293,7 +294,9 @@ where
             n_expanded += 1;
             let base = tree.nodes[u].score + ln_decay;
             let depth = tree.nodes[u].depth + 1;
-            for (token, lp) in top_children(&logits[r * vocab..(r + 1) * vocab], cfg.draft_temperature, cfg.max_branch, r)? {
+            for (token, lp) in
+                top_children(&logits[r * vocab..(r + 1) * vocab], cfg.draft_temperature, cfg.max_branch, r)?
+            {
                 let score = base + lp;
                 if score < min_lp || (bound != f64::NEG_INFINITY && score <= bound) {
                     continue;
