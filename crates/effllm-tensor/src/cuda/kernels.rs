@@ -447,51 +447,66 @@ extern "C" __global__ void fill_any(u8* y, i64 n, u64 bits, int esize) {
 "#;
 
 /// Quantized (ggml Q4_0 / Q4_1 / Q8_0) matrix kernels reading the blocks directly: a fused GEMV for up to a few
-/// activation rows (one warp per output row, lanes striding over blocks, shuffle reduction) and a dequantizer for
+/// activation rows (one warp per output row, four lanes per block, shuffle reduction) and a dequantizer for
 /// prefill-sized inputs (then cuBLAS). Type ids: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
 pub(crate) const QUANT: &str = r#"
 __device__ __forceinline__ float ld_f16(const u8* p) { return f16_to_f32((u16)p[0] | ((u16)p[1] << 8)); }
 __device__ __forceinline__ int block_bytes(int ty) { return ty == 0 ? 18 : ty == 1 ? 20 : 34; }
 
+// One warp per output row; four lanes per 32-weight block (eight blocks per warp step), so a step reads 8
+// consecutive blocks (144-272 contiguous bytes) and each lane 8 weights plus two 4-float runs of x. Each lane decodes
+// its 8 weights once and applies them to every activation row (m <= 8), then one shuffle reduction per row.
 extern "C" __global__ void qgemv(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m, int ty) {
     int lane = threadIdx.x & 31;
     i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= n_rows) return;
     i64 nb = k / 32; int bsz = block_bytes(ty);
     const u8* row = w + r * nb * bsz;
-    for (i64 i = 0; i < m; ++i) {
-        const float* xr = x + i * k;
-        float acc = 0.0f;
-        for (i64 b = lane; b < nb; b += 32) {
-            const u8* blk = row + b * bsz;
-            const float* xb = xr + b * 32;
-            float d = ld_f16(blk);
-            if (ty == 2) {
-                const signed char* q = (const signed char*)(blk + 2);
-                float s = 0.0f;
-                #pragma unroll
-                for (int j = 0; j < 32; ++j) s += (float)q[j] * xb[j];
-                acc += d * s;
-            } else if (ty == 1) {
-                float mn = ld_f16(blk + 2);
-                const u8* qs = blk + 4;
+    int q4 = lane & 3;
+    // Element offsets within the block of this lane's 8 weights: Q4 blocks keep element j's nibble pair as
+    // (j, j + 16), so a quarter owns elements 4q..4q+3 and 16+4q..16+4q+3; Q8_0 quarters own 8q..8q+7.
+    int o0 = ty == 2 ? 8 * q4 : 4 * q4;
+    int o1 = ty == 2 ? 8 * q4 + 4 : 16 + 4 * q4;
+    float acc[8];
+    #pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+    for (i64 b = lane >> 2; b < nb; b += 8) {
+        const u8* blk = row + b * bsz;
+        float d = ld_f16(blk), mn = 0.0f;
+        float wv[8];
+        if (ty == 2) {
+            const signed char* q = (const signed char*)(blk + 2 + 8 * q4);
+            #pragma unroll
+            for (int j = 0; j < 8; ++j) wv[j] = (float)q[j];
+        } else {
+            const u8* qs = blk + (ty == 1 ? 4 : 2) + 4 * q4;
+            float off = ty == 1 ? 0.0f : 8.0f;
+            if (ty == 1) mn = ld_f16(blk + 2);
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) { wv[j] = (float)(qs[j] & 15) - off; wv[4 + j] = (float)(qs[j] >> 4) - off; }
+        }
+        #pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            if (i < m) {
+                const float* xb = x + i * k + b * 32;
                 float s = 0.0f, sx = 0.0f;
                 #pragma unroll
-                for (int j = 0; j < 16; ++j) {
-                    s += (float)(qs[j] & 15) * xb[j] + (float)(qs[j] >> 4) * xb[j + 16];
-                    sx += xb[j] + xb[j + 16];
+                for (int j = 0; j < 4; ++j) {
+                    float xa = xb[o0 + j], xc = xb[o1 + j];
+                    s += wv[j] * xa + wv[4 + j] * xc;
+                    sx += xa + xc;
                 }
-                acc += d * s + mn * sx;
-            } else {
-                const u8* qs = blk + 2;
-                float s = 0.0f;
-                #pragma unroll
-                for (int j = 0; j < 16; ++j) s += (float)((int)(qs[j] & 15) - 8) * xb[j] + (float)((int)(qs[j] >> 4) - 8) * xb[j + 16];
-                acc += d * s;
+                acc[i] += d * s + mn * sx;
             }
         }
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-        if (lane == 0) y[i * n_rows + r] = acc;
+    }
+    #pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        if (i < m) {
+            float a = acc[i];
+            for (int o = 16; o > 0; o >>= 1) a += __shfl_down_sync(0xffffffffu, a, o);
+            if (lane == 0) y[i * n_rows + r] = a;
+        }
     }
 }
 
