@@ -324,6 +324,70 @@ impl LlamaModel {
         &self.lm_head
     }
 
+    /// The same model with every weight marked as a requires-grad leaf (training; see `effllm_tensor::autograd`).
+    /// A tied LM head stays tied (one leaf). Quantized weights are an error: load with `WeightFormat::F32`.
+    pub fn requires_grad(&self) -> Result<LlamaModel> {
+        let embedding = match &self.embedding {
+            Embedding::Dense(t) => Embedding::Dense(t.clone().requires_grad()),
+            Embedding::Quant(_) => return Err(crate::weights::quantized_not_trainable()),
+        };
+        let lm_head = if self.config.tied_embeddings { embedding.as_linear() } else { self.lm_head.requires_grad()? };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LlamaLayer {
+                    attn_norm: l.attn_norm.clone().requires_grad(),
+                    wq: l.wq.requires_grad()?,
+                    wk: l.wk.requires_grad()?,
+                    wv: l.wv.requires_grad()?,
+                    wo: l.wo.requires_grad()?,
+                    ffn_norm: l.ffn_norm.clone().requires_grad(),
+                    ffn: LlamaFfn {
+                        gate: l.ffn.gate.requires_grad()?,
+                        up: l.ffn.up.requires_grad()?,
+                        down: l.ffn.down.requires_grad()?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LlamaModel {
+            config: self.config.clone(),
+            embedding,
+            layers,
+            norm: self.norm.clone().requires_grad(),
+            lm_head,
+            device: self.device,
+        })
+    }
+
+    /// Every dense weight with a stable name (`embedding`, `layers.N.wq`, ..., `norm`, `lm_head` unless tied), in
+    /// order; quantized weights are skipped. Gradients are keyed by these tensors' ids.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        let mut push = |name: String, l: &Linear| {
+            if let Linear::Dense(t) = l {
+                out.push((name, t.clone()));
+            }
+        };
+        push("embedding".into(), &self.embedding.as_linear());
+        for (i, l) in self.layers.iter().enumerate() {
+            push(format!("layers.{i}.attn_norm"), &Linear::Dense(l.attn_norm.clone()));
+            for (n, w) in [("wq", &l.wq), ("wk", &l.wk), ("wv", &l.wv), ("wo", &l.wo)] {
+                push(format!("layers.{i}.{n}"), w);
+            }
+            push(format!("layers.{i}.ffn_norm"), &Linear::Dense(l.ffn_norm.clone()));
+            for (n, w) in [("gate", &l.ffn.gate), ("up", &l.ffn.up), ("down", &l.ffn.down)] {
+                push(format!("layers.{i}.ffn.{n}"), w);
+            }
+        }
+        push("norm".into(), &Linear::Dense(self.norm.clone()));
+        if !self.config.tied_embeddings {
+            push("lm_head".into(), &self.lm_head);
+        }
+        out
+    }
+
     /// The same model on another device (weights uploaded; quantized blocks stay blocks).
     pub fn to_device(&self, device: &Device) -> Result<LlamaModel> {
         let layers = self
@@ -492,8 +556,24 @@ impl LlamaModel {
         }
         let (mask, bias) = (&m.mask, m.bias.as_ref());
         let kv_ref: &crate::cache::LayerKv = kv;
+        // Training: keys and values that carry gradients are read from this forward's tensors (after the cached
+        // slots, which are constants), not from the cache buffers they were copied into.
+        let tracked_kv = k.is_tracked() || v.is_tracked();
         let per_group = |g: usize| -> Result<(Tensor, Option<Tensor>)> {
             let (kk, vv) = kv_ref.attention_views(g)?;
+            let (kk, vv) = if tracked_kv {
+                let (nk, nv) = (k.narrow(1, g, 1)?, v.narrow(1, g, 1)?);
+                if cached == 0 {
+                    (nk, nv)
+                } else {
+                    (
+                        Tensor::concat(&[&kk.narrow(2, 0, cached)?, &nk], 2)?,
+                        Tensor::concat(&[&vv.narrow(2, 0, cached)?, &nv], 2)?,
+                    )
+                }
+            } else {
+                (kk, vv)
+            };
             let qg = q.narrow(1, g * group, group)?;
             let out = match bias {
                 Some(bias) if use_gemm => gemm_attention(&qg, &kk, &vv, bias, hd)?,
@@ -509,7 +589,12 @@ impl LlamaModel {
         // so the heads run side by side on the pool (CPU only; device work is queued in order anyway).
         let results: Vec<(Tensor, Option<Tensor>)> = if self.device.is_cpu() {
             use rayon::prelude::*;
-            (0..hkv).into_par_iter().map(per_group).collect::<Result<_>>()?
+            // Pool threads do not share the caller's grad mode (a thread-local): carry it.
+            let grad = effllm_tensor::autograd::is_grad_enabled();
+            (0..hkv)
+                .into_par_iter()
+                .map(|g| effllm_tensor::autograd::with_grad_enabled(grad, || per_group(g)))
+                .collect::<Result<_>>()?
         } else {
             (0..hkv).map(per_group).collect::<Result<_>>()?
         };

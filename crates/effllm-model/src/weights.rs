@@ -36,6 +36,7 @@ impl Linear {
         Ok(match self {
             Linear::Dense(w) if w.dtype() == x.dtype() => x.linear(w)?,
             Linear::Dense(w) => x.to_dtype(w.dtype())?.linear(w)?.to_dtype(x.dtype())?,
+            Linear::Quant(q) if x.is_tracked() => effllm_tensor::autograd::linear_q(x, q)?,
             Linear::Quant(q) => x.linear_q(q)?,
         })
     }
@@ -46,8 +47,18 @@ impl Linear {
         let quant: Option<Vec<&QWeight>> =
             maps.iter().map(|l| if let Linear::Quant(q) = l { Some(q) } else { None }).collect();
         match quant {
-            Some(qs) => Ok(x.linear_q_many(&qs)?),
+            Some(qs) if !x.is_tracked() => Ok(x.linear_q_many(&qs)?),
+            Some(_) => maps.iter().map(|l| l.forward(x)).collect(),
             None => maps.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
+    /// The map with its dense weight marked as a requires-grad leaf (training). Quantized blocks are not
+    /// trainable: a typed `NotDifferentiable` error (load with `WeightFormat::F32` to train).
+    pub fn requires_grad(&self) -> Result<Linear> {
+        match self {
+            Linear::Dense(w) => Ok(Linear::Dense(w.clone().requires_grad())),
+            Linear::Quant(_) => Err(quantized_not_trainable()),
         }
     }
 
@@ -129,6 +140,15 @@ impl Linear {
             Linear::Quant(q) => Linear::Quant(q.to_device(device)?),
         })
     }
+}
+
+/// The error for asking a gradient of quantized blocks.
+pub(crate) fn quantized_not_trainable() -> ModelError {
+    effllm_tensor::Error::NotDifferentiable {
+        op: "linear_q",
+        reason: "quantized weights have no gradient; load the model with WeightFormat::F32 to train".into(),
+    }
+    .into()
 }
 
 /// A token embedding table `[vocab, d]`.

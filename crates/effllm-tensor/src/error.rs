@@ -166,6 +166,46 @@ pub enum Error {
     /// The thread pool could not be built.
     #[error("thread pool: {0}")]
     ThreadPool(String),
+    /// A gradient was asked of an op that has none for this input (a quantized weight, an in-place write into a
+    /// tracked tensor, a decomposition).
+    #[error("{op} is not differentiable: {reason}")]
+    NotDifferentiable {
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `backward` from a tensor that depends on no tensor requiring a gradient.
+    #[error("backward: the root does not depend on any tensor that requires a gradient")]
+    NotTracked,
+    /// `backward` without a seed gradient from a root that is not a single element.
+    #[error("backward: the root has shape {shape:?}; pass a seed gradient of that shape or reduce it to a scalar")]
+    NonScalarRoot {
+        /// The root's shape.
+        shape: Vec<usize>,
+    },
+    /// A second backward sweep through a graph whose rules have already run (and freed their saved tensors).
+    #[error("backward: the graph through {op} was already consumed by an earlier backward; recompute the forward")]
+    GraphConsumed {
+        /// The op whose rule is gone.
+        op: &'static str,
+    },
+    /// A backward rule returned a gradient that does not fit its input (a bug in the rule).
+    #[error("backward of {op}: {msg}")]
+    Autograd {
+        /// The op whose rule misbehaved.
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A gradient holds NaN or infinity.
+    #[error("the gradient of tensor #{id} holds {count} non-finite values")]
+    NonFiniteGradient {
+        /// The leaf's [`TensorId`](crate::autograd::TensorId) number.
+        id: u64,
+        /// How many elements are NaN or infinite.
+        count: usize,
+    },
 }
 
 /// `Result` with [`Error`].

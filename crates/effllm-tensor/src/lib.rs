@@ -73,6 +73,7 @@
 
 #![deny(missing_docs)]
 
+pub mod autograd;
 pub mod cpu;
 pub mod cuda;
 mod device;
@@ -87,6 +88,7 @@ pub mod rng;
 mod tensor;
 pub mod threads;
 
+pub use autograd::{Gradients, TensorId, checkpoint, no_grad};
 pub use device::Device;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};

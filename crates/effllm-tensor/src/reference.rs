@@ -416,3 +416,17 @@ pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     if den == 0.0 { num } else { num / den }
 }
+
+/// Mean cross-entropy of `rows × v` logits against class ids: `(1/rows) Σᵢ (ln Σⱼ exp xᵢⱼ − xᵢ,tᵢ)`, with the
+/// log-sum-exp taken around the row maximum.
+pub fn cross_entropy(logits: &[f64], v: usize, targets: &[u32]) -> f64 {
+    let rows = targets.len();
+    let mut total = 0.0;
+    for (i, &t) in targets.iter().enumerate() {
+        let row = &logits[i * v..(i + 1) * v];
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        total += lse - row[t as usize];
+    }
+    total / rows as f64
+}

@@ -55,6 +55,8 @@ pub(crate) use host_round_trip;
 pub struct Tensor {
     pub(crate) storage: Arc<Storage>,
     pub(crate) layout: Layout,
+    /// The autograd node of a tracked tensor (see [`crate::autograd`]); `None` for every inference tensor.
+    pub(crate) node: Option<Arc<crate::autograd::Node>>,
 }
 
 /// Float data of a tensor in the precision the CPU kernels compute in: f32 for f16/bf16/f32, f64 for f64.
@@ -98,11 +100,11 @@ impl WorkOut {
 impl Tensor {
     pub(crate) fn from_storage(storage: CpuStorage, shape: &[usize]) -> Tensor {
         debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
-        Tensor { storage: Arc::new(Storage::Cpu(storage)), layout: Layout::contiguous(shape) }
+        Tensor { storage: Arc::new(Storage::Cpu(storage)), layout: Layout::contiguous(shape), node: None }
     }
 
     pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {
-        Tensor { storage: Arc::clone(&self.storage), layout }
+        Tensor { storage: Arc::clone(&self.storage), layout, node: None }
     }
 
     pub(crate) fn cpu_storage(&self) -> &CpuStorage {
@@ -246,6 +248,10 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
+        crate::autograd::op("contiguous", &[self], || self.contiguous_fwd(), |_| crate::autograd::rules::identity())
+    }
+
+    fn contiguous_fwd(&self) -> Result<Tensor> {
         on_cuda!(self, crate::cuda::ops::cast(self, self.dtype()));
         Ok(Tensor::from_storage(self.cpu_storage().gather(&self.layout), self.shape()))
     }
@@ -311,6 +317,11 @@ impl Tensor {
         if self.dtype() == dtype {
             return Ok(self.clone());
         }
+        let src = self.dtype();
+        crate::autograd::op("to_dtype", &[self], || self.to_dtype_fwd(dtype), |_| crate::autograd::rules::to_dtype(src))
+    }
+
+    fn to_dtype_fwd(&self, dtype: DType) -> Result<Tensor> {
         on_cuda!(self, crate::cuda::ops::cast(self, dtype));
         Ok(Tensor::from_storage(self.cpu_storage().convert(&self.layout, dtype), self.shape()))
     }
@@ -320,6 +331,16 @@ impl Tensor {
         if self.device() == *device {
             return Ok(self.clone());
         }
+        let src = self.device();
+        crate::autograd::op(
+            "to_device",
+            &[self],
+            || self.to_device_fwd(device),
+            |_| crate::autograd::rules::to_device(src),
+        )
+    }
+
+    fn to_device_fwd(&self, device: &Device) -> Result<Tensor> {
         device.check_available()?;
         #[cfg(feature = "cuda")]
         {
@@ -406,8 +427,9 @@ impl Tensor {
             return Err(Error::DTypeMismatch { op: "as_ndarray_mut", lhs: dtype, rhs: T::DTYPE });
         }
         if Arc::get_mut(&mut self.storage).is_none() {
-            // Shared: take a private contiguous copy of just this view.
-            *self = Tensor::from_storage(self.cpu_storage().gather(&self.layout), self.shape());
+            // Shared: take a private contiguous copy of just this view (keeping the graph identity).
+            let node = self.node.take();
+            *self = Tensor { node, ..Tensor::from_storage(self.cpu_storage().gather(&self.layout), self.shape()) };
         }
         let layout = self.layout.clone();
         let Some(Storage::Cpu(s)) = Arc::get_mut(&mut self.storage) else {
@@ -458,13 +480,26 @@ impl Tensor {
         if n != self.elem_count() {
             return Err(Error::ShapeMismatch { op: "reshape", lhs: self.shape().to_vec(), rhs: shape.to_vec() });
         }
-        let t = self.contiguous()?;
-        Ok(t.with_layout(Layout::new(shape.to_vec(), contiguous_strides(shape), t.layout.offset())))
+        crate::autograd::op(
+            "reshape",
+            &[self],
+            || {
+                let t = self.contiguous()?;
+                Ok(t.with_layout(Layout::new(shape.to_vec(), contiguous_strides(shape), t.layout.offset())))
+            },
+            |_| crate::autograd::rules::reshape(self.shape()),
+        )
     }
 
     /// Swaps two dimensions (a view).
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.transpose(d0, d1)?))
+        let layout = self.layout.transpose(d0, d1)?;
+        crate::autograd::op(
+            "transpose",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::transpose(d0, d1),
+        )
     }
 
     /// Swaps the last two dimensions (a view).
@@ -477,7 +512,13 @@ impl Tensor {
 
     /// Reorders dimensions (a view): dimension `i` of the result is dimension `perm[i]` of `self`.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.permute(perm)?))
+        let layout = self.layout.permute(perm)?;
+        crate::autograd::op(
+            "permute",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::permute(perm),
+        )
     }
 
     /// `len` elements of dimension `dim` starting at `start` (a view).
@@ -486,17 +527,35 @@ impl Tensor {
             op: "narrow",
             msg: format!("start {start} + len {len} overflows"),
         })?;
-        Ok(self.with_layout(self.layout.slice(dim, start, end, 1)?))
+        let layout = self.layout.slice(dim, start, end, 1)?;
+        crate::autograd::op(
+            "narrow",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::narrow(self.shape(), dim, start),
+        )
     }
 
     /// Elements `start, start + step, ...` below `end` of dimension `dim` (a view).
     pub fn slice(&self, dim: usize, start: usize, end: usize, step: usize) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.slice(dim, start, end, step)?))
+        let layout = self.layout.slice(dim, start, end, step)?;
+        crate::autograd::op(
+            "slice",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::slice(self.shape(), dim, start, step),
+        )
     }
 
     /// A view with `shape`, repeating size-1 and missing leading dimensions (stride 0).
     pub fn broadcast_as(&self, shape: &[usize]) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout.broadcast_as(shape)?))
+        let layout = self.layout.broadcast_as(shape)?;
+        crate::autograd::op(
+            "broadcast_as",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::broadcast(self.shape()),
+        )
     }
 
     /// Inserts a dimension of size 1 at `dim` (a view).
@@ -509,7 +568,13 @@ impl Tensor {
         let stride = if dim < self.rank() { strides[dim] * shape[dim] } else { 1 };
         shape.insert(dim, 1);
         strides.insert(dim, stride);
-        Ok(self.with_layout(Layout::new(shape, strides, self.layout.offset())))
+        let layout = Layout::new(shape, strides, self.layout.offset());
+        crate::autograd::op(
+            "unsqueeze",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::unsqueeze(dim),
+        )
     }
 
     /// Removes dimension `dim`, which must have size 1 (a view).
@@ -526,7 +591,13 @@ impl Tensor {
         let mut strides = self.layout.strides().to_vec();
         shape.remove(dim);
         strides.remove(dim);
-        Ok(self.with_layout(Layout::new(shape, strides, self.layout.offset())))
+        let layout = Layout::new(shape, strides, self.layout.offset());
+        crate::autograd::op(
+            "squeeze",
+            &[self],
+            || Ok(self.with_layout(layout)),
+            |_| crate::autograd::rules::squeeze(dim),
+        )
     }
 
     /// Number of elements held by the storage (≥ `elem_count` for views).

@@ -72,17 +72,21 @@ pub fn num_threads() -> usize {
     pool().current_num_threads()
 }
 
-/// Runs `f` inside the current pool (rayon's parallel iterators and faer's `Par::rayon(0)` inside `f` use it).
+/// Runs `f` inside the current pool (rayon's parallel iterators and faer's `Par::rayon(0)` inside `f` use it), with
+/// the caller's autograd grad mode ([`crate::autograd::is_grad_enabled`]).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // Already on a worker of some pool (ours, or a `with_num_threads` pool): run inline, so nested kernels use
     // the pool the caller chose and never block on a second install.
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    pool().install(f)
+    // The closure runs on a pool thread: carry the caller's grad mode (a thread-local) along.
+    let grad = crate::autograd::is_grad_enabled();
+    pool().install(move || crate::autograd::with_grad_enabled(grad, f))
 }
 
 /// Runs `f` on a temporary pool of `n` threads, leaving the process-wide setting untouched.
 pub fn with_num_threads<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
-    Ok(build(n)?.install(f))
+    let grad = crate::autograd::is_grad_enabled();
+    Ok(build(n)?.install(move || crate::autograd::with_grad_enabled(grad, f)))
 }

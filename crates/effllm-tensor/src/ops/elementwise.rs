@@ -233,6 +233,10 @@ fn binary_kernel<R: Real>(a: &[R], la: &Layout, b: &[R], lb: &Layout, op: Binary
 impl Tensor {
     /// Applies a [`UnaryOp`] elementwise (float dtypes).
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        crate::autograd::op(op.name(), &[self], || self.unary_fwd(op), |y| crate::autograd::rules::unary(op, self, y))
+    }
+
+    fn unary_fwd(&self, op: UnaryOp) -> Result<Tensor> {
         self.check_float(op.name())?;
         on_cuda!(self, crate::cuda::ops::unary(self, op as i32, 0.0, 0.0));
         let work = self.work(op.name())?;
@@ -302,6 +306,10 @@ impl Tensor {
 
     /// `x·mul + add` elementwise.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        crate::autograd::op("affine", &[self], || self.affine_fwd(mul, add), |_| crate::autograd::rules::affine(mul))
+    }
+
+    fn affine_fwd(&self, mul: f64, add: f64) -> Result<Tensor> {
         self.check_float("affine")?;
         on_cuda!(self, crate::cuda::ops::unary(self, 100, mul, add));
         let work = self.work("affine")?;
@@ -314,6 +322,10 @@ impl Tensor {
 
     /// `xᵖ` elementwise.
     pub fn powf(&self, p: f64) -> Result<Tensor> {
+        crate::autograd::op("powf", &[self], || self.powf_fwd(p), |_| crate::autograd::rules::powf(self, p))
+    }
+
+    fn powf_fwd(&self, p: f64) -> Result<Tensor> {
         self.check_float("powf")?;
         on_cuda!(self, crate::cuda::ops::unary(self, 101, p, 0.0));
         let work = self.work("powf")?;
@@ -326,6 +338,15 @@ impl Tensor {
 
     /// Clamps every element to `[lo, hi]` (NaN stays NaN).
     pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        crate::autograd::op(
+            "clamp",
+            &[self],
+            || self.clamp_fwd(lo, hi),
+            |_| crate::autograd::rules::clamp(self, lo, hi),
+        )
+    }
+
+    fn clamp_fwd(&self, lo: f64, hi: f64) -> Result<Tensor> {
         if lo > hi {
             return Err(Error::InvalidArgument { op: "clamp", msg: format!("lower bound {lo} > upper bound {hi}") });
         }
@@ -341,6 +362,15 @@ impl Tensor {
 
     /// Applies a [`BinaryOp`] elementwise with numpy broadcasting. Both operands must have the same dtype.
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        crate::autograd::op(
+            op.name(),
+            &[self, rhs],
+            || self.binary_fwd(rhs, op),
+            |y| crate::autograd::rules::binary(op, self, rhs, y),
+        )
+    }
+
+    fn binary_fwd(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let name = op.name();
         self.check_same_dtype(name, rhs)?;
         self.check_float(name)?;
@@ -392,6 +422,10 @@ impl Tensor {
 
     /// `silu(gate) · up`, the SwiGLU gate of Llama-style FFNs; `self` is the gate. Shapes must match.
     pub fn swiglu(&self, up: &Tensor) -> Result<Tensor> {
+        crate::autograd::op("swiglu", &[self, up], || self.swiglu_fwd(up), |_| crate::autograd::rules::swiglu(self, up))
+    }
+
+    fn swiglu_fwd(&self, up: &Tensor) -> Result<Tensor> {
         self.check_same_dtype("swiglu", up)?;
         if self.shape() != up.shape() {
             return Err(Error::ShapeMismatch { op: "swiglu", lhs: self.shape().to_vec(), rhs: up.shape().to_vec() });
@@ -409,6 +443,15 @@ impl Tensor {
     /// Picks `on_true` where `self` (a u8 mask, non-zero = true) is set and `on_false` elsewhere, broadcasting all
     /// three.
     pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        crate::autograd::op(
+            "where_cond",
+            &[on_true, on_false],
+            || self.where_cond_fwd(on_true, on_false),
+            |_| crate::autograd::rules::where_cond(self, on_true.shape(), on_false.shape()),
+        )
+    }
+
+    fn where_cond_fwd(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         if self.dtype() != DType::U8 {
             return Err(Error::UnsupportedDType { op: "where_cond", dtype: self.dtype(), expected: "a u8 mask" });
         }

@@ -15,6 +15,15 @@ fn check_ids(op: &'static str, ids: &[u32], size: usize) -> Result<()> {
 impl Tensor {
     /// Selects entries `ids` (a 1-D u32 tensor) along `dim`: the result has `ids.len()` in place of `dim`.
     pub fn index_select(&self, dim: usize, ids: &Tensor) -> Result<Tensor> {
+        crate::autograd::op(
+            "index_select",
+            &[self],
+            || self.index_select_fwd(dim, ids),
+            |_| crate::autograd::rules::index_select(self, dim, ids),
+        )
+    }
+
+    fn index_select_fwd(&self, dim: usize, ids: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
         ids.check_index_dtype(OP)?;
         self.check_same_device(OP, ids)?;
@@ -62,6 +71,15 @@ impl Tensor {
     /// `out[i][j] = self[index[i][j]][j]` for `dim = 0` (PyTorch `gather`): `index` (u32) has the rank of `self`,
     /// every dimension other than `dim` no larger than `self`'s; the result has `index`'s shape.
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
+        crate::autograd::op(
+            "gather",
+            &[self],
+            || self.gather_fwd(dim, index),
+            |_| crate::autograd::rules::gather(self, dim, index),
+        )
+    }
+
+    fn gather_fwd(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather";
         index.check_index_dtype(OP)?;
         self.check_same_device(OP, index)?;
@@ -92,12 +110,22 @@ impl Tensor {
     /// A copy of `self` with `out[index[i][j]][j] = src[i][j]` for `dim = 0` (PyTorch `scatter`). With repeated
     /// indices the last write in row-major order of `index` wins (deterministic).
     pub fn scatter(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
-        self.scatter_impl("scatter", dim, index, src, false)
+        crate::autograd::op(
+            "scatter",
+            &[self, src],
+            || self.scatter_impl("scatter", dim, index, src, false),
+            |_| crate::autograd::rules::scatter(self.shape(), src, dim, index),
+        )
     }
 
     /// Like [`Tensor::scatter`] but adds into the copy: `out[index[i][j]][j] += src[i][j]` (float dtypes).
     pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
-        self.scatter_impl("scatter_add", dim, index, src, true)
+        crate::autograd::op(
+            "scatter_add",
+            &[self, src],
+            || self.scatter_impl("scatter_add", dim, index, src, true),
+            |_| crate::autograd::rules::scatter_add(src, dim, index),
+        )
     }
 
     fn scatter_impl(&self, op: &'static str, dim: usize, index: &Tensor, src: &Tensor, add: bool) -> Result<Tensor> {
@@ -177,6 +205,15 @@ impl Tensor {
 
     /// Concatenates tensors along `dim`; all other dimensions, the dtype and the device must agree.
     pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
+        crate::autograd::op(
+            "concat",
+            tensors,
+            || Tensor::concat_fwd(tensors, dim),
+            |_| crate::autograd::rules::concat(tensors, dim),
+        )
+    }
+
+    fn concat_fwd(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
         const OP: &str = "concat";
         let first = *tensors
             .first()
@@ -223,6 +260,14 @@ impl Tensor {
     /// On CUDA it is one copy kernel into the destination's buffer.
     pub fn slice_assign(&mut self, dim: usize, start: usize, src: &Tensor) -> Result<()> {
         const OP: &str = "slice_assign";
+        if crate::autograd::tracking(&[self]) {
+            return Err(Error::NotDifferentiable {
+                op: OP,
+                reason: "an in-place write into a tracked tensor would change a value the graph saved; write \
+                         into an untracked buffer (a tracked source is copied as a constant)"
+                    .into(),
+            });
+        }
         self.layout.check_dim(OP, dim)?;
         self.check_same_dtype(OP, src)?;
         self.check_same_device(OP, src)?;

@@ -55,6 +55,7 @@ impl Tensor {
     /// computed in f32). Singular vectors are unique only up to sign (and rotation within repeated values).
     pub fn thin_svd(&self) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "thin_svd";
+        crate::autograd::not_differentiable(OP, &[self])?;
         let (m, n) = check_matrix(OP, self)?;
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() {
@@ -80,6 +81,7 @@ impl Tensor {
     /// Singular values of a 2-D matrix, non-increasing.
     pub fn singular_values(&self) -> Result<Tensor> {
         const OP: &str = "singular_values";
+        crate::autograd::not_differentiable(OP, &[self])?;
         let (m, n) = check_matrix(OP, self)?;
         host_round_trip!(this = self => this.singular_values());
         let dtype = self.dtype();
@@ -96,6 +98,7 @@ impl Tensor {
     /// columns and `R` `[r, n]` upper triangular (exact zeros below the diagonal).
     pub fn qr(&self) -> Result<(Tensor, Tensor)> {
         const OP: &str = "qr";
+        crate::autograd::not_differentiable(OP, &[self])?;
         let (m, n) = check_matrix(OP, self)?;
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() {

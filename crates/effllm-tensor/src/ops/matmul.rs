@@ -156,6 +156,15 @@ impl Tensor {
     /// computed in f32. A left operand of at most [`SKINNY_MAX_ROWS`] rows times a transposed row-major matrix
     /// (`x · Wᵀ`, the decode case) takes the parallel GEMV path.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        crate::autograd::op(
+            "matmul",
+            &[self, rhs],
+            || self.matmul_fwd(rhs),
+            |_| crate::autograd::rules::matmul(self, rhs),
+        )
+    }
+
+    fn matmul_fwd(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
         self.check_same_dtype(OP, rhs)?;
         self.check_float(OP)?;

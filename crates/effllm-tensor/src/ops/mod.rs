@@ -3,6 +3,7 @@
 pub mod elementwise;
 pub mod index;
 pub mod linalg;
+pub mod loss;
 pub mod matmul;
 pub mod nn;
 pub mod random;

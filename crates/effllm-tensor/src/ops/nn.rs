@@ -93,6 +93,15 @@ impl Tensor {
 
     /// RMSNorm over the last dimension: `x / √(mean(x²) + ε) ⊙ w` (mean of squares accumulated in f64).
     pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        crate::autograd::op(
+            "rms_norm",
+            &[self, weight],
+            || self.rms_norm_fwd(weight, eps),
+            |_| crate::autograd::rules::rms_norm(self, weight, eps),
+        )
+    }
+
+    fn rms_norm_fwd(&self, weight: &Tensor, eps: f64) -> Result<Tensor> {
         let d = self.norm_weight_check("rms_norm", weight)?;
         on_cuda!(self, crate::cuda::ops::norm(self, weight, None, eps, true));
         let out = match (self.work("rms_norm")?, weight.work("rms_norm")?) {
@@ -105,6 +114,15 @@ impl Tensor {
 
     /// LayerNorm over the last dimension: `(x − mean) / √(var + ε) ⊙ w + b` (biased variance, as PyTorch).
     pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+        let fwd = || self.layer_norm_fwd(weight, bias, eps);
+        let bwd = |_: &Tensor| crate::autograd::rules::layer_norm(self, weight, eps);
+        match bias {
+            Some(b) => crate::autograd::op("layer_norm", &[self, weight, b], fwd, bwd),
+            None => crate::autograd::op("layer_norm", &[self, weight], fwd, bwd),
+        }
+    }
+
+    fn layer_norm_fwd(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         let d = self.norm_weight_check("layer_norm", weight)?;
         if let Some(b) = bias {
             self.norm_weight_check("layer_norm", b)?;
@@ -137,6 +155,15 @@ impl Tensor {
     /// For pair `(a, b)` of frequency index `i < R/2` at position `p`, with `θᵢ = base^(−2i/R)`:
     /// `a' = a·cos(pθᵢ) − b·sin(pθᵢ)`, `b' = a·sin(pθᵢ) + b·cos(pθᵢ)`. Angles are computed in f64.
     pub fn rope(&self, positions: &Tensor, cfg: &RopeConfig) -> Result<Tensor> {
+        crate::autograd::op(
+            "rope",
+            &[self],
+            || self.rope_fwd(positions, cfg),
+            |_| crate::autograd::rules::rope(self, positions, cfg),
+        )
+    }
+
+    fn rope_fwd(&self, positions: &Tensor, cfg: &RopeConfig) -> Result<Tensor> {
         const OP: &str = "rope";
         self.check_float(OP)?;
         positions.check_index_dtype(OP)?;
@@ -222,6 +249,18 @@ impl Tensor {
     /// `softmax(q kᵀ · scale + mask) v`, with `scale` defaulting to `1/√d`. A query that may attend to no key
     /// gets a zero output row.
     pub fn attention(&self, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: Option<f64>) -> Result<Tensor> {
+        crate::autograd::op(
+            "attention",
+            &[self, k, v],
+            || self.attention_fwd(k, v, mask, scale),
+            |_| {
+                let d = *self.shape().last().unwrap_or(&1);
+                crate::autograd::rules::attention(self, k, v, mask, scale.unwrap_or(1.0 / (d as f64).sqrt()))
+            },
+        )
+    }
+
+    fn attention_fwd(&self, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: Option<f64>) -> Result<Tensor> {
         const OP: &str = "attention";
         self.check_same_dtype(OP, k)?;
         self.check_same_dtype(OP, v)?;

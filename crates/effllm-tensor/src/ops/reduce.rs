@@ -73,6 +73,15 @@ pub(crate) fn split_at_dim(shape: &[usize], dim: usize) -> (usize, usize, usize)
 impl Tensor {
     /// Reduces dimension `dim` with `op`; `keepdim` keeps it with size 1.
     pub fn reduce(&self, dim: usize, op: ReduceOp, keepdim: bool) -> Result<Tensor> {
+        crate::autograd::op(
+            op.name(),
+            &[self],
+            || self.reduce_fwd(dim, op, keepdim),
+            |y| crate::autograd::rules::reduce(op, self, y, dim, keepdim),
+        )
+    }
+
+    fn reduce_fwd(&self, dim: usize, op: ReduceOp, keepdim: bool) -> Result<Tensor> {
         let name = op.name();
         self.layout.check_dim(name, dim)?;
         let (outer, n, inner) = split_at_dim(self.shape(), dim);
@@ -192,6 +201,16 @@ impl Tensor {
 
     fn softmax_impl(&self, dim: usize, log: bool) -> Result<Tensor> {
         let name = if log { "log_softmax" } else { "softmax" };
+        crate::autograd::op(
+            name,
+            &[self],
+            || self.softmax_fwd(dim, log),
+            |y| crate::autograd::rules::softmax(y, dim, log),
+        )
+    }
+
+    fn softmax_fwd(&self, dim: usize, log: bool) -> Result<Tensor> {
+        let name = if log { "log_softmax" } else { "softmax" };
         self.layout.check_dim(name, dim)?;
         self.check_float(name)?;
         on_cuda!(self, crate::cuda::ops::softmax(self, dim, log));
@@ -219,6 +238,16 @@ impl Tensor {
     /// Deterministic: equal values come in ascending index order, and the IEEE total order ranks NaN above +∞,
     /// so the result is a pure function of the input.
     pub fn top_k(&self, k: usize) -> Result<(Tensor, Tensor)> {
+        if !crate::autograd::tracking(&[self]) {
+            return self.top_k_fwd(k);
+        }
+        let (values, idx) = crate::autograd::no_grad(|| self.top_k_fwd(k))?;
+        let values =
+            crate::autograd::op("top_k", &[self], || Ok(values), |_| crate::autograd::rules::top_k(self, &idx))?;
+        Ok((values, idx))
+    }
+
+    fn top_k_fwd(&self, k: usize) -> Result<(Tensor, Tensor)> {
         if self.rank() == 0 {
             return Err(Error::BadShape { op: "top_k", shape: vec![], msg: "need rank >= 1".into() });
         }
