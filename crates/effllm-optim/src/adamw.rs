@@ -1,0 +1,126 @@
+//! AdamW with PyTorch semantics.
+
+use std::collections::HashMap;
+
+use effllm_tensor::{Tensor, TensorId, no_grad};
+
+use crate::{Optimizer, Result, bytes, check, prepare, write_back};
+
+/// Hyperparameters of [`AdamW`] (defaults are PyTorch's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// Learning rate `γ` (default 1e-3).
+    pub lr: f64,
+    /// `β₁`, the first-moment decay (default 0.9).
+    pub beta1: f64,
+    /// `β₂`, the second-moment decay (default 0.999).
+    pub beta2: f64,
+    /// `ε`, added to the bias-corrected square root of the second moment (default 1e-8).
+    pub eps: f64,
+    /// Decoupled weight decay `λ`: the parameter is multiplied by `1 − γλ` before the update (default 1e-2).
+    pub weight_decay: f64,
+    /// AMSGrad: divide by the running maximum of the second moment (default off).
+    pub amsgrad: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, amsgrad: false }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    step: u64,
+    m: Tensor,
+    v: Tensor,
+    v_max: Option<Tensor>,
+}
+
+/// `torch.optim.AdamW` (single-tensor algorithm). Per parameter, at step `t` with gradient `g`:
+///
+/// ```text
+/// θ ← θ · (1 − γλ)
+/// m ← m + (1 − β₁)(g − m)
+/// v ← β₂ v + (1 − β₂) g²
+/// v̂ ← max(v̂, v) if AMSGrad else v
+/// θ ← θ − (γ / (1 − β₁ᵗ)) · m / (√v̂ / √(1 − β₂ᵗ) + ε)
+/// ```
+#[derive(Debug)]
+pub struct AdamW {
+    cfg: AdamWConfig,
+    state: HashMap<TensorId, State>,
+}
+
+impl AdamW {
+    /// An optimizer with `cfg`, after checking its domain (`γ ≥ 0`, `0 ≤ β < 1`, `ε ≥ 0`, `λ ≥ 0`).
+    pub fn new(cfg: AdamWConfig) -> Result<AdamW> {
+        const O: &str = "AdamW";
+        check(O, "lr", cfg.lr, cfg.lr >= 0.0 && cfg.lr.is_finite(), "a finite value >= 0")?;
+        check(O, "beta1", cfg.beta1, (0.0..1.0).contains(&cfg.beta1), "in [0, 1)")?;
+        check(O, "beta2", cfg.beta2, (0.0..1.0).contains(&cfg.beta2), "in [0, 1)")?;
+        check(O, "eps", cfg.eps, cfg.eps >= 0.0 && cfg.eps.is_finite(), "a finite value >= 0")?;
+        let wd = cfg.weight_decay;
+        check(O, "weight_decay", wd, wd >= 0.0 && wd.is_finite(), "a finite value >= 0")?;
+        Ok(AdamW { cfg, state: HashMap::new() })
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    /// Steps taken for parameter `id` (0 if never updated).
+    pub fn steps(&self, id: TensorId) -> u64 {
+        self.state.get(&id).map_or(0, |s| s.step)
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step_param(&mut self, param: &mut Tensor, grad: &Tensor) -> Result<()> {
+        let (id, p, g) = prepare("AdamW", param, grad)?;
+        let c = self.cfg;
+        let p = no_grad(|| -> Result<Tensor> {
+            let st = match self.state.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let z = Tensor::zeros(p.shape(), p.dtype(), &p.device())?;
+                    e.insert(State { step: 0, m: z.clone(), v: z.clone(), v_max: c.amsgrad.then_some(z) })
+                }
+            };
+            st.step += 1;
+            let t = st.step as i32;
+            let p = if c.weight_decay != 0.0 { p.affine(1.0 - c.lr * c.weight_decay, 0.0)? } else { p };
+            st.m = st.m.add(&g.sub(&st.m)?.affine(1.0 - c.beta1, 0.0)?)?;
+            st.v = st.v.affine(c.beta2, 0.0)?.add(&g.mul(&g)?.affine(1.0 - c.beta2, 0.0)?)?;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+            let second = match &mut st.v_max {
+                Some(vm) => {
+                    *vm = vm.maximum(&st.v)?;
+                    vm.clone()
+                }
+                None => st.v.clone(),
+            };
+            let denom = second.sqrt()?.affine(1.0 / bc2_sqrt, c.eps)?;
+            Ok(p.sub(&st.m.div(&denom)?.affine(c.lr / bc1, 0.0)?)?)
+        })?;
+        write_back(param, &p)
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.state.values().map(|s| bytes(&s.m) + bytes(&s.v) + s.v_max.as_ref().map_or(0, bytes)).sum()
+    }
+
+    fn forget(&mut self, id: TensorId) -> bool {
+        self.state.remove(&id).is_some()
+    }
+}

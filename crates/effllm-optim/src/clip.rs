@@ -1,0 +1,42 @@
+//! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_` with the 2-norm).
+
+use effllm_tensor::{Gradients, no_grad};
+
+use crate::{OptimError, Result, check};
+
+/// `‖(‖g₁‖₂, …, ‖gₙ‖₂)‖₂` over every gradient of `grads`, accumulated in f64 in id order.
+pub fn global_norm(grads: &Gradients) -> Result<f64> {
+    no_grad(|| {
+        let mut sq = 0.0f64;
+        for (_, g) in grads.iter() {
+            let n = g.elem_count();
+            sq += g.sqr()?.reshape(&[n])?.sum(0, false)?.to_dtype(effllm_tensor::DType::F64)?.to_scalar::<f64>()?;
+        }
+        Ok(sq.sqrt())
+    })
+}
+
+/// The factor PyTorch scales every gradient by: `min(1, max_norm / (total + 1e-6))`.
+pub fn clip_coefficient(total_norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (total_norm + 1e-6)).min(1.0)
+}
+
+/// Scales all gradients by [`clip_coefficient`] so that their global norm is at most `max_norm`; returns the norm
+/// before clipping. A non-finite norm is [`OptimError::NonFiniteNorm`] and leaves the gradients unchanged.
+pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+    check("clip_grad_norm", "max_norm", max_norm, max_norm > 0.0 && max_norm.is_finite(), "a finite value > 0")?;
+    let total = global_norm(grads)?;
+    if !total.is_finite() {
+        return Err(OptimError::NonFiniteNorm(total));
+    }
+    let coef = clip_coefficient(total, max_norm);
+    if coef < 1.0 {
+        no_grad(|| -> Result<()> {
+            for (_, g) in grads.iter_mut() {
+                *g = g.affine(coef, 0.0)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(total)
+}
