@@ -51,14 +51,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         g.finalize(&mut s)?;
         let mut best = f64::INFINITY;
         for rep in 0..3 {
-            let (mut s2, mut c2) = (s.clone(), c.clone());
+            c.truncate(PROMPT_LEN);
+            let (mut s2, c2) = (s.clone(), &mut c);
             let t = Instant::now();
             for i in 0..STEPS {
                 let next = l.argmax(1, false)?.to_device(&Device::Cpu)?.to_vec::<u32>()?[0];
                 let b = Batch::causal(&[next], PROMPT_LEN + i);
                 l = match density {
-                    None => gpu.forward(&b, &mut c2, &LogitRows::Last)?,
-                    Some(_) => g.decode(&mut s2, &b, &mut c2, &LogitRows::Last)?,
+                    None => gpu.forward(&b, c2, &LogitRows::Last)?,
+                    Some(_) => g.decode(&mut s2, &b, c2, &LogitRows::Last)?,
                 };
             }
             let dt = t.elapsed().as_secs_f64();

@@ -120,9 +120,7 @@ impl Ffn {
         let (d_ff, d) = (up.out_features(), up.in_features());
         match (form, &gate) {
             (FfnForm::Glu { .. }, None) => {
-                return Err(GriffinError::NotGated {
-                    msg: "a GLU form was declared but no W_gate was given".into(),
-                });
+                return Err(GriffinError::NotGated { msg: "a GLU form was declared but no W_gate was given".into() });
             }
             (FfnForm::Glu { .. }, Some(g)) => {
                 if dims(g) != [d_ff, d] {
@@ -233,7 +231,9 @@ pub(crate) fn add_bias(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 fn row_norms(l: &Linear) -> Result<Vec<f32>> {
     let w = l.to_dense_f32()?.to_dtype(DType::F32)?.to_vec::<f32>()?;
     let cols = l.in_features().max(1);
-    Ok(w.chunks_exact(cols).map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32).collect())
+    Ok(w.chunks_exact(cols)
+        .map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32)
+        .collect())
 }
 
 impl GatedFfn for Ffn {
@@ -256,7 +256,11 @@ impl GatedFfn for Ffn {
 
     fn down(&self, z: &Tensor) -> Result<Tensor> {
         if z.rank() != 2 || z.shape()[1] != self.d_ff() {
-            return Err(shape_err("Ffn::down", vec![z.shape().first().copied().unwrap_or(0), self.d_ff()], z.shape().to_vec()));
+            return Err(shape_err(
+                "Ffn::down",
+                vec![z.shape().first().copied().unwrap_or(0), self.d_ff()],
+                z.shape().to_vec(),
+            ));
         }
         add_bias(self.down.forward(z)?, self.b2.as_ref())
     }

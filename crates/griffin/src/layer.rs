@@ -113,7 +113,10 @@ impl<F: GatedFfn> GriffinFfn<F> {
     pub fn last_token_masked(&self, x: &Tensor) -> Result<Tensor> {
         let s = x.shape().first().copied().unwrap_or(0);
         if x.rank() != 2 || s < 2 {
-            return Err(invalid("GriffinFfn::last_token_masked", format!("needs at least 2 rows, got {:?}", x.shape())));
+            return Err(invalid(
+                "GriffinFfn::last_token_masked",
+                format!("needs at least 2 rows, got {:?}", x.shape()),
+            ));
         }
         let z = self.dense.intermediate(x)?;
         let mut st = self.new_stat();

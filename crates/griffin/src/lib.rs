@@ -132,6 +132,6 @@ pub use ffn::{Act, Ffn, FfnForm, GatedFfn};
 pub use layer::GriffinFfn;
 pub use model::{GriffinLlama, SequenceExperts};
 pub use packed::{KERNEL_SOURCE, PackedDown};
-pub use pruned::PrunedFfn;
+pub use pruned::{DenseWeights, PrunedFfn};
 pub use select::{ExpertSet, select_experts, select_experts_stream};
 pub use stat::NeuronStat;

@@ -446,7 +446,11 @@ impl<'m> GriffinLlama<'m> {
         if prompt_rows > batch.len() || seq.prompt_tokens + prompt_rows == 0 {
             return Err(invalid(
                 "GriffinLlama::teacher_forced",
-                format!("{prompt_rows} prompt rows in a batch of {} after {} prompt tokens", batch.len(), seq.prompt_tokens),
+                format!(
+                    "{prompt_rows} prompt rows in a batch of {} after {} prompt tokens",
+                    batch.len(),
+                    seq.prompt_tokens
+                ),
             ));
         }
         let row_seq = vec![Some(0); batch.len()];

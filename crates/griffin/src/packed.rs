@@ -464,7 +464,8 @@ unsafe fn group_avx2(bytes: &[u8], segs: &[Seg], zpad: &[f32], sums: &[f32], out
                 let w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i));
                 a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, mask)), _mm256_set1_ps(*z.add(off)), a0);
                 a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), _mm256_set1_ps(*z.add(off + 1)), a1);
-                a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, mask)), _mm256_set1_ps(*z.add(off + 2)), a2);
+                a2 =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, mask)), _mm256_set1_ps(*z.add(off + 2)), a2);
                 a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4)), _mm256_set1_ps(*z.add(off + 3)), a3);
                 p = p.add(16);
                 off += 4;

@@ -18,12 +18,26 @@ enum Down {
     Packed(PackedDown),
 }
 
+/// The gathered weights of [`PrunedStorage::Copy`].
+#[derive(Clone, Debug)]
+struct Gathered {
+    form: FfnForm,
+    gate: Option<Linear>,
+    up: Linear,
+    b1: Option<Tensor>,
+    down: Down,
+    b2: Option<Tensor>,
+}
+
+/// Dense f32 `(W_gate[E,:], W_up[E,:], W_down[:, E])`, row-major; the gate is `None` for the plain form.
+pub type DenseWeights = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+
 #[derive(Clone, Debug)]
 enum Kind {
     /// `k = 0`: the output is 0 (plus `b_2`), as the reference's `0 · x`.
     Empty { b2: Option<Tensor> },
     /// Gathered copies ([`PrunedStorage::Copy`]).
-    Copy { form: FfnForm, gate: Option<Linear>, up: Linear, b1: Option<Tensor>, down: Down, b2: Option<Tensor> },
+    Copy(Box<Gathered>),
     /// The dense weights and the 0/1 mask on `E` ([`PrunedStorage::Gather`]).
     Mask { ffn: Box<Ffn>, mask: Tensor },
 }
@@ -59,14 +73,14 @@ impl PrunedFfn {
                     let mask = Tensor::from_vec(e.mask(d_ff), &[d_ff], &device)?;
                     Kind::Mask { ffn: Box::new(ffn.clone()), mask }
                 }
-                PrunedStorage::Copy if e.is_identity(d_ff) => Kind::Copy {
+                PrunedStorage::Copy if e.is_identity(d_ff) => Kind::Copy(Box::new(Gathered {
                     form: ffn.form,
                     gate: ffn.gate.clone(),
                     up: ffn.up.clone(),
                     b1: ffn.b1.clone(),
                     down: Down::Linear(ffn.down.clone()),
                     b2: ffn.b2.clone(),
-                },
+                })),
                 PrunedStorage::Copy => {
                     let ids = Tensor::from_slice(&e.idx, &[e.len()], &device)?;
                     let down = match &ffn.down {
@@ -78,14 +92,14 @@ impl PrunedFfn {
                         }
                         other => Down::Linear(other.select_cols(&e.idx)?),
                     };
-                    Kind::Copy {
+                    Kind::Copy(Box::new(Gathered {
                         form: ffn.form,
                         gate: ffn.gate.as_ref().map(|g| g.select_rows(&e.idx)).transpose()?,
                         up: ffn.up.select_rows(&e.idx)?,
                         b1: ffn.b1.as_ref().map(|b| b.index_select(0, &ids)).transpose()?,
                         down,
                         b2: ffn.b2.clone(),
-                    }
+                    }))
                 }
             }
         };
@@ -114,24 +128,22 @@ impl PrunedFfn {
 
     /// Whether the down projection is held in the packed quantized form.
     pub fn is_packed(&self) -> bool {
-        matches!(self.kind, Kind::Copy { down: Down::Packed(_), .. })
+        matches!(&self.kind, Kind::Copy(g) if matches!(g.down, Down::Packed(_)))
     }
 
     /// Bytes of weights a decode step reads: the gathered copies, or the dense weights for the mask form.
     pub fn weight_bytes(&self) -> usize {
         match &self.kind {
             Kind::Empty { .. } => 0,
-            Kind::Copy { gate, up, down, .. } => {
-                gate.as_ref().map_or(0, Linear::nbytes)
-                    + up.nbytes()
-                    + match down {
+            Kind::Copy(g) => {
+                g.gate.as_ref().map_or(0, Linear::nbytes)
+                    + g.up.nbytes()
+                    + match &g.down {
                         Down::Linear(l) => l.nbytes(),
                         Down::Packed(p) => p.nbytes(),
                     }
             }
-            Kind::Mask { ffn, .. } => {
-                ffn.gate.as_ref().map_or(0, Linear::nbytes) + ffn.up.nbytes() + ffn.down.nbytes()
-            }
+            Kind::Mask { ffn, .. } => ffn.gate.as_ref().map_or(0, Linear::nbytes) + ffn.up.nbytes() + ffn.down.nbytes(),
         }
     }
 
@@ -152,7 +164,7 @@ impl PrunedFfn {
         self.check_input(x, "PrunedFfn::intermediate")?;
         match &self.kind {
             Kind::Empty { .. } => Ok(Tensor::zeros(&[x.shape()[0], 0], x.dtype(), &x.device())?),
-            Kind::Copy { form, gate, up, b1, .. } => intermediate_of(*form, gate.as_ref(), up, b1.as_ref(), x),
+            Kind::Copy(g) => intermediate_of(g.form, g.gate.as_ref(), &g.up, g.b1.as_ref(), x),
             Kind::Mask { ffn, mask } => Ok(ffn.intermediate(x)?.mul(&mask.to_dtype(x.dtype())?)?),
         }
     }
@@ -164,13 +176,13 @@ impl PrunedFfn {
             Kind::Empty { b2 } => {
                 add_bias(Tensor::zeros(&[x.shape()[0], self.d_model], x.dtype(), &x.device())?, b2.as_ref())
             }
-            Kind::Copy { down, b2, .. } => {
+            Kind::Copy(g) => {
                 let z = self.intermediate(x)?;
-                let y = match down {
+                let y = match &g.down {
                     Down::Linear(l) => l.forward(&z)?,
                     Down::Packed(p) => p.forward(&z)?.to_dtype(x.dtype())?,
                 };
-                add_bias(y, b2.as_ref())
+                add_bias(y, g.b2.as_ref())
             }
             Kind::Mask { ffn, .. } => ffn.down(&self.intermediate(x)?),
         }
@@ -183,12 +195,14 @@ impl PrunedFfn {
 
     /// The pruned weights as dense f32 `(W_gate[E,:], W_up[E,:], W_down[:, E])` (gate `None` for the plain form),
     /// for inspection and tests; the mask form reports the rows/columns of its dense weights.
-    pub fn dense_weights(&self) -> Result<(Option<Vec<f32>>, Vec<f32>, Vec<f32>)> {
+    pub fn dense_weights(&self) -> Result<DenseWeights> {
         let ids = Tensor::from_slice(&self.experts.idx, &[self.k()], &Device::Cpu)?;
-        let host = |l: &Linear| -> Result<Tensor> { Ok(l.to_dense_f32()?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?) };
+        let host =
+            |l: &Linear| -> Result<Tensor> { Ok(l.to_dense_f32()?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?) };
         match &self.kind {
             Kind::Empty { .. } => Ok((None, Vec::new(), Vec::new())),
-            Kind::Copy { gate, up, down, .. } => {
+            Kind::Copy(gw) => {
+                let Gathered { gate, up, down, .. } = gw.as_ref();
                 let g = gate.as_ref().map(|g| -> Result<Vec<f32>> { Ok(host(g)?.to_vec::<f32>()?) }).transpose()?;
                 let u = host(up)?.to_vec::<f32>()?;
                 let dn = match down {

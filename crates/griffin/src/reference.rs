@@ -37,7 +37,9 @@ pub fn topk(scores: &[f64], k: usize) -> Vec<usize> {
     let key = |v: f64| if v.is_nan() { f64::INFINITY } else { v };
     let nan_first = |a: usize, b: usize| scores[b].is_nan().cmp(&scores[a].is_nan());
     idx.sort_by(|&a, &b| {
-        nan_first(a, b).then(key(scores[b]).partial_cmp(&key(scores[a])).unwrap_or(std::cmp::Ordering::Equal)).then(a.cmp(&b))
+        nan_first(a, b)
+            .then(key(scores[b]).partial_cmp(&key(scores[a])).unwrap_or(std::cmp::Ordering::Equal))
+            .then(a.cmp(&b))
     });
     idx.truncate(k);
     idx

@@ -91,7 +91,11 @@ impl NeuronStat {
         if let Some(v) = valid
             && v.len() != t
         {
-            return Err(GriffinError::ShapeMismatch { op: "NeuronStat::update (valid rows)", expected: vec![t], found: vec![v.len()] });
+            return Err(GriffinError::ShapeMismatch {
+                op: "NeuronStat::update (valid rows)",
+                expected: vec![t],
+                found: vec![v.len()],
+            });
         }
         for (s, row) in z.chunks_exact(n.max(1)).enumerate().take(t) {
             if valid.is_some_and(|v| !v[s]) {

@@ -13,7 +13,10 @@ fn cuda() -> Option<Device> {
     if effllm_tensor::cuda::cuda_available() {
         return Some(Device::Cuda(0));
     }
-    assert!(std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"), "EFFLLM_REQUIRE_CUDA=1 but no usable CUDA device");
+    assert!(
+        std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"),
+        "EFFLLM_REQUIRE_CUDA=1 but no usable CUDA device"
+    );
     eprintln!("skipped: no CUDA (build with --features cuda on a GPU machine)");
     None
 }

@@ -5,9 +5,7 @@
 
 use effllm_model::Linear;
 use effllm_tensor::{Device, Tensor};
-use griffin::{
-    Act, Ffn, GatedFfn, GriffinConfig, GriffinFfn, NeuronStat, Selection, ZeroRowPolicy, select_experts,
-};
+use griffin::{Act, Ffn, GatedFfn, GriffinConfig, GriffinFfn, NeuronStat, Selection, ZeroRowPolicy, select_experts};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -65,7 +63,8 @@ fn selection_matches_topk_order() {
 fn statistic_matches() {
     let f = fixture();
     for case in f["statistic"].as_array().unwrap() {
-        let shape: Vec<usize> = case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> =
+            case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         let z = t(&case["z"], &shape);
         let name = case["name"].as_str().unwrap();
         if name == "zero_row_nan" {
@@ -100,8 +99,9 @@ fn glu_gen_and_class_mode() {
             "gelu_erf" => Act::GeluErf,
             _ => Act::Relu,
         };
-        let ffn = Ffn::glu(lin(&case["w_gate"], d_ff, d), lin(&case["w_up"], d_ff, d), lin(&case["w_down"], d, d_ff), act)
-            .unwrap();
+        let ffn =
+            Ffn::glu(lin(&case["w_gate"], d_ff, d), lin(&case["w_up"], d_ff, d), lin(&case["w_down"], d, d_ff), act)
+                .unwrap();
         let density = case["density"].as_f64().unwrap();
         let g = GriffinFfn::new(ffn.clone(), unsorted(density), 0).unwrap();
         let x = t(&case["x"], &[9, d]);
@@ -131,8 +131,14 @@ fn plain_ffn_and_density_zero() {
     let f = fixture();
     let c = &f["plain"];
     let (d, d_ff) = (16, 40);
-    let ffn = Ffn::plain(lin(&c["w1"], d_ff, d), Some(t(&c["b1"], &[d_ff])), lin(&c["w2"], d, d_ff), Some(t(&c["b2"], &[d])), Act::Relu)
-        .unwrap();
+    let ffn = Ffn::plain(
+        lin(&c["w1"], d_ff, d),
+        Some(t(&c["b1"], &[d_ff])),
+        lin(&c["w2"], d, d_ff),
+        Some(t(&c["b2"], &[d])),
+        Act::Relu,
+    )
+    .unwrap();
     let g = GriffinFfn::new(ffn.clone(), unsorted(0.5), 0).unwrap();
     let x = t(&c["x"], &[9, d]);
     let mut st = g.new_stat();
@@ -154,8 +160,13 @@ fn magnitude_baseline() {
     let f = fixture();
     let (d, d_ff) = (16, 40);
     for (layer, case) in f["magnitude"].as_array().unwrap().iter().enumerate() {
-        let ffn = Ffn::glu(lin(&case["w_gate"], d_ff, d), lin(&case["w_up"], d_ff, d), lin(&case["w_down"], d, d_ff), Act::Silu)
-            .unwrap();
+        let ffn = Ffn::glu(
+            lin(&case["w_gate"], d_ff, d),
+            lin(&case["w_up"], d_ff, d),
+            lin(&case["w_down"], d, d_ff),
+            Act::Silu,
+        )
+        .unwrap();
         close(&ffn.weight_row_norms().unwrap(), &f32s(&case["stat"]));
         let cfg = GriffinConfig { selection: Selection::Magnitude, ..unsorted(case["density"].as_f64().unwrap()) };
         let g = GriffinFfn::new(ffn, cfg, layer).unwrap();

@@ -212,8 +212,10 @@ proptest! {
         let st = stat_of(&z);
         let zv = z.to_vec::<f32>().unwrap();
         let active: Vec<bool> = (0..d_ff).map(|j| (0..s).any(|i| zv[i * d_ff + j] != 0.0)).collect();
-        for j in 0..d_ff {
-            if !active[j] { prop_assert_eq!(st.sumsq()[j], 0.0); }
+        for (j, &a) in active.iter().enumerate() {
+            if !a {
+                prop_assert_eq!(st.sumsq()[j], 0.0);
+            }
         }
         let n_active = active.iter().filter(|&&a| a).count();
         let e = select_experts(st.sumsq(), n_active.max(1), &Selection::TopK, true).unwrap();
@@ -375,7 +377,12 @@ fn short_prompt_fallback() {
     let mut st = g.new_stat();
     g.prefill(&x, &mut st).unwrap();
     assert_eq!(g.select(&st).unwrap(), ExpertSet::all(96));
-    let gm = GriffinFfn::new(ffn.clone(), GriffinConfig { short_prompt: griffin::ShortPromptFallback::Magnitude, ..base }, 0).unwrap();
+    let gm = GriffinFfn::new(
+        ffn.clone(),
+        GriffinConfig { short_prompt: griffin::ShortPromptFallback::Magnitude, ..base },
+        0,
+    )
+    .unwrap();
     assert_eq!(gm.select(&st).unwrap(), gm.magnitude_experts().unwrap());
     assert_eq!(gm.select(&st).unwrap().len(), 48);
 }

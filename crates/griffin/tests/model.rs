@@ -126,7 +126,8 @@ fn chunked_prefill_and_scope() {
     }
     for l in 0..2 {
         let (s1, s2) = (one.stat(l).unwrap().sumsq(), ch.stat(l).unwrap().sumsq());
-        let (a, b): (Vec<f64>, Vec<f64>) = (s1.iter().map(|&v| f64::from(v)).collect(), s2.iter().map(|&v| f64::from(v)).collect());
+        let (a, b): (Vec<f64>, Vec<f64>) =
+            (s1.iter().map(|&v| f64::from(v)).collect(), s2.iter().map(|&v| f64::from(v)).collect());
         assert!(rel_l2(&a, &b) < 1e-5);
     }
     g.finalize(&mut one).unwrap();
@@ -135,7 +136,8 @@ fn chunked_prefill_and_scope() {
         assert_eq!(one.experts(l), ch.experts(l), "layer {l}");
     }
     // Reference scope: forward() re-selects on every multi-token batch from that batch alone.
-    let gr = GriffinLlama::new(&m, GriffinConfig { scope: StatScope::LastMultiTokenChunk, ..Default::default() }).unwrap();
+    let gr =
+        GriffinLlama::new(&m, GriffinConfig { scope: StatScope::LastMultiTokenChunk, ..Default::default() }).unwrap();
     let (mut r, mut c3) = (gr.new_sequence(), m.new_cache());
     gr.forward(&mut r, &Batch::causal(&prompt[..12], 0), &mut c3, &LogitRows::Last).unwrap();
     gr.forward(&mut r, &Batch::causal(&prompt[12..], 12), &mut c3, &LogitRows::Last).unwrap();
@@ -157,8 +159,14 @@ fn layers_select_independently() {
     let m = tiny_model(7, Store::F32);
     let mut layers = m.layers().to_vec();
     layers[1].ffn.up = linear(96, 64, 99, 1, Store::F32);
-    let m2 = LlamaModel::from_parts(m.config().clone(), m.embedding().clone(), layers, m.final_norm_weight().clone(),
-                                    m.lm_head_weight().clone()).unwrap();
+    let m2 = LlamaModel::from_parts(
+        m.config().clone(),
+        m.embedding().clone(),
+        layers,
+        m.final_norm_weight().clone(),
+        m.lm_head_weight().clone(),
+    )
+    .unwrap();
     let prompt = tokens(10, 7, 64);
     let experts = |m: &LlamaModel| {
         let g = GriffinLlama::new(m, GriffinConfig::default()).unwrap();
@@ -193,7 +201,15 @@ fn packed_batch_per_sequence_experts() {
     // Packed prefill: rows 0..5 sequence 0, rows 5..12 sequence 1, a padding row at the end.
     let t = 13;
     let mut mask = vec![0u8; t * t];
-    let seg = |i: usize| if i < 5 { 0 } else if i < 12 { 1 } else { 2 };
+    let seg = |i: usize| {
+        if i < 5 {
+            0
+        } else if i < 12 {
+            1
+        } else {
+            2
+        }
+    };
     for i in 0..t {
         for j in 0..=i {
             if seg(i) == seg(j) {
@@ -240,8 +256,14 @@ fn class_mode_model() {
     let prompt = tokens(9, 13, 64);
     let a = g.class_forward(&Batch::causal(&prompt, 0), &mut m.new_cache(), &LogitRows::All).unwrap();
     let b = m.forward(&Batch::causal(&prompt, 0), &mut m.new_cache(), &LogitRows::All).unwrap();
-    assert_eq!(a.narrow(0, 0, 8).unwrap().to_vec::<f32>().unwrap(), b.narrow(0, 0, 8).unwrap().to_vec::<f32>().unwrap());
-    assert_ne!(a.narrow(0, 8, 1).unwrap().to_vec::<f32>().unwrap(), b.narrow(0, 8, 1).unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(
+        a.narrow(0, 0, 8).unwrap().to_vec::<f32>().unwrap(),
+        b.narrow(0, 0, 8).unwrap().to_vec::<f32>().unwrap()
+    );
+    assert_ne!(
+        a.narrow(0, 8, 1).unwrap().to_vec::<f32>().unwrap(),
+        b.narrow(0, 8, 1).unwrap().to_vec::<f32>().unwrap()
+    );
     assert!(matches!(
         g.class_forward(&Batch::causal(&prompt[..1], 0), &mut m.new_cache(), &LogitRows::All),
         Err(GriffinError::InvalidArgument { .. })
@@ -254,7 +276,10 @@ fn class_mode_model() {
 fn typed_errors() {
     let m = tiny_model(17, Store::F32);
     for d in [-0.1, 1.5, f64::NAN] {
-        assert!(matches!(GriffinLlama::new(&m, GriffinConfig::with_density(d)), Err(GriffinError::InvalidDensity { .. })));
+        assert!(matches!(
+            GriffinLlama::new(&m, GriffinConfig::with_density(d)),
+            Err(GriffinError::InvalidDensity { .. })
+        ));
     }
     let mag0 = GriffinConfig { selection: Selection::Magnitude, ..GriffinConfig::with_density(0.0) };
     assert!(matches!(GriffinLlama::new(&m, mag0), Err(GriffinError::InvalidDensity { .. })));
@@ -294,11 +319,19 @@ fn typed_errors() {
         None,
     );
     assert!(matches!(gate_missing, Err(GriffinError::NotGated { .. })));
-    let wrong_down = griffin::Ffn::glu(ffn.gate().unwrap().clone(), ffn.up().clone(), linear(32, 32, 1, 3, Store::F32), griffin::Act::Silu);
+    let wrong_down = griffin::Ffn::glu(
+        ffn.gate().unwrap().clone(),
+        ffn.up().clone(),
+        linear(32, 32, 1, 3, Store::F32),
+        griffin::Act::Silu,
+    );
     assert!(matches!(wrong_down, Err(GriffinError::ShapeMismatch { .. })));
     let gf = griffin::GriffinFfn::new(ffn, GriffinConfig::default(), 0).unwrap();
     let mut st = gf.new_stat();
     assert!(matches!(gf.prefill(&tensor(2, 31, 1, 1), &mut st), Err(GriffinError::ShapeMismatch { .. })));
     assert!(matches!(gf.select(&griffin::NeuronStat::new(7)), Err(GriffinError::ShapeMismatch { .. })));
-    assert!(matches!(griffin::select_experts(&[1.0; 4], 5, &Selection::TopK, true), Err(GriffinError::InvalidArgument { .. })));
+    assert!(matches!(
+        griffin::select_experts(&[1.0; 4], 5, &Selection::TopK, true),
+        Err(GriffinError::InvalidArgument { .. })
+    ));
 }

@@ -91,7 +91,9 @@ pub fn tiny_model(seed: u64, store: Store) -> LlamaModel {
         rope: RopeConfig { style: RopeStyle::Interleaved, base: 10_000.0, rotary_dims: head_dim },
         tied_embeddings: true,
     };
-    let gain = |s: u64| Tensor::from_vec(randn(d, seed, s, 0.1).iter().map(|x| 1.0 + x).collect(), &[d], &Device::Cpu).unwrap();
+    let gain = |s: u64| {
+        Tensor::from_vec(randn(d, seed, s, 0.1).iter().map(|x| 1.0 + x).collect(), &[d], &Device::Cpu).unwrap()
+    };
     let layers = (0..n_layer as u64)
         .map(|l| {
             let s = 100 + 20 * l;
