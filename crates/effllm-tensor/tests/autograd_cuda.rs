@@ -1,0 +1,110 @@
+//! Gradients on CUDA equal the CPU's: the backward rules are tensor ops, so the same sweep runs on the device.
+//! Each case differentiates one composite on both devices (f32) and compares every input's gradient by
+//! `‖cuda − cpu‖ / ‖cpu‖ < 1e-4`. Without a usable GPU only the CPU side runs (finite, non-zero gradients), unless
+//! `EFFLLM_REQUIRE_CUDA=1`, which turns the skip into a failure.
+
+use effllm_tensor::rng::CounterRng;
+use effllm_tensor::{AttentionMask, DType, Device, RopeConfig, RopeStyle, Tensor};
+
+const GPU: Device = Device::Cuda(0);
+
+fn gpu() -> bool {
+    match GPU.check_available() {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"), "EFFLLM_REQUIRE_CUDA=1 but {e}");
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+/// Normal values scaled by `1/√(last dim)`, so that activations stay O(1) and the softmax does not saturate.
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let std = 1.0 / (*shape.last().unwrap_or(&1) as f64).sqrt();
+    Tensor::randn(shape, DType::F32, &Device::Cpu, &CounterRng::new(seed, 0), 0, 0.0, std).unwrap()
+}
+
+fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+    num / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-300)
+}
+
+type Loss = dyn Fn(&[Tensor], &Device) -> effllm_tensor::Result<Tensor>;
+
+fn same_gradients(name: &str, inputs: &[Tensor], loss: &Loss) {
+    let grads_on = |dev: &Device| -> Vec<Vec<f64>> {
+        let leaves: Vec<Tensor> = inputs.iter().map(|t| t.to_device(dev).unwrap().requires_grad()).collect();
+        let l = loss(&leaves, dev).unwrap();
+        let g = l.backward().unwrap();
+        leaves
+            .iter()
+            .map(|t| {
+                let gr = g.get(t).unwrap_or_else(|| panic!("{name}: no gradient"));
+                assert_eq!(gr.device(), *dev, "{name}: the gradient lives where the input does");
+                gr.to_vec_f64().unwrap()
+            })
+            .collect()
+    };
+    // The CPU side always runs (so the composite itself is checked on machines without a GPU).
+    let cpu = grads_on(&Device::Cpu);
+    for (i, g) in cpu.iter().enumerate() {
+        assert!(
+            g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != 0.0),
+            "{name}: input {i}: bad CPU gradient: {} non-zero of {}",
+            g.iter().filter(|v| **v != 0.0).count(),
+            g.len()
+        );
+    }
+    if !gpu() {
+        return;
+    }
+    let cuda = grads_on(&GPU);
+    for (i, (a, b)) in cuda.iter().zip(&cpu).enumerate() {
+        let err = rel_l2(a, b);
+        assert!(err < 1e-4, "{name}: input {i}: CUDA vs CPU gradient rel L2 {err:e}");
+    }
+}
+
+#[test]
+fn transformer_block_gradients_match_the_cpu() {
+    let (t, d, hq, hkv, hd, vocab) = (5, 16, 4, 2, 4, 11);
+    let inputs = [
+        randn(&[vocab, d], 1),     // embedding
+        randn(&[d], 2),            // norm gain
+        randn(&[hq * hd, d], 3),   // W_q
+        randn(&[hkv * hd, d], 4),  // W_k
+        randn(&[hkv * hd, d], 5),  // W_v
+        randn(&[2 * d, d], 6),     // W_gate
+        randn(&[2 * d, d], 7),     // W_up
+        randn(&[vocab, 2 * d], 8), // W_out
+    ];
+    let loss = move |w: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
+        let ids = Tensor::from_vec(vec![1u32, 4, 4, 9, 0], &[t], dev)?;
+        let pos = Tensor::from_vec((0..t as u32).collect::<Vec<_>>(), &[t], dev)?;
+        let cfg = RopeConfig { style: RopeStyle::NeoX, base: 10_000.0, rotary_dims: hd };
+        let x = w[0].embedding(&ids)?.rms_norm(&w[1], 1e-5)?;
+        let heads = |y: Tensor, n: usize| y.reshape(&[t, n, hd])?.transpose(0, 1)?.unsqueeze(0);
+        let q = heads(x.linear(&w[2])?, hq)?.rope(&pos, &cfg)?;
+        let k = heads(x.linear(&w[3])?, hkv)?.rope(&pos, &cfg)?;
+        let v = heads(x.linear(&w[4])?, hkv)?;
+        let a = q.attention(&k, &v, &AttentionMask::Causal, None)?.squeeze(0)?.transpose(0, 1)?.reshape(&[t, d])?;
+        let h = x.add(&a)?;
+        let f = h.linear(&w[5])?.swiglu(&h.linear(&w[6])?)?;
+        let logits = f.linear(&w[7])?.softmax(1)?.affine(4.0, 0.0)?;
+        logits.cross_entropy(&Tensor::from_vec(vec![3u32, 1, 0, 10, 2], &[t], dev)?)
+    };
+    same_gradients("transformer block", &inputs, &loss);
+}
+
+#[test]
+fn elementwise_and_reduction_gradients_match_the_cpu() {
+    let inputs = [randn(&[3, 7], 11), randn(&[7], 12)];
+    let loss = |w: &[Tensor], _: &Device| -> effllm_tensor::Result<Tensor> {
+        let a = w[0].mul(&w[1])?.tanh()?.add(&w[0].sigmoid()?)?.silu()?;
+        let b = a.gelu()?.sub(&w[0].exp()?.affine(0.1, 0.0)?)?.div(&w[1].sqr()?.affine(1.0, 1.0)?)?;
+        let c = b.logsumexp(1, false)?.add(&b.max(0, false)?.sum(0, true)?)?;
+        c.add(&b.log_softmax(0)?.mean(0, false)?.sum_all()?)?.sum_all()
+    };
+    same_gradients("elementwise + reductions", &inputs, &loss);
+}
