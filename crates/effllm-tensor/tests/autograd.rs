@@ -480,3 +480,24 @@ fn seeded_backward_and_replace_data() {
     assert!(w.is_leaf());
     assert!(matches!(w.replace_data(&randn(&[4], 8, 3)), Err(Error::ShapeMismatch { .. })));
 }
+
+/// A very deep graph (a long chain of ops) is dropped without recursing once per node, and a backward through it
+/// works on a small stack too.
+#[test]
+fn deep_graphs_drop_and_differentiate_on_a_small_stack() {
+    let run = || {
+        let w = t64(vec![0.5], &[1]).requires_grad();
+        let mut y = w.clone();
+        for _ in 0..40_000 {
+            y = y.affine(1.0, 1e-6).unwrap();
+        }
+        drop(y); // discarded without a backward
+        let mut y = w.clone();
+        for _ in 0..20_000 {
+            y = y.affine(1.0, 0.0).unwrap();
+        }
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&w).unwrap().to_vec::<f64>().unwrap(), vec![1.0]);
+    };
+    std::thread::Builder::new().stack_size(256 * 1024).spawn(run).unwrap().join().unwrap();
+}

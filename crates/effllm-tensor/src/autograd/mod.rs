@@ -98,6 +98,24 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// Drops the graph behind this node iteratively: a long chain of ops (thousands of nodes, e.g. a graph built
+    /// and then discarded without a backward) would otherwise recurse once per node and could overflow a thread's
+    /// stack.
+    fn drop(&mut self) {
+        let edges = self.edges.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let mut stack: Vec<Arc<Node>> = edges.map(|e| e.parents.into_iter().flatten().collect()).unwrap_or_default();
+        while let Some(p) = stack.pop() {
+            // Only the last owner unlinks the node's inputs; `node` then drops with no edges left.
+            if let Ok(mut node) = Arc::try_unwrap(p)
+                && let Some(e) = node.edges.get_mut().unwrap_or_else(|e| e.into_inner()).take()
+            {
+                stack.extend(e.parents.into_iter().flatten());
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Node").field("id", &self.id).field("op", &self.op).finish_non_exhaustive()
