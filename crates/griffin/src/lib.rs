@@ -39,7 +39,7 @@
 //! - [`GriffinFfn`]: one layer's phases (prefill, finalize, decode, class mode).
 //! - [`GriffinLlama`] and [`SequenceExperts`]: the whole model through effllm-model's `ForwardHooks`, one state
 //!   per sequence (packed multi-sequence batches keep per-sequence experts).
-//! - [`reference`]: naive f64 versions of all of the above, the oracle of the tests.
+//! - [`reference`](mod@reference): naive f64 versions of all of the above, the oracle of the tests.
 //!
 //! ## Paper, reference code, and this crate
 //!
@@ -118,7 +118,7 @@ mod error;
 mod ffn;
 mod layer;
 mod model;
-mod packed;
+pub mod packed;
 mod pruned;
 pub mod reference;
 mod select;
