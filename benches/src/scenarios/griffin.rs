@@ -324,12 +324,15 @@ impl Scenario for Griffin {
             tables: vec![t, jt, st, pt],
             plots: vec![PlotSpec {
                 file_stem: "griffin".into(),
-                title: format!("Continuation perplexity vs FFN density, SmolLM2 Q4_1, {} test prompts", docs.len()),
+                title: format!("GRIFFIN on SmolLM2: log10 perplexity vs density, {} prompts", docs.len()),
                 x_label: "density (fraction of FFN neurons kept)".into(),
-                y_label: "perplexity of the next 128 tokens".into(),
+                y_label: "log10 perplexity of the next 128 tokens".into(),
                 x: XAxis::Linear,
-                series,
-                hlines: vec![HLine { name: "dense".into(), y: dense_ppl }],
+                series: series
+                    .into_iter()
+                    .map(|s| Series { points: s.points.into_iter().map(|(x, y)| (x, y.log10())).collect(), ..s })
+                    .collect(),
+                hlines: vec![HLine { name: "dense".into(), y: dense_ppl.log10() }],
             }],
             targets: vec![Target {
                 what: "GRIFFIN 0.5 decode speedup vs dense (CPU, Q4_1)".into(),
