@@ -52,6 +52,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(tensor::AttentionDecode),
         Box::new(scenarios::model::SmolLm2),
         Box::new(scenarios::griffin::Griffin),
+        Box::new(scenarios::specexec::SpecExec),
     ]
 }
 

@@ -2,6 +2,7 @@
 
 pub mod griffin;
 pub mod model;
+pub mod specexec;
 pub mod tensor;
 
 use effllm_tensor::{Device, Tensor};
