@@ -19,6 +19,10 @@
 //!   kept as the oracle. f16/bf16 are computed in f32 and rounded once.
 //! - **Threads.** All parallel work runs on effllm's own rayon pool, sized by [`threads::set_num_threads`] or the
 //!   `EFFLLM_NUM_THREADS` variable. Reductions run in a fixed order, so results do not depend on the thread count.
+//! - **Autograd.** A tensor marked [`Tensor::requires_grad`] makes every op it flows into record a graph node;
+//!   [`Tensor::backward`] / [`Gradients::accumulate_with`] run the reverse sweep (gradient-ready callback,
+//!   accumulation), [`no_grad`] and [`checkpoint`] control recording. Untracked tensors carry no node and pay one
+//!   `None` check per op. See [`autograd`].
 //! - **Errors.** Every op validates shapes, dtypes and devices and returns a typed [`Error`] naming the op and the
 //!   operands. No user-reachable path panics.
 //!

@@ -368,6 +368,7 @@ fn gradients_accumulate_across_backward_calls() {
     let got = grads.get(&w).unwrap().to_vec_f64().unwrap();
     let want: Vec<f64> = w.to_vec_f64().unwrap().iter().map(|v| 6.0 * v).collect();
     assert!(rel_l2(&got, &want) < 1e-15);
+    assert_eq!(grads.nbytes(), 4 * 8);
     grads.clear();
     assert!(grads.is_empty());
 }

@@ -60,6 +60,11 @@ impl Gradients {
         self.grads.is_empty()
     }
 
+    /// Bytes held by the stored gradients (memory accounting).
+    pub fn nbytes(&self) -> usize {
+        self.grads.values().map(|g| g.elem_count() * g.dtype().size_in_bytes()).sum()
+    }
+
     /// `(id, gradient)` pairs in id order.
     pub fn iter(&self) -> impl Iterator<Item = (TensorId, &Tensor)> {
         self.grads.iter().map(|(&id, g)| (id, g))
