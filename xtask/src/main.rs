@@ -147,14 +147,15 @@ exit $status
 "#;
 
 fn gpu_test() -> ExitCode {
-    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda";
+    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda,griffin/cuda";
     let mut c = cargo();
-    c.args(["test", "-p", "effllm-tensor", "-p", "effllm-tensor-conformance", "-p", "effllm-model"]);
+    c.args(["test", "-p", "effllm-tensor", "-p", "effllm-tensor-conformance", "-p", "effllm-model", "-p", "griffin"]);
     c.args(["--features", features, "--no-run"]);
     // No debug info: the binaries must be small enough to carry to the GPU machine.
     c.env("CARGO_PROFILE_DEV_DEBUG", "0").env("CARGO_PROFILE_TEST_DEBUG", "0").current_dir(root());
     eprintln!(
-        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model --features {features} --no-run"
+        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin --features \
+         {features} --no-run"
     );
     let out = match c.output() {
         Ok(o) => o,
@@ -176,7 +177,9 @@ fn gpu_test() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut copied = 0;
-    for line in log.lines().filter(|l| l.contains("Executable tests/cuda.rs")) {
+    // tests/autograd_cuda.rs holds effllm-tensor's CUDA-vs-CPU gradient checks.
+    let gpu_tests = ["Executable tests/cuda.rs", "Executable tests/autograd_cuda.rs"];
+    for line in log.lines().filter(|l| gpu_tests.iter().any(|t| l.contains(t))) {
         let Some(path) = line.rsplit_once('(').and_then(|(_, p)| p.strip_suffix(')')) else { continue };
         let src = root().join(path);
         let name =
