@@ -801,3 +801,26 @@ proptest! {
         }
     }
 }
+
+/// A tracked input gets its gradient through `linear_q` and `linear_q_many` (the weight, not differentiable, gets
+/// none): `dx = dy · W` with the dequantized W.
+#[test]
+fn linear_q_records_the_input_gradient() {
+    let (n, k) = (5, 64);
+    let w = QWeight::new(QMatrix::quantize(QuantType::Q4_1, n, k, &noise(n * k, 3)).unwrap());
+    let wd = w.matrix().dequantize();
+    let x = Tensor::from_vec(noise(2 * k, 4), &[2, k], &Device::Cpu).unwrap().requires_grad();
+    let r = Tensor::from_vec(noise(2 * n, 5), &[2, n], &Device::Cpu).unwrap();
+    // Σ r ⊙ (x Wᵀ): dx = r W.
+    let want: Vec<f64> = (0..2 * k)
+        .map(|i| (0..n).map(|o| r.to_vec::<f32>().unwrap()[(i / k) * n + o] as f64 * wd[o * k + i % k] as f64).sum())
+        .collect();
+    for many in [false, true] {
+        let y = if many { x.linear_q_many(&[&w]).unwrap().remove(0) } else { x.linear_q(&w).unwrap() };
+        let grads = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = grads.get(&x).expect("x has a gradient").to_vec::<f32>().unwrap();
+        for (g, e) in got.iter().zip(&want) {
+            assert!((*g as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()), "many={many}: {g} vs {e}");
+        }
+    }
+}

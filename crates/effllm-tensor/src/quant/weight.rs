@@ -118,6 +118,11 @@ impl Tensor {
     /// dtype.
     pub fn linear_q(&self, w: &QWeight) -> Result<Tensor> {
         const OP: &str = "linear_q";
+        // A tracked input records its gradient (the weight gets none); the recorded forward comes back here with
+        // recording off.
+        if self.is_tracked() && crate::autograd::is_grad_enabled() {
+            return crate::autograd::linear_q(self, w);
+        }
         self.check_float(OP)?;
         if self.device() != w.device() {
             return Err(Error::DeviceMismatch { op: OP, lhs: self.device(), rhs: w.device() });
@@ -147,6 +152,9 @@ impl Tensor {
     /// (CUDA, more rows, mixed weights) it is exactly those calls.
     pub fn linear_q_many(&self, ws: &[&QWeight]) -> Result<Vec<Tensor>> {
         const OP: &str = "linear_q_many";
+        if self.is_tracked() && crate::autograd::is_grad_enabled() {
+            return ws.iter().map(|w| crate::autograd::linear_q(self, w)).collect();
+        }
         self.check_float(OP)?;
         let Some(first) = ws.first() else { return Ok(Vec::new()) };
         let k = first.n_cols();
