@@ -14,7 +14,9 @@ use effllm_model::{CausalLm, Device, LlamaModel, LoadOptions, OffloadedLlama, We
 use effllm_sampling::SamplingParams;
 use specexec::{Engine, SpecExecConfig, autoregressive};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> AnyResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let device = Device::parse(args.first().map_or("cuda:0", String::as_str))?;
     let new_tokens: usize = args.get(1).map_or(Ok(64), |a| a.parse())?;
@@ -35,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for temperature in [0.0f32, 0.6] {
         let params = SamplingParams { temperature, seed: 7, ..SamplingParams::greedy() };
-        let run = |f: &dyn Fn(&[u32]) -> Result<specexec::Generation, Box<dyn std::error::Error>>| {
+        let run = |f: &dyn Fn(&[u32]) -> AnyResult<specexec::Generation>| {
             let (mut tokens, mut steps, mut secs, mut tt, mut dt) = (0usize, 0usize, 0f64, 0f64, 0f64);
             for p in &prompts {
                 let t = Instant::now();
