@@ -223,10 +223,7 @@ impl LayeredLm for OffloadedLlama {
         cache: &mut KvCache,
         hooks: &mut dyn ForwardHooks,
     ) -> Result<Tensor> {
-        if layers.start > layers.end || layers.end > self.layers.len() {
-            return Err(invalid("layer range", format!("{layers:?} of {} layers", self.layers.len())));
-        }
-        // Layers in flight, oldest first: the one about to compute, then up to `prefetch` more.
+        // `run_layers_from` checks the range before asking for any layer. Layers in flight, oldest first: the one about to compute, then up to `prefetch` more.
         let mut in_flight: std::collections::VecDeque<(usize, LlamaLayer)> = Default::default();
         let mut next_upload = layers.start;
         let end = layers.end;

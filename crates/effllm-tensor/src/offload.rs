@@ -63,12 +63,15 @@ impl PinnedTensor {
         #[cfg(feature = "cuda")]
         {
             let dev = crate::cuda::get(device)?;
-            let bytes = host_bytes(t)?;
+            // Straight from the host storage into pinned memory: one copy (a gather first only for strided views).
+            let host = t.to_device(&Device::Cpu)?;
+            let contiguous = host.cpu_storage().gather(host.layout());
+            let bytes = contiguous.as_bytes();
             let oom = |msg: String| Error::CudaOutOfMemory { device, bytes: bytes.len(), msg };
             // SAFETY: the whole buffer is overwritten below before any read.
             let mut host = unsafe { dev.ctx.alloc_pinned::<u8>(bytes.len().max(1)) }.map_err(|e| oom(e.to_string()))?;
             let dst = host.as_mut_slice().map_err(|e| oom(e.to_string()))?;
-            dst[..bytes.len()].copy_from_slice(&bytes);
+            dst[..bytes.len()].copy_from_slice(bytes);
             return Ok(PinnedTensor { shape: t.shape().to_vec(), dtype: t.dtype(), device, host });
         }
         #[allow(unreachable_code)]
@@ -107,7 +110,8 @@ impl PinnedTensor {
         {
             let bytes =
                 self.host.as_slice().map_err(|e| Error::Cuda { op: "PinnedTensor::to_host", msg: e.to_string() })?;
-            return Ok(from_host_bytes(&bytes[..self.nbytes()], self.dtype, &self.shape));
+            let storage = crate::cpu::CpuStorage::from_bytes(self.dtype, &bytes[..self.nbytes()]);
+            return Ok(Tensor::from_storage(storage, &self.shape));
         }
         #[allow(unreachable_code)]
         Err(Error::NotCompiledWithCuda { device: self.device })
@@ -205,37 +209,4 @@ impl CopyStream {
         #[allow(unreachable_code)]
         Err(Error::NotCompiledWithCuda { device: self.device })
     }
-}
-
-/// The elements of `t` as bytes in host order (a contiguous host copy when `t` is a strided view or on a GPU).
-#[cfg(feature = "cuda")]
-fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    use crate::cpu::{CpuStorage, map_storage};
-    let host = t.to_device(&Device::Cpu)?;
-    let c: CpuStorage = host.cpu_storage().gather(host.layout());
-    Ok(map_storage!(&c, v => {
-        // SAFETY: every element type is plain old data without padding.
-        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..])) }.to_vec()
-    }))
-}
-
-/// A host tensor of `dtype` and `shape` from its bytes (`bytes.len()` = elements × element size).
-#[cfg(feature = "cuda")]
-fn from_host_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Tensor {
-    use crate::cpu::CpuStorage;
-    fn typed<T: Copy + Default>(bytes: &[u8]) -> Vec<T> {
-        let mut v = vec![T::default(); bytes.len() / std::mem::size_of::<T>()];
-        // SAFETY: `v` holds exactly `bytes.len()` bytes of a plain-old-data type.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len()) };
-        v
-    }
-    let storage = match dtype {
-        DType::F16 => CpuStorage::F16(typed(bytes)),
-        DType::BF16 => CpuStorage::BF16(typed(bytes)),
-        DType::F32 => CpuStorage::F32(typed(bytes)),
-        DType::F64 => CpuStorage::F64(typed(bytes)),
-        DType::U8 => CpuStorage::U8(typed(bytes)),
-        DType::U32 => CpuStorage::U32(typed(bytes)),
-    };
-    Tensor::from_storage(storage, shape)
 }

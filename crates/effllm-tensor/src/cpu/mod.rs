@@ -56,6 +56,35 @@ macro_rules! map_storage_same {
 pub(crate) use map_storage_same;
 
 impl CpuStorage {
+    /// The elements as bytes in host order (what a host↔device copy moves).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        map_storage!(self, v => {
+            // SAFETY: every element type is plain old data without padding.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..])) }
+        })
+    }
+
+    /// Storage of `dtype` holding the elements whose bytes (host order) are `bytes`; `bytes.len()` must be a
+    /// multiple of the element size.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn from_bytes(dtype: DType, bytes: &[u8]) -> CpuStorage {
+        fn typed<T: Copy + Default>(bytes: &[u8]) -> Vec<T> {
+            let mut v = vec![T::default(); bytes.len() / std::mem::size_of::<T>()];
+            // SAFETY: `v` holds exactly `bytes.len()` bytes of a plain-old-data type.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len()) };
+            v
+        }
+        match dtype {
+            DType::F16 => CpuStorage::F16(typed(bytes)),
+            DType::BF16 => CpuStorage::BF16(typed(bytes)),
+            DType::F32 => CpuStorage::F32(typed(bytes)),
+            DType::F64 => CpuStorage::F64(typed(bytes)),
+            DType::U8 => CpuStorage::U8(typed(bytes)),
+            DType::U32 => CpuStorage::U32(typed(bytes)),
+        }
+    }
+
     /// The dtype of the elements.
     pub fn dtype(&self) -> DType {
         match self {

@@ -8,7 +8,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-use crate::cpu::{CpuStorage, map_storage};
+use crate::cpu::CpuStorage;
 use crate::layout::Layout;
 use crate::{DType, Device, Error, Result};
 
@@ -236,10 +236,7 @@ impl CudaStorage {
 
     /// Uploads host data.
     pub(crate) fn upload(cpu: &CpuStorage, dev: &Arc<CudaDevice>) -> Result<CudaStorage> {
-        let bytes: &[u8] = map_storage!(cpu, v => {
-            // SAFETY: every element type is plain old data without padding.
-            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..])) }
-        });
+        let bytes = cpu.as_bytes();
         let buf = if bytes.is_empty() {
             // SAFETY: a one-byte placeholder that is never read.
             unsafe { dev.stream.alloc::<u8>(1) }
@@ -268,20 +265,7 @@ impl CudaStorage {
         } else {
             self.dev.stream.clone_dtoh(&self.buf.slice(off * size..(off + len) * size)).map_err(cuda_err("download"))?
         };
-        fn typed<T: Copy + Default>(bytes: &[u8], len: usize) -> Vec<T> {
-            let mut v = vec![T::default(); len];
-            // SAFETY: `bytes` holds exactly `len` elements of `T`, a plain-old-data type.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, bytes.len()) };
-            v
-        }
-        Ok(match self.dtype {
-            DType::F16 => CpuStorage::F16(typed(&bytes, len)),
-            DType::BF16 => CpuStorage::BF16(typed(&bytes, len)),
-            DType::F32 => CpuStorage::F32(typed(&bytes, len)),
-            DType::F64 => CpuStorage::F64(typed(&bytes, len)),
-            DType::U8 => CpuStorage::U8(typed(&bytes, len)),
-            DType::U32 => CpuStorage::U32(typed(&bytes, len)),
-        })
+        Ok(CpuStorage::from_bytes(self.dtype, &bytes))
     }
 }
 
