@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use effllm_tensor::{Tensor, TensorId, no_grad};
 
-use crate::{Optimizer, Result, bytes, check, prepare, write_back};
+use crate::{Optimizer, ParamState, Result, bytes, check, param_id, prepare, step_scalar, write_back};
 
 /// Hyperparameters of [`AdamW`] (defaults are PyTorch's).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -122,5 +122,42 @@ impl Optimizer for AdamW {
 
     fn forget(&mut self, id: TensorId) -> bool {
         self.state.remove(&id).is_some()
+    }
+
+    fn name(&self) -> &'static str {
+        "AdamW"
+    }
+
+    fn export_state(&self, id: TensorId) -> Option<ParamState> {
+        let st = self.state.get(&id)?;
+        let mut out = ParamState::default();
+        out.scalars.insert("step".into(), st.step as f64);
+        out.tensors.insert("exp_avg".into(), st.m.clone());
+        out.tensors.insert("exp_avg_sq".into(), st.v.clone());
+        if let Some(vm) = &st.v_max {
+            out.tensors.insert("max_exp_avg_sq".into(), vm.clone());
+        }
+        Some(out)
+    }
+
+    fn import_state(&mut self, param: &Tensor, state: ParamState) -> Result<()> {
+        const O: &str = "AdamW";
+        let id = param_id(O, param)?;
+        let (shape, dev) = (param.shape(), param.device());
+        let step = step_scalar(O, &state)?;
+        let m = state.tensor_like(O, "exp_avg", shape, &dev)?;
+        let v = state.tensor_like(O, "exp_avg_sq", shape, &dev)?;
+        let v_max = match (self.cfg.amsgrad, state.tensors.contains_key("max_exp_avg_sq")) {
+            (true, _) => Some(state.tensor_like(O, "max_exp_avg_sq", shape, &dev)?),
+            (false, false) => None,
+            (false, true) => {
+                return Err(crate::OptimError::BadState {
+                    optimizer: O,
+                    msg: "the state is AMSGrad's (`max_exp_avg_sq`) but the optimizer is not".into(),
+                });
+            }
+        };
+        self.state.insert(id, State { step, m, v, v_max });
+        Ok(())
     }
 }

@@ -83,6 +83,14 @@ pub enum OptimError {
         /// The gradient's shape.
         grad: Vec<usize>,
     },
+    /// Optimizer state that cannot be imported (missing entries, wrong shapes, another algorithm).
+    #[error("{optimizer}: bad optimizer state: {msg}")]
+    BadState {
+        /// The optimizer.
+        optimizer: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
     /// The global gradient norm is NaN or infinite (clipping cannot fix it).
     #[error("the global gradient norm is {0}")]
     NonFiniteNorm(f64),
@@ -119,6 +127,64 @@ pub trait Optimizer {
 
     /// Drops the state of parameter `id` (e.g. after the parameter was replaced); returns whether it had any.
     fn forget(&mut self, id: TensorId) -> bool;
+
+    /// A short name of the algorithm (`"AdamW"`, `"SGD"`, ...), stored in checkpoints so that resuming with
+    /// another optimizer is an error instead of a silent restart of its state.
+    fn name(&self) -> &'static str;
+
+    /// The state of parameter `id` (a copy) for a checkpoint, or `None` if the parameter has none yet.
+    fn export_state(&self, id: TensorId) -> Option<ParamState>;
+
+    /// Installs `state` (from [`export_state`](Optimizer::export_state), possibly of another process) as the state
+    /// of `param`, after checking that it is complete and that its tensors fit the parameter: a checkpoint of
+    /// another shape, or with a moment missing, is [`OptimError::BadState`].
+    fn import_state(&mut self, param: &Tensor, state: ParamState) -> Result<()>;
+}
+
+/// One parameter's optimizer state as named tensors and scalars (for checkpoints): e.g. AdamW's
+/// `{"exp_avg", "exp_avg_sq"}` tensors and `{"step"}` scalar. Tensors keep the dtype and shape the optimizer
+/// stores them in (GaLore's moments are low-rank).
+#[derive(Clone, Debug, Default)]
+pub struct ParamState {
+    /// State tensors by name.
+    pub tensors: std::collections::BTreeMap<String, Tensor>,
+    /// State scalars by name (step counters, flags as 0/1).
+    pub scalars: std::collections::BTreeMap<String, f64>,
+}
+
+impl ParamState {
+    /// The tensor `name`, or [`OptimError::BadState`] naming it.
+    pub fn tensor(&self, optimizer: &'static str, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| OptimError::BadState { optimizer, msg: format!("missing tensor `{name}`") })
+    }
+
+    /// The scalar `name`, or [`OptimError::BadState`] naming it.
+    pub fn scalar(&self, optimizer: &'static str, name: &str) -> Result<f64> {
+        self.scalars
+            .get(name)
+            .copied()
+            .ok_or_else(|| OptimError::BadState { optimizer, msg: format!("missing scalar `{name}`") })
+    }
+
+    /// The tensor `name` as an f32 tensor of `shape` on `device`, or [`OptimError::BadState`].
+    pub fn tensor_like(
+        &self,
+        optimizer: &'static str,
+        name: &str,
+        shape: &[usize],
+        device: &effllm_tensor::Device,
+    ) -> Result<Tensor> {
+        let t = self.tensor(optimizer, name)?;
+        if t.shape() != shape {
+            return Err(OptimError::BadState {
+                optimizer,
+                msg: format!("tensor `{name}` has shape {:?}, the parameter needs {shape:?}", t.shape()),
+            });
+        }
+        Ok(t.detach().to_dtype(effllm_tensor::DType::F32)?.to_device(device)?.contiguous()?)
+    }
 }
 
 fn check(optimizer: &'static str, name: &'static str, value: f64, ok: bool, expected: &'static str) -> Result<()> {
@@ -127,10 +193,7 @@ fn check(optimizer: &'static str, name: &'static str, value: f64, ok: bool, expe
 
 /// The parameter's id and f32 views of parameter and gradient, after the checks every optimizer makes.
 fn prepare(optimizer: &'static str, param: &Tensor, grad: &Tensor) -> Result<(TensorId, Tensor, Tensor)> {
-    let id = match param.id() {
-        Some(id) if param.is_leaf() => id,
-        _ => return Err(OptimError::NotAParameter { optimizer }),
-    };
+    let id = param_id(optimizer, param)?;
     if grad.shape() != param.shape() {
         return Err(OptimError::GradientMismatch {
             optimizer,
@@ -150,6 +213,23 @@ fn write_back(param: &mut Tensor, p: &Tensor) -> Result<()> {
     let p = p.to_dtype(param.dtype())?.contiguous()?;
     param.replace_data(&p)?;
     Ok(())
+}
+
+/// The parameter's id if it is a requires-grad leaf.
+fn param_id(optimizer: &'static str, param: &Tensor) -> Result<TensorId> {
+    match param.id() {
+        Some(id) if param.is_leaf() => Ok(id),
+        _ => Err(OptimError::NotAParameter { optimizer }),
+    }
+}
+
+/// A step counter read back from a checkpoint: a non-negative integer.
+fn step_scalar(optimizer: &'static str, state: &ParamState) -> Result<u64> {
+    let s = state.scalar(optimizer, "step")?;
+    if !(s >= 0.0 && s.fract() == 0.0 && s < 2f64.powi(53)) {
+        return Err(OptimError::BadState { optimizer, msg: format!("step = {s} is not a non-negative integer") });
+    }
+    Ok(s as u64)
 }
 
 fn bytes(t: &Tensor) -> usize {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use effllm_tensor::{Tensor, TensorId, no_grad};
 
-use crate::{Optimizer, Result, bytes, check, prepare, write_back};
+use crate::{Optimizer, ParamState, Result, bytes, check, param_id, prepare, write_back};
 
 /// Hyperparameters of [`Sgd`] (defaults are PyTorch's, with a learning rate of 1e-3).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,5 +99,24 @@ impl Optimizer for Sgd {
 
     fn forget(&mut self, id: TensorId) -> bool {
         self.momentum.remove(&id).is_some()
+    }
+
+    fn name(&self) -> &'static str {
+        "SGD"
+    }
+
+    fn export_state(&self, id: TensorId) -> Option<ParamState> {
+        let buf = self.momentum.get(&id)?;
+        let mut out = ParamState::default();
+        out.tensors.insert("momentum_buffer".into(), buf.clone());
+        Some(out)
+    }
+
+    fn import_state(&mut self, param: &Tensor, state: ParamState) -> Result<()> {
+        const O: &str = "SGD";
+        let id = param_id(O, param)?;
+        let buf = state.tensor_like(O, "momentum_buffer", param.shape(), &param.device())?;
+        self.momentum.insert(id, buf);
+        Ok(())
     }
 }

@@ -208,3 +208,60 @@ fn errors_are_typed() {
     assert!(opt.forget(p.id().unwrap()));
     assert_eq!(opt.state_bytes(), 0);
 }
+
+/// Checkpointing: after `k` steps, the exported state imported into a fresh optimizer for a fresh copy of the
+/// parameter continues bitwise as the original does.
+fn resume_is_bitwise(mut make: impl FnMut() -> Box<dyn Optimizer>) {
+    let init = normals(13, 7, 0, 1.0);
+    let grad = |s: u64| {
+        Tensor::from_vec(normals(13, 7, 100 + s, 0.5).iter().map(|&x| x as f32).collect(), &[13], &Device::Cpu).unwrap()
+    };
+    let mut a = param(&init);
+    let mut opt_a = make();
+    for s in 0..3 {
+        opt_a.step_param(&mut a, &grad(s)).unwrap();
+    }
+    let id = a.id().unwrap();
+    let state = opt_a.export_state(id).expect("state after three steps");
+    let mut b = Tensor::from_vec(a.to_vec::<f32>().unwrap(), &[13], &Device::Cpu).unwrap().requires_grad();
+    let mut opt_b = make();
+    assert_eq!(opt_b.name(), opt_a.name());
+    opt_b.import_state(&b, state).unwrap();
+    assert_eq!(opt_b.state_bytes(), opt_a.state_bytes());
+    for s in 3..6 {
+        opt_a.step_param(&mut a, &grad(s)).unwrap();
+        opt_b.step_param(&mut b, &grad(s)).unwrap();
+    }
+    assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+}
+
+#[test]
+fn exported_state_resumes_bitwise() {
+    resume_is_bitwise(|| Box::new(AdamW::new(AdamWConfig { lr: 0.05, ..AdamWConfig::default() }).unwrap()));
+    resume_is_bitwise(|| {
+        Box::new(AdamW::new(AdamWConfig { lr: 0.05, amsgrad: true, ..AdamWConfig::default() }).unwrap())
+    });
+    resume_is_bitwise(|| Box::new(Sgd::new(SgdConfig { lr: 0.1, momentum: 0.9, ..SgdConfig::default() }).unwrap()));
+}
+
+#[test]
+fn bad_state_is_a_typed_error() {
+    let p = param(&normals(4, 1, 0, 1.0));
+    let mut adam = AdamW::new(AdamWConfig::default()).unwrap();
+    let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
+    opt.step_param(&mut p.clone(), &Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 0.25], &[4], &Device::Cpu).unwrap())
+        .unwrap();
+    let good = opt.export_state(p.id().unwrap()).unwrap();
+    let mut missing = good.clone();
+    missing.tensors.remove("exp_avg_sq");
+    assert!(matches!(adam.import_state(&p, missing), Err(OptimError::BadState { .. })));
+    let mut wrong_shape = good.clone();
+    wrong_shape.tensors.insert("exp_avg".into(), Tensor::from_vec(vec![1.0f32; 5], &[5], &Device::Cpu).unwrap());
+    let e = adam.import_state(&p, wrong_shape).unwrap_err();
+    assert!(e.to_string().contains("exp_avg"), "{e}");
+    let mut bad_step = good.clone();
+    bad_step.scalars.insert("step".into(), -1.5);
+    assert!(matches!(adam.import_state(&p, bad_step), Err(OptimError::BadState { .. })));
+    let mut ams = AdamW::new(AdamWConfig { amsgrad: true, ..AdamWConfig::default() }).unwrap();
+    assert!(matches!(ams.import_state(&p, good), Err(OptimError::BadState { .. })));
+}
