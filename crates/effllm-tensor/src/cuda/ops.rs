@@ -21,7 +21,7 @@ impl Tensor {
     }
 
     pub(crate) fn from_cuda(s: CudaStorage, shape: &[usize]) -> Tensor {
-        Tensor { storage: Arc::new(Storage::Cuda(s)), layout: Layout::contiguous(shape), node: None }
+        Tensor { storage: Storage::Cuda(s).counted(), layout: Layout::contiguous(shape), node: None }
     }
 }
 
