@@ -206,3 +206,55 @@ fn gradients_through_a_prefilled_cache_equal_a_full_forward() {
         assert!((loss.to_scalar::<f32>().unwrap() - loss2.to_scalar::<f32>().unwrap()).abs() < 1e-5);
     }
 }
+
+/// A batch of packed sequences (`Batch::sequences`) is the same as one forward per sequence: equal logits, and the
+/// gradient of the mean loss over the batch equals the mean of the per-sequence gradients. Also: a non-empty
+/// cache or a length that does not divide the batch is a typed error.
+#[test]
+fn a_batch_of_sequences_equals_one_forward_per_sequence() {
+    let t = Tiny { n_layer: 2, tied: false, ..Tiny::default_f32() };
+    let m = LlamaModel::from_gguf(&tiny_gguf(&t, 21), &LoadOptions { format: WeightFormat::F32, ..Default::default() })
+        .unwrap()
+        .requires_grad()
+        .unwrap();
+    let (n_seq, len) = (3, 6);
+    let toks = tokens(n_seq * len, t.vocab, 21);
+    let targets = tokens(n_seq * len, t.vocab, 22);
+    let batch = Batch::sequences(&toks, len).unwrap();
+    let logits = m.forward(&batch, &mut m.new_cache(), &LogitRows::All).unwrap();
+    assert_eq!(logits.shape(), [n_seq * len, t.vocab]);
+    let target_t = Tensor::from_slice(&targets, &[n_seq * len], &Device::Cpu).unwrap();
+    let grads = logits.cross_entropy(&target_t).unwrap().backward().unwrap();
+
+    let mut want_logits = Vec::new();
+    let mut want_grads: Vec<Vec<f64>> = Vec::new();
+    for s in 0..n_seq {
+        let r = s * len..(s + 1) * len;
+        let l = m.forward(&Batch::causal(&toks[r.clone()], 0), &mut m.new_cache(), &LogitRows::All).unwrap();
+        want_logits.extend(l.to_vec::<f32>().unwrap().into_iter().map(f64::from));
+        let tt = Tensor::from_slice(&targets[r], &[len], &Device::Cpu).unwrap();
+        let g = l.cross_entropy(&tt).unwrap().backward().unwrap();
+        for (pi, (_, p)) in m.named_parameters().iter().enumerate() {
+            let v = g.get(p).unwrap().to_vec_f64().unwrap();
+            match want_grads.get_mut(pi) {
+                Some(acc) => acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b / n_seq as f64),
+                None => want_grads.push(v.iter().map(|b| b / n_seq as f64).collect()),
+            }
+        }
+    }
+    let err = common::rel_l2(&logits.to_vec::<f32>().unwrap(), &want_logits);
+    assert!(err < 1e-5, "logits rel L2 {err:e}");
+    for ((name, p), want) in m.named_parameters().iter().zip(&want_grads) {
+        let got = grads.get(p).unwrap().to_vec::<f32>().unwrap();
+        let err = common::rel_l2(&got, want);
+        assert!(err < 1e-4, "{name}: gradient rel L2 {err:e}");
+    }
+
+    let mut cache = m.new_cache();
+    effllm_tensor::no_grad(|| m.forward(&Batch::causal(&toks[..2], 0), &mut cache, &LogitRows::Last).unwrap());
+    assert!(matches!(m.forward(&batch, &mut cache, &LogitRows::All), Err(ModelError::Invalid { .. })));
+    assert!(matches!(Batch::sequences(&toks, 7), Err(ModelError::Invalid { .. })));
+    // The dense form of the mask is block-diagonal causal.
+    let dense = Batch::sequences(&toks[..4], 2).unwrap().dense_mask(0).unwrap().unwrap();
+    assert_eq!(dense, vec![1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1]);
+}
