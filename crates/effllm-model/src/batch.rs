@@ -125,7 +125,7 @@ impl Batch {
                 }
             }
             BatchMask::Sequences { len } => {
-                if *len == 0 || t % len != 0 {
+                if *len == 0 || !t.is_multiple_of(*len) {
                     return Err(invalid("mask", format!("{t} tokens are not a whole number of sequences of {len}")));
                 }
             }

@@ -528,7 +528,7 @@ impl LlamaModel {
             .map_err(|_| invalid("attention", "expected three projections"))?;
         let attn = if let Some((n_seq, len)) = batch.sequences_shape() {
             let (kv, _) = cache.parts_mut(li)?;
-            if kv.len() != 0 {
+            if !kv.is_empty() {
                 return Err(invalid(
                     "cache",
                     format!("a batch of sequences needs an empty cache, not {} slots", kv.len()),
