@@ -361,6 +361,67 @@ impl LlamaModel {
         })
     }
 
+    /// The same model with every dense weight `w` named `name` (the names of [`named_parameters`](Self::named_parameters))
+    /// replaced by `f(name, w)`, which must keep its shape: e.g. differentiable bf16 casts of f32 master weights
+    /// for mixed-precision training, whose gradients then flow back to the masters. A tied LM head follows the
+    /// embedding (one call). Quantized weights are kept as they are.
+    pub fn map_weights(&self, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<LlamaModel> {
+        let mut map = |name: String, w: &Tensor| -> Result<Tensor> {
+            let out = f(&name, w)?;
+            if out.shape() != w.shape() {
+                return Err(invalid("map_weights", format!("{name}: {:?} became {:?}", w.shape(), out.shape())));
+            }
+            Ok(out)
+        };
+        let mut lin = |name: String, l: &Linear| -> Result<Linear> {
+            Ok(match l {
+                Linear::Dense(w) => Linear::Dense(map(name, w)?),
+                Linear::Quant(_) => l.clone(),
+            })
+        };
+        let embedding = match &self.embedding {
+            Embedding::Dense(t) => match lin("embedding".into(), &Linear::Dense(t.clone()))? {
+                Linear::Dense(t) => Embedding::Dense(t),
+                Linear::Quant(_) => return Err(invalid("map_weights", "embedding became quantized")),
+            },
+            Embedding::Quant(_) => self.embedding.clone(),
+        };
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let norm = |lin: &mut dyn FnMut(String, &Linear) -> Result<Linear>, n: &str, t: &Tensor| match lin(
+                    format!("layers.{i}.{n}"),
+                    &Linear::Dense(t.clone()),
+                )? {
+                    Linear::Dense(t) => Ok(t),
+                    Linear::Quant(_) => Err(invalid("map_weights", "a norm became quantized")),
+                };
+                Ok(LlamaLayer {
+                    attn_norm: norm(&mut lin, "attn_norm", &l.attn_norm)?,
+                    wq: lin(format!("layers.{i}.wq"), &l.wq)?,
+                    wk: lin(format!("layers.{i}.wk"), &l.wk)?,
+                    wv: lin(format!("layers.{i}.wv"), &l.wv)?,
+                    wo: lin(format!("layers.{i}.wo"), &l.wo)?,
+                    ffn_norm: norm(&mut lin, "ffn_norm", &l.ffn_norm)?,
+                    ffn: LlamaFfn {
+                        gate: lin(format!("layers.{i}.ffn.gate"), &l.ffn.gate)?,
+                        up: lin(format!("layers.{i}.ffn.up"), &l.ffn.up)?,
+                        down: lin(format!("layers.{i}.ffn.down"), &l.ffn.down)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = match lin("norm".into(), &Linear::Dense(self.norm.clone()))? {
+            Linear::Dense(t) => t,
+            Linear::Quant(_) => return Err(invalid("map_weights", "the final norm became quantized")),
+        };
+        let lm_head =
+            if self.config.tied_embeddings { embedding.as_linear() } else { lin("lm_head".into(), &self.lm_head)? };
+        Ok(LlamaModel { config: self.config.clone(), embedding, layers, norm, lm_head, device: self.device })
+    }
+
     /// Every dense weight with a stable name (`embedding`, `layers.N.wq`, ..., `norm`, `lm_head` unless tied), in
     /// order; quantized weights are skipped. Gradients are keyed by these tensors' ids.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
