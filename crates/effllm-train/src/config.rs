@@ -298,7 +298,10 @@ impl TrainConfig {
             return bad("optim.min_lr", format!("{} exceeds lr = {}", o.min_lr, o.lr));
         }
         if o.warmup_steps >= self.run.steps {
-            return bad("optim.warmup_steps", format!("{} must be below run.steps = {}", o.warmup_steps, self.run.steps));
+            return bad(
+                "optim.warmup_steps",
+                format!("{} must be below run.steps = {}", o.warmup_steps, self.run.steps),
+            );
         }
         for (field, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
             if !(0.0..1.0).contains(&v) {

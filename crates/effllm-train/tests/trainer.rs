@@ -230,7 +230,8 @@ fn configs_are_checked_and_presets_merge() {
     assert!(err(&|c| c.optim.min_lr = 1.0).contains("optim.min_lr"));
     assert!(err(&|c| c.optim.warmup_steps = 20).contains("optim.warmup_steps"));
     assert!(err(&|c| c.run.device = "tpu:0".into()).contains("run.device"));
-    let c = TrainConfig::from_json(r#"{"preset": "cpu-small", "run": {"steps": 70}, "model": {"n_layer": 2}}"#).unwrap();
+    let c =
+        TrainConfig::from_json(r#"{"preset": "cpu-small", "run": {"steps": 70}, "model": {"n_layer": 2}}"#).unwrap();
     let base = TrainConfig::preset("cpu-small").unwrap();
     assert_eq!((c.run.steps, c.model.n_layer, c.model.d_model, c.run.seed), (70, 2, 256, base.run.seed));
     assert!(
