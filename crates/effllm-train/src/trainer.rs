@@ -33,6 +33,17 @@ pub struct MemoryReport {
     pub step_peak: usize,
 }
 
+/// Wall-clock seconds of the parts of the last step (device work is synchronised at the loss readback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Forward passes to the loss (all micro-batches).
+    pub forward_s: f64,
+    /// Backward sweeps.
+    pub backward_s: f64,
+    /// Clipping and the optimizer update.
+    pub update_s: f64,
+}
+
 /// One optimizer step's record.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -83,6 +94,7 @@ pub struct Trainer {
     pub(crate) history: Vec<StepRecord>,
     pub(crate) evals: Vec<EvalRecord>,
     memory: MemoryReport,
+    timing: StepTiming,
 }
 
 fn adamw(cfg: &TrainConfig, weight_decay: f64) -> Result<AdamW> {
@@ -117,6 +129,7 @@ impl Trainer {
             history: Vec::new(),
             evals: Vec::new(),
             memory: MemoryReport::default(),
+            timing: StepTiming::default(),
         })
     }
 
@@ -158,6 +171,11 @@ impl Trainer {
     /// The memory report of the last step.
     pub fn memory(&self) -> MemoryReport {
         self.memory
+    }
+
+    /// Where the last step's time went.
+    pub fn last_step_timing(&self) -> StepTiming {
+        self.timing
     }
 
     /// The model with the current master weights (f32, tracked leaves): for inference wrap calls in
@@ -223,7 +241,9 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut activations = 0usize;
         let mut cursor = self.cursor;
+        let mut timing = StepTiming::default();
         for _ in 0..accum {
+            let tf = Instant::now();
             let rows = data.next_train_rows(&mut cursor, b, self.cfg.run.seed);
             let (inputs, targets) = inputs_and_targets(&rows, len);
             let live0 = memory::stats().live_on(&self.device);
@@ -236,8 +256,12 @@ impl Trainer {
                 return Err(TrainError::NonFinite { step: self.step + 1, what: format!("training loss {l}") });
             }
             loss_sum += l;
+            timing.forward_s += tf.elapsed().as_secs_f64();
+            let tb = Instant::now();
             grads.accumulate(&loss.affine(1.0 / accum as f64, 0.0)?)?;
+            timing.backward_s += tb.elapsed().as_secs_f64();
         }
+        let tu = Instant::now();
         let step_peak = memory::stats().peak_on(&self.device).saturating_sub(before);
         let bad = grads.non_finite()?;
         if let Some((id, n)) = bad.first() {
@@ -260,6 +284,8 @@ impl Trainer {
             let Some(g) = grads.take(p) else { continue };
             if p.shape().len() >= 2 { self.decay.step_param(p, &g)? } else { self.no_decay.step_param(p, &g)? }
         }
+        timing.update_s = tu.elapsed().as_secs_f64();
+        self.timing = timing;
         // The template now points at the updated storages (it would otherwise keep the previous weights alive).
         self.template = self.model()?;
         self.cursor = cursor;

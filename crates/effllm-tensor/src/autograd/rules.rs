@@ -9,6 +9,11 @@ use crate::{BinaryOp, DType, Device, Error, ReduceOp, Result, Tensor, UnaryOp};
 
 type Grads = Result<Vec<Option<Tensor>>>;
 
+/// [`rule`] for op modules outside `rules` that build their backward next to a fused forward.
+pub(crate) fn rule_pub(f: impl FnOnce(&Tensor, &[bool]) -> Grads + Send + Sync + 'static) -> Result<BackwardFn> {
+    rule(f)
+}
+
 fn rule(f: impl FnOnce(&Tensor, &[bool]) -> Grads + Send + Sync + 'static) -> Result<BackwardFn> {
     Ok(Box::new(f))
 }
