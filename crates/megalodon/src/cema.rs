@@ -96,7 +96,7 @@ impl Cema {
         if d == 0 || n == 0 {
             return Err(MegalodonError::Config(format!("CEMA needs D > 0 and N > 0, got D = {d}, N = {n}")));
         }
-        let rng = CounterRng::new(seed, 0x43_454d_41); // "CEMA"
+        let rng = CounterRng::new(seed, 0x4345_4d41); // "CEMA"
         let normal = |off: u64, len: usize, std: f64| -> Vec<f64> {
             (0..len as u64).map(|i| std * rng.normal_at(off + i)).collect()
         };

@@ -133,8 +133,8 @@ pub(crate) fn backward_host(
     let (mut dx, mut dw, mut db) = (vec![0.0; b * l * d], vec![0.0; d], vec![0.0; d]);
     let (mut dmean, mut dvar) = (vec![0.0; b * groups], vec![0.0; b * groups]);
     let masked = |bi: usize, t: usize| mask.is_some_and(|m| m[bi * l + t]);
-    for bi in 0..b {
-        let c0 = count[bi] as f64;
+    for (bi, &c) in count.iter().enumerate().take(b) {
+        let c0 = c as f64;
         for g in 0..groups {
             let s = bi * groups + g;
             let (mu0, v0) = (mean[s], var[s]);

@@ -2,6 +2,9 @@
 //! per chunk, streaming through the cache in any pieces = one call (the cache never reaches C), and the bound on
 //! normalized logits.
 
+// Index loops mirror the equations (t, d, n) in these checks.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,9 @@
 //! stability and coefficient ranges, the init's frequency multiset, the paper/code reparameterisation, and
 //! gradients against central finite differences.
 
+// Index loops mirror the equations (t, d, n) in these checks.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::*;

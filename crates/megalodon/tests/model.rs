@@ -3,6 +3,9 @@
 //! with state passing = one shot, end-to-end causality, the two-hop residual, the parameter count, finite-difference
 //! gradients, and typed errors for bad configs, states and tokens.
 
+// Index loops mirror the equations (t, d, n) in these checks.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,9 @@
 //! with the carried state, invariance to per-group shifts and to scale, padding = deleting the step, gradients
 //! against central finite differences (x, weight, bias, incoming mean and variance), and typed errors.
 
+// Index loops mirror the equations (t, d, n) in these checks.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use common::*;
