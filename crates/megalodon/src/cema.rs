@@ -4,6 +4,7 @@
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, Tensor, autograd};
 
+use crate::cema_ops::{decayed_sum, power_sum};
 use crate::conv::causal_conv;
 use crate::error::{MegalodonError, Result};
 
@@ -239,21 +240,16 @@ impl Cema {
         })
     }
 
-    /// `q^j` for `j = 0..count` as (real, imaginary) `[count, D, N]`, formed as `exp(j·ln|q|)·(cos jφ, sin jφ)`,
-    /// never by repeated multiplication.
-    fn powers(&self, co: &CemaCoeffs, count: usize) -> Result<(Tensor, Tensor)> {
-        let j = Tensor::arange(count, co.p.dtype(), &co.p.device())?.reshape(&[count, 1, 1])?;
-        let mag = j.mul(&co.log_mag)?.exp()?;
-        let ang = j.mul(&co.phase)?;
-        Ok((mag.mul(&ang.cos()?)?, mag.mul(&ang.sin()?)?))
-    }
-
     /// The convolution kernel `k[d, j] = Re(Σ_n γ_n p_n q_n^j)`, `j < len`, `[D, len]`.
     pub fn kernel(&self, len: usize) -> Result<Tensor> {
         let co = self.coeffs()?;
-        let (pr, pi) = self.powers(&co, len)?;
-        let gq_re = co.gamma_re.mul(&pr)?.sub(&co.gamma_im.mul(&pi)?)?;
-        Ok(gq_re.mul(&co.p)?.sum(2, false)?.t()?.contiguous()?)
+        self.kernel_from(&co, len)
+    }
+
+    fn kernel_from(&self, co: &CemaCoeffs, len: usize) -> Result<Tensor> {
+        let c_re = co.gamma_re.mul(&co.p)?.unsqueeze(0)?;
+        let c_im = co.gamma_im.mul(&co.p)?.unsqueeze(0)?;
+        Ok(power_sum(&c_re, &c_im, &co.log_mag, &co.phase, len, 0)?.reshape(&[self.d, len])?)
     }
 
     fn check_input(&self, op: &'static str, x: &Tensor, state: &CemaState) -> Result<(usize, usize)> {
@@ -296,32 +292,25 @@ impl Cema {
             return Ok(x.clone());
         }
         let co = self.coeffs()?;
-        let (pr, pi) = self.powers(&co, l + 1)?;
-        let gq_re = co.gamma_re.mul(&pr)?.sub(&co.gamma_im.mul(&pi)?)?;
-        let k = gq_re.narrow(0, 0, l)?.mul(&co.p)?.sum(2, false)?.t()?.contiguous()?;
+        let k = self.kernel_from(&co, l)?;
         let xt = x.permute(&[0, 2, 1])?.contiguous()?;
         let mut y = causal_conv(&xt, &k)?.permute(&[0, 2, 1])?.add(&x.mul(&self.omega)?)?;
         let (h_re, h_im) = (&state.h_re, &state.h_im);
         if !state.zero {
-            let gq_im = co.gamma_re.mul(&pi)?.add(&co.gamma_im.mul(&pr)?)?;
-            let a_re = gq_re.narrow(0, 1, l)?.permute(&[1, 0, 2])?; // [D, L, N]
-            let a_im = gq_im.narrow(0, 1, l)?.permute(&[1, 0, 2])?;
-            let bias = a_re.matmul(&h_re.permute(&[1, 2, 0])?)?.sub(&a_im.matmul(&h_im.permute(&[1, 2, 0])?)?)?; // [D, L, B]
-            y = y.add(&bias.permute(&[2, 1, 0])?)?;
+            // b[b, t, d] = Re Σ_n (γ h₀)[b, d, n] q^{t+1}.
+            let c_re = co.gamma_re.mul(h_re)?.sub(&co.gamma_im.mul(h_im)?)?;
+            let c_im = co.gamma_re.mul(h_im)?.add(&co.gamma_im.mul(h_re)?)?;
+            let bias = power_sum(&c_re, &c_im, &co.log_mag, &co.phase, l, 1)?; // [B, D, L]
+            y = y.add(&bias.permute(&[0, 2, 1])?)?;
         }
-        // New state: p · Σ_j q^{L−1−j} x_j (a product with the time-reversed powers) + q^L h₀.
-        let rev: Vec<u32> = (0..l as u32).rev().collect();
-        let rev = Tensor::from_vec(rev, &[l], &Device::Cpu)?.to_device(&x.device())?;
-        let xd = x.permute(&[2, 1, 0])?; // [D, L, B]
-        let p3 = co.p.unsqueeze(2)?; // [D, N, 1]
-        let sum_part = |pw: &Tensor| -> Result<Tensor> {
-            let r = pw.narrow(0, 0, l)?.index_select(0, &rev)?.permute(&[1, 2, 0])?; // [D, N, L]
-            Ok(r.matmul(&xd)?.mul(&p3)?.permute(&[2, 0, 1])?) // [B, D, N]
-        };
-        let (mut new_re, mut new_im) = (sum_part(&pr)?, sum_part(&pi)?);
+        // New state: p · Σ_j q^{L−1−j} x_j + q^L h₀.
+        let s = decayed_sum(x, &co.log_mag, &co.phase)?;
+        let mut new_re = s.narrow(0, 0, 1)?.squeeze(0)?.mul(&co.p)?;
+        let mut new_im = s.narrow(0, 1, 1)?.squeeze(0)?.mul(&co.p)?;
         if !state.zero {
-            let ql_re = pr.narrow(0, l, 1)?.squeeze(0)?;
-            let ql_im = pi.narrow(0, l, 1)?.squeeze(0)?;
+            let mag = co.log_mag.affine(l as f64, 0.0)?.exp()?;
+            let ang = co.phase.affine(l as f64, 0.0)?;
+            let (ql_re, ql_im) = (mag.mul(&ang.cos()?)?, mag.mul(&ang.sin()?)?);
             new_re = new_re.add(&ql_re.mul(h_re)?.sub(&ql_im.mul(h_im)?)?)?;
             new_im = new_im.add(&ql_re.mul(h_im)?.add(&ql_im.mul(h_re)?)?)?;
         }

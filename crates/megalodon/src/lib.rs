@@ -95,6 +95,7 @@
 
 pub mod attention;
 pub mod cema;
+pub mod cema_ops;
 pub mod config;
 pub mod conv;
 mod cuda;

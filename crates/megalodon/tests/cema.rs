@@ -416,3 +416,102 @@ fn f32_fft_path_matches_the_f64_reference() {
     approx::assert_relative_eq!(rel(&y, &want), 0.0, epsilon = 1e-4);
     assert!(crel(&state_values(&st), &want_h) < 1e-4);
 }
+
+#[test]
+fn fused_power_and_decayed_sums_match_direct_sums_and_finite_differences() {
+    use megalodon::cema_ops::{decayed_sum, power_sum};
+    // Lengths past the 64-step re-anchoring of the walked powers.
+    let (r, d, n, l) = (2, 2, 3, 150);
+    let cre = randn(r * d * n, 30, 1, 0.0, 1.0);
+    let cim = randn(r * d * n, 30, 2, 0.0, 1.0);
+    let m: Vec<f64> = randn(d * n, 30, 3, 0.0, 1.0).iter().map(|v| -0.02 - 0.05 * v.abs()).collect();
+    let ph = randn(d * n, 30, 4, 0.0, 1.0);
+    let q: Vec<Complex64> = m.iter().zip(&ph).map(|(&a, &b)| Complex64::from_polar(a.exp(), b)).collect();
+    for shift in [0usize, 1] {
+        let got = v64(&power_sum(
+            &t64(cre.clone(), &[r, d, n]),
+            &t64(cim.clone(), &[r, d, n]),
+            &t64(m.clone(), &[d, n]),
+            &t64(ph.clone(), &[d, n]),
+            l,
+            shift,
+        )
+        .unwrap());
+        let mut want = vec![0.0; r * d * l];
+        for ri in 0..r {
+            for di in 0..d {
+                for j in 0..l {
+                    want[(ri * d + di) * l + j] = (0..n)
+                        .map(|ni| {
+                            (Complex64::new(cre[(ri * d + di) * n + ni], cim[(ri * d + di) * n + ni])
+                                * q[di * n + ni].powi((j + shift) as i32))
+                            .re
+                        })
+                        .sum();
+                }
+            }
+        }
+        assert!(rel(&got, &want) < 1e-12, "shift {shift}: {:e}", rel(&got, &want));
+    }
+    let wout = randn(r * d * l, 30, 5, 0.0, 1.0);
+    let vals = vec![cre.clone(), cim.clone(), m.clone(), ph.clone()];
+    let loss = |v: &[Vec<f64>], track: bool| -> (Tensor, Vec<Tensor>) {
+        let shapes: [&[usize]; 4] = [&[r, d, n], &[r, d, n], &[d, n], &[d, n]];
+        let ts: Vec<Tensor> = v
+            .iter()
+            .zip(shapes)
+            .map(|(x, s)| if track { t64(x.clone(), s).requires_grad() } else { t64(x.clone(), s) })
+            .collect();
+        let y = power_sum(&ts[0], &ts[1], &ts[2], &ts[3], l, 1).unwrap();
+        (y.reshape(&[r * d * l]).unwrap().mul(&t64(wout.clone(), &[r * d * l])).unwrap().sum_all().unwrap(), ts)
+    };
+    let (lv, ts) = loss(&vals, true);
+    let g = lv.backward().unwrap();
+    for (k, name) in ["c_re", "c_im", "log_mag", "phase"].iter().enumerate() {
+        let f = |x: &[f64]| {
+            let mut vv = vals.clone();
+            vv[k] = x.to_vec();
+            v64(&loss(&vv, false).0)[0]
+        };
+        check_grad(name, &vals[k], &v64(g.get(&ts[k]).unwrap()), &f, 12, 1e-6);
+    }
+    // decayed_sum
+    let b = 2;
+    let x = randn(b * l * d, 30, 6, 0.0, 1.0);
+    let got =
+        v64(&decayed_sum(&t64(x.clone(), &[b, l, d]), &t64(m.clone(), &[d, n]), &t64(ph.clone(), &[d, n])).unwrap());
+    let mut want = vec![0.0; 2 * b * d * n];
+    for bi in 0..b {
+        for di in 0..d {
+            for ni in 0..n {
+                let s: Complex64 =
+                    (0..l).map(|j| q[di * n + ni].powi((l - 1 - j) as i32) * x[(bi * l + j) * d + di]).sum();
+                want[(bi * d + di) * n + ni] = s.re;
+                want[b * d * n + (bi * d + di) * n + ni] = s.im;
+            }
+        }
+    }
+    assert!(rel(&got, &want) < 1e-12);
+    let wout = randn(2 * b * d * n, 30, 7, 0.0, 1.0);
+    let vals = vec![x, m, ph];
+    let loss = |v: &[Vec<f64>], track: bool| -> (Tensor, Vec<Tensor>) {
+        let shapes: [&[usize]; 3] = [&[b, l, d], &[d, n], &[d, n]];
+        let ts: Vec<Tensor> = v
+            .iter()
+            .zip(shapes)
+            .map(|(x, s)| if track { t64(x.clone(), s).requires_grad() } else { t64(x.clone(), s) })
+            .collect();
+        let y = decayed_sum(&ts[0], &ts[1], &ts[2]).unwrap();
+        (y.reshape(&[2 * b * d * n]).unwrap().mul(&t64(wout.clone(), &[2 * b * d * n])).unwrap().sum_all().unwrap(), ts)
+    };
+    let (lv, ts) = loss(&vals, true);
+    let g = lv.backward().unwrap();
+    for (k, name) in ["x", "log_mag", "phase"].iter().enumerate() {
+        let f = |xx: &[f64]| {
+            let mut vv = vals.clone();
+            vv[k] = xx.to_vec();
+            v64(&loss(&vv, false).0)[0]
+        };
+        check_grad(name, &vals[k], &v64(g.get(&ts[k]).unwrap()), &f, 40, 1e-6);
+    }
+}
