@@ -4,8 +4,9 @@
 //! arXiv 2404.08801) on `effllm-tensor`: a decoder whose attention only runs inside fixed-size chunks, while a
 //! complex exponential moving average (CEMA) and a timestep normalisation carry state across chunks, so the cost per
 //! decoded token stays flat in the context length. Everything trainable is differentiable through effllm-tensor's
-//! autograd; the two primitives that are not compositions of existing ops (the FFT convolution and the timestep
-//! norm) are custom ops with hand-written backward rules ([`effllm_tensor::autograd::custom_op`]).
+//! autograd; the primitives that are not cheap compositions of existing ops (the FFT convolution, the CEMA power
+//! sums of [`cema_ops`] and the timestep norm) are custom ops with hand-written backward rules
+//! ([`effllm_tensor::autograd::custom_op`]), each checked against central finite differences.
 //!
 //! ## The pieces
 //!
