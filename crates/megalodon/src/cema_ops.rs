@@ -102,7 +102,7 @@ fn power_sum_grad(
     shift: usize,
 ) -> [Vec<f64>; 4] {
     // Per channel d: the c-gradients of every row r, and ∂m, ∂φ summed over r.
-    let per_d: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = effllm_tensor::threads::install(|| {
+    let per_d: Vec<[Vec<f64>; 4]> = effllm_tensor::threads::install(|| {
         (0..d)
             .into_par_iter()
             .map(|di| {
@@ -134,13 +134,13 @@ fn power_sum_grad(
                         dph[ni] -= a_ph;
                     }
                 }
-                (dcre, dcim, dm, dph)
+                [dcre, dcim, dm, dph]
             })
             .collect()
     });
     let (mut dcre, mut dcim, mut dm, mut dph) =
         (vec![0.0; r * d * n], vec![0.0; r * d * n], vec![0.0; d * n], vec![0.0; d * n]);
-    for (di, (a, b, c, e)) in per_d.into_iter().enumerate() {
+    for (di, [a, b, c, e]) in per_d.into_iter().enumerate() {
         for ri in 0..r {
             let dst = (ri * d + di) * n;
             dcre[dst..dst + n].copy_from_slice(&a[ri * n..(ri + 1) * n]);
