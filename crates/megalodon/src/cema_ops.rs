@@ -15,7 +15,8 @@
 //! `∂φ = −Σ_b Im(conj(G) T)`. `S` and `T` come from the recurrences `T ← q(T + S)`, `S ← qS + x_j`.
 //!
 //! Powers are walked by multiplication in f64 and re-anchored to `exp(k·m)·(cos kφ, sin kφ)` every 64 steps, so the
-//! drift stays at f64 round-off for any length. On CUDA these ops run on the host (download, loops, upload).
+//! drift stays at f64 round-off for any length. f32 tensors on CUDA run the crate's kernels (same walks, f64
+//! arithmetic inside the threads); other CUDA dtypes run these loops on the host.
 
 use effllm_tensor::autograd::{CustomBackward, custom_op};
 use effllm_tensor::{DType, Device, Tensor};
@@ -43,6 +44,11 @@ impl C64 {
         let (s, c) = (k as f64 * ph).sin_cos();
         C64 { re: r * c, im: r * s }
     }
+}
+
+/// f32 tensors on a CUDA device run the crate's kernels; everything else runs the host loops.
+fn on_gpu(device: &Device, dtype: DType) -> bool {
+    matches!(device, Device::Cuda(_)) && dtype == DType::F32
 }
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {
@@ -183,6 +189,9 @@ pub fn power_sum(
         &[c_re, c_im, log_mag, phase],
         || {
             let run = || {
+                if on_gpu(&dev, dt) {
+                    return crate::cuda::power_sum(c_re, c_im, log_mag, phase, len, shift);
+                }
                 tensor(
                     power_sum_host(&host(c_re)?, &host(c_im)?, &host(log_mag)?, &host(phase)?, dims, len, shift),
                     &[r, d, len],
@@ -196,6 +205,10 @@ pub fn power_sum(
             let (cre, cim, m, ph) = (c_re.detach(), c_im.detach(), log_mag.detach(), phase.detach());
             Ok(Box::new(move |g: &Tensor, _: &[bool]| {
                 let run = || -> Result<Vec<Option<Tensor>>> {
+                    if on_gpu(&dev, dt) {
+                        let gs = crate::cuda::power_sum_grad(g, &cre, &cim, &m, &ph, shift)?;
+                        return Ok(gs.into_iter().map(Some).collect());
+                    }
                     let [a, b, c, e] = power_sum_grad(
                         &host(g)?,
                         &host(&cre)?,
@@ -320,14 +333,22 @@ pub fn decayed_sum(x: &Tensor, log_mag: &Tensor, phase: &Tensor) -> Result<Tenso
         "decayed_sum",
         &[x, log_mag, phase],
         || {
-            let run =
-                || tensor(decayed_sum_host(&host(x)?, &host(log_mag)?, &host(phase)?, dims), &[2, b, d, n], dt, &dev);
+            let run = || {
+                if on_gpu(&dev, dt) {
+                    return crate::cuda::decayed_sum(x, log_mag, phase);
+                }
+                tensor(decayed_sum_host(&host(x)?, &host(log_mag)?, &host(phase)?, dims), &[2, b, d, n], dt, &dev)
+            };
             run().map_err(to_tensor_error)
         },
         |_| {
             let (x, m, ph) = (x.detach(), log_mag.detach(), phase.detach());
             Ok(Box::new(move |g: &Tensor, _: &[bool]| {
                 let run = || -> Result<Vec<Option<Tensor>>> {
+                    if on_gpu(&dev, dt) {
+                        let gs = crate::cuda::decayed_sum_grad(g, &x, &m, &ph)?;
+                        return Ok(gs.into_iter().map(Some).collect());
+                    }
                     let [dx, dm, dph] = decayed_sum_grad(&host(g)?, &host(&x)?, &host(&m)?, &host(&ph)?, dims);
                     Ok(vec![
                         Some(tensor(dx, &[b, l, d], dt, &dev)?),

@@ -370,9 +370,24 @@ impl TimestepNorm {
                 let (x, w, mean0, var0) = (x.detach(), w.detach(), mean0.detach(), var0.detach());
                 let count0 = count0.clone();
                 Ok(Box::new(move |g: &Tensor, _: &[bool]| {
-                    // On CUDA the backward runs on the host (download, the loops below, upload).
                     let run = || -> Result<Vec<Option<Tensor>>> {
                         let (dt, dev) = (x.dtype(), x.device());
+                        if let Device::Cuda(_) = dev
+                            && dt == DType::F32
+                        {
+                            let gs = crate::cuda::timestep_norm_grad(
+                                &x,
+                                g,
+                                &w,
+                                &count0,
+                                &mean0,
+                                &var0,
+                                mask_owned.as_deref(),
+                                dims,
+                                eps,
+                            )?;
+                            return Ok(gs.into_iter().map(Some).collect());
+                        }
                         let [dx, dw, db, dm, dv] = backward_host(
                             &host(&x)?,
                             &host(g)?,

@@ -1,6 +1,6 @@
-//! The CUDA path against the CPU: the convolution kernel (forward and the backward correlations), the CEMA scan
-//! kernel, the timestep-norm kernel (forward; its backward runs on the host), and the whole model (forward, step,
-//! gradients) on device 0. Without the `cuda` feature or a usable GPU every test skips with a notice;
+//! The CUDA path against the CPU: the convolution kernel (forward and the backward correlations), the fused CEMA
+//! power/decayed sums (forward and backward), the CEMA scan kernel, the timestep-norm kernels (forward and backward),
+//! and the whole model (forward, step, gradients) on device 0. Without the `cuda` feature or a usable GPU every test skips with a notice;
 //! `EFFLLM_REQUIRE_CUDA=1` turns that into a failure.
 //! Run on a GPU machine: `EFFLLM_REQUIRE_CUDA=1 cargo test -p megalodon --features cuda --release --test cuda`.
 
@@ -161,4 +161,51 @@ fn model_forward_step_and_gradients_match_cpu() {
     };
     let (nc, ng) = (grad_norms(&cpu, &Device::Cpu), grad_norms(&gpu, &dev));
     assert!(rel(&ng, &nc) < 1e-3, "gradient norms rel {:e}", rel(&ng, &nc));
+}
+
+#[test]
+fn fused_cema_ops_and_their_gradients_match_cpu() {
+    use megalodon::cema_ops::{decayed_sum, power_sum};
+    let Some(dev) = cuda() else { return };
+    // Lengths across several 64-step tiles, R > 1, a shift of 1 (the state bias).
+    let (r, d, n, l) = (3, 5, 16, 300);
+    let cre = randn(r * d * n, 4, 1, 0.0, 1.0);
+    let cim = randn(r * d * n, 4, 2, 0.0, 1.0);
+    let m: Vec<f64> = randn(d * n, 4, 3, 0.0, 1.0).iter().map(|v| -0.01 - 0.05 * v.abs()).collect();
+    let ph = randn(d * n, 4, 4, 0.0, 1.0);
+    let wout = randn(r * d * l, 4, 5, 0.0, 1.0);
+    let run = |dev: &Device| {
+        let ts = [
+            f32t(&cre, &[r, d, n], dev).requires_grad(),
+            f32t(&cim, &[r, d, n], dev).requires_grad(),
+            f32t(&m, &[d, n], dev).requires_grad(),
+            f32t(&ph, &[d, n], dev).requires_grad(),
+        ];
+        let y = power_sum(&ts[0], &ts[1], &ts[2], &ts[3], l, 1).unwrap();
+        let g = y.mul(&f32t(&wout, &[r, d, l], dev)).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![host(&y)];
+        out.extend(ts.iter().map(|t| host(g.get(t).unwrap())));
+        out
+    };
+    for (i, (c, gp)) in run(&Device::Cpu).iter().zip(run(&dev)).enumerate() {
+        assert!(rel(&gp, c) < 1e-4, "power_sum output/gradient {i}: rel {:e}", rel(&gp, c));
+    }
+    let b = 2;
+    let x = randn(b * l * d, 4, 6, 0.0, 1.0);
+    let wout = randn(2 * b * d * n, 4, 7, 0.0, 1.0);
+    let run = |dev: &Device| {
+        let ts = [
+            f32t(&x, &[b, l, d], dev).requires_grad(),
+            f32t(&m, &[d, n], dev).requires_grad(),
+            f32t(&ph, &[d, n], dev).requires_grad(),
+        ];
+        let y = decayed_sum(&ts[0], &ts[1], &ts[2]).unwrap();
+        let g = y.mul(&f32t(&wout, &[2, b, d, n], dev)).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![host(&y)];
+        out.extend(ts.iter().map(|t| host(g.get(t).unwrap())));
+        out
+    };
+    for (i, (c, gp)) in run(&Device::Cpu).iter().zip(run(&dev)).enumerate() {
+        assert!(rel(&gp, c) < 1e-4, "decayed_sum output/gradient {i}: rel {:e}", rel(&gp, c));
+    }
 }
