@@ -292,7 +292,7 @@ impl Tensor {
 pub type CustomBackward = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
 
 /// Records an op defined outside this crate, with its own backward rule: how technique crates add a differentiable
-/// primitive (an FFT convolution, a fused normalisation) without editing [`rules`].
+/// primitive (an FFT convolution, a fused normalisation) without editing this crate's own backward rules.
 ///
 /// `forward` computes the value. When an input is tracked and grad mode is on, `forward` runs with grad mode off,
 /// and `backward(&value)` (the value detached, for rules that reuse it) builds the rule that the reverse sweep
