@@ -263,19 +263,35 @@ impl Trainer {
         }
         let tu = Instant::now();
         let step_peak = memory::stats().peak_on(&self.device).saturating_sub(before);
-        let bad = grads.non_finite()?;
-        if let Some((id, n)) = bad.first() {
-            let name = self.params.iter().find(|(_, p)| p.id() == Some(*id)).map_or("?", |(n, _)| n.as_str());
+        // The global norm is NaN or infinite iff some gradient entry is: one device reduction per parameter. Only
+        // then are the gradients scanned on the host to name the culprit.
+        let grad_norm = clip::global_norm(&grads)?;
+        if !grad_norm.is_finite() {
+            let bad = grads.non_finite()?;
+            let (name, n) = bad
+                .first()
+                .map(|(id, n)| {
+                    let name = self.params.iter().find(|(_, p)| p.id() == Some(*id)).map_or("?", |(n, _)| n.as_str());
+                    (name.to_string(), *n)
+                })
+                .unwrap_or_else(|| ("?".into(), 0));
             return Err(TrainError::NonFinite {
                 step: self.step + 1,
-                what: format!("{n} gradient entries of `{name}` (and {} more parameters)", bad.len() - 1),
+                what: format!("gradient norm {grad_norm}: {n} entries of `{name}` ({} parameters affected)", bad.len()),
             });
         }
-        let grad_norm = if self.cfg.optim.clip_norm > 0.0 {
-            clip::clip_grad_norm(&mut grads, self.cfg.optim.clip_norm)?
-        } else {
-            clip::global_norm(&grads)?
-        };
+        if self.cfg.optim.clip_norm > 0.0 {
+            // `torch.nn.utils.clip_grad_norm_`: scale by min(1, c / (‖g‖ + 1e-6)).
+            let coef = clip::clip_coefficient(grad_norm, self.cfg.optim.clip_norm);
+            if coef < 1.0 {
+                effllm_tensor::no_grad(|| -> Result<()> {
+                    for (_, g) in grads.iter_mut() {
+                        *g = g.affine(coef, 0.0)?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
         let lr = self.schedule.lr(self.step as u64);
         self.decay.set_learning_rate(lr);
         self.no_decay.set_learning_rate(lr);

@@ -12,6 +12,7 @@ use crate::{DType, WithDType};
 
 pub(crate) mod gemv;
 pub(crate) mod kernels;
+pub(crate) mod vexp;
 
 /// Host memory of one tensor, one variant per dtype.
 #[derive(Clone, Debug, PartialEq)]

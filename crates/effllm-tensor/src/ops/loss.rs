@@ -63,12 +63,11 @@ impl Tensor {
         let lse: Vec<f32> = crate::threads::install(|| {
             x.par_chunks(v)
                 .map(|r| {
-                    let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let m = crate::cpu::vexp::row_max(r);
                     if m == f32::NEG_INFINITY {
                         return m;
                     }
-                    let s: f64 = r.iter().map(|&z| f64::from((z - m).exp())).sum();
-                    m + s.ln() as f32
+                    m + crate::cpu::vexp::sum_exp(r, m).ln() as f32
                 })
                 .collect()
         });
@@ -93,10 +92,7 @@ impl Tensor {
                     let mut out = vec![0f32; rows * v];
                     crate::threads::install(|| {
                         out.par_chunks_mut(v).zip(xd.par_chunks(v)).enumerate().for_each(|(i, (o, r))| {
-                            let l = lse[i];
-                            for (o, &z) in o.iter_mut().zip(r) {
-                                *o = (z - l).exp() * scale;
-                            }
+                            crate::cpu::vexp::exp_scaled(o, r, lse[i], scale);
                             o[targets[i] as usize] -= scale;
                         })
                     });
