@@ -65,7 +65,7 @@
 //! opt.add_target(&w, params)?;
 //! let loss0 = w.sub(&target)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
 //! for _ in 0..30 {
-//!     let grads = w.sub(&target)?.sqr()?.sum_all()?.backward()?; // ½‖∇‖ of ‖W − W*‖²
+//!     let grads = w.sub(&target)?.sqr()?.sum_all()?.backward()?; // minimise ‖W − W*‖²
 //!     opt.step(std::slice::from_mut(&mut w), &grads)?;
 //! }
 //! let loss = w.sub(&target)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
