@@ -4,8 +4,7 @@ use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, Tensor};
 use galore::reference::{self, Mat, RefBasis};
 use galore::{
-    Basis, BasisSource, ExactSvd, GaLoreError, GaLoreParams, GaLoreProjector, ParamKey, ProjType, RandomizedSvd,
-    Side,
+    Basis, BasisSource, ExactSvd, GaLoreError, GaLoreParams, GaLoreProjector, ParamKey, ProjType, RandomizedSvd, Side,
 };
 use proptest::prelude::*;
 
@@ -240,7 +239,10 @@ fn bad_projector_input_is_a_typed_error() {
     assert!(matches!(bad(params(0, 1.0, ProjType::Std), &[4, 4]), GaLoreError::InvalidSetting { name: "rank", .. }));
     let p0 = GaLoreParams { update_proj_gap: 0, ..params(2, 1.0, ProjType::Std) };
     assert!(matches!(bad(p0, &[4, 4]), GaLoreError::InvalidSetting { name: "update_proj_gap", .. }));
-    assert!(matches!(bad(params(2, f64::NAN, ProjType::Std), &[4, 4]), GaLoreError::InvalidSetting { name: "scale", .. }));
+    assert!(matches!(
+        bad(params(2, f64::NAN, ProjType::Std), &[4, 4]),
+        GaLoreError::InvalidSetting { name: "scale", .. }
+    ));
     assert!(matches!(bad(params(2, 1.0, ProjType::Std), &[8]), GaLoreError::NotAMatrix { .. }));
     assert!(matches!(bad(params(2, 1.0, ProjType::Std), &[2, 3, 4]), GaLoreError::NotAMatrix { .. }));
     let view = GaLoreParams { matrix_shape: Some((5, 5)), ..params(2, 1.0, ProjType::Std) };
