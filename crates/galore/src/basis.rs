@@ -153,3 +153,9 @@ impl BasisSource for Replay {
             .ok_or(GaLoreError::ReplayExhausted { param: id, refresh: request.refresh })
     }
 }
+
+impl<S: BasisSource + ?Sized> BasisSource for Box<S> {
+    fn basis(&mut self, grad: &Tensor, request: &BasisRequest) -> Result<Basis> {
+        (**self).basis(grad, request)
+    }
+}
