@@ -136,7 +136,12 @@ struct Arm {
     svds: u64,
 }
 
-fn train<I: InnerOptimizer>(name: &'static str, mut opt: GaLore<I>, galore: Option<GaLoreParams>, steps: usize) -> Res<Arm> {
+fn train<I: InnerOptimizer>(
+    name: &'static str,
+    mut opt: GaLore<I>,
+    galore: Option<GaLoreParams>,
+    steps: usize,
+) -> Res<Arm> {
     let train = stream(1, 200_000);
     let val = stream(2, 20_000);
     let mut p = init(7)?;
@@ -167,7 +172,13 @@ fn train<I: InnerOptimizer>(name: &'static str, mut opt: GaLore<I>, galore: Opti
             eprintln!("{name}: step {} val loss {v:.4}", s + 1);
         }
     }
-    Ok(Arm { name, curve, state_bytes: opt.state_bytes(), ms_per_step: 1e3 * secs / steps as f64, svds: opt.svd_count() })
+    Ok(Arm {
+        name,
+        curve,
+        state_bytes: opt.state_bytes(),
+        ms_per_step: 1e3 * secs / steps as f64,
+        svds: opt.svd_count(),
+    })
 }
 
 fn main() -> Res<()> {
@@ -175,20 +186,20 @@ fn main() -> Res<()> {
     let floor = -PROBS.iter().map(|p| p * p.ln()).sum::<f64>();
     let adam = AdamConfig { lr: 3e-3, ..AdamConfig::default() };
     let galore_cfg = AdamConfig { lr: 1e-2, ..AdamConfig::default() };
-    let g = GaLoreParams { rank: D / 4, update_proj_gap: 50, scale: 0.25, proj_type: ProjType::Std, matrix_shape: None };
+    let g =
+        GaLoreParams { rank: D / 4, update_proj_gap: 50, scale: 0.25, proj_type: ProjType::Std, matrix_shape: None };
     let arms = vec![
         train("Adam (lr 3e-3)", GaLore::new(Adam::new(adam)?), None, steps)?,
         train("GaLore r=16 (lr 1e-2, α 0.25)", GaLore::new(Adam::new(galore_cfg)?), Some(g), steps)?,
         // The toy's low-rank moments (≤ 176×16 values) are below bitsandbytes' 4096-value threshold: quantize all.
-        train(
-            "GaLore 8-bit r=16",
-            GaLore::new(Adam8bit::new(galore_cfg)?.with_min_8bit_size(0)),
-            Some(g),
-            steps,
-        )?,
+        train("GaLore 8-bit r=16", GaLore::new(Adam8bit::new(galore_cfg)?.with_min_8bit_size(0)), Some(g), steps)?,
     ];
-    println!("steps {steps}, batch {BATCH}×{SEQ} tokens, d {D}, {LAYERS} layers, vocab {VOCAB}; loss floor (source entropy) {floor:.4} nats\n");
-    println!("| arm | final val loss | val ppl | ppl ÷ Adam | optimizer state (bytes) | state ÷ Adam | ms / step | SVDs |");
+    println!(
+        "steps {steps}, batch {BATCH}×{SEQ} tokens, d {D}, {LAYERS} layers, vocab {VOCAB}; loss floor (source entropy) {floor:.4} nats\n"
+    );
+    println!(
+        "| arm | final val loss | val ppl | ppl ÷ Adam | optimizer state (bytes) | state ÷ Adam | ms / step | SVDs |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let base = &arms[0];
     let (base_loss, base_bytes) = (base.curve.last().unwrap().1, base.state_bytes as f64);

@@ -109,8 +109,7 @@ impl<I: InnerOptimizer> GaLore<I> {
         self
     }
 
-    /// The basis source (e.g. to push more [`Replay`](crate::Replay) bases: downcasting is up to the caller, so
-    /// keep a handle of your own where that is needed).
+    /// The basis source.
     pub fn basis_source_mut(&mut self) -> &mut dyn BasisSource {
         self.source.as_mut()
     }
@@ -123,15 +122,15 @@ impl<I: InnerOptimizer> GaLore<I> {
         let id = param_id(param)?;
         let proj = GaLoreProjector::new(params, param.shape())?;
         let (m, n) = proj.matrix();
-        if proj.rank() < params.rank {
-            if self.options.strict_rank {
-                return Err(GaLoreError::RankTooLarge { requested: params.rank, max: m.min(n), m, n });
-            }
-            self.notices.retain(|r| r.param != id);
-            self.notices.push(RankNotice { param: id, requested: params.rank, effective: proj.rank(), m, n });
-        }
         if self.slots.contains_key(&id) {
             return Err(GaLoreError::BadState(format!("parameter {id} already has optimizer state")));
+        }
+        if proj.rank() < params.rank && self.options.strict_rank {
+            return Err(GaLoreError::RankTooLarge { requested: params.rank, max: m.min(n), m, n });
+        }
+        self.notices.retain(|r| r.param != id);
+        if proj.rank() < params.rank {
+            self.notices.push(RankNotice { param: id, requested: params.rank, effective: proj.rank(), m, n });
         }
         let index = self.targets.get(&id).map_or(self.targets.len(), |t| t.index);
         self.targets.insert(id, Target { index, params });

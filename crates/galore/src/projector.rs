@@ -281,7 +281,7 @@ impl GaLoreProjector {
 
     /// `grad` as the `m × n` f32 matrix the projector works on.
     pub fn as_matrix(&self, grad: &Tensor) -> Result<Tensor> {
-        Ok(grad.detach().to_dtype(DType::F32)?.reshape(&[self.m, self.n])?)
+        Ok(grad.detach().to_dtype(DType::F32)?.contiguous()?.reshape(&[self.m, self.n])?)
     }
 
     /// Recomputes the basis from `grad` (the parameter's gradient, `m · n` elements) through `source` at
