@@ -30,7 +30,7 @@
 //!   [`RandomizedSvd`] (seeded sketch + power iterations, GaLore 2), [`Replay`] (recorded or injected bases).
 //! - [`InnerOptimizer`]: [`Adam`] (galore-torch's `GaLoreAdamW` = HF `AdamW` by default, `torch.optim.AdamW` with
 //!   [`AdamConfig::torch`]), [`Adam8bit`] (block-wise 8-bit dynamic-map moments, f32 below 4096 elements),
-//!   [`Sgd`] (`torch.optim.SGD`).
+//!   [`Sgd`] (`torch.optim.SGD`), [`Adafactor`] (galore-torch's `GaLoreAdafactor`, fixed learning rate).
 //! - [`GaLore`]: the wrapper, an [`effllm_optim::Optimizer`] (per-parameter `step_param`, checkpoints through
 //!   `export_state` / `import_state` with the projector, `state_bytes`). Parameters without GaLore settings get the
 //!   inner optimizer unchanged. [`backward_layerwise`] updates each parameter inside the backward sweep.
@@ -78,6 +78,7 @@
 
 #![deny(missing_docs)]
 
+mod adafactor;
 mod basis;
 mod error;
 mod galore;
@@ -87,6 +88,7 @@ mod projector;
 mod quant8;
 pub mod reference;
 
+pub use adafactor::{Adafactor, AdafactorConfig, AdafactorState, SecondMoment};
 pub use basis::{BasisRequest, BasisSource, ExactSvd, ParamKey, RandomizedSvd, Replay};
 pub use error::{GaLoreError, Result};
 pub use galore::{GaLore, GaLoreOptions, RankNotice, is_llama_projection};

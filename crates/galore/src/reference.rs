@@ -1,6 +1,7 @@
 //! Naive f64 GaLore: dense row-major matrices, triple loops, the formulas of the crate docs written out. The
 //! oracle of the tests; nothing here is fast.
 
+use crate::AdafactorConfig;
 use crate::inner::{AdamConfig, DecayMode, EpsMode};
 
 /// A dense row-major f64 matrix.
@@ -192,4 +193,84 @@ pub fn first_step_closed_form(w0: &Mat, g: &Mat, basis: &RefBasis, scale: f64, c
         w.data[i] = (w.data[i] - cfg.lr * u.data[i]) * (1.0 - cfg.lr * cfg.weight_decay);
     }
     w
+}
+
+/// Adafactor's state in the reference: factored (row, column) or full second moment, optional first moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdafactorMoments {
+    /// Row means (matrices) or the full second moment (vectors, as a 1-row matrix).
+    pub row: Vec<f64>,
+    /// Column means (matrices; empty for vectors).
+    pub col: Vec<f64>,
+    /// First moment, when `β₁` is set.
+    pub m: Option<Mat>,
+    /// Steps taken.
+    pub step: u64,
+}
+
+/// One GaLore-Adafactor step (galore-torch's `adafactor.py` with a fixed learning rate), or plain Adafactor when
+/// `basis` is `None`. `factored` selects the matrix form (2-D parameters) or the vector form (1-D ones, passed as
+/// a 1-row matrix).
+pub fn adafactor_step(
+    w: &mut Mat,
+    g: &Mat,
+    state: &mut Option<AdafactorMoments>,
+    basis: Option<(&RefBasis, f64)>,
+    factored: bool,
+    cfg: &AdafactorConfig,
+) {
+    let r = match basis {
+        Some((b, _)) => project(g, b),
+        None => g.clone(),
+    };
+    let (rows, cols) = (r.rows, r.cols);
+    let st = state.get_or_insert_with(|| AdafactorMoments {
+        row: vec![0.0; if factored { rows } else { rows * cols }],
+        col: vec![0.0; if factored { cols } else { 0 }],
+        m: cfg.beta1.map(|_| Mat::zeros(rows, cols)),
+        step: 0,
+    });
+    st.step += 1;
+    let beta2t = 1.0 - (st.step as f64).powf(cfg.decay_rate);
+    let u: Vec<f64> = r.data.iter().map(|x| x * x + cfg.eps).collect();
+    let mut upd = Mat::zeros(rows, cols);
+    if factored {
+        for i in 0..rows {
+            let mean = (0..cols).map(|j| u[i * cols + j]).sum::<f64>() / cols as f64;
+            st.row[i] = beta2t * st.row[i] + (1.0 - beta2t) * mean;
+        }
+        for j in 0..cols {
+            let mean = (0..rows).map(|i| u[i * cols + j]).sum::<f64>() / rows as f64;
+            st.col[j] = beta2t * st.col[j] + (1.0 - beta2t) * mean;
+        }
+        let row_mean = st.row.iter().sum::<f64>() / rows as f64;
+        for i in 0..rows {
+            for j in 0..cols {
+                let v = st.row[i] / row_mean * st.col[j];
+                upd.data[i * cols + j] = r.data[i * cols + j] / v.sqrt();
+            }
+        }
+    } else {
+        for k in 0..u.len() {
+            st.row[k] = beta2t * st.row[k] + (1.0 - beta2t) * u[k];
+            upd.data[k] = r.data[k] / st.row[k].sqrt();
+        }
+    }
+    let rms = (upd.data.iter().map(|x| x * x).sum::<f64>() / upd.data.len() as f64).sqrt();
+    let clip = (rms / cfg.clip_threshold).max(1.0);
+    upd = upd.scaled(cfg.lr / clip);
+    if let (Some(m), Some(b1)) = (st.m.as_mut(), cfg.beta1) {
+        for k in 0..m.data.len() {
+            m.data[k] = b1 * m.data[k] + (1.0 - b1) * upd.data[k];
+        }
+        upd = m.clone();
+    }
+    let u = match basis {
+        Some((b, scale)) => project_back(&upd, b, scale),
+        None => upd,
+    };
+    let decay = cfg.lr * cfg.weight_decay;
+    for k in 0..w.data.len() {
+        w.data[k] = w.data[k] * (1.0 - decay) - u.data[k];
+    }
 }

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use effllm_optim::{AdamW, AdamWConfig, OptimError, Optimizer, SgdConfig};
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, Tensor};
-use galore::reference::{self, AdamMoments, Mat, RefBasis};
+use galore::reference::{self, AdafactorMoments, AdamMoments, Mat, RefBasis};
 use galore::{
-    Adam, Adam8bit, Adam8bitState, AdamConfig, Basis, BasisRequest, BasisSource, DecayMode, EpsMode, ExactSvd, GaLore,
-    GaLoreError, GaLoreOptions, GaLoreParams, InnerOptimizer, ProjType, Replay, Sgd, Side, backward_layerwise,
+    Adafactor, AdafactorConfig, Adam, Adam8bit, Adam8bitState, AdamConfig, Basis, BasisRequest, BasisSource, DecayMode,
+    EpsMode, ExactSvd, GaLore, GaLoreError, GaLoreOptions, GaLoreParams, InnerOptimizer, ProjType, Replay, Sgd, Side,
+    backward_layerwise,
 };
 use proptest::prelude::*;
 
@@ -144,6 +145,35 @@ proptest! {
         }
     }
 
+    /// GaLore-Adafactor (factored second moment of `R`, momentum on the lr-scaled update, decay before the update)
+    /// follows the f64 reference across refreshes, for a GaLore weight and a plain (vector) bias.
+    #[test]
+    fn galore_adafactor_matches_reference(m in 2usize..10, n in 2usize..10, rank in 1usize..10, ty in proj_types(),
+                                          scale in 0.2f64..2.0, beta1 in prop_oneof![Just(None), Just(Some(0.9f64))],
+                                          wd in prop_oneof![Just(0.0f64), Just(0.1)], clip in prop_oneof![Just(1.0f64), Just(1e-3)],
+                                          seed in any::<u64>()) {
+        let cfg = AdafactorConfig { lr: 1e-2, beta1, weight_decay: wd, clip_threshold: clip, ..AdafactorConfig::default() };
+        let mut w = param(&[m, n], seed);
+        let mut b = param(&[m], seed ^ 1);
+        let (mut w_ref, mut b_ref) = (mat(&w), Mat::from_f32(1, m, &b.to_vec::<f32>().unwrap()));
+        let mut opt = GaLore::new(Adafactor::new(cfg).unwrap());
+        opt.add_target(&w, gp(rank, 3, scale, ty)).unwrap();
+        let id = w.id().unwrap();
+        let (mut sw, mut sb): (Option<AdafactorMoments>, Option<AdafactorMoments>) = (None, None);
+        for s in 0..8 {
+            let (g, gb) = (grad(&[m, n], seed, s), grad(&[m], seed ^ 1, s));
+            opt.step_param(&mut w, &g).unwrap();
+            opt.step_param(&mut b, &gb).unwrap();
+            let basis = ref_basis(opt.projector(id).unwrap().basis().unwrap());
+            reference::adafactor_step(&mut w_ref, &mat(&g), &mut sw, Some((&basis, scale)), true, &cfg);
+            let gb = Mat::from_f32(1, m, &gb.to_vec::<f32>().unwrap());
+            reference::adafactor_step(&mut b_ref, &gb, &mut sb, None, false, &cfg);
+            prop_assert!(mat(&w).rel_err(&w_ref) < 1e-5, "step {}: W {}", s, mat(&w).rel_err(&w_ref));
+            let b_now = Mat::from_f32(1, m, &b.to_vec::<f32>().unwrap());
+            prop_assert!(b_now.rel_err(&b_ref) < 1e-5, "step {}: b", s);
+        }
+    }
+
     /// Invariant 5: an injected identity basis (`right`, r = n, α = 1) gives bitwise the inner optimizer's plain
     /// path — for HF and torch Adam, 8-bit Adam (f32 and quantized moments) and SGD.
     #[test]
@@ -171,6 +201,8 @@ proptest! {
         check(Adam8bit::new(cfg).unwrap().with_min_8bit_size(1).with_block_size(5).unwrap(), m, n, seed)?;
         let sgd = SgdConfig { lr: cfg.lr, momentum, dampening: 0.0, weight_decay: cfg.weight_decay, nesterov: momentum > 0.0 };
         check(Sgd::new(sgd).unwrap(), m, n, seed)?;
+        let beta1 = (momentum > 0.0).then_some(momentum);
+        check(Adafactor::new(AdafactorConfig { lr: cfg.lr, beta1, weight_decay: cfg.weight_decay, ..AdafactorConfig::default() }).unwrap(), m, n, seed)?;
     }
 
     /// Invariant 5, second part: with λ = 0, GaLore(α, η) on the identity basis equals Adam(η·α) up to rounding.
@@ -382,6 +414,7 @@ proptest! {
         run(Adam::new(cfg).unwrap(), ty, cut, seed)?;
         run(Adam8bit::new(cfg).unwrap().with_min_8bit_size(1000), ty, cut, seed)?;
         run(Sgd::new(SgdConfig { lr: 0.05, momentum: 0.9, ..SgdConfig::default() }).unwrap(), ty, cut, seed)?;
+        run(Adafactor::new(AdafactorConfig { lr: 1e-2, beta1: Some(0.9), ..AdafactorConfig::default() }).unwrap(), ty, cut, seed)?;
     }
 }
 
@@ -583,6 +616,10 @@ fn bad_input_is_a_typed_error() {
         Err(GaLoreError::Optim(OptimError::InvalidHyperparameter { name: "beta1", .. }))
     ));
     assert!(Adam8bit::new(AdamConfig::default()).unwrap().with_block_size(0).is_err());
+    assert!(matches!(
+        Adafactor::new(AdafactorConfig { decay_rate: 0.5, ..AdafactorConfig::default() }),
+        Err(GaLoreError::Optim(OptimError::InvalidHyperparameter { name: "decay_rate", .. }))
+    ));
     // Settings and shapes.
     let w = param(&[6, 4], 1);
     assert!(matches!(
