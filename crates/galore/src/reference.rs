@@ -251,8 +251,8 @@ pub fn adafactor_step(
             }
         }
     } else {
-        for k in 0..u.len() {
-            st.row[k] = beta2t * st.row[k] + (1.0 - beta2t) * u[k];
+        for (k, uk) in u.iter().enumerate() {
+            st.row[k] = beta2t * st.row[k] + (1.0 - beta2t) * uk;
             upd.data[k] = r.data[k] / st.row[k].sqrt();
         }
     }
