@@ -8,12 +8,14 @@
 //! - Optimizer, replay: torch's bases fed through [`Replay`] at the refreshes (steps 0, T, 2T, 3T): W, b and all four
 //!   moments match torch after every step, across three refreshes (moments are kept across them).
 //! - Optimizer, own SVD: W and b match for the first period (signs do not matter within one).
+//! - GaLoreAdafactor (fixed lr, as `torchrun_main.py` runs it), replaying torch's bases: W, b, the factored
+//!   second moment of W's low-rank gradient, b's full one and the first moment match after every step.
 
 use effllm_optim::Optimizer;
 use effllm_tensor::{Device, Tensor, TensorId};
 use galore::{
-    Adam, AdamConfig, Basis, BasisSource, DecayMode, EpsMode, ExactSvd, GaLore, GaLoreParams, GaLoreProjector,
-    ParamKey, ProjType, Replay,
+    Adafactor, AdafactorConfig, Adam, AdamConfig, Basis, BasisSource, DecayMode, EpsMode, ExactSvd, GaLore,
+    GaLoreParams, GaLoreProjector, ParamKey, ProjType, Replay, SecondMoment,
 };
 use serde_json::Value;
 
@@ -139,15 +141,20 @@ struct Run {
     opt: GaLore<Adam>,
 }
 
-fn case_settings(c: &Value) -> (GaLoreParams, AdamConfig) {
+/// The case's GaLore group settings.
+fn galore_params(c: &Value) -> GaLoreParams {
     let g = &c["galore"];
-    let params = GaLoreParams {
+    GaLoreParams {
         rank: num(g, "rank") as usize,
         update_proj_gap: num(g, "update_proj_gap") as u64,
         scale: num(g, "scale"),
         proj_type: ProjType::from_name(g["proj_type"].as_str().unwrap()).unwrap(),
         matrix_shape: None,
-    };
+    }
+}
+
+fn case_settings(c: &Value) -> (GaLoreParams, AdamConfig) {
+    let params = galore_params(c);
     let hp = &c["hyperparameters"];
     let cfg = AdamConfig {
         lr: num(hp, "lr"),
@@ -240,5 +247,67 @@ fn galore_adamw_matches_galore_torch() {
         }
         let id = replayed.w.id().unwrap();
         assert_eq!(replayed.opt.projector(id).unwrap().svd_count() as usize, n_refreshes);
+    }
+}
+
+#[test]
+fn galore_adafactor_matches_galore_torch() {
+    let doc = load();
+    let version = doc["torch_version"].as_str().unwrap().to_string();
+    let cases = doc["adafactor_cases"].as_array().unwrap();
+    assert!(cases.len() >= 3, "{} adafactor cases", cases.len());
+    for (ci, c) in cases.iter().enumerate() {
+        let (m, n) = (num(c, "m") as usize, num(c, "n") as usize);
+        let params = galore_params(c);
+        let hp = &c["hyperparameters"];
+        assert_eq!((hp["scale_parameter"].as_bool(), hp["relative_step"].as_bool()), (Some(false), Some(false)));
+        let cfg = AdafactorConfig {
+            lr: num(hp, "lr"),
+            beta1: hp["beta1"].as_f64(),
+            eps: hp["eps"][0].as_f64().unwrap(),
+            clip_threshold: num(hp, "clip_threshold"),
+            decay_rate: num(hp, "decay_rate"),
+            weight_decay: num(hp, "weight_decay"),
+        };
+        let gap = params.update_proj_gap as usize;
+        let after = c["after_each_step"].as_array().unwrap();
+        let (gw, gb) = (c["grads_w"].as_array().unwrap(), c["grads_b"].as_array().unwrap());
+        let mut w = tensor(&c["w0"], &[m, n]).requires_grad();
+        let mut b = tensor(&c["b0"], &[m]).requires_grad();
+        let mut replay = Replay::new();
+        for (s, rec) in after.iter().enumerate() {
+            if s % gap == 0 {
+                replay.push(w.id().unwrap(), torch_basis(rec, params.proj_type, m, n));
+            }
+        }
+        let mut opt = GaLore::new(Adafactor::new(cfg).unwrap()).with_basis_source(replay);
+        opt.add_target(&w, params).unwrap();
+        for (s, rec) in after.iter().enumerate() {
+            let what = format!(
+                "adafactor case {ci} ({m}x{n} {:?} rank {}) step {s} vs torch {version}",
+                params.proj_type, params.rank
+            );
+            opt.step_param(&mut w, &tensor(&gw[s], &[m, n])).unwrap();
+            opt.step_param(&mut b, &tensor(&gb[s], &[m])).unwrap();
+            let st_w = opt.inner_state(w.id().unwrap()).unwrap();
+            let st_b = opt.inner_state(b.id().unwrap()).unwrap();
+            let SecondMoment::Factored { row, col } = &st_w.second else { panic!("{what}: W's moment is factored") };
+            let SecondMoment::Full(v_b) = &st_b.second else { panic!("{what}: b's moment is full") };
+            let mut checks = vec![
+                ("W", vec_of(&w), floats(&rec["w"])),
+                ("b", vec_of(&b), floats(&rec["b"])),
+                ("W exp_avg_sq_row", vec_of(row), floats(&rec["w_exp_avg_sq_row"])),
+                ("W exp_avg_sq_col", vec_of(col), floats(&rec["w_exp_avg_sq_col"])),
+                ("b exp_avg_sq", vec_of(v_b), floats(&rec["b_exp_avg_sq"])),
+            ];
+            if let Some(m1) = &st_w.exp_avg {
+                checks.push(("W exp_avg", vec_of(m1), floats(&rec["w_exp_avg"])));
+            }
+            assert_eq!(st_w.exp_avg.is_some(), rec.get("w_exp_avg").is_some(), "{what}");
+            for (name, got, want) in checks {
+                let e = rel(&got, &want);
+                assert!(e < 1e-5, "{what}: {name} rel {e:e}\nours  {got:?}\ntorch {want:?}");
+            }
+        }
     }
 }
