@@ -147,15 +147,29 @@ exit $status
 "#;
 
 fn gpu_test() -> ExitCode {
-    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda,griffin/cuda,galore/cuda";
+    let features =
+        "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda,griffin/cuda,megalodon/cuda,galore/cuda";
     let mut c = cargo();
-    c.args(["test", "-p", "effllm-tensor", "-p", "effllm-tensor-conformance", "-p", "effllm-model", "-p", "griffin"]);
-    c.args(["-p", "galore"]);
+    c.args([
+        "test",
+        "-p",
+        "effllm-tensor",
+        "-p",
+        "effllm-tensor-conformance",
+        "-p",
+        "effllm-model",
+        "-p",
+        "griffin",
+        "-p",
+        "megalodon",
+        "-p",
+        "galore",
+    ]);
     c.args(["--features", features, "--no-run"]);
     // No debug info: the binaries must be small enough to carry to the GPU machine.
     c.env("CARGO_PROFILE_DEV_DEBUG", "0").env("CARGO_PROFILE_TEST_DEBUG", "0").current_dir(root());
     eprintln!(
-        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin -p galore --features \
+        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin -p megalodon -p galore --features \
          {features} --no-run"
     );
     let out = match c.output() {

@@ -27,7 +27,7 @@ use effllm_tokenizer::{ChatMessage, GgufTokenizer, PreTokenizerChoice};
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
-#[command(name = "effllm", version, about = "Efficient LLM inference: generate, perplexity, info")]
+#[command(name = "effllm", version, about = "Efficient LLM inference and training: generate, perplexity, train, info")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +39,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Perplexity of the model on a text file, or on the Rust-docs corpus split.
     Perplexity(PerplexityArgs),
+    /// Pretrain a Llama from scratch on the Rust-docs corpus (SmolLM2 tokenizer): `--config <file>` or `--preset`.
+    Train(TrainArgs),
     /// Print a GGUF file's metadata, tensors and model configuration.
     Info {
         /// The GGUF file (default: the cached SmolLM2 model, fetched if absent).
@@ -104,6 +106,35 @@ struct GenerateArgs {
     parse_special: bool,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// A JSON training config: a whole config, or `{"preset": "<name>", <sections overriding it>}`.
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
+    /// A built-in preset: cpu-small (4 layers, d = 256; minutes on 2 cores), gpu-medium (8 layers, d = 512,
+    /// bf16), tiny.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Override `run.steps`.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override `run.out_dir` (checkpoint, metrics.jsonl, config.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override `run.device` (`cpu`, `cuda:0`).
+    #[arg(long)]
+    device: Option<String>,
+    /// Override `run.threads`.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Continue from `<out>/checkpoint` if it exists.
+    #[arg(long)]
+    resume: bool,
+    /// Print the resolved config as JSON and exit (a starting point for `--config`).
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Args, Debug)]
@@ -361,6 +392,137 @@ fn perplexity(a: &PerplexityArgs) -> AnyResult<()> {
     Ok(())
 }
 
+fn train(a: &TrainArgs) -> AnyResult<()> {
+    use effllm_train::{Event, TrainConfig, Trainer};
+    use std::io::Write;
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(p), _) => TrainConfig::from_file(p)?,
+        (None, Some(name)) => TrainConfig::preset(name)?,
+        (None, None) => {
+            let names: Vec<&str> = effllm_train::PRESETS.iter().map(|p| p.0).collect();
+            return Err(format!("give --config <file> or --preset <{}>", names.join("|")).into());
+        }
+    };
+    if let Some(s) = a.steps {
+        cfg.run.steps = s;
+    }
+    if let Some(o) = &a.out {
+        cfg.run.out_dir = o.clone();
+    }
+    if let Some(d) = &a.device {
+        cfg.run.device = d.clone();
+    }
+    if a.threads.is_some() {
+        cfg.run.threads = a.threads;
+    }
+    cfg.validate()?;
+    if a.print_config {
+        println!("{}", cfg.to_json());
+        return Ok(());
+    }
+    let mut data = effllm_train::rust_docs(&cfg, &mut |l| eprintln!("effllm: {l}"))?;
+    let out = cfg.run.out_dir.clone();
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    std::fs::write(out.join("config.json"), cfg.to_json())?;
+    let ckpt = effllm_train::checkpoint::checkpoint_dir(&cfg);
+    let mut trainer = if a.resume && ckpt.join("trainer.json").exists() {
+        let t = Trainer::resume(&ckpt, cfg.clone(), &data)?;
+        eprintln!("effllm: resumed from {} at step {}", ckpt.display(), t.step());
+        t
+    } else {
+        Trainer::new(cfg.clone(), data.vocab())?
+    };
+    eprintln!(
+        "effllm: training {} parameters ({} layers, d = {}) on {} ({:?}); {} training rows of {} tokens, {} tokens per step",
+        trainer.num_parameters(),
+        cfg.model.n_layer,
+        cfg.model.d_model,
+        cfg.run.device,
+        cfg.run.precision,
+        data.train_rows(),
+        cfg.data.seq_len,
+        cfg.tokens_per_step()
+    );
+    let unigram = data.unigram_nats();
+    if trainer.evals().is_empty() {
+        let e = trainer.evaluate(&data)?;
+        eprintln!("effllm: step 0: validation loss {:.4} nats (unigram baseline {unigram:.4})", e.loss);
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .map_err(|e| format!("cannot open {}: {e}", out.join("metrics.jsonl").display()))?;
+    let bar = indicatif::ProgressBar::new(cfg.run.steps as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps, eta {eta} | {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(trainer.step() as u64);
+    let t0 = Instant::now();
+    let start_tokens = trainer.tokens_seen();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let mut log_err = None;
+    let result = trainer.run(&mut data, &mut |ev| {
+        let line = match ev {
+            Event::Step(r) => {
+                bar.set_position(r.step as u64);
+                bar.set_message(format!(
+                    "loss {:.3} | lr {:.2e} | |g| {:.2} | {:.0} tok/s",
+                    r.loss, r.lr, r.grad_norm, r.tokens_per_s
+                ));
+                format!(
+                    "{{\"kind\":\"step\",\"step\":{},\"loss\":{},\"grad_norm\":{},\"lr\":{},\"tokens_per_s\":{}}}",
+                    r.step, r.loss, r.grad_norm, r.lr, r.tokens_per_s
+                )
+            }
+            Event::Eval(e) => {
+                let m = e.memory;
+                bar.println(format!(
+                    "step {}: validation loss {:.4} nats, perplexity {:.2} (unigram baseline {unigram:.4}) | \
+                     memory MiB: params {:.1}, grads {:.1}, optimizer {:.1}, activations {:.1} (step peak {:.1})",
+                    e.step,
+                    e.loss,
+                    e.perplexity,
+                    mib(m.params),
+                    mib(m.grads),
+                    mib(m.optimizer_state),
+                    mib(m.activations),
+                    mib(m.step_peak)
+                ));
+                format!(
+                    "{{\"kind\":\"eval\",\"step\":{},\"loss\":{},\"perplexity\":{},\"unigram\":{unigram},\"params_bytes\":{},\"grads_bytes\":{},\"optimizer_bytes\":{},\"activation_bytes\":{},\"step_peak_bytes\":{}}}",
+                    e.step, e.loss, e.perplexity, m.params, m.grads, m.optimizer_state, m.activations, m.step_peak
+                )
+            }
+            Event::Checkpoint(dir) => {
+                bar.println(format!("checkpoint: {}", dir.display()));
+                return;
+            }
+        };
+        if let Err(e) = writeln!(log, "{line}") {
+            log_err.get_or_insert(e);
+        }
+    });
+    bar.finish_and_clear();
+    result?;
+    if let Some(e) = log_err {
+        eprintln!("effllm: warning: could not write metrics.jsonl: {e}");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let tokens = trainer.tokens_seen() - start_tokens;
+    let first = trainer.evals().first().map_or(f64::NAN, |e| e.loss);
+    let last = trainer.evals().last().map_or(f64::NAN, |e| e.loss);
+    println!(
+        "trained {} steps in {secs:.0} s ({:.0} tok/s): validation loss {first:.4} → {last:.4} nats \
+         (unigram baseline {unigram:.4}; {:.1}% of it); checkpoint in {}",
+        trainer.step(),
+        tokens as f64 / secs,
+        100.0 * last / unigram,
+        ckpt.display()
+    );
+    Ok(())
+}
+
 fn info(path: Option<&Path>) -> AnyResult<()> {
     let path = model_path(path)?;
     let f = GgufFile::open(&path, &ReadOptions::default())?;
@@ -432,6 +594,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Generate(a) => generate(a),
         Command::Perplexity(a) => perplexity(a),
+        Command::Train(a) => train(a),
         Command::Info { model } => info(model.as_deref()),
     };
     match result {

@@ -13,6 +13,14 @@ pub enum BatchMask {
         /// Parent index within the batch per new token.
         parents: Vec<Option<usize>>,
     },
+    /// `T / len` independent sequences of `len` tokens each, one after another (training and evaluation batches):
+    /// token `i` attends to the tokens of its own sequence at or before it and to nothing cached. The cache must
+    /// be empty; it is neither read nor written. Attention runs as one batched op over the sequences, and every
+    /// other layer op over all `T` rows at once.
+    Sequences {
+        /// Tokens per sequence.
+        len: usize,
+    },
     /// An explicit row-major u8 mask `[T, L + T]` (non-zero = may attend) over the `L` slots cached in a layer
     /// before this batch, then the `T` new tokens. `L` must equal the layer's cache length when it runs.
     Explicit {
@@ -41,6 +49,26 @@ impl Batch {
             tokens: tokens.to_vec(),
             positions: (0..tokens.len()).map(|i| (start + i) as u32).collect(),
             mask: BatchMask::Causal,
+        }
+    }
+
+    /// `tokens.len() / len` independent causal sequences of `len` tokens (packed training rows), each at positions
+    /// `0..len`. An error unless `len` divides the number of tokens.
+    pub fn sequences(tokens: &[u32], len: usize) -> Result<Batch> {
+        let batch = Batch {
+            tokens: tokens.to_vec(),
+            positions: (0..tokens.len()).map(|i| (i % len.max(1)) as u32).collect(),
+            mask: BatchMask::Sequences { len },
+        };
+        batch.validate()?;
+        Ok(batch)
+    }
+
+    /// The number of sequences and their length when the mask is [`BatchMask::Sequences`].
+    pub fn sequences_shape(&self) -> Option<(usize, usize)> {
+        match self.mask {
+            BatchMask::Sequences { len } if len > 0 => Some((self.tokens.len() / len, len)),
+            _ => None,
         }
     }
 
@@ -96,6 +124,11 @@ impl Batch {
                     return Err(invalid("mask", format!("parent {p} of token {i} does not precede it")));
                 }
             }
+            BatchMask::Sequences { len } => {
+                if *len == 0 || !t.is_multiple_of(*len) {
+                    return Err(invalid("mask", format!("{t} tokens are not a whole number of sequences of {len}")));
+                }
+            }
             BatchMask::Explicit { mask, cols } => {
                 if *cols < t || mask.len() != t * cols {
                     return Err(invalid(
@@ -126,6 +159,16 @@ impl Batch {
                     }
                 }
                 Ok(Some(m))
+            }
+            BatchMask::Sequences { len } => {
+                if cached != 0 {
+                    return Err(invalid(
+                        "mask",
+                        format!("a batch of sequences needs an empty cache, not {cached} slots"),
+                    ));
+                }
+                let len = (*len).max(1);
+                Ok(Some((0..t * t).map(|i| u8::from(i / t / len == i % t / len && i % t <= i / t)).collect()))
             }
             BatchMask::Explicit { mask, cols: c } => {
                 if *c != cols {

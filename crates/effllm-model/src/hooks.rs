@@ -11,7 +11,7 @@ use crate::llama::LlamaFfn;
 /// per op).
 ///
 /// Shapes use `T` for the batch's new tokens: `query` gets the post-RoPE queries `[1, n_head, T, head_dim]`
-/// (TriForce's retrieval), `ffn_input` the normalised FFN input `[T, d]` (NEST's keys), `ffn_intermediate` the
+/// (`[n_seq, n_head, len, head_dim]` for a [`BatchMask::Sequences`](crate::BatchMask) batch; TriForce's retrieval), `ffn_input` the normalised FFN input `[T, d]` (NEST's keys), `ffn_intermediate` the
 /// gated activations `silu(x W_gateᵀ) ⊙ (x W_upᵀ)` = `[T, d_ff]` (GRIFFIN's statistic), `layer_output` the
 /// residual stream after the layer `[T, d]` (early exit, hidden-state capture).
 pub trait ForwardHooks: Send {

@@ -361,6 +361,67 @@ impl LlamaModel {
         })
     }
 
+    /// The same model with every dense weight `w` named `name` (the names of [`named_parameters`](Self::named_parameters))
+    /// replaced by `f(name, w)`, which must keep its shape: e.g. differentiable bf16 casts of f32 master weights
+    /// for mixed-precision training, whose gradients then flow back to the masters. A tied LM head follows the
+    /// embedding (one call). Quantized weights are kept as they are.
+    pub fn map_weights(&self, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<LlamaModel> {
+        let mut map = |name: String, w: &Tensor| -> Result<Tensor> {
+            let out = f(&name, w)?;
+            if out.shape() != w.shape() {
+                return Err(invalid("map_weights", format!("{name}: {:?} became {:?}", w.shape(), out.shape())));
+            }
+            Ok(out)
+        };
+        let mut lin = |name: String, l: &Linear| -> Result<Linear> {
+            Ok(match l {
+                Linear::Dense(w) => Linear::Dense(map(name, w)?),
+                Linear::Quant(_) => l.clone(),
+            })
+        };
+        let embedding = match &self.embedding {
+            Embedding::Dense(t) => match lin("embedding".into(), &Linear::Dense(t.clone()))? {
+                Linear::Dense(t) => Embedding::Dense(t),
+                Linear::Quant(_) => return Err(invalid("map_weights", "embedding became quantized")),
+            },
+            Embedding::Quant(_) => self.embedding.clone(),
+        };
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let norm = |lin: &mut dyn FnMut(String, &Linear) -> Result<Linear>, n: &str, t: &Tensor| match lin(
+                    format!("layers.{i}.{n}"),
+                    &Linear::Dense(t.clone()),
+                )? {
+                    Linear::Dense(t) => Ok(t),
+                    Linear::Quant(_) => Err(invalid("map_weights", "a norm became quantized")),
+                };
+                Ok(LlamaLayer {
+                    attn_norm: norm(&mut lin, "attn_norm", &l.attn_norm)?,
+                    wq: lin(format!("layers.{i}.wq"), &l.wq)?,
+                    wk: lin(format!("layers.{i}.wk"), &l.wk)?,
+                    wv: lin(format!("layers.{i}.wv"), &l.wv)?,
+                    wo: lin(format!("layers.{i}.wo"), &l.wo)?,
+                    ffn_norm: norm(&mut lin, "ffn_norm", &l.ffn_norm)?,
+                    ffn: LlamaFfn {
+                        gate: lin(format!("layers.{i}.ffn.gate"), &l.ffn.gate)?,
+                        up: lin(format!("layers.{i}.ffn.up"), &l.ffn.up)?,
+                        down: lin(format!("layers.{i}.ffn.down"), &l.ffn.down)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = match lin("norm".into(), &Linear::Dense(self.norm.clone()))? {
+            Linear::Dense(t) => t,
+            Linear::Quant(_) => return Err(invalid("map_weights", "the final norm became quantized")),
+        };
+        let lm_head =
+            if self.config.tied_embeddings { embedding.as_linear() } else { lin("lm_head".into(), &self.lm_head)? };
+        Ok(LlamaModel { config: self.config.clone(), embedding, layers, norm, lm_head, device: self.device })
+    }
+
     /// Every dense weight with a stable name (`embedding`, `layers.N.wq`, ..., `norm`, `lm_head` unless tied), in
     /// order; quantized weights are skipped. Gradients are keyed by these tensors' ids.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -526,89 +587,111 @@ impl LlamaModel {
             |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape(&[t, n, hd])?.transpose(0, 1)?.unsqueeze(0)?) };
         let [q, k, v] = <[Tensor; 3]>::try_from(Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &x)?)
             .map_err(|_| invalid("attention", "expected three projections"))?;
-        let q = heads(q, hq)?.rope(&state.positions, &cfg.rope)?;
-        let k = heads(k, hkv)?.rope(&state.positions, &cfg.rope)?;
-        let v = heads(v, hkv)?.contiguous()?;
-        hooks.query(li, &q)?;
-        let (kv, mut policy) = cache.parts_mut(li)?;
-        if let Some(p) = policy.as_mut() {
-            p.before_append(li, kv, t)?;
-        }
-        let cached = kv.len();
-        kv.append(&k, &v, &batch.positions)?;
-        let group = cfg.group_size();
-        let want_probs = policy.as_ref().is_some_and(|p| p.wants_attention_probs(li));
-        // Long batches (prefill, big trees): attention as two GEMMs per KV head, in row chunks, instead of the
-        // per-query loop of `Tensor::attention`, which is O(T·S) scalar dot products.
-        let use_gemm = t >= GEMM_ATTENTION_MIN_ROWS && !matches!(batch.mask, crate::batch::BatchMask::Explicit { .. });
-        // Layers holding the same number of slots share one mask (and bias): built once per forward, not per layer.
-        let masks = &mut state.masks;
-        if masks.as_ref().is_none_or(|m| m.cached != cached) {
-            let mask = match batch.dense_mask(cached)? {
-                None => AttentionMask::Causal,
-                Some(m) => AttentionMask::Mask(Tensor::from_vec(m, &[1, 1, t, cached + t], &self.device)?),
+        let attn = if let Some((n_seq, len)) = batch.sequences_shape() {
+            let (kv, _) = cache.parts_mut(li)?;
+            if !kv.is_empty() {
+                return Err(invalid(
+                    "cache",
+                    format!("a batch of sequences needs an empty cache, not {} slots", kv.len()),
+                ));
+            }
+            // [n_seq·len, n·hd] → [n_seq, n, len, hd]: all sequences in one batched RoPE and attention.
+            let seq_heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                Ok(y.reshape(&[n_seq, len, n, hd])?.transpose(1, 2)?.contiguous()?)
             };
-            *masks = Some(LayerMasks { cached, mask, bias: None });
-        }
-        let Some(m) = masks.as_mut() else { return Err(invalid("mask", "not built")) };
-        if (use_gemm || want_probs) && m.bias.is_none() {
-            m.bias = Some(mask_bias(&m.mask, t, cached + t, &self.device)?);
-        }
-        let (mask, bias) = (&m.mask, m.bias.as_ref());
-        let kv_ref: &crate::cache::LayerKv = kv;
-        // Training: keys and values that carry gradients are read from this forward's tensors (after the cached
-        // slots, which are constants), not from the cache buffers they were copied into.
-        let tracked_kv = k.is_tracked() || v.is_tracked();
-        let per_group = |g: usize| -> Result<(Tensor, Option<Tensor>)> {
-            let (kk, vv) = kv_ref.attention_views(g)?;
-            let (kk, vv) = if tracked_kv {
-                let (nk, nv) = (k.narrow(1, g, 1)?, v.narrow(1, g, 1)?);
-                if cached == 0 {
-                    (nk, nv)
-                } else {
-                    (
-                        Tensor::concat(&[&kk.narrow(2, 0, cached)?, &nk], 2)?,
-                        Tensor::concat(&[&vv.narrow(2, 0, cached)?, &nv], 2)?,
-                    )
-                }
-            } else {
-                (kk, vv)
-            };
-            let qg = q.narrow(1, g * group, group)?;
-            let out = match bias {
-                Some(bias) if use_gemm => gemm_attention(&qg, &kk, &vv, bias, hd)?,
-                _ => qg.attention(&kk, &vv, mask, None)?,
-            };
-            let probs = match bias {
-                Some(bias) if want_probs => Some(attention_probs(&qg, &kk, bias, hd)?),
-                _ => None,
-            };
-            Ok((out, probs))
-        };
-        // KV heads are independent: in decode each is only `group` query rows, too little to split inside the op,
-        // so the heads run side by side on the pool (CPU only; device work is queued in order anyway).
-        let results: Vec<(Tensor, Option<Tensor>)> = if self.device.is_cpu() {
-            use rayon::prelude::*;
-            // Pool threads do not share the caller's grad mode (a thread-local): carry it.
-            let grad = effllm_tensor::autograd::is_grad_enabled();
-            (0..hkv)
-                .into_par_iter()
-                .map(|g| effllm_tensor::autograd::with_grad_enabled(grad, || per_group(g)))
-                .collect::<Result<_>>()?
+            let positions = state.positions.reshape(&[n_seq, len])?;
+            let q = seq_heads(q, hq)?.rope(&positions, &cfg.rope)?;
+            let k = seq_heads(k, hkv)?.rope(&positions, &cfg.rope)?;
+            let v = seq_heads(v, hkv)?;
+            hooks.query(li, &q)?;
+            let out = q.attention(&k, &v, &AttentionMask::Causal, None)?;
+            out.transpose(1, 2)?.contiguous()?.reshape(&[t, hq * hd])?
         } else {
-            (0..hkv).map(per_group).collect::<Result<_>>()?
+            let q = heads(q, hq)?.rope(&state.positions, &cfg.rope)?;
+            let k = heads(k, hkv)?.rope(&state.positions, &cfg.rope)?;
+            let v = heads(v, hkv)?.contiguous()?;
+            hooks.query(li, &q)?;
+            let (kv, mut policy) = cache.parts_mut(li)?;
+            if let Some(p) = policy.as_mut() {
+                p.before_append(li, kv, t)?;
+            }
+            let cached = kv.len();
+            kv.append(&k, &v, &batch.positions)?;
+            let group = cfg.group_size();
+            let want_probs = policy.as_ref().is_some_and(|p| p.wants_attention_probs(li));
+            // Long batches (prefill, big trees): attention as two GEMMs per KV head, in row chunks, instead of the
+            // per-query loop of `Tensor::attention`, which is O(T·S) scalar dot products.
+            let use_gemm =
+                t >= GEMM_ATTENTION_MIN_ROWS && !matches!(batch.mask, crate::batch::BatchMask::Explicit { .. });
+            // Layers holding the same number of slots share one mask (and bias): built once per forward, not per layer.
+            let masks = &mut state.masks;
+            if masks.as_ref().is_none_or(|m| m.cached != cached) {
+                let mask = match batch.dense_mask(cached)? {
+                    None => AttentionMask::Causal,
+                    Some(m) => AttentionMask::Mask(Tensor::from_vec(m, &[1, 1, t, cached + t], &self.device)?),
+                };
+                *masks = Some(LayerMasks { cached, mask, bias: None });
+            }
+            let Some(m) = masks.as_mut() else { return Err(invalid("mask", "not built")) };
+            if (use_gemm || want_probs) && m.bias.is_none() {
+                m.bias = Some(mask_bias(&m.mask, t, cached + t, &self.device)?);
+            }
+            let (mask, bias) = (&m.mask, m.bias.as_ref());
+            let kv_ref: &crate::cache::LayerKv = kv;
+            // Training: keys and values that carry gradients are read from this forward's tensors (after the cached
+            // slots, which are constants), not from the cache buffers they were copied into.
+            let tracked_kv = k.is_tracked() || v.is_tracked();
+            let per_group = |g: usize| -> Result<(Tensor, Option<Tensor>)> {
+                let (kk, vv) = kv_ref.attention_views(g)?;
+                let (kk, vv) = if tracked_kv {
+                    let (nk, nv) = (k.narrow(1, g, 1)?, v.narrow(1, g, 1)?);
+                    if cached == 0 {
+                        (nk, nv)
+                    } else {
+                        (
+                            Tensor::concat(&[&kk.narrow(2, 0, cached)?, &nk], 2)?,
+                            Tensor::concat(&[&vv.narrow(2, 0, cached)?, &nv], 2)?,
+                        )
+                    }
+                } else {
+                    (kk, vv)
+                };
+                let qg = q.narrow(1, g * group, group)?;
+                let out = match bias {
+                    Some(bias) if use_gemm => gemm_attention(&qg, &kk, &vv, bias, hd)?,
+                    _ => qg.attention(&kk, &vv, mask, None)?,
+                };
+                let probs = match bias {
+                    Some(bias) if want_probs => Some(attention_probs(&qg, &kk, bias, hd)?),
+                    _ => None,
+                };
+                Ok((out, probs))
+            };
+            // KV heads are independent: in decode each is only `group` query rows, too little to split inside the op,
+            // so the heads run side by side on the pool (CPU only; device work is queued in order anyway).
+            let results: Vec<(Tensor, Option<Tensor>)> = if self.device.is_cpu() {
+                use rayon::prelude::*;
+                // Pool threads do not share the caller's grad mode (a thread-local): carry it.
+                let grad = effllm_tensor::autograd::is_grad_enabled();
+                (0..hkv)
+                    .into_par_iter()
+                    .map(|g| effllm_tensor::autograd::with_grad_enabled(grad, || per_group(g)))
+                    .collect::<Result<_>>()?
+            } else {
+                (0..hkv).map(per_group).collect::<Result<_>>()?
+            };
+            let (outs, probs): (Vec<Tensor>, Vec<Option<Tensor>>) = results.into_iter().unzip();
+            let probs: Vec<Tensor> = probs.into_iter().flatten().collect();
+            if let Some(p) = policy
+                && want_probs
+            {
+                let refs: Vec<&Tensor> = probs.iter().collect();
+                let all = Tensor::concat(&refs, 1)?.squeeze(0)?;
+                p.record_attention(li, kv, &all)?;
+            }
+            let refs: Vec<&Tensor> = outs.iter().collect();
+            Tensor::concat(&refs, 1)?.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape(&[t, hq * hd])?
         };
-        let (outs, probs): (Vec<Tensor>, Vec<Option<Tensor>>) = results.into_iter().unzip();
-        let probs: Vec<Tensor> = probs.into_iter().flatten().collect();
-        if let Some(p) = policy
-            && want_probs
-        {
-            let refs: Vec<&Tensor> = probs.iter().collect();
-            let all = Tensor::concat(&refs, 1)?.squeeze(0)?;
-            p.record_attention(li, kv, &all)?;
-        }
-        let refs: Vec<&Tensor> = outs.iter().collect();
-        let attn = Tensor::concat(&refs, 1)?.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape(&[t, hq * hd])?;
         let h = h.add(&layer.wo.forward(&attn)?)?;
         let x = h.rms_norm(&layer.ffn_norm, cfg.rms_eps)?;
         hooks.ffn_input(li, &x)?;

@@ -206,3 +206,96 @@ fn gradients_through_a_prefilled_cache_equal_a_full_forward() {
         assert!((loss.to_scalar::<f32>().unwrap() - loss2.to_scalar::<f32>().unwrap()).abs() < 1e-5);
     }
 }
+
+/// A batch of packed sequences (`Batch::sequences`) is the same as one forward per sequence: equal logits, and the
+/// gradient of the mean loss over the batch equals the mean of the per-sequence gradients. Also: a non-empty
+/// cache or a length that does not divide the batch is a typed error.
+#[test]
+fn a_batch_of_sequences_equals_one_forward_per_sequence() {
+    let t = Tiny { n_layer: 2, tied: false, ..Tiny::default_f32() };
+    let m = LlamaModel::from_gguf(&tiny_gguf(&t, 21), &LoadOptions { format: WeightFormat::F32, ..Default::default() })
+        .unwrap()
+        .requires_grad()
+        .unwrap();
+    let (n_seq, len) = (3, 6);
+    let toks = tokens(n_seq * len, t.vocab, 21);
+    let targets = tokens(n_seq * len, t.vocab, 22);
+    let batch = Batch::sequences(&toks, len).unwrap();
+    let logits = m.forward(&batch, &mut m.new_cache(), &LogitRows::All).unwrap();
+    assert_eq!(logits.shape(), [n_seq * len, t.vocab]);
+    let target_t = Tensor::from_slice(&targets, &[n_seq * len], &Device::Cpu).unwrap();
+    let grads = logits.cross_entropy(&target_t).unwrap().backward().unwrap();
+
+    let mut want_logits = Vec::new();
+    let mut want_grads: Vec<Vec<f64>> = Vec::new();
+    for s in 0..n_seq {
+        let r = s * len..(s + 1) * len;
+        let l = m.forward(&Batch::causal(&toks[r.clone()], 0), &mut m.new_cache(), &LogitRows::All).unwrap();
+        want_logits.extend(l.to_vec::<f32>().unwrap().into_iter().map(f64::from));
+        let tt = Tensor::from_slice(&targets[r], &[len], &Device::Cpu).unwrap();
+        let g = l.cross_entropy(&tt).unwrap().backward().unwrap();
+        for (pi, (_, p)) in m.named_parameters().iter().enumerate() {
+            let v = g.get(p).unwrap().to_vec_f64().unwrap();
+            match want_grads.get_mut(pi) {
+                Some(acc) => acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b / n_seq as f64),
+                None => want_grads.push(v.iter().map(|b| b / n_seq as f64).collect()),
+            }
+        }
+    }
+    let err = common::rel_l2(&logits.to_vec::<f32>().unwrap(), &want_logits);
+    assert!(err < 1e-5, "logits rel L2 {err:e}");
+    for ((name, p), want) in m.named_parameters().iter().zip(&want_grads) {
+        let got = grads.get(p).unwrap().to_vec::<f32>().unwrap();
+        let err = common::rel_l2(&got, want);
+        assert!(err < 1e-4, "{name}: gradient rel L2 {err:e}");
+    }
+
+    let mut cache = m.new_cache();
+    effllm_tensor::no_grad(|| m.forward(&Batch::causal(&toks[..2], 0), &mut cache, &LogitRows::Last).unwrap());
+    assert!(matches!(m.forward(&batch, &mut cache, &LogitRows::All), Err(ModelError::Invalid { .. })));
+    assert!(matches!(Batch::sequences(&toks, 7), Err(ModelError::Invalid { .. })));
+    // The dense form of the mask is block-diagonal causal.
+    let dense = Batch::sequences(&toks[..4], 2).unwrap().dense_mask(0).unwrap().unwrap();
+    assert_eq!(dense, vec![1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1]);
+}
+
+/// Mixed precision: bf16 casts of the f32 master matrices (`map_weights`; norm gains stay f32, as under PyTorch's
+/// autocast) give f32 gradients on the masters, close to the all-f32 gradients (bf16 keeps 8 bits of mantissa:
+/// rel L2 < 5e-2), with a tied head receiving one gradient.
+#[test]
+fn bf16_compute_copies_pass_gradients_to_f32_masters() {
+    let t = Tiny { n_layer: 2, ..Tiny::default_f32() };
+    let m = LlamaModel::from_gguf(&tiny_gguf(&t, 31), &LoadOptions { format: WeightFormat::F32, ..Default::default() })
+        .unwrap()
+        .requires_grad()
+        .unwrap();
+    let (n_seq, len) = (2, 8);
+    let toks = tokens(n_seq * len, t.vocab, 31);
+    let target_t = Tensor::from_slice(&tokens(n_seq * len, t.vocab, 32), &[n_seq * len], &Device::Cpu).unwrap();
+    let batch = Batch::sequences(&toks, len).unwrap();
+    let loss_of = |model: &LlamaModel| {
+        let logits = model.forward(&batch, &mut model.new_cache(), &LogitRows::All).unwrap();
+        logits.to_dtype(effllm_tensor::DType::F32).unwrap().cross_entropy(&target_t).unwrap()
+    };
+    let g32 = loss_of(&m).backward().unwrap();
+    let mut casts = 0;
+    let bf = m
+        .map_weights(&mut |_, w| {
+            if w.shape().len() < 2 {
+                return Ok(w.clone());
+            }
+            casts += 1;
+            Ok(w.to_dtype(effllm_tensor::DType::BF16)?)
+        })
+        .unwrap();
+    let matrices = m.named_parameters().iter().filter(|(_, p)| p.shape().len() == 2).count();
+    assert_eq!(casts, matrices, "one cast per matrix (the tied head is the embedding's)");
+    assert!(bf.map_weights(&mut |_, w| Ok(w.narrow(0, 0, 1)?)).is_err(), "a shape change is an error");
+    let g16 = loss_of(&bf).backward().unwrap();
+    for (name, p) in m.named_parameters() {
+        let a = g16.get(&p).unwrap_or_else(|| panic!("{name}: no gradient on the master"));
+        assert_eq!(a.dtype(), effllm_tensor::DType::F32);
+        let err = common::rel_l2(&a.to_vec::<f32>().unwrap(), &g32.get(&p).unwrap().to_vec_f64().unwrap());
+        assert!(err < 5e-2, "{name}: bf16 vs f32 gradient rel L2 {err:e}");
+    }
+}

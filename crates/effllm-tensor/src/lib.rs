@@ -84,6 +84,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod layout;
+pub mod memory;
 pub mod offload;
 pub mod ops;
 pub mod quant;

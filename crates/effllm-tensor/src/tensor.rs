@@ -19,6 +19,41 @@ pub(crate) enum Storage {
     Cuda(CudaStorage),
 }
 
+impl Storage {
+    /// Whether the bytes live on a CUDA device, and how many (for [`crate::memory`]).
+    fn footprint(&self) -> (bool, usize) {
+        match self {
+            Storage::Cpu(s) => (false, s.len() * s.dtype().size_in_bytes()),
+            #[allow(unreachable_patterns)]
+            Storage::Cuda(s) => (true, cuda_storage_bytes(s)),
+        }
+    }
+
+    /// Wraps a storage for a tensor, counting its bytes as live until the last view drops it.
+    pub(crate) fn counted(self) -> Arc<Storage> {
+        let (cuda, bytes) = self.footprint();
+        crate::memory::on_alloc(cuda, bytes);
+        Arc::new(self)
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let (cuda, bytes) = self.footprint();
+        crate::memory::on_free(cuda, bytes);
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_storage_bytes(s: &CudaStorage) -> usize {
+    s.len * s.dtype.size_in_bytes()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_storage_bytes(s: &CudaStorage) -> usize {
+    match *s {}
+}
+
 /// Returns `$cuda` from the enclosing function when `$t` lives on a CUDA device. Expands to nothing without the
 /// `cuda` feature, so CPU-only builds carry no CUDA branches.
 macro_rules! on_cuda {
@@ -100,7 +135,7 @@ impl WorkOut {
 impl Tensor {
     pub(crate) fn from_storage(storage: CpuStorage, shape: &[usize]) -> Tensor {
         debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
-        Tensor { storage: Arc::new(Storage::Cpu(storage)), layout: Layout::contiguous(shape), node: None }
+        Tensor { storage: Storage::Cpu(storage).counted(), layout: Layout::contiguous(shape), node: None }
     }
 
     pub(crate) fn with_layout(&self, layout: Layout) -> Tensor {

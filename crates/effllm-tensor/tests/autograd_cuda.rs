@@ -108,3 +108,25 @@ fn elementwise_and_reduction_gradients_match_the_cpu() {
     };
     same_gradients("elementwise + reductions", &inputs, &loss);
 }
+
+/// The training kernels: the fused cross-entropy over a wide vocabulary (one block per row, several elements per
+/// thread), an embedding lookup with repeated ids (rows added by `atomicAdd`) and `index_select` on bf16 tables.
+#[test]
+fn cross_entropy_and_embedding_kernels_match_the_cpu() {
+    let (t, d, vocab) = (9, 24, 3001);
+    let inputs = [randn(&[vocab, d], 21), randn(&[d, d], 22)];
+    let loss = move |w: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
+        let ids = Tensor::from_vec(vec![5u32, 3000, 5, 17, 5, 0, 17, 2999, 1], &[t], dev)?;
+        let x = w[0].embedding(&ids)?.linear(&w[1])?.affine(3.0, 0.0)?;
+        let logits = x.linear(&w[0])?.affine(2.0, 0.0)?; // tied head: the table gets both gradients
+        let targets = Tensor::from_vec(vec![1u32, 2, 3000, 5, 5, 17, 0, 2999, 42], &[t], dev)?;
+        logits.cross_entropy(&targets)?.affine(1.5, 0.0)
+    };
+    same_gradients("cross-entropy + embedding", &inputs, &loss);
+    let bf16 = move |w: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
+        let ids = Tensor::from_vec(vec![7u32, 7, 100, 2], &[4], dev)?;
+        let rows = w[0].to_dtype(DType::BF16)?.index_select(0, &ids)?.to_dtype(DType::F32)?;
+        rows.linear(&w[1])?.sqr()?.sum_all()
+    };
+    same_gradients("bf16 embedding rows", &inputs, &bf16);
+}

@@ -285,3 +285,40 @@ impl Tensor {
         self.reshape(&[rows, n])?.matmul(w)?.reshape(&shape)
     }
 }
+
+/// The backward rule of a [`custom_op`]: given the gradient of the op's output and, per input, whether that input
+/// needs a gradient, returns one optional gradient per input (the input's shape; dtype and device are converted
+/// to the input's if they differ). It runs with grad mode off.
+pub type CustomBackward = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+
+/// Records an op defined outside this crate, with its own backward rule: how technique crates add a differentiable
+/// primitive (an FFT convolution, a fused normalisation) without editing this crate's own backward rules.
+///
+/// `forward` computes the value. When an input is tracked and grad mode is on, `forward` runs with grad mode off,
+/// and `backward(&value)` (the value detached, for rules that reuse it) builds the rule that the reverse sweep
+/// calls once. Otherwise nothing is recorded and `backward` is never called. The sweep checks that each returned
+/// gradient has its input's shape ([`Error::Autograd`] otherwise).
+///
+/// ```
+/// use effllm_tensor::autograd::{CustomBackward, custom_op};
+/// use effllm_tensor::{Device, Tensor};
+/// # fn main() -> effllm_tensor::Result<()> {
+/// let x = Tensor::from_vec(vec![1.0f64, -2.0], &[2], &Device::Cpu)?.requires_grad();
+/// // y = x³ with the hand-written rule dy/dx = 3x².
+/// let y = custom_op("cube", &[&x], || x.powf(3.0), |_| {
+///     let x = x.detach();
+///     Ok(Box::new(move |g: &Tensor, _: &[bool]| Ok(vec![Some(g.mul(&x.sqr()?.affine(3.0, 0.0)?)?)]))
+///         as CustomBackward)
+/// })?;
+/// let grads = y.sum_all()?.backward()?;
+/// assert_eq!(grads.get(&x).unwrap().to_vec::<f64>()?, vec![3.0, 12.0]);
+/// # Ok(()) }
+/// ```
+pub fn custom_op(
+    name: &'static str,
+    inputs: &[&Tensor],
+    forward: impl FnOnce() -> Result<Tensor>,
+    backward: impl FnOnce(&Tensor) -> Result<CustomBackward>,
+) -> Result<Tensor> {
+    op(name, inputs, forward, backward)
+}

@@ -9,6 +9,11 @@ use crate::{BinaryOp, DType, Device, Error, ReduceOp, Result, Tensor, UnaryOp};
 
 type Grads = Result<Vec<Option<Tensor>>>;
 
+/// [`rule`] for op modules outside `rules` that build their backward next to a fused forward.
+pub(crate) fn rule_pub(f: impl FnOnce(&Tensor, &[bool]) -> Grads + Send + Sync + 'static) -> Result<BackwardFn> {
+    rule(f)
+}
+
 fn rule(f: impl FnOnce(&Tensor, &[bool]) -> Grads + Send + Sync + 'static) -> Result<BackwardFn> {
     Ok(Box::new(f))
 }
@@ -423,6 +428,15 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask
 
 pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<BackwardFn> {
     let (shape, dtype, device) = (x.shape().to_vec(), x.dtype(), x.device());
+    // Embedding lookups on CUDA: rows added into the gradient by a kernel (no host round trip of the table).
+    #[cfg(feature = "cuda")]
+    if x.cuda_storage().is_some() && dim == 0 && matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        let ids = ids.contiguous()?;
+        return rule(move |g, _| {
+            let d = crate::cuda::ops::index_add_rows(&g.contiguous()?, &ids, shape[0])?;
+            Ok(vec![Some(d.reshape(&shape)?.to_dtype(dtype)?)])
+        });
+    }
     let ids = ids.to_vec::<u32>()?;
     rule(move |g, _| {
         let idx = expand_ids(&ids, g.shape(), dim, &device)?;

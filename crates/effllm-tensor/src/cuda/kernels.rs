@@ -523,3 +523,46 @@ extern "C" __global__ void qdequant(const u8* w, float* out, i64 n_blocks, int t
     }
 }
 "#;
+
+/// Training kernels: the fused cross-entropy (log-sum-exp per row; the closed-form gradient) and the row
+/// scatter-add that is the backward of an embedding lookup (`atomicAdd`: the summation order of repeated rows is
+/// not fixed, so such gradients can differ in the last bits between runs).
+pub(crate) const TRAIN: &str = r#"
+#define CE_BLOCK 256
+extern "C" __global__ void ce_lse_f32(const float* x, float* lse, i64 v) {
+    __shared__ float shm[CE_BLOCK]; __shared__ float shs[CE_BLOCK];
+    const float* r = x + (i64)blockIdx.x * v;
+    const float NEG = -1.0f / 0.0f;
+    float m = NEG, s = 0.0f;
+    for (i64 j = threadIdx.x; j < v; j += blockDim.x) {
+        float z = r[j];
+        if (z > m) { s = (m == NEG ? 0.0f : s * expf(m - z)) + 1.0f; m = z; }
+        else if (z > NEG) { s += expf(z - m); }
+    }
+    shm[threadIdx.x] = m; shs[threadIdx.x] = s; __syncthreads();
+    for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+        if (threadIdx.x < st) {
+            float m1 = shm[threadIdx.x], s1 = shs[threadIdx.x], m2 = shm[threadIdx.x + st], s2 = shs[threadIdx.x + st];
+            float mm = fmaxf(m1, m2);
+            float t = (m1 == NEG ? 0.0f : s1 * expf(m1 - mm)) + (m2 == NEG ? 0.0f : s2 * expf(m2 - mm));
+            shm[threadIdx.x] = mm; shs[threadIdx.x] = t;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) lse[blockIdx.x] = shm[0] == NEG ? NEG : shm[0] + logf(shs[0]);
+}
+extern "C" __global__ void ce_grad_f32(const float* x, const float* lse, const u32* t, const float* g, float* out, i64 v, float inv_rows) {
+    i64 row = blockIdx.x;
+    float l = lse[row], scale = g[0] * inv_rows;
+    i64 target = (i64)t[row];
+    const float* r = x + row * v; float* o = out + row * v;
+    for (i64 j = threadIdx.x; j < v; j += blockDim.x) o[j] = (expf(r[j] - l) - (j == target ? 1.0f : 0.0f)) * scale;
+}
+extern "C" __global__ void index_add_rows_f32(const float* g, const u32* ids, float* out, i64 picks, i64 inner) {
+    i64 n = picks * inner;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 p = i / inner, c = i % inner;
+        atomicAdd(&out[(i64)ids[p] * inner + c], g[i]);
+    }
+}
+"#;

@@ -21,7 +21,7 @@ impl Tensor {
     }
 
     pub(crate) fn from_cuda(s: CudaStorage, shape: &[usize]) -> Tensor {
-        Tensor { storage: Arc::new(Storage::Cuda(s)), layout: Layout::contiguous(shape), node: None }
+        Tensor { storage: Storage::Cuda(s).counted(), layout: Layout::contiguous(shape), node: None }
     }
 }
 
@@ -620,4 +620,59 @@ pub(crate) fn slice_assign(dst: &mut Tensor, dim: usize, start: usize, src: &Ten
     // SAFETY: `Tensor::slice_assign` checked that the slice lies inside `dst`; `src` is contiguous.
     unsafe { l.launch(grid(count)) }.map_err(launch_err)?;
     Ok(())
+}
+
+/// Per-row log-sum-exp of contiguous f32 logits `[rows, v]` (the forward of the fused cross-entropy).
+pub(crate) fn ce_lse(x: &Tensor, rows: usize, v: usize) -> Result<Tensor> {
+    let xw = if x.is_contiguous() && x.dtype() == DType::F32 { x.clone() } else { cast(x, DType::F32)? };
+    let dev = Arc::clone(&storage(&xw).dev);
+    let mut out = dev.alloc(DType::F32, rows)?;
+    let f = dev.builtin("train", kernels::TRAIN, "ce_lse_f32")?;
+    let (xv, vv) = (view(&xw), v as i64);
+    let mut b = dev.stream.launch_builder(&f);
+    b.arg(&xv).arg(&mut out.buf).arg(&vv);
+    // SAFETY: `rows` contiguous rows of `v` f32 in, one f32 per row out.
+    unsafe { b.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    Ok(Tensor::from_cuda(out, &[rows]))
+}
+
+/// `(exp(x − lse) − onehot(t)) · g / rows` for contiguous f32 logits `[rows, v]`, u32 targets `[rows]` (checked
+/// `< v` by the caller) and the scalar upstream gradient `g` (all on the device).
+pub(crate) fn ce_grad(x: &Tensor, lse: &Tensor, targets: &Tensor, g: &Tensor, rows: usize, v: usize) -> Result<Tensor> {
+    let xw = if x.is_contiguous() && x.dtype() == DType::F32 { x.clone() } else { cast(x, DType::F32)? };
+    let gw = if g.dtype() == DType::F32 { g.contiguous()? } else { cast(g, DType::F32)? };
+    let tw = if targets.is_contiguous() { targets.clone() } else { cast(targets, DType::U32)? };
+    let dev = Arc::clone(&storage(&xw).dev);
+    let mut out = dev.alloc(DType::F32, rows * v)?;
+    let f = dev.builtin("train", kernels::TRAIN, "ce_grad_f32")?;
+    let (xv, lv, tv, gv) = (view(&xw), view(lse), view(&tw), view(&gw));
+    let (vv, inv) = (v as i64, 1.0f32 / rows as f32);
+    let mut b = dev.stream.launch_builder(&f);
+    b.arg(&xv).arg(&lv).arg(&tv).arg(&gv).arg(&mut out.buf).arg(&vv).arg(&inv);
+    // SAFETY: `rows` rows of `v` f32 in and out, `rows` lse values and targets, one scalar `g`.
+    unsafe { b.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    Ok(Tensor::from_cuda(out, &[rows, v]))
+}
+
+/// `out[ids[p], :] += g[p, :]` into a zero f32 `[n, inner]` (the backward of `index_select` along dim 0); ids were
+/// bounds-checked by the forward.
+pub(crate) fn index_add_rows(g: &Tensor, ids: &Tensor, n: usize) -> Result<Tensor> {
+    let gw = if g.dtype() == DType::F32 && g.is_contiguous() { g.clone() } else { cast(g, DType::F32)? };
+    let iw = if ids.is_contiguous() { ids.clone() } else { cast(ids, DType::U32)? };
+    let picks = ids.elem_count();
+    let inner = gw.elem_count().checked_div(picks).unwrap_or(0);
+    let dev = Arc::clone(&storage(&gw).dev);
+    let mut out = dev.alloc(DType::F32, n * inner)?;
+    dev.stream.memset_zeros(&mut out.buf).map_err(launch_err)?;
+    let total = picks * inner;
+    if total > 0 {
+        let f = dev.builtin("train", kernels::TRAIN, "index_add_rows_f32")?;
+        let (gv, iv) = (view(&gw), view(&iw));
+        let (p, i) = (picks as i64, inner as i64);
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&gv).arg(&iv).arg(&mut out.buf).arg(&p).arg(&i);
+        // SAFETY: `picks · inner` gradient values, `picks` ids < n, `out` holds `n · inner` zeroed f32.
+        unsafe { b.launch(grid(total)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, &[n, inner]))
 }

@@ -1,0 +1,45 @@
+//! Where a training step's time goes: forward (to the loss), backward, optimizer, for a preset's shapes on
+//! synthetic tokens. `cargo run --release -p effllm-train --example train_speed -- [preset] [steps]`.
+
+use std::time::Instant;
+
+use effllm_data::TokenizedSplit;
+use effllm_train::{TrainConfig, TrainData, Trainer};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let preset = args.get(1).map_or("cpu-small", String::as_str);
+    let steps: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
+    let mut cfg = TrainConfig::preset(preset)?;
+    if let Ok(d) = std::env::var("EFFLLM_DEVICE") {
+        cfg.run.device = d;
+    }
+    if let Ok(p) = std::env::var("EFFLLM_PRECISION") {
+        cfg.run.precision = if p == "bf16" { effllm_train::Precision::Bf16 } else { effllm_train::Precision::F32 };
+    }
+    let vocab = 49152;
+    let n = (steps + 2) * cfg.tokens_per_step() + 10 * (cfg.data.seq_len + 1);
+    let doc: Vec<u32> = (0..n as u64).map(|i| ((i * 2654435761) % vocab as u64) as u32).collect();
+    let train = TokenizedSplit::from_parts(vec!["t".into()], vec![doc.clone()]);
+    let val = TokenizedSplit::from_parts(vec!["v".into()], vec![doc[..8 * (cfg.data.seq_len + 1)].to_vec()]);
+    let mut data = TrainData::from_documents(&train, &val, vocab, None, cfg.data.seq_len, "speed")?;
+    let mut t = Trainer::new(cfg.clone(), vocab)?;
+    t.train_step(&mut data)?; // warm-up
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let r = t.train_step(&mut data)?;
+        let s = t0.elapsed().as_secs_f64();
+        let p = t.last_step_timing();
+        println!(
+            "{preset} on {}: step {:.3} s = forward {:.3} + backward {:.3} + update {:.3} ({:.0} tok/s, loss {:.3})",
+            cfg.run.device,
+            s,
+            p.forward_s,
+            p.backward_s,
+            p.update_s,
+            cfg.tokens_per_step() as f64 / s,
+            r.loss
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! [`Trainer`]: the training loop over a trainable [`LlamaModel`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use effllm_model::{Batch, CausalLm, Embedding, LayeredLm, Linear, LlamaFfn, LlamaLayer, LlamaModel, NoHooks};
+use effllm_optim::schedule::WarmupCosine;
+use effllm_optim::{AdamW, AdamWConfig, Optimizer, clip};
+use effllm_tensor::rng::CounterRng;
+use effllm_tensor::{DType, Device, Gradients, Tensor, memory};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Precision, TrainConfig};
+use crate::data::{DataCursor, TrainData, inputs_and_targets};
+use crate::{Result, TrainError};
+
+/// Bytes of training state, reported separately (GaLore's and sparse-zo's claims are about these numbers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// Master weights.
+    pub params: usize,
+    /// Gradients of the last step (one per parameter, f32).
+    pub grads: usize,
+    /// Optimizer state (AdamW's two moments).
+    pub optimizer_state: usize,
+    /// Tensor bytes the autograd graph kept alive at the end of the last micro-batch's forward pass, above what
+    /// existed before it (saved activations, the bf16 compute copies, the logits): measured by the tensor
+    /// crate's live-memory counter, the largest over the step's micro-batches.
+    pub activations: usize,
+    /// The high-water mark of tensor bytes during the last step's forward + backward, above what existed before
+    /// it (activations, gradients as they form, temporaries).
+    pub step_peak: usize,
+}
+
+/// Wall-clock seconds of the parts of the last step (device work is synchronised at the loss readback).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Forward passes to the loss (all micro-batches).
+    pub forward_s: f64,
+    /// Backward sweeps.
+    pub backward_s: f64,
+    /// Clipping and the optimizer update.
+    pub update_s: f64,
+}
+
+/// One optimizer step's record.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Steps completed after this one.
+    pub step: usize,
+    /// Mean training loss over the step's tokens (nats).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Tokens per second of this step (forward, backward, update).
+    pub tokens_per_s: f64,
+}
+
+/// One evaluation's record.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Steps completed.
+    pub step: usize,
+    /// Mean validation loss (nats per token).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Validation tokens scored.
+    pub tokens: usize,
+    /// Memory at this evaluation.
+    pub memory: MemoryReport,
+}
+
+/// Trains a Llama of [`TrainConfig`]'s shape on [`TrainData`].
+#[derive(Debug)]
+pub struct Trainer {
+    pub(crate) cfg: TrainConfig,
+    pub(crate) device: Device,
+    /// The model's structure; its weights are replaced by `params` at every step.
+    pub(crate) template: LlamaModel,
+    /// Master weights (f32, requires-grad leaves) by name, in `named_parameters` order.
+    pub(crate) params: Vec<(String, Tensor)>,
+    /// AdamW over the matrices (with weight decay).
+    pub(crate) decay: AdamW,
+    /// AdamW over the norm gains (no weight decay).
+    pub(crate) no_decay: AdamW,
+    schedule: WarmupCosine,
+    pub(crate) step: usize,
+    pub(crate) tokens_seen: u64,
+    pub(crate) cursor: DataCursor,
+    pub(crate) history: Vec<StepRecord>,
+    pub(crate) evals: Vec<EvalRecord>,
+    memory: MemoryReport,
+    timing: StepTiming,
+}
+
+fn adamw(cfg: &TrainConfig, weight_decay: f64) -> Result<AdamW> {
+    let o = &cfg.optim;
+    Ok(AdamW::new(AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay, amsgrad: false })?)
+}
+
+impl Trainer {
+    /// A freshly initialised model of `cfg`'s shape for `vocab` tokens, on `cfg.run.device`.
+    pub fn new(cfg: TrainConfig, vocab: usize) -> Result<Trainer> {
+        cfg.validate()?;
+        if let Some(n) = cfg.run.threads {
+            effllm_tensor::threads::set_num_threads(n)?;
+        }
+        let device = Device::parse(&cfg.run.device)?;
+        device.check_available()?;
+        let template = init_model(&cfg, vocab, &device)?;
+        let params: Vec<(String, Tensor)> = template.named_parameters();
+        let schedule =
+            WarmupCosine::new(cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps as u64, cfg.run.steps as u64)?;
+        Ok(Trainer {
+            decay: adamw(&cfg, cfg.optim.weight_decay)?,
+            no_decay: adamw(&cfg, 0.0)?,
+            cfg,
+            device,
+            template,
+            params,
+            schedule,
+            step: 0,
+            tokens_seen: 0,
+            cursor: DataCursor::default(),
+            history: Vec::new(),
+            evals: Vec::new(),
+            memory: MemoryReport::default(),
+            timing: StepTiming::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Training tokens consumed.
+    pub fn tokens_seen(&self) -> u64 {
+        self.tokens_seen
+    }
+
+    /// Per-step records so far (this process and, after a resume, the checkpoint's).
+    pub fn history(&self) -> &[StepRecord] {
+        &self.history
+    }
+
+    /// Evaluations so far.
+    pub fn evals(&self) -> &[EvalRecord] {
+        &self.evals
+    }
+
+    /// The master weights by name.
+    pub fn parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.params.iter().map(|(_, p)| p.elem_count()).sum()
+    }
+
+    /// The memory report of the last step.
+    pub fn memory(&self) -> MemoryReport {
+        self.memory
+    }
+
+    /// Where the last step's time went.
+    pub fn last_step_timing(&self) -> StepTiming {
+        self.timing
+    }
+
+    /// The model with the current master weights (f32, tracked leaves): for inference wrap calls in
+    /// [`no_grad`](effllm_tensor::no_grad).
+    pub fn model(&self) -> Result<LlamaModel> {
+        let by_name: HashMap<&str, &Tensor> = self.params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Ok(self.template.map_weights(&mut |name, _| {
+            by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| effllm_model::ModelError::Invalid {
+                what: "trainer",
+                msg: format!("no parameter `{name}`"),
+            })
+        })?)
+    }
+
+    /// The model the forward pass runs: the masters themselves (f32), or differentiable bf16 casts of the
+    /// matrices (mixed precision; gradients flow back to the f32 masters).
+    fn compute_model(&self) -> Result<LlamaModel> {
+        let masters = self.model()?;
+        match self.cfg.run.precision {
+            Precision::F32 => Ok(masters),
+            Precision::Bf16 => Ok(masters.map_weights(&mut |_, w| {
+                if w.shape().len() == 2 { Ok(w.to_dtype(DType::BF16)?) } else { Ok(w.clone()) }
+            })?),
+        }
+    }
+
+    /// Mean cross-entropy (f32 scalar) of `targets` given `inputs`, both `n_seq · seq_len` tokens.
+    fn loss(&self, model: &LlamaModel, inputs: &[u32], targets: &[u32]) -> Result<Tensor> {
+        let len = self.cfg.data.seq_len;
+        let batch = Batch::sequences(inputs, len)?;
+        let h = model.embed(inputs)?;
+        let h = if self.cfg.run.activation_checkpointing && effllm_tensor::autograd::is_grad_enabled() {
+            // Each layer keeps only its input; its activations are recomputed in the backward sweep.
+            let model = Arc::new(model.clone());
+            let batch = Arc::new(batch);
+            let mut h = h;
+            for li in 0..model.n_layers() {
+                let (m, b) = (Arc::clone(&model), Arc::clone(&batch));
+                h = effllm_tensor::checkpoint(&[h], move |x| {
+                    let mut cache = m.new_cache();
+                    m.run_layers(x[0].clone(), li..li + 1, &b, &mut cache, &mut NoHooks)
+                        .map_err(|e| effllm_tensor::Error::InvalidArgument { op: "checkpoint", msg: e.to_string() })
+                })?;
+            }
+            h
+        } else {
+            model.run_layers(h, 0..model.n_layers(), &batch, &mut model.new_cache(), &mut NoHooks)?
+        };
+        let logits = model.unembed(&h)?.to_dtype(DType::F32)?;
+        let t = Tensor::from_slice(targets, &[targets.len()], &self.device)?;
+        Ok(logits.cross_entropy(&t)?)
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches of `batch_size` rows, mean loss, global-norm clipping,
+    /// AdamW at the scheduled learning rate. A non-finite loss or gradient is [`TrainError::NonFinite`] and leaves
+    /// the weights and optimizer state untouched.
+    pub fn train_step(&mut self, data: &mut TrainData) -> Result<StepRecord> {
+        let t0 = Instant::now();
+        let (b, len, accum) = (self.cfg.data.batch_size, self.cfg.data.seq_len, self.cfg.data.grad_accum);
+        let before = memory::stats().live_on(&self.device);
+        memory::reset_peak();
+        let mut grads = Gradients::new();
+        let mut loss_sum = 0.0;
+        let mut activations = 0usize;
+        let mut cursor = self.cursor;
+        let mut timing = StepTiming::default();
+        for _ in 0..accum {
+            let tf = Instant::now();
+            let rows = data.next_train_rows(&mut cursor, b, self.cfg.run.seed);
+            let (inputs, targets) = inputs_and_targets(&rows, len);
+            let live0 = memory::stats().live_on(&self.device);
+            let model = self.compute_model()?;
+            let loss = self.loss(&model, &inputs, &targets)?;
+            drop(model);
+            activations = activations.max(memory::stats().live_on(&self.device).saturating_sub(live0));
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(TrainError::NonFinite { step: self.step + 1, what: format!("training loss {l}") });
+            }
+            loss_sum += l;
+            timing.forward_s += tf.elapsed().as_secs_f64();
+            let tb = Instant::now();
+            grads.accumulate(&loss.affine(1.0 / accum as f64, 0.0)?)?;
+            timing.backward_s += tb.elapsed().as_secs_f64();
+        }
+        let tu = Instant::now();
+        let step_peak = memory::stats().peak_on(&self.device).saturating_sub(before);
+        let bad = grads.non_finite()?;
+        if let Some((id, n)) = bad.first() {
+            let name = self.params.iter().find(|(_, p)| p.id() == Some(*id)).map_or("?", |(n, _)| n.as_str());
+            return Err(TrainError::NonFinite {
+                step: self.step + 1,
+                what: format!("{n} gradient entries of `{name}` (and {} more parameters)", bad.len() - 1),
+            });
+        }
+        let grad_norm = if self.cfg.optim.clip_norm > 0.0 {
+            clip::clip_grad_norm(&mut grads, self.cfg.optim.clip_norm)?
+        } else {
+            clip::global_norm(&grads)?
+        };
+        let lr = self.schedule.lr(self.step as u64);
+        self.decay.set_learning_rate(lr);
+        self.no_decay.set_learning_rate(lr);
+        let grad_bytes = grads.nbytes();
+        for (_, p) in self.params.iter_mut() {
+            let Some(g) = grads.take(p) else { continue };
+            if p.shape().len() >= 2 { self.decay.step_param(p, &g)? } else { self.no_decay.step_param(p, &g)? }
+        }
+        timing.update_s = tu.elapsed().as_secs_f64();
+        self.timing = timing;
+        // The template now points at the updated storages (it would otherwise keep the previous weights alive).
+        self.template = self.model()?;
+        self.cursor = cursor;
+        self.step += 1;
+        let tokens = b * len * accum;
+        self.tokens_seen += tokens as u64;
+        self.memory = MemoryReport {
+            params: self.params.iter().map(|(_, p)| p.elem_count() * p.dtype().size_in_bytes()).sum(),
+            grads: grad_bytes,
+            optimizer_state: self.decay.state_bytes() + self.no_decay.state_bytes(),
+            activations,
+            step_peak,
+        };
+        let rec = StepRecord {
+            step: self.step,
+            loss: loss_sum / accum as f64,
+            grad_norm,
+            lr,
+            tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64(),
+        };
+        self.history.push(rec);
+        Ok(rec)
+    }
+
+    /// Mean validation loss over the first `data.eval_sequences` validation rows (no gradients), in chunks of
+    /// `batch_size` rows.
+    pub fn evaluate(&mut self, data: &TrainData) -> Result<EvalRecord> {
+        let len = self.cfg.data.seq_len;
+        let rows = data.val_rows_flat(self.cfg.data.eval_sequences);
+        let model = self.compute_model()?;
+        let (mut nll, mut n) = (0.0, 0usize);
+        effllm_tensor::no_grad(|| -> Result<()> {
+            for chunk in rows.chunks(self.cfg.data.batch_size * (len + 1)) {
+                let (inputs, targets) = inputs_and_targets(chunk, len);
+                let l = self.loss(&model, &inputs, &targets)?.to_scalar::<f32>()? as f64;
+                nll += l * targets.len() as f64;
+                n += targets.len();
+            }
+            Ok(())
+        })?;
+        let loss = nll / n.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step: self.step, what: format!("validation loss {loss}") });
+        }
+        let rec = EvalRecord { step: self.step, loss, perplexity: loss.exp(), tokens: n, memory: self.memory };
+        self.evals.push(rec);
+        Ok(rec)
+    }
+
+    /// Trains until `cfg.run.steps`, evaluating every `eval_every` steps and checkpointing every
+    /// `checkpoint_every` steps and at the end. `observe` sees every step and evaluation (a progress bar, a log).
+    /// A non-finite loss stops the run with [`TrainError::NonFinite`]; the last checkpoint on disk is the last good
+    /// one (nothing is written after the failure).
+    pub fn run(&mut self, data: &mut TrainData, observe: &mut dyn FnMut(Event<'_>)) -> Result<()> {
+        let run = self.cfg.run.clone();
+        while self.step < run.steps {
+            let rec = self.train_step(data)?;
+            observe(Event::Step(&rec));
+            let last = self.step == run.steps;
+            if self.step.is_multiple_of(run.eval_every) || last {
+                let e = self.evaluate(data)?;
+                observe(Event::Eval(&e));
+            }
+            if (run.checkpoint_every > 0 && self.step.is_multiple_of(run.checkpoint_every)) || last {
+                let dir = run.out_dir.join("checkpoint");
+                self.save(&dir, data)?;
+                observe(Event::Checkpoint(&dir));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Trainer::run`] reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A step finished.
+    Step(&'a StepRecord),
+    /// An evaluation finished.
+    Eval(&'a EvalRecord),
+    /// A checkpoint was written to this directory.
+    Checkpoint(&'a std::path::Path),
+}
+
+/// A seeded initialisation: matrices `N(0, init_std²)` (output projections `N(0, (init_std/√(2L))²)`), norm gains 1.
+/// Every weight has its own counter-based stream, so the values do not depend on the device or thread count.
+fn init_model(cfg: &TrainConfig, vocab: usize, device: &Device) -> Result<LlamaModel> {
+    let lc = cfg.llama_config(vocab);
+    let std = cfg.model.init_std;
+    let out_std = std / (2.0 * lc.n_layer as f64).sqrt();
+    let mut stream = 0u64;
+    let mut normal = |shape: &[usize], s: f64| -> Result<Tensor> {
+        stream += 1;
+        let rng = CounterRng::new(cfg.run.seed, stream);
+        Ok(Tensor::randn(shape, DType::F32, &Device::Cpu, &rng, 0, 0.0, s)?.to_device(device)?.requires_grad())
+    };
+    let ones = |n: usize| -> Result<Tensor> {
+        Ok(Tensor::from_vec(vec![1f32; n], &[n], &Device::Cpu)?.to_device(device)?.requires_grad())
+    };
+    let (d, hd) = (lc.d_model, lc.head_dim);
+    let embedding = normal(&[vocab, d], std)?;
+    let mut layers = Vec::with_capacity(lc.n_layer);
+    for _ in 0..lc.n_layer {
+        layers.push(LlamaLayer {
+            attn_norm: ones(d)?,
+            wq: Linear::Dense(normal(&[lc.n_head * hd, d], std)?),
+            wk: Linear::Dense(normal(&[lc.n_head_kv * hd, d], std)?),
+            wv: Linear::Dense(normal(&[lc.n_head_kv * hd, d], std)?),
+            wo: Linear::Dense(normal(&[d, lc.n_head * hd], out_std)?),
+            ffn_norm: ones(d)?,
+            ffn: LlamaFfn {
+                gate: Linear::Dense(normal(&[lc.d_ff, d], std)?),
+                up: Linear::Dense(normal(&[lc.d_ff, d], std)?),
+                down: Linear::Dense(normal(&[d, lc.d_ff], out_std)?),
+            },
+        });
+    }
+    let lm_head =
+        if lc.tied_embeddings { Linear::Dense(embedding.clone()) } else { Linear::Dense(normal(&[vocab, d], std)?) };
+    Ok(LlamaModel::from_parts(lc, Embedding::Dense(embedding), layers, ones(d)?, lm_head)?)
+}
