@@ -371,7 +371,8 @@ proptest! {
     }
 
     /// Invariant 18: exporting mid-period, importing into a fresh optimizer (another parameter tensor) and
-    /// continuing is bit-identical to an uninterrupted run — Adam, 8-bit Adam and SGD, GaLore and plain parameters.
+    /// continuing is bit-identical to an uninterrupted run — Adam, 8-bit Adam, SGD and Adafactor, GaLore and plain
+    /// parameters — also when the state passed through f32 tensors, as effllm-train's checkpoints store it.
     #[test]
     fn resume_from_exported_state_is_bitwise(ty in proj_types(), cut in 1u64..7, seed in any::<u64>()) {
         fn run<I: InnerOptimizer + Clone>(inner: I, ty: ProjType, cut: u64, seed: u64) -> Result<(), TestCaseError> {
@@ -407,8 +408,13 @@ proptest! {
             prop_assert_eq!(full.svd_count(), resumed.svd_count());
             Ok(())
         }
+        /// The exported state as effllm-train's checkpoints store it: every tensor as f32 (8-bit codes included).
         fn resumed_state<I: InnerOptimizer>(opt: &GaLore<I>, p: &Tensor) -> effllm_optim::ParamState {
-            opt.export_state(p.id().unwrap()).unwrap()
+            let mut st = opt.export_state(p.id().unwrap()).unwrap();
+            for t in st.tensors.values_mut() {
+                *t = t.to_dtype(DType::F32).unwrap();
+            }
+            st
         }
         let cfg = AdamConfig { lr: 1e-2, weight_decay: 0.01, ..AdamConfig::default() };
         run(Adam::new(cfg).unwrap(), ty, cut, seed)?;
