@@ -3,7 +3,8 @@
 //! same schedule. Prints validation loss (and its floor, the source's conditional entropy), optimizer-state bytes
 //! and step time per arm, and the validation curves as a markdown table.
 //!
-//! `cargo run -p galore --release --example tiny_pretrain [-- STEPS]` (default 600 steps).
+//! `cargo run -p galore --release --example tiny_pretrain [-- STEPS [GALORE_LR [ADAM_LR]]]` (defaults: 600 steps,
+//! GaLore lr 1e-2 — the paper's —, Adam lr 3e-3).
 //!
 //! This is a stand-in until effllm-train's trainer takes a pluggable optimizer (the issue's `bench-all` scenario on
 //! the Rust-docs corpus): it uses effllm-model's decoder and autograd directly, one sequence per forward.
@@ -183,19 +184,22 @@ fn train<I: InnerOptimizer>(
 
 fn main() -> Res<()> {
     let steps: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(600);
+    let galore_lr: f64 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(1e-2);
+    let adam_lr: f64 = std::env::args().nth(3).map(|s| s.parse()).transpose()?.unwrap_or(3e-3);
     let floor = -PROBS.iter().map(|p| p * p.ln()).sum::<f64>();
-    let adam = AdamConfig { lr: 3e-3, ..AdamConfig::default() };
-    let galore_cfg = AdamConfig { lr: 1e-2, ..AdamConfig::default() };
+    let adam = AdamConfig { lr: adam_lr, ..AdamConfig::default() };
+    let galore_cfg = AdamConfig { lr: galore_lr, ..AdamConfig::default() };
     let g =
         GaLoreParams { rank: D / 4, update_proj_gap: 50, scale: 0.25, proj_type: ProjType::Std, matrix_shape: None };
     let arms = vec![
-        train("Adam (lr 3e-3)", GaLore::new(Adam::new(adam)?), None, steps)?,
-        train("GaLore r=16 (lr 1e-2, α 0.25)", GaLore::new(Adam::new(galore_cfg)?), Some(g), steps)?,
+        train("Adam", GaLore::new(Adam::new(adam)?), None, steps)?,
+        train("GaLore r=16 (α 0.25)", GaLore::new(Adam::new(galore_cfg)?), Some(g), steps)?,
         // The toy's low-rank moments (≤ 176×16 values) are below bitsandbytes' 4096-value threshold: quantize all.
         train("GaLore 8-bit r=16", GaLore::new(Adam8bit::new(galore_cfg)?.with_min_8bit_size(0)), Some(g), steps)?,
     ];
     println!(
-        "steps {steps}, batch {BATCH}×{SEQ} tokens, d {D}, {LAYERS} layers, vocab {VOCAB}; loss floor (source entropy) {floor:.4} nats\n"
+        "steps {steps}, batch {BATCH}×{SEQ} tokens, d {D}, {LAYERS} layers, vocab {VOCAB}, Adam lr {adam_lr:e}, GaLore lr \
+         {galore_lr:e}; loss floor (source entropy) {floor:.4} nats\n"
     );
     println!(
         "| arm | final val loss | val ppl | ppl ÷ Adam | optimizer state (bytes) | state ÷ Adam | ms / step | SVDs |"

@@ -34,7 +34,7 @@
 //! - [`GaLore`]: the wrapper, an [`effllm_optim::Optimizer`] (per-parameter `step_param`, checkpoints through
 //!   `export_state` / `import_state` with the projector, `state_bytes`). Parameters without GaLore settings get the
 //!   inner optimizer unchanged. [`backward_layerwise`] updates each parameter inside the backward sweep.
-//! - [`reference`](mod@reference): naive f64 projection and GaLore-Adam, the oracle of the tests.
+//! - [`reference`](mod@reference): naive f64 projection, GaLore-Adam and GaLore-Adafactor, the oracle of the tests.
 //!
 //! ## Reference code vs paper, and this crate's switches
 //!
@@ -42,7 +42,7 @@
 //! |---|---|---|---|---|
 //! | ε | `√V + ε`, bias corrections in `η_t` (HF) | `√V̂ + ε` | HF | [`EpsMode::Torch`] |
 //! | weight decay | after the update, plain `η` | — | after | [`DecayMode::TorchBeforeUpdate`] |
-//! | side of `project_back` | inferred from `R`'s shape: `reverse_std` with `m < n ≤ r` crashes | — | stored [`Side`] | — |
+//! | side of `project_back` | inferred from `R`'s shape: `reverse_std` with `m < n`, `r ≥ m` (square `R`) multiplies on the wrong side | — | stored [`Side`] | — |
 //! | rank > `min(m, n)` | silently sliced | — | capped, recorded in [`GaLore::rank_notices`] | [`GaLoreOptions::strict_rank`] |
 //! | moments at a refresh | kept as they are | — | kept | [`GaLoreOptions::reproject_first_moment`] |
 //! | SVD | `torch.linalg.svd` in f32 | exact | faer in f32 | [`RandomizedSvd`] |
