@@ -26,7 +26,8 @@ pub struct LayerwiseOutcome {
 ///
 /// There is no global gradient clipping here: the global norm is unknown until the sweep ends, after every update
 /// (the reference's clipping is a silent no-op in this mode). Gradient accumulation over micro-batches is not
-/// possible either: each sweep updates. Parameters of `params` that `loss` does not reach are left alone.
+/// possible either: each sweep updates. Parameters of `params` that `loss` does not reach are left alone. An
+/// optimizer error stops the sweep and is returned; parameters updated before it keep their update.
 pub fn backward_layerwise(loss: &Tensor, params: &mut [Tensor], opt: &mut dyn Optimizer) -> Result<LayerwiseOutcome> {
     let mut index: HashMap<TensorId, usize> = HashMap::new();
     for (i, p) in params.iter().enumerate() {
