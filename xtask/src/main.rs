@@ -147,7 +147,8 @@ exit $status
 "#;
 
 fn gpu_test() -> ExitCode {
-    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda,griffin/cuda,megalodon/cuda,effllm-train/cuda";
+    let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda,griffin/cuda,megalodon/cuda,\
+                    galore/cuda,effllm-train/cuda";
     let mut c = cargo();
     c.args([
         "test",
@@ -162,13 +163,15 @@ fn gpu_test() -> ExitCode {
         "-p",
         "megalodon",
         "-p",
+        "galore",
+        "-p",
         "effllm-train",
     ]);
     c.args(["--features", features, "--no-run"]);
     // No debug info: the binaries must be small enough to carry to the GPU machine.
     c.env("CARGO_PROFILE_DEV_DEBUG", "0").env("CARGO_PROFILE_TEST_DEBUG", "0").current_dir(root());
     eprintln!(
-        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin -p megalodon -p effllm-train --features \
+        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin -p megalodon -p galore -p effllm-train --features \
          {features} --no-run"
     );
     let out = match c.output() {
