@@ -461,6 +461,8 @@ fn train(a: &TrainArgs) -> AnyResult<()> {
     let t0 = Instant::now();
     let start_tokens = trainer.tokens_seen();
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    // Without a terminal the bar is hidden and drops its `println`s: report on stderr directly then.
+    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
     let mut log_err = None;
     let result = trainer.run(&mut data, &mut |ev| {
         let line = match ev {
@@ -477,7 +479,7 @@ fn train(a: &TrainArgs) -> AnyResult<()> {
             }
             Event::Eval(e) => {
                 let m = e.memory;
-                bar.println(format!(
+                say(format!(
                     "step {}: validation loss {:.4} nats, perplexity {:.2} (unigram baseline {unigram:.4}) | \
                      memory MiB: params {:.1}, grads {:.1}, optimizer {:.1}, activations {:.1} (step peak {:.1})",
                     e.step,
@@ -495,7 +497,7 @@ fn train(a: &TrainArgs) -> AnyResult<()> {
                 )
             }
             Event::Checkpoint(dir) => {
-                bar.println(format!("checkpoint: {}", dir.display()));
+                say(format!("checkpoint: {}", dir.display()));
                 return;
             }
         };

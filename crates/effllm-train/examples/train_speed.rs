@@ -24,7 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let val = TokenizedSplit::from_parts(vec!["v".into()], vec![doc[..8 * (cfg.data.seq_len + 1)].to_vec()]);
     let mut data = TrainData::from_documents(&train, &val, vocab, None, cfg.data.seq_len, "speed")?;
     let mut t = Trainer::new(cfg.clone(), vocab)?;
+    // Exact phase times on a GPU (waits for the device after each phase); off for throughput.
+    t.set_synchronized_timing(std::env::var("EFFLLM_SYNC_TIMING").is_ok_and(|v| v == "1"));
     t.train_step(&mut data)?; // warm-up
+    let profile = std::env::var("EFFLLM_PROFILE_BACKWARD").is_ok_and(|v| v == "1");
+    effllm_tensor::autograd::profile::set_enabled(profile);
     for _ in 0..steps {
         let t0 = Instant::now();
         let r = t.train_step(&mut data)?;
@@ -40,6 +44,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cfg.tokens_per_step() as f64 / s,
             r.loss
         );
+    }
+    if profile {
+        effllm_tensor::autograd::profile::set_enabled(false);
+        println!("backward rules over {steps} steps (device synchronised around each):");
+        for r in effllm_tensor::autograd::profile::take().iter().take(15) {
+            println!("  {:<16} {:>6} calls {:>9.1} ms", r.op, r.calls, 1e3 * r.seconds);
+        }
     }
     Ok(())
 }

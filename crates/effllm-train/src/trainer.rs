@@ -95,6 +95,7 @@ pub struct Trainer {
     pub(crate) evals: Vec<EvalRecord>,
     memory: MemoryReport,
     timing: StepTiming,
+    synchronized_timing: bool,
 }
 
 fn adamw(cfg: &TrainConfig, weight_decay: f64) -> Result<AdamW> {
@@ -130,6 +131,7 @@ impl Trainer {
             evals: Vec::new(),
             memory: MemoryReport::default(),
             timing: StepTiming::default(),
+            synchronized_timing: false,
         })
     }
 
@@ -171,6 +173,20 @@ impl Trainer {
     /// The memory report of the last step.
     pub fn memory(&self) -> MemoryReport {
         self.memory
+    }
+
+    /// Makes [`last_step_timing`](Self::last_step_timing) exact on a GPU by waiting for the device after the
+    /// forward and the backward pass (costs a little throughput; for profiling).
+    pub fn set_synchronized_timing(&mut self, on: bool) {
+        self.synchronized_timing = on;
+    }
+
+    /// Waits for queued device work when synchronised timing is on.
+    fn sync_for_timing(&self) -> Result<()> {
+        if let (true, Device::Cuda(n)) = (self.synchronized_timing, self.device) {
+            effllm_tensor::cuda::device(n)?.synchronize()?;
+        }
+        Ok(())
     }
 
     /// Where the last step's time went.
@@ -259,6 +275,7 @@ impl Trainer {
             timing.forward_s += tf.elapsed().as_secs_f64();
             let tb = Instant::now();
             grads.accumulate(&loss.affine(1.0 / accum as f64, 0.0)?)?;
+            self.sync_for_timing()?;
             timing.backward_s += tb.elapsed().as_secs_f64();
         }
         let tu = Instant::now();
@@ -300,6 +317,7 @@ impl Trainer {
             let Some(g) = grads.take(p) else { continue };
             if p.shape().len() >= 2 { self.decay.step_param(p, &g)? } else { self.no_decay.step_param(p, &g)? }
         }
+        self.sync_for_timing()?;
         timing.update_s = tu.elapsed().as_secs_f64();
         self.timing = timing;
         // The template now points at the updated storages (it would otherwise keep the previous weights alive).

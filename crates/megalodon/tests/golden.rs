@@ -5,8 +5,8 @@
 //! in pieces through the cache) must match to 1e-10 (values) and 1e-8 (gradients), relative L2.
 //!
 //! The fixture is produced on a machine with torch (`python3 scripts/fixtures/megalodon_torch.py >
-//! crates/megalodon/tests/fixtures/megalodon_torch.json`). Until it is committed every test here skips with a notice;
-//! `EFFLLM_REQUIRE_FIXTURES=1` turns a missing fixture into a failure.
+//! crates/megalodon/tests/fixtures/megalodon_torch.json`; generated with torch 2.11 on the GPU machine and committed);
+//! a missing or unreadable fixture fails the tests.
 
 mod common;
 
@@ -15,19 +15,11 @@ use effllm_tensor::Tensor;
 use megalodon::{Cema, CemaState, ChunkedAttention, KvCache, TimestepNorm, TsnState};
 use serde_json::Value;
 
-fn fixture() -> Option<Value> {
+fn fixture() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/megalodon_torch.json");
-    match std::fs::read_to_string(path) {
-        Ok(s) => Some(serde_json::from_str(&s).expect("valid fixture JSON")),
-        Err(_) => {
-            assert!(
-                std::env::var("EFFLLM_REQUIRE_FIXTURES").as_deref() != Ok("1"),
-                "EFFLLM_REQUIRE_FIXTURES=1 but {path} is missing"
-            );
-            eprintln!("skipped: {path} not generated yet (see scripts/fixtures/megalodon_torch.py)");
-            None
-        }
-    }
+    let s = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (regenerate it with scripts/fixtures/megalodon_torch.py)"));
+    serde_json::from_str(&s).expect("valid fixture JSON")
 }
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -40,7 +32,7 @@ fn usize_of(v: &Value, key: &str) -> usize {
 
 #[test]
 fn cema_matches_torch_values_states_and_gradients() {
-    let Some(doc) = fixture() else { return };
+    let doc = fixture();
     let cases = doc["cema"].as_array().expect("cema cases");
     assert!(!cases.is_empty());
     for (ci, c) in cases.iter().enumerate() {
@@ -93,7 +85,7 @@ fn cema_matches_torch_values_states_and_gradients() {
 
 #[test]
 fn timestep_norm_matches_torch_values_states_and_gradients() {
-    let Some(doc) = fixture() else { return };
+    let doc = fixture();
     let cases = doc["timestep_norm"].as_array().expect("timestep_norm cases");
     assert!(!cases.is_empty());
     for (ci, c) in cases.iter().enumerate() {
@@ -127,7 +119,7 @@ fn timestep_norm_matches_torch_values_states_and_gradients() {
 
 #[test]
 fn chunked_attention_matches_torch_in_one_call_and_in_pieces() {
-    let Some(doc) = fixture() else { return };
+    let doc = fixture();
     let cases = doc["attention"].as_array().expect("attention cases");
     assert!(!cases.is_empty());
     for c in cases {

@@ -183,7 +183,9 @@ impl Gradients {
             let input_grads = match grad {
                 Some(g) => {
                     let rule: BackwardFn = edges.backward;
+                    let timer = super::profile::start(&g)?;
                     let gs = rule(&g, &needs)?;
+                    super::profile::stop(timer, n.op, &g)?;
                     if gs.len() != needs.len() {
                         return Err(Error::Autograd {
                             op: n.op,

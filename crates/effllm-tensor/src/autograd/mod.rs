@@ -37,6 +37,7 @@
 
 mod engine;
 pub(crate) mod kernels;
+pub mod profile;
 pub(crate) mod rules;
 
 use std::cell::Cell;
