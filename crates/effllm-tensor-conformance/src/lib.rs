@@ -711,6 +711,14 @@ macro_rules! conformance_suite {
                 __check($crate::reductions(&__dev(), dtype, &[2, n], 1, seed))?;
             }
 
+            // Rows long enough for the CUDA backend's multi-block partial sums (n ≥ 2¹⁵), whole-tensor too.
+            #[test]
+            fn reductions_very_long_rows(dtype in __dtype(), n in 32768usize..70000, rows in 1usize..3, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
+                __check($crate::reductions(&__dev(), dtype, &[rows, n], 1, seed))?;
+                __check($crate::reductions(&__dev(), dtype, &[rows * n], 0, seed))?;
+            }
+
             #[test]
             fn softmax(dtype in __dtype(), shape in __shape(), dim in 0usize..3, seed in any::<u64>()) {
                 let dim = dim % shape.len();

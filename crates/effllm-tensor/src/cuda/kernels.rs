@@ -267,6 +267,21 @@ template <typename T> __device__ void reduce_body(const T* x, T* y, i64 n, i64 i
     }
     if (threadIdx.x == 0) y[blockIdx.x] = (T)r;
 }
+// Partial sums of long rows: `parts` blocks per row, each summing one contiguous chunk into a double (a single
+// block per row leaves the GPU idle when a few rows hold millions of elements, e.g. a gradient's global norm).
+template <typename T> __device__ void partial_sum_body(const T* x, double* y, i64 n, i64 parts) {
+    __shared__ double sh[BLOCK];
+    i64 row = blockIdx.x / parts, part = blockIdx.x % parts;
+    i64 chunk = (n + parts - 1) / parts;
+    i64 start = part * chunk, end = start + chunk < n ? start + chunk : n;
+    const T* base = x + row * n;
+    double s = 0.0;
+    for (i64 j = start + threadIdx.x; j < end; j += blockDim.x) s += (double)base[j];
+    s = block_sum<T>(s, sh);
+    if (threadIdx.x == 0) y[blockIdx.x] = s;
+}
+extern "C" __global__ void partial_sum_f32(const float* x, double* y, i64 n, i64 parts) { partial_sum_body(x, y, n, parts); }
+extern "C" __global__ void partial_sum_f64(const double* x, double* y, i64 n, i64 parts) { partial_sum_body(x, y, n, parts); }
 extern "C" __global__ void reduce_f32(const float* x, float* y, i64 n, i64 inner, int op) { reduce_body(x, y, n, inner, op); }
 extern "C" __global__ void reduce_f64(const double* x, double* y, i64 n, i64 inner, int op) { reduce_body(x, y, n, inner, op); }
 "#;

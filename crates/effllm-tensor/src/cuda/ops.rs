@@ -208,6 +208,22 @@ pub(crate) fn reduce(t: &Tensor, dim: usize, op: i32) -> Result<Tensor> {
     let (outer, n, inner) = crate::ops::reduce::split_at_dim(t.shape(), dim);
     let dev = Arc::clone(&storage(&w).dev);
     let count = outer * inner;
+    // Sums and means of a few long contiguous rows: partial sums over many blocks, then a second pass.
+    if (op == 0 || op == 1) && inner == 1 && count > 0 && count < 1024 && n >= 1 << 15 {
+        let parts = (n / 8192).clamp(2, 1024);
+        let mut partial = dev.alloc(DType::F64, count * parts)?;
+        let f = dev.builtin("rows", kernels::ROWS, &format!("partial_sum_{}", suffix(w.dtype())))?;
+        let (nn, pp, x) = (n as i64, parts as i64, view(&w));
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&x).arg(&mut partial.buf).arg(&nn).arg(&pp);
+        // SAFETY: `count` contiguous rows of `n` inputs, `count·parts` f64 partials.
+        unsafe { b.launch(rows_grid(count * parts)) }.map_err(launch_err)?;
+        let sums = reduce(&Tensor::from_cuda(partial, &[count, parts]), 1, 0)?;
+        let r = if op == 1 { sums.affine(1.0 / n as f64, 0.0)? } else { sums };
+        let mut shape = t.shape().to_vec();
+        shape[dim] = 1;
+        return finish(r.reshape(&shape)?, t.dtype());
+    }
     let mut out = dev.alloc(w.dtype(), count)?;
     if count > 0 {
         let f = dev.builtin("rows", kernels::ROWS, &format!("reduce_{}", suffix(w.dtype())))?;
