@@ -53,6 +53,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(scenarios::model::SmolLm2),
         Box::new(scenarios::griffin::Griffin),
         Box::new(scenarios::specexec::SpecExec),
+        Box::new(scenarios::train::Train),
     ]
 }
 

@@ -4,6 +4,7 @@ pub mod griffin;
 pub mod model;
 pub mod specexec;
 pub mod tensor;
+pub mod train;
 
 use effllm_tensor::{Device, Tensor};
 
