@@ -1,5 +1,5 @@
 //! Checkpoints: a directory with `model.safetensors` (the f32 master weights by parameter name),
-//! `optimizer.safetensors` (AdamW's moments as `<parameter>/<state>`) and `trainer.json` (the config, the
+//! `optimizer.safetensors` (the optimizer's exported state tensors as `<parameter>/<state>`) and `trainer.json` (the config, the
 //! tokenizer fingerprint, step, data cursor, optimizer scalars, history). Written to a temporary directory and
 //! renamed over the previous checkpoint, so a crash never leaves half a checkpoint behind.
 
@@ -80,7 +80,7 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, F32Entry>> {
 
 impl Trainer {
     fn optimizer_of(&self, p: &Tensor) -> &dyn Optimizer {
-        if p.shape().len() >= 2 { &self.decay } else { &self.no_decay }
+        if p.shape().len() >= 2 { self.decay.0.as_ref() } else { self.no_decay.0.as_ref() }
     }
 
     /// Writes a checkpoint of the current state to `dir` (replacing one that is there).
@@ -115,7 +115,7 @@ impl Trainer {
             step: self.step,
             tokens_seen: self.tokens_seen,
             cursor: self.cursor,
-            optimizer: self.decay.name().to_string(),
+            optimizer: self.decay.0.name().to_string(),
             optimizer_scalars: scalars,
             history: self.history.clone(),
             evals: self.evals.clone(),
@@ -135,6 +135,17 @@ impl Trainer {
     /// directory may change). A truncated or foreign file, another architecture, another tokenizer, or missing
     /// optimizer state is [`TrainError::Checkpoint`] naming what is wrong.
     pub fn resume(dir: &Path, cfg: TrainConfig, data: &TrainData) -> Result<Trainer> {
+        Trainer::resume_with_optimizer(dir, cfg, data, &crate::trainer::adamw)
+    }
+
+    /// [`Trainer::resume`] for a run made with [`Trainer::with_optimizer`]: the checkpoint must name the same
+    /// optimizer, and its state must import into it.
+    pub fn resume_with_optimizer(
+        dir: &Path,
+        cfg: TrainConfig,
+        data: &TrainData,
+        make: &crate::trainer::OptimizerFactory,
+    ) -> Result<Trainer> {
         let json_path = dir.join("trainer.json");
         let text = std::fs::read_to_string(&json_path).map_err(|e| io(&json_path, "cannot read", e))?;
         let st: TrainerState =
@@ -176,11 +187,11 @@ impl Trainer {
                 cfg.run.steps, st.step
             )));
         }
-        let mut t = Trainer::new(cfg, data.vocab())?;
-        if st.optimizer != t.decay.name() {
+        let mut t = Trainer::with_optimizer(cfg, data.vocab(), make)?;
+        if st.optimizer != t.decay.0.name() {
             return Err(bad(
                 &json_path,
-                format!("optimizer `{}`, this trainer runs `{}`", st.optimizer, t.decay.name()),
+                format!("optimizer `{}`, this trainer runs `{}`", st.optimizer, t.decay.0.name()),
             ));
         }
         let model_path = dir.join("model.safetensors");
@@ -213,7 +224,7 @@ impl Trainer {
                 let (shape, vals) = moments.remove(&k).ok_or_else(|| bad(&opt_path, format!("lost `{k}`")))?;
                 state.tensors.insert(k[prefix.len()..].to_string(), Tensor::from_vec(vals, &shape, &Device::Cpu)?);
             }
-            let opt: &mut dyn Optimizer = if p.shape().len() >= 2 { &mut t.decay } else { &mut t.no_decay };
+            let opt: &mut dyn Optimizer = if p.shape().len() >= 2 { t.decay.0.as_mut() } else { t.no_decay.0.as_mut() };
             opt.import_state(p, state).map_err(|e| bad(&opt_path, format!("`{name}`: {e}")))?;
         }
         if let Some(extra) = moments.keys().next() {

@@ -22,7 +22,7 @@ pub struct MemoryReport {
     pub params: usize,
     /// Gradients of the last step (one per parameter, f32).
     pub grads: usize,
-    /// Optimizer state (AdamW's two moments).
+    /// Optimizer state (AdamW: its two moments).
     pub optimizer_state: usize,
     /// Tensor bytes the autograd graph kept alive at the end of the last micro-batch's forward pass, above what
     /// existed before it (saved activations, the bf16 compute copies, the logits): measured by the tensor
@@ -83,10 +83,10 @@ pub struct Trainer {
     pub(crate) template: LlamaModel,
     /// Master weights (f32, requires-grad leaves) by name, in `named_parameters` order.
     pub(crate) params: Vec<(String, Tensor)>,
-    /// AdamW over the matrices (with weight decay).
-    pub(crate) decay: AdamW,
-    /// AdamW over the norm gains (no weight decay).
-    pub(crate) no_decay: AdamW,
+    /// The optimizer of the matrices (with weight decay).
+    pub(crate) decay: Opt,
+    /// The optimizer of the norm gains (no weight decay).
+    pub(crate) no_decay: Opt,
     schedule: WarmupCosine,
     pub(crate) step: usize,
     pub(crate) tokens_seen: u64,
@@ -98,14 +98,43 @@ pub struct Trainer {
     synchronized_timing: bool,
 }
 
-fn adamw(cfg: &TrainConfig, weight_decay: f64) -> Result<AdamW> {
+/// Builds the optimizer of one parameter group from the run's config and the group's weight decay (`optim
+/// .weight_decay` for matrices, 0 for norm gains). [`Trainer::new`] uses [`adamw`]; GaLore or any other
+/// [`Optimizer`] plugs in through [`Trainer::with_optimizer`].
+pub type OptimizerFactory = dyn Fn(&TrainConfig, f64) -> Result<Box<dyn Optimizer + Send>>;
+
+/// AdamW with the config's hyperparameters (PyTorch semantics; no AMSGrad).
+pub fn adamw(cfg: &TrainConfig, weight_decay: f64) -> Result<Box<dyn Optimizer + Send>> {
     let o = &cfg.optim;
-    Ok(AdamW::new(AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay, amsgrad: false })?)
+    Ok(Box::new(AdamW::new(AdamWConfig {
+        lr: o.lr,
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weight_decay,
+        amsgrad: false,
+    })?))
+}
+
+/// A boxed optimizer that prints its name (the trait has no `Debug` bound).
+pub(crate) struct Opt(pub(crate) Box<dyn Optimizer + Send>);
+
+impl std::fmt::Debug for Opt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} state bytes)", self.0.name(), self.0.state_bytes())
+    }
 }
 
 impl Trainer {
-    /// A freshly initialised model of `cfg`'s shape for `vocab` tokens, on `cfg.run.device`.
+    /// A freshly initialised model of `cfg`'s shape for `vocab` tokens, on `cfg.run.device`, trained by AdamW.
     pub fn new(cfg: TrainConfig, vocab: usize) -> Result<Trainer> {
+        Trainer::with_optimizer(cfg, vocab, &adamw)
+    }
+
+    /// [`Trainer::new`] with another optimizer: `make(cfg, weight_decay)` is called once for the matrices and once
+    /// (decay 0) for the norm gains. The learning-rate schedule, clipping and checkpoints work as with AdamW
+    /// (checkpoints record the optimizer's [`name`](Optimizer::name) and its exported state).
+    pub fn with_optimizer(cfg: TrainConfig, vocab: usize, make: &OptimizerFactory) -> Result<Trainer> {
         cfg.validate()?;
         if let Some(n) = cfg.run.threads {
             effllm_tensor::threads::set_num_threads(n)?;
@@ -117,8 +146,8 @@ impl Trainer {
         let schedule =
             WarmupCosine::new(cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps as u64, cfg.run.steps as u64)?;
         Ok(Trainer {
-            decay: adamw(&cfg, cfg.optim.weight_decay)?,
-            no_decay: adamw(&cfg, 0.0)?,
+            decay: Opt(make(&cfg, cfg.optim.weight_decay)?),
+            no_decay: Opt(make(&cfg, 0.0)?),
             cfg,
             device,
             template,
@@ -246,7 +275,7 @@ impl Trainer {
     }
 
     /// One optimizer step: `grad_accum` micro-batches of `batch_size` rows, mean loss, global-norm clipping,
-    /// AdamW at the scheduled learning rate. A non-finite loss or gradient is [`TrainError::NonFinite`] and leaves
+    /// the optimizer (AdamW by default) at the scheduled learning rate. A non-finite loss or gradient is [`TrainError::NonFinite`] and leaves
     /// the weights and optimizer state untouched.
     pub fn train_step(&mut self, data: &mut TrainData) -> Result<StepRecord> {
         let t0 = Instant::now();
@@ -310,12 +339,12 @@ impl Trainer {
             }
         }
         let lr = self.schedule.lr(self.step as u64);
-        self.decay.set_learning_rate(lr);
-        self.no_decay.set_learning_rate(lr);
+        self.decay.0.set_learning_rate(lr);
+        self.no_decay.0.set_learning_rate(lr);
         let grad_bytes = grads.nbytes();
         for (_, p) in self.params.iter_mut() {
             let Some(g) = grads.take(p) else { continue };
-            if p.shape().len() >= 2 { self.decay.step_param(p, &g)? } else { self.no_decay.step_param(p, &g)? }
+            if p.shape().len() >= 2 { self.decay.0.step_param(p, &g)? } else { self.no_decay.0.step_param(p, &g)? }
         }
         self.sync_for_timing()?;
         timing.update_s = tu.elapsed().as_secs_f64();
@@ -329,7 +358,7 @@ impl Trainer {
         self.memory = MemoryReport {
             params: self.params.iter().map(|(_, p)| p.elem_count() * p.dtype().size_in_bytes()).sum(),
             grads: grad_bytes,
-            optimizer_state: self.decay.state_bytes() + self.no_decay.state_bytes(),
+            optimizer_state: self.decay.0.state_bytes() + self.no_decay.0.state_bytes(),
             activations,
             step_peak,
         };

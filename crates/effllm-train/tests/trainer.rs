@@ -271,3 +271,35 @@ proptest! {
         prop_assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0));
     }
 }
+
+/// Any `Optimizer` plugs in through a factory (here SGD with momentum): it trains, checkpoints carry its state and
+/// name, and resuming with another optimizer is a typed error.
+#[test]
+fn another_optimizer_trains_checkpoints_and_is_checked_on_resume() {
+    use effllm_optim::{Sgd, SgdConfig};
+    let sgd = |c: &TrainConfig, wd: f64| -> effllm_train::Result<Box<dyn effllm_optim::Optimizer + Send>> {
+        Ok(Box::new(Sgd::new(SgdConfig { lr: c.optim.lr, momentum: 0.9, weight_decay: wd, ..SgdConfig::default() })?))
+    };
+    let mut c = cfg("sgd");
+    c.optim.lr = 0.5;
+    c.optim.min_lr = 0.05;
+    let dir = c.run.out_dir.join("checkpoint");
+    let mut d = data(16);
+    let mut t = Trainer::with_optimizer(c.clone(), VOCAB, &sgd).unwrap();
+    let first = t.evaluate(&d).unwrap().loss;
+    for _ in 0..30 {
+        t.train_step(&mut d).unwrap();
+    }
+    let last = t.evaluate(&d).unwrap().loss;
+    assert!(last < 0.8 * first, "SGD: {first} -> {last}");
+    assert_eq!(t.memory().optimizer_state, t.memory().params, "one momentum buffer per parameter");
+    t.save(&dir, &d).unwrap();
+    let back = Trainer::resume_with_optimizer(&dir, c.clone(), &d, &sgd).unwrap();
+    assert_eq!(back.step(), 30);
+    let e = match Trainer::resume(&dir, c.clone(), &d) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("resumed an SGD checkpoint with AdamW"),
+    };
+    assert!(e.contains("SGD") && e.contains("AdamW"), "{e}");
+    std::fs::remove_dir_all(&c.run.out_dir).ok();
+}
