@@ -60,13 +60,19 @@ impl Scenario for Train {
             num(first.loss - unigram),
             "—".into(),
         ]);
+        // Training loss averaged over each evaluation interval, plotted at the evaluation steps (the axis ticks sit
+        // at the data's x values).
         let (mut train_pts, mut val_pts) = (Vec::new(), vec![(0.0, first.loss)]);
+        let (mut interval_sum, mut interval_n) = (0.0, 0usize);
         let t0 = Instant::now();
         for s in 1..=n {
             ctx.status(format!("train: step {s}/{n}"));
             let r = trainer.train_step(&mut data)?;
-            train_pts.push((s as f64, r.loss));
+            interval_sum += r.loss;
+            interval_n += 1;
             if s % cfg.run.eval_every == 0 || s == n {
+                train_pts.push((s as f64, interval_sum / interval_n as f64));
+                (interval_sum, interval_n) = (0.0, 0);
                 let e = trainer.evaluate(&data)?;
                 val_pts.push((s as f64, e.loss));
                 table.row(vec![
@@ -118,7 +124,7 @@ impl Scenario for Train {
                 y_label: "cross-entropy (nats per token)".into(),
                 x: XAxis::Linear,
                 series: vec![
-                    Series { name: "training loss".into(), points: train_pts },
+                    Series { name: "training loss (interval mean)".into(), points: train_pts },
                     Series { name: "validation loss".into(), points: val_pts },
                 ],
                 hlines: vec![HLine { name: "unigram baseline".into(), y: unigram }],
