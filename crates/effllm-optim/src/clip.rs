@@ -29,6 +29,13 @@ pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
     if !total.is_finite() {
         return Err(OptimError::NonFiniteNorm(total));
     }
+    scale_to_norm(grads, total, max_norm)?;
+    Ok(total)
+}
+
+/// The scaling step of [`clip_grad_norm`] for a caller that already has the global norm `total` (finite): scales
+/// every gradient by [`clip_coefficient`]`(total, max_norm)` when it is below 1.
+pub fn scale_to_norm(grads: &mut Gradients, total: f64, max_norm: f64) -> Result<()> {
     let coef = clip_coefficient(total, max_norm);
     if coef < 1.0 {
         no_grad(|| -> Result<()> {
@@ -38,5 +45,5 @@ pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
             Ok(())
         })?;
     }
-    Ok(total)
+    Ok(())
 }

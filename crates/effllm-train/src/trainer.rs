@@ -327,16 +327,8 @@ impl Trainer {
             });
         }
         if self.cfg.optim.clip_norm > 0.0 {
-            // `torch.nn.utils.clip_grad_norm_`: scale by min(1, c / (‖g‖ + 1e-6)).
-            let coef = clip::clip_coefficient(grad_norm, self.cfg.optim.clip_norm);
-            if coef < 1.0 {
-                effllm_tensor::no_grad(|| -> Result<()> {
-                    for (_, g) in grads.iter_mut() {
-                        *g = g.affine(coef, 0.0)?;
-                    }
-                    Ok(())
-                })?;
-            }
+            // `torch.nn.utils.clip_grad_norm_` with the norm just computed.
+            clip::scale_to_norm(&mut grads, grad_norm, self.cfg.optim.clip_norm)?;
         }
         let lr = self.schedule.lr(self.step as u64);
         self.decay.0.set_learning_rate(lr);
@@ -413,7 +405,7 @@ impl Trainer {
                 observe(Event::Eval(&e));
             }
             if (run.checkpoint_every > 0 && self.step.is_multiple_of(run.checkpoint_every)) || last {
-                let dir = run.out_dir.join("checkpoint");
+                let dir = crate::checkpoint::checkpoint_dir(&self.cfg);
                 self.save(&dir, data)?;
                 observe(Event::Checkpoint(&dir));
             }

@@ -3,6 +3,9 @@
 //! L2 (summation orders differ; AdamW's first steps amplify tiny gradient differences only slightly). In bf16
 //! mixed precision the GPU learns as the CPU does. Without a usable GPU only the CPU side runs, unless `EFFLLM_REQUIRE_CUDA=1`.
 
+mod common;
+
+use common::rel_l2;
 use effllm_data::TokenizedSplit;
 use effllm_tensor::Device;
 use effllm_train::{Precision, TrainConfig, TrainData, Trainer};
@@ -39,7 +42,7 @@ fn run(device: &str, precision: Precision, steps: usize) -> (Vec<f64>, Vec<f64>,
     let mut d = data();
     let mut t = Trainer::new(c, VOCAB).unwrap();
     let losses = (0..steps).map(|_| t.train_step(&mut d).unwrap().loss).collect();
-    let params = t.parameters().iter().flat_map(|(_, p)| p.to_vec_f64().unwrap()).collect();
+    let params = common::params_f64(&t);
     (losses, params, t.evaluate(&d).unwrap().loss)
 }
 
@@ -53,9 +56,8 @@ fn cuda_training_matches_the_cpu() {
     for (a, b) in gpu_losses.iter().zip(&cpu_losses) {
         assert!((a - b).abs() < 1e-4 * b, "loss {a} on CUDA vs {b} on the CPU");
     }
-    let num: f64 = gpu_params.iter().zip(&cpu_params).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-    let den: f64 = cpu_params.iter().map(|b| b * b).sum::<f64>().sqrt();
-    assert!(num / den < 1e-3, "parameters after 5 steps: rel L2 {:e}", num / den);
+    let err = rel_l2(&gpu_params, &cpu_params);
+    assert!(err < 1e-3, "parameters after 5 steps: rel L2 {err:e}");
     // bf16 mixed precision: the GPU learns as the CPU does (bf16 GEMM inputs, f32 accumulation on both).
     let (cpu_bf, _, cpu_eval) = run("cpu", Precision::Bf16, 20);
     let (gpu_bf, _, gpu_eval) = run("cuda:0", Precision::Bf16, 20);

@@ -1,6 +1,9 @@
 //! Memory accounting, alone in its binary: the tensor crate's live-memory counters are process-wide, so no other
 //! test may allocate tensors while the trainer measures its activations.
 
+mod common;
+
+use common::{params_f64, rel_l2};
 use effllm_data::TokenizedSplit;
 use effllm_train::{TrainConfig, TrainData, Trainer};
 
@@ -20,15 +23,6 @@ fn cfg(_dir: &str) -> TrainConfig {
     c.data.seq_len = 16;
     c.data.batch_size = 4;
     c
-}
-
-fn params_f64(t: &Trainer) -> Vec<f64> {
-    t.parameters().iter().flat_map(|(_, p)| p.to_vec_f64().unwrap()).collect()
-}
-
-fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
-    num / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-300)
 }
 
 /// Parameters, gradients and AdamW state have their exact sizes; activations are positive and smaller with

@@ -3,6 +3,9 @@
 //! the run and keeps the last checkpoint, activation checkpointing and bf16 mixed precision train the model.
 //! (Memory accounting has its own test binary: the live-memory counters are process-wide.)
 
+mod common;
+
+use common::{params_f64, rel_l2};
 use effllm_data::TokenizedSplit;
 use effllm_model::{Batch, CausalLm, LogitRows};
 use effllm_tensor::DType;
@@ -38,15 +41,6 @@ fn cfg(dir: &str) -> TrainConfig {
     c.run.steps = 40;
     c.run.out_dir = std::env::temp_dir().join(format!("effllm-train-test-{}-{dir}", std::process::id()));
     c
-}
-
-fn params_f64(t: &Trainer) -> Vec<f64> {
-    t.parameters().iter().flat_map(|(_, p)| p.to_vec_f64().unwrap()).collect()
-}
-
-fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
-    num / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-300)
 }
 
 #[test]

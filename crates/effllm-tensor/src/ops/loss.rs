@@ -27,13 +27,14 @@ impl Tensor {
         if let Some(&bad) = t.iter().find(|&&i| i as usize >= v) {
             return Err(Error::IndexOutOfBounds { op: OP, index: bad as usize, size: v });
         }
-        let flat: Vec<u32> = t.iter().enumerate().map(|(i, &c)| (i * v) as u32 + c).collect();
-        if rows.checked_mul(v).is_none_or(|n| n > u32::MAX as usize) {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("{rows} x {v} logits exceed u32 indexing") });
-        }
         if self.device().is_cpu() && self.dtype() == DType::F32 {
             return self.cross_entropy_cpu_f32(t, rows, v);
         }
+        // The other paths pick the target logits by flat u32 index.
+        if rows.checked_mul(v).is_none_or(|n| n > u32::MAX as usize) {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("{rows} x {v} logits exceed u32 indexing") });
+        }
+        let flat: Vec<u32> = t.iter().enumerate().map(|(i, &c)| (i * v) as u32 + c).collect();
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() && self.dtype() == DType::F32 {
             return self.cross_entropy_cuda_f32(&t, &flat, rows, v);
