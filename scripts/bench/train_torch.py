@@ -101,6 +101,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed steps, print torch.profiler's per-kernel table of two more steps (stderr)")
     a = ap.parse_args()
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -140,6 +142,14 @@ def main():
         torch.cuda.synchronize()
     secs = time.perf_counter() - t0
     tokens = a.batch * a.seq * a.steps
+    if a.profile:
+        import sys
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for i in range(2):
+                step(a.warmup + i)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30), file=sys.stderr)
     print(json.dumps({
         "precision": a.precision, "tokens_per_step": a.batch * a.seq, "steps": a.steps, "seconds": secs,
         "tokens_per_s": tokens / secs, "params": sum(p.numel() for p in model.parameters()),

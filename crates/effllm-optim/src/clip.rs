@@ -1,16 +1,28 @@
 //! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_` with the 2-norm).
 
-use effllm_tensor::{Gradients, no_grad};
+use effllm_tensor::{DType, Device, Gradients, Tensor, no_grad};
 
 use crate::{OptimError, Result, check};
 
 /// `‖(‖g₁‖₂, …, ‖gₙ‖₂)‖₂` over every gradient of `grads`, accumulated in f64 in id order.
+///
+/// Each gradient's sum of squares is reduced on its own device; the partial sums of one device are gathered and
+/// downloaded together (one synchronisation per device rather than one per gradient).
 pub fn global_norm(grads: &Gradients) -> Result<f64> {
     no_grad(|| {
-        let mut sq = 0.0f64;
+        let mut partials: Vec<(Device, Vec<Tensor>)> = Vec::new();
         for (_, g) in grads.iter() {
             let n = g.elem_count();
-            sq += g.sqr()?.reshape(&[n])?.sum(0, false)?.to_dtype(effllm_tensor::DType::F64)?.to_scalar::<f64>()?;
+            let s = g.sqr()?.reshape(&[n])?.sum(0, true)?.to_dtype(DType::F64)?;
+            match partials.iter_mut().find(|(d, _)| *d == g.device()) {
+                Some((_, v)) => v.push(s),
+                None => partials.push((g.device(), vec![s])),
+            }
+        }
+        let mut sq = 0.0f64;
+        for (_, parts) in &partials {
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            sq += Tensor::concat(&refs, 0)?.to_vec::<f64>()?.iter().sum::<f64>();
         }
         Ok(sq.sqrt())
     })

@@ -747,6 +747,14 @@ macro_rules! conformance_suite {
                 __check($crate::attention(&__dev(), dtype, b, hkv, group, sq, skv, d, mask, seed))?;
             }
 
+            // Long query blocks: the CUDA backend switches to batched GEMMs around a fused softmax here.
+            #[test]
+            fn attention_long_queries(dtype in __dtype(), hkv in 1usize..3, group in 1usize..4, sq in 16usize..40, extra in 0usize..24, d in 1usize..33, mask in 0usize..3, seed in any::<u64>()) {
+                let mask = [$crate::MaskKind::None, $crate::MaskKind::Causal, $crate::MaskKind::Random][mask];
+                if $crate::skip(&__dev()) { return Ok(()); }
+                __check($crate::attention(&__dev(), dtype, 1, hkv, group, sq, sq + extra, d, mask, seed))?;
+            }
+
             #[test]
             fn matmul(dtype in __dtype(), m in 1usize..=64, k in 1usize..=64, n in 1usize..=64, tb in any::<bool>(), seed in any::<u64>()) {
                 if $crate::skip(&__dev()) { return Ok(()); }

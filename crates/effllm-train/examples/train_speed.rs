@@ -48,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if profile {
         effllm_tensor::autograd::profile::set_enabled(false);
         println!("backward rules over {steps} steps (device synchronised around each):");
-        for r in effllm_tensor::autograd::profile::take().iter().take(15) {
+        for r in effllm_tensor::autograd::profile::take().iter().take(20) {
+            println!("  {:<16} {:>6} calls {:>9.1} ms", r.op, r.calls, 1e3 * r.seconds);
+        }
+        println!("forward of recorded ops over {steps} steps (device synchronised around each):");
+        for r in effllm_tensor::autograd::profile::take_forward().iter().take(20) {
             println!("  {:<16} {:>6} calls {:>9.1} ms", r.op, r.calls, 1e3 * r.seconds);
         }
     }

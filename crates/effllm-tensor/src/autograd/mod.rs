@@ -228,7 +228,7 @@ pub(crate) fn op(
     if !tracking(inputs) {
         return fwd();
     }
-    let out = no_grad(fwd)?.detach();
+    let out = no_grad(|| profile::forward(name, inputs, fwd))?.detach();
     let rule = bwd(&out)?;
     Ok(attach(out, name, inputs.iter().map(|t| t.node.clone()).collect(), rule))
 }

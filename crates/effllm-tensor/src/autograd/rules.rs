@@ -237,6 +237,13 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, out: &Tensor) -> Resu
 
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<BackwardFn> {
     let (gate, up) = (gate.detach(), up.detach());
+    #[cfg(feature = "cuda")]
+    if gate.cuda_storage().is_some() && gate.shape() == up.shape() {
+        return rule(move |g, _| {
+            let (dg, du) = crate::cuda::ops::swiglu_backward(&gate, &up, g)?;
+            Ok(vec![Some(dg), Some(du)])
+        });
+    }
     rule(move |g, needs| {
         let dg = if needs[0] { Some(g.mul(&up)?.mul(&silu_grad(&gate)?)?) } else { None };
         let du = if needs[1] { Some(g.mul(&gate.silu()?)?) } else { None };
@@ -321,6 +328,13 @@ fn sum_rows(t: &Tensor) -> Result<Tensor> {
 
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<BackwardFn> {
     let (x, w) = (x.detach(), w.detach());
+    #[cfg(feature = "cuda")]
+    if x.cuda_storage().is_some() && w.rank() == 1 {
+        return rule(move |g, _| {
+            let (dx, dw) = crate::cuda::ops::rms_norm_backward(&x, &w, g, eps)?;
+            Ok(vec![Some(dx), Some(dw)])
+        });
+    }
     rule(move |g, needs| {
         let last = x.rank() - 1;
         let r = inv_rms(&x, eps)?;
@@ -379,11 +393,36 @@ pub(crate) fn rope(x: &Tensor, positions: &Tensor, cfg: &RopeConfig) -> Result<B
     rule(move |g, _| Ok(vec![Some(g.mul(&f)?.rope(&positions, &cfg)?.mul(&f)?)]))
 }
 
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: f64) -> Result<BackwardFn> {
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    mask: &AttentionMask,
+    scale: f64,
+) -> Result<BackwardFn> {
     let (q, k, v) = (q.detach(), k.detach(), v.detach());
     let [b, hq, sq, d] = *q.shape() else { return Err(Error::Autograd { op: "attention", msg: "q rank".into() }) };
     let [_, hkv, skv, dv] = *v.shape() else { return Err(Error::Autograd { op: "attention", msg: "v rank".into() }) };
     let group = hq / hkv;
+    // Only the fused CUDA rule reads the forward output (for rowsum(dO ⊙ O)); the composed rule below recomputes.
+    #[cfg(not(feature = "cuda"))]
+    let _ = out;
+    #[cfg(feature = "cuda")]
+    if q.cuda_storage().is_some() && sq >= crate::ops::nn::ATTENTION_GEMM_MIN_QUERIES {
+        // Fused on the device: scores recomputed by cuBLAS, one kernel for P and dS (no host-built mask).
+        let causal = matches!(mask, AttentionMask::Causal);
+        let m = match mask {
+            AttentionMask::Mask(m) => Some(m.broadcast_as(&[b, hq, sq, skv])?),
+            _ => None,
+        };
+        let out = out.detach();
+        return rule(move |g, _| {
+            let (dq, dk, dv_) =
+                crate::cuda::ops::attention_gemm_backward(&q, &k, &v, &out, g, m.as_ref(), causal, scale)?;
+            Ok(vec![Some(dq), Some(dk), Some(dv_)])
+        });
+    }
     // The additive mask: 0 where allowed, −∞ elsewhere, shaped to broadcast over [b, hkv, group, sq, skv].
     let bias = match mask {
         AttentionMask::None => None,

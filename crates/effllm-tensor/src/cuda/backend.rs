@@ -293,6 +293,8 @@ impl KLayout {
             k.shape[d] = s as i64;
             k.stride[d] = st as i64;
         }
+        // `pad` tells the kernels that element indices fit in 32 bits (cheaper index arithmetic).
+        k.pad = i32::from(l.shape().iter().try_fold(1usize, |a, &s| a.checked_mul(s)).is_some_and(|n| n < 1 << 31));
         Ok(k)
     }
 }

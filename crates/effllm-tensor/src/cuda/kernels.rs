@@ -22,6 +22,16 @@ struct Lay { int rank; int pad; i64 off; i64 shape[8]; i64 stride[8]; };
 
 __device__ __forceinline__ i64 lay_offset(const Lay& l, i64 i) {
     i64 o = l.off;
+    if (l.pad) {
+        // Every index fits in 32 bits (set by the host): 32-bit division is several times cheaper than 64-bit.
+        u32 k = (u32)i;
+        for (int d = l.rank - 1; d >= 0; --d) {
+            u32 s = (u32)l.shape[d];
+            o += (i64)(k % s) * l.stride[d];
+            k /= s;
+        }
+        return o;
+    }
     for (int d = l.rank - 1; d >= 0; --d) {
         i64 s = l.shape[d];
         o += (i % s) * l.stride[d];
@@ -55,30 +65,39 @@ __device__ __forceinline__ double sat_u(double v, double hi) {
 
 /// Strided copy with dtype conversion: `contiguous`, `to_dtype` and every widening of half inputs.
 pub(crate) const CAST: &str = r#"
-extern "C" __global__ void cast_strided(const void* src, int sdt, Lay lay, void* dst, int ddt, i64 n) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        i64 o = lay_offset(lay, i);
-        if (sdt == ddt) {
-            switch (sdt) {
-                case DT_F16: case DT_BF16: ((u16*)dst)[i] = ((const u16*)src)[o]; break;
-                case DT_F32: case DT_U32: ((u32*)dst)[i] = ((const u32*)src)[o]; break;
-                case DT_F64: ((u64*)dst)[i] = ((const u64*)src)[o]; break;
-                default: ((u8*)dst)[i] = ((const u8*)src)[o]; break;
-            }
-            continue;
+__device__ __forceinline__ void cast_one(const void* src, int sdt, i64 o, void* dst, int ddt, i64 i) {
+    if (sdt == ddt) {
+        switch (sdt) {
+            case DT_F16: case DT_BF16: ((u16*)dst)[i] = ((const u16*)src)[o]; break;
+            case DT_F32: case DT_U32: ((u32*)dst)[i] = ((const u32*)src)[o]; break;
+            case DT_F64: ((u64*)dst)[i] = ((const u64*)src)[o]; break;
+            default: ((u8*)dst)[i] = ((const u8*)src)[o]; break;
         }
-        if (sdt == DT_F32 && ddt == DT_F16) { ((u16*)dst)[i] = f32_to_f16(((const float*)src)[o]); continue; }
-        if (sdt == DT_F32 && ddt == DT_BF16) { ((u16*)dst)[i] = f32_to_bf16(((const float*)src)[o]); continue; }
-        double v = load_as_f64(src, sdt, o);
-        switch (ddt) {
-            case DT_F16: ((u16*)dst)[i] = f64_to_f16(v); break;
-            case DT_BF16: ((u16*)dst)[i] = f32_to_bf16((float)v); break;
-            case DT_F32: ((float*)dst)[i] = (float)v; break;
-            case DT_F64: ((double*)dst)[i] = v; break;
-            case DT_U8: ((u8*)dst)[i] = (u8)sat_u(v, 255.0); break;
-            default: ((u32*)dst)[i] = (u32)sat_u(v, 4294967295.0); break;
-        }
+        return;
     }
+    // The mixed-precision casts of training, without the f64 detour (each is exact or rounds once, as below).
+    if (sdt == DT_F32 && ddt == DT_F16) { ((u16*)dst)[i] = f32_to_f16(((const float*)src)[o]); return; }
+    if (sdt == DT_F32 && ddt == DT_BF16) { ((u16*)dst)[i] = f32_to_bf16(((const float*)src)[o]); return; }
+    if (sdt == DT_BF16 && ddt == DT_F32) { ((float*)dst)[i] = bf16_to_f32(((const u16*)src)[o]); return; }
+    if (sdt == DT_F16 && ddt == DT_F32) { ((float*)dst)[i] = f16_to_f32(((const u16*)src)[o]); return; }
+    double v = load_as_f64(src, sdt, o);
+    switch (ddt) {
+        case DT_F16: ((u16*)dst)[i] = f64_to_f16(v); break;
+        case DT_BF16: ((u16*)dst)[i] = f32_to_bf16((float)v); break;
+        case DT_F32: ((float*)dst)[i] = (float)v; break;
+        case DT_F64: ((double*)dst)[i] = v; break;
+        case DT_U8: ((u8*)dst)[i] = (u8)sat_u(v, 255.0); break;
+        default: ((u32*)dst)[i] = (u32)sat_u(v, 4294967295.0); break;
+    }
+}
+extern "C" __global__ void cast_strided(const void* src, int sdt, Lay lay, void* dst, int ddt, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        cast_one(src, sdt, lay_offset(lay, i), dst, ddt, i);
+}
+// A contiguous source starting at element `off`: no index arithmetic.
+extern "C" __global__ void cast_dense(const void* src, int sdt, i64 off, void* dst, int ddt, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        cast_one(src, sdt, off + i, dst, ddt, i);
 }
 "#;
 
@@ -573,6 +592,113 @@ extern "C" __global__ void ce_grad_f32(const float* x, const float* lse, const u
     const float* r = x + row * v; float* o = out + row * v;
     for (i64 j = threadIdx.x; j < v; j += blockDim.x) o[j] = (expf(r[j] - l) - (j == target ? 1.0f : 0.0f)) * scale;
 }
+// Block-wide sum / max of one value per thread (blockDim.x a multiple of 32, at most 1024), through warp
+// shuffles; every thread gets the result.
+template <typename T> __device__ T blk_sum(T v, T* sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    T r = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) r += sh[w];
+    __syncthreads();
+    return r;
+}
+template <typename T> __device__ T blk_max(T v, T* sh) {
+    for (int o = 16; o > 0; o >>= 1) { T u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    T r = sh[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) r = sh[w] > r ? sh[w] : r;
+    __syncthreads();
+    return r;
+}
+// Attention rows: s = [rows, skv] raw scores q·kᵀ, row r holding query i = r % sq (rows ordered as
+// [batch, kv head, group, s_q], which is also the [batch, q head, s_q] order of the mask and of o/go).
+// Key j is allowed when j < skv − sq + i + 1 (causal) and mask[r·skv + j] != 0 (when a mask is given).
+template <typename T> __device__ bool attn_allowed(const u8* mr, i64 j, i64 limit) { return j < limit && (!mr || mr[j] != 0); }
+
+// Forward: s ← softmax(scale · s) over the allowed keys, 0 elsewhere; a row with no allowed key becomes all zeros.
+template <typename T> __device__ void attn_softmax_body(T* s, const u8* mask, i64 sq, i64 skv, int causal, T scale) {
+    __shared__ T sh[32];
+    const T NEG = -1.0 / 0.0;
+    i64 r = blockIdx.x, i = r % sq;
+    T* row = s + r * skv;
+    const u8* mr = mask ? mask + r * skv : 0;
+    i64 limit = causal ? skv - sq + i + 1 : skv;
+    T m = NEG;
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) if (attn_allowed<T>(mr, j, limit)) { T v = row[j] * scale; m = v > m ? v : m; }
+    m = blk_max(m, sh);
+    if (m == NEG) { for (i64 j = threadIdx.x; j < skv; j += blockDim.x) row[j] = 0; return; }
+    T z = 0;
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) {
+        T p = attn_allowed<T>(mr, j, limit) ? exp(row[j] * scale - m) : (T)0;
+        row[j] = p; z += p;
+    }
+    T inv = (T)1 / blk_sum(z, sh);
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) row[j] *= inv;
+}
+extern "C" __global__ void attn_softmax_f32(float* s, const u8* mask, i64 sq, i64 skv, int causal, float scale) { attn_softmax_body(s, mask, sq, skv, causal, scale); }
+extern "C" __global__ void attn_softmax_f64(double* s, const u8* mask, i64 sq, i64 skv, int causal, double scale) { attn_softmax_body(s, mask, sq, skv, causal, scale); }
+
+// Backward: with s = raw scores, dp = dO·vᵀ, D = Σ_c dO[r,c]·O[r,c]: s ← P (recomputed softmax), dp ← scale · P ⊙ (dp − D).
+template <typename T> __device__ void attn_grad_body(T* s, T* dp, const T* go, const T* o, const u8* mask, i64 sq, i64 skv, i64 dv, int causal, T scale) {
+    __shared__ T sh[32];
+    const T NEG = -1.0 / 0.0;
+    i64 r = blockIdx.x, i = r % sq;
+    T* row = s + r * skv; T* drow = dp + r * skv;
+    const u8* mr = mask ? mask + r * skv : 0;
+    i64 limit = causal ? skv - sq + i + 1 : skv;
+    T dsum = 0;
+    for (i64 c = threadIdx.x; c < dv; c += blockDim.x) dsum += go[r * dv + c] * o[r * dv + c];
+    dsum = blk_sum(dsum, sh);
+    T m = NEG;
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) if (attn_allowed<T>(mr, j, limit)) { T v = row[j] * scale; m = v > m ? v : m; }
+    m = blk_max(m, sh);
+    if (m == NEG) { for (i64 j = threadIdx.x; j < skv; j += blockDim.x) { row[j] = 0; drow[j] = 0; } return; }
+    T z = 0;
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) if (attn_allowed<T>(mr, j, limit)) z += exp(row[j] * scale - m);
+    T inv = (T)1 / blk_sum(z, sh);
+    for (i64 j = threadIdx.x; j < skv; j += blockDim.x) {
+        T p = attn_allowed<T>(mr, j, limit) ? exp(row[j] * scale - m) * inv : (T)0;
+        row[j] = p;
+        drow[j] = p * (drow[j] - dsum) * scale;
+    }
+}
+extern "C" __global__ void attn_grad_f32(float* s, float* dp, const float* go, const float* o, const u8* mask, i64 sq, i64 skv, i64 dv, int causal, float scale) { attn_grad_body(s, dp, go, o, mask, sq, skv, dv, causal, scale); }
+extern "C" __global__ void attn_grad_f64(double* s, double* dp, const double* go, const double* o, const u8* mask, i64 sq, i64 skv, i64 dv, int causal, double scale) { attn_grad_body(s, dp, go, o, mask, sq, skv, dv, causal, scale); }
+
+// RMSNorm backward, one block per row of contiguous [rows, d]: with r = 1/√(mean(x²) + ε) and m = mean(g⊙w⊙x),
+// dx = r·g⊙w − r³·m·x; gxr = g⊙x·r (summed over rows afterwards for dw).
+template <typename T> __device__ void rms_norm_bwd_body(const T* x, const T* w, const T* g, T* dx, T* gxr, i64 d, double eps) {
+    __shared__ T sh[32];
+    i64 r0 = (i64)blockIdx.x * d;
+    T ss = 0, dot = 0;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { T xv = x[r0 + j]; ss += xv * xv; dot += g[r0 + j] * w[j] * xv; }
+    ss = blk_sum(ss, sh);
+    dot = blk_sum(dot, sh);
+    T r = (T)1 / sqrt(ss / (T)d + (T)eps);
+    T c = r * r * r * dot / (T)d;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
+        T xv = x[r0 + j], gv = g[r0 + j];
+        dx[r0 + j] = r * gv * w[j] - c * xv;
+        gxr[r0 + j] = gv * xv * r;
+    }
+}
+extern "C" __global__ void rms_norm_bwd_f32(const float* x, const float* w, const float* g, float* dx, float* gxr, i64 d, double eps) { rms_norm_bwd_body(x, w, g, dx, gxr, d, eps); }
+extern "C" __global__ void rms_norm_bwd_f64(const double* x, const double* w, const double* g, double* dx, double* gxr, i64 d, double eps) { rms_norm_bwd_body(x, w, g, dx, gxr, d, eps); }
+
+// SwiGLU backward: y = silu(a)·u gives da = g·u·σ(a)·(1 + a·(1 − σ(a))), du = g·silu(a).
+template <typename T> __device__ void swiglu_bwd_body(const T* g, const T* a, const T* u, T* da, T* du, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        T av = a[i], gv = g[i];
+        T s = (T)1 / ((T)1 + exp(-av));
+        da[i] = gv * u[i] * s * ((T)1 + av * ((T)1 - s));
+        du[i] = gv * av * s;
+    }
+}
+extern "C" __global__ void swiglu_bwd_f32(const float* g, const float* a, const float* u, float* da, float* du, i64 n) { swiglu_bwd_body(g, a, u, da, du, n); }
+extern "C" __global__ void swiglu_bwd_f64(const double* g, const double* a, const double* u, double* da, double* du, i64 n) { swiglu_bwd_body(g, a, u, da, du, n); }
+
 extern "C" __global__ void index_add_rows_f32(const float* g, const u32* ids, float* out, i64 picks, i64 inner) {
     i64 n = picks * inner;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {

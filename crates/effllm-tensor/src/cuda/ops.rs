@@ -41,7 +41,14 @@ pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     let dev = Arc::clone(&s.dev);
     let n = t.elem_count();
     let mut out = dev.alloc(dtype, n)?;
-    if n > 0 {
+    if n > 0 && t.is_contiguous() {
+        let f = dev.builtin("cast", kernels::CAST, "cast_dense")?;
+        let (sdt, ddt, nn, off) = (dtype_id(s.dtype), dtype_id(dtype), n as i64, t.layout.offset() as i64);
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&s.buf).arg(&sdt).arg(&off).arg(&mut out.buf).arg(&ddt).arg(&nn);
+        // SAFETY: a contiguous tensor's `n` elements from `off` lie inside `s.buf`; `out` holds `n` elements.
+        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+    } else if n > 0 {
         let f = dev.builtin("cast", kernels::CAST, "cast_strided")?;
         let lay = KLayout::new("cast", &t.layout)?;
         let (sdt, ddt, nn) = (dtype_id(s.dtype), dtype_id(dtype), n as i64);
@@ -691,4 +698,168 @@ pub(crate) fn index_add_rows(g: &Tensor, ids: &Tensor, n: usize) -> Result<Tenso
         unsafe { b.launch(grid(total)) }.map_err(launch_err)?;
     }
     Ok(Tensor::from_cuda(out, &[n, inner]))
+}
+
+/// The private contiguous buffer of a freshly computed score tensor, written in place by the attention row kernels.
+fn attn_rows_storage(t: &mut Tensor) -> Result<&mut CudaStorage> {
+    match Arc::get_mut(&mut t.storage) {
+        Some(Storage::Cuda(s)) if t.layout.is_contiguous() && t.layout.offset() == 0 => Ok(s),
+        _ => Err(Error::Layout { op: "attention", msg: "scores are not a private contiguous CUDA buffer".into() }),
+    }
+}
+
+/// Grouped-query attention through cuBLAS for long query blocks (prefill, training): `S = q kᵀ` batched over
+/// `batch · heads_kv` with the query heads of one KV head stacked (`[b, hkv, group · sq, skv]`, no copy of `k`),
+/// one fused kernel for scale + mask + softmax in place, then `O = P v`. Works in f32 (f64 for f64): scores of
+/// 16-bit inputs are never rounded to 16 bits. `mask` is already `[b, hq, sq, skv]` u8 on the device.
+pub(crate) fn attention_gemm(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    let [b, hq, sq, d] = *q.shape() else { unreachable!("checked by Tensor::attention") };
+    let [_, hkv, skv, _] = *k.shape() else { unreachable!() };
+    let dv = v.shape()[3];
+    let group = hq / hkv;
+    let (qw, kw, vw) = (work(q)?, work(k)?, work(v)?);
+    let mw = mask.map(|m| if m.is_contiguous() { Ok(m.clone()) } else { cast(m, DType::U8) }).transpose()?;
+    let qg = qw.reshape(&[b, hkv, group * sq, d])?;
+    let mut s = qg.matmul(&kw.t()?)?;
+    attn_softmax(&mut s, mw.as_ref(), sq, skv, causal, scale)?;
+    let out = s.matmul(&vw)?.reshape(&[b, hq, sq, dv])?;
+    finish(out, q.dtype())
+}
+
+fn attn_softmax(s: &mut Tensor, mask: Option<&Tensor>, sq: usize, skv: usize, causal: bool, scale: f64) -> Result<()> {
+    let rows = s.elem_count() / skv.max(1);
+    let f64_ = s.dtype() == DType::F64;
+    let st = attn_rows_storage(s)?;
+    let dev = Arc::clone(&st.dev);
+    if rows == 0 || skv == 0 {
+        return Ok(());
+    }
+    let f = dev.builtin("train", kernels::TRAIN, if f64_ { "attn_softmax_f64" } else { "attn_softmax_f32" })?;
+    let mv = mask.map(view);
+    let null: u64 = 0;
+    let (sqv, skvv, c, sc32) = (sq as i64, skv as i64, i32::from(causal), scale as f32);
+    let mut l = dev.stream.launch_builder(&f);
+    l.arg(&mut st.buf);
+    match &mv {
+        Some(m) => l.arg(m),
+        None => l.arg(&null),
+    };
+    l.arg(&sqv).arg(&skvv).arg(&c);
+    if f64_ {
+        l.arg(&scale);
+    } else {
+        l.arg(&sc32);
+    }
+    // SAFETY: `s` holds `rows · skv` contiguous scores; the mask (if any) `rows · skv` bytes in the same row order.
+    unsafe { l.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    Ok(())
+}
+
+/// Gradients `(dq, dk, dv)` of [`attention_gemm`] for upstream gradient `g` and forward output `out` (both
+/// `[b, hq, sq, dv]`): `S = q kᵀ` recomputed, `dP = dO vᵀ`, one fused kernel for `P` and
+/// `dS = scale · P ⊙ (dP − rowsum(dO ⊙ O))`, then `dv = Pᵀ dO`, `dq = dS k`, `dk = dSᵀ q` (all batched GEMMs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_gemm_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    g: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let [b, hq, sq, d] = *q.shape() else { unreachable!("checked by Tensor::attention") };
+    let [_, hkv, skv, _] = *k.shape() else { unreachable!() };
+    let dvw = v.shape()[3];
+    let group = hq / hkv;
+    let (qw, kw, vw, ow, gw) = (work(q)?, work(k)?, work(v)?, work(out)?, work(g)?);
+    let mw = mask.map(|m| if m.is_contiguous() { Ok(m.clone()) } else { cast(m, DType::U8) }).transpose()?;
+    let qg = qw.reshape(&[b, hkv, group * sq, d])?;
+    let go = gw.reshape(&[b, hkv, group * sq, dvw])?;
+    let mut s = qg.matmul(&kw.t()?)?;
+    let mut dp = go.matmul(&vw.t()?)?;
+    let rows = b * hq * sq;
+    if rows > 0 && skv > 0 {
+        let f64_ = s.dtype() == DType::F64;
+        let dev = Arc::clone(&storage(&s).dev);
+        let f = dev.builtin("train", kernels::TRAIN, if f64_ { "attn_grad_f64" } else { "attn_grad_f32" })?;
+        let (gv, ov) = (view(&gw), view(&ow));
+        let mv = mw.as_ref().map(view);
+        let null: u64 = 0;
+        let (sqv, skvv, dvv, c, sc32) = (sq as i64, skv as i64, dvw as i64, i32::from(causal), scale as f32);
+        let ss = attn_rows_storage(&mut s)?;
+        let ds = attn_rows_storage(&mut dp)?;
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&mut ss.buf).arg(&mut ds.buf).arg(&gv).arg(&ov);
+        match &mv {
+            Some(m) => l.arg(m),
+            None => l.arg(&null),
+        };
+        l.arg(&sqv).arg(&skvv).arg(&dvv).arg(&c);
+        if f64_ {
+            l.arg(&scale);
+        } else {
+            l.arg(&sc32);
+        }
+        // SAFETY: `s` and `dp` hold `rows · skv` contiguous values, `go` and `o` `rows · dv`, the mask (if any)
+        // `rows · skv` bytes, all in the same row order.
+        unsafe { l.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    }
+    let (p, ds) = (s, dp);
+    let dv_ = p.t()?.matmul(&go)?;
+    let dq = ds.matmul(&kw)?.reshape(&[b, hq, sq, d])?;
+    let dk = ds.t()?.matmul(&qg)?;
+    Ok((finish(dq, q.dtype())?, finish(dk, k.dtype())?, finish(dv_, v.dtype())?))
+}
+
+/// RMSNorm gradients `(dx, dw)` over the last dimension in one row kernel (plus `dw` as a ones-vector GEMM over the
+/// rows, deterministic): `dx = r·g⊙w − r³·mean(g⊙w⊙x)·x`, `dw = Σ_rows g⊙x·r` with `r = 1/√(mean(x²) + ε)`.
+pub(crate) fn rms_norm_backward(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let (xw, ww, gw) = (work(x)?, work(w)?, work(g)?);
+    let d = *x.shape().last().unwrap_or(&1);
+    let rows = x.elem_count() / d.max(1);
+    let dev = Arc::clone(&storage(&xw).dev);
+    let mut dx = dev.alloc(xw.dtype(), rows * d)?;
+    let mut gxr = dev.alloc(xw.dtype(), rows * d)?;
+    if rows * d > 0 {
+        let f = dev.builtin("train", kernels::TRAIN, &format!("rms_norm_bwd_{}", suffix(xw.dtype())))?;
+        let (xv, wv, gv, dd) = (view(&xw), view(&ww), view(&gw), d as i64);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx.buf).arg(&mut gxr.buf).arg(&dd).arg(&eps);
+        // SAFETY: x, g, dx, gxr hold `rows · d` contiguous elements, w holds `d`.
+        unsafe { l.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    }
+    let gxr = Tensor::from_cuda(gxr, &[rows, d]);
+    let ones = Tensor::ones(&[1, rows], xw.dtype(), &x.device())?;
+    let dw = ones.matmul(&gxr)?.reshape(w.shape())?;
+    Ok((finish(Tensor::from_cuda(dx, x.shape()), x.dtype())?, finish(dw, w.dtype())?))
+}
+
+/// SwiGLU gradients `(d gate, d up)` for `y = silu(gate) · up` in one elementwise kernel.
+pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (aw, uw, gw) = (work(gate)?, work(up)?, work(g)?);
+    let n = aw.elem_count();
+    let dev = Arc::clone(&storage(&aw).dev);
+    let mut da = dev.alloc(aw.dtype(), n)?;
+    let mut du = dev.alloc(aw.dtype(), n)?;
+    if n > 0 {
+        let f = dev.builtin("train", kernels::TRAIN, &format!("swiglu_bwd_{}", suffix(aw.dtype())))?;
+        let (gv, av, uv, nn) = (view(&gw), view(&aw), view(&uw), n as i64);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&gv).arg(&av).arg(&uv).arg(&mut da.buf).arg(&mut du.buf).arg(&nn);
+        // SAFETY: five buffers of `n` contiguous elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok((
+        finish(Tensor::from_cuda(da, gate.shape()), gate.dtype())?,
+        finish(Tensor::from_cuda(du, up.shape()), up.dtype())?,
+    ))
 }

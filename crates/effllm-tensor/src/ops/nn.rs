@@ -7,6 +7,12 @@ use crate::cpu::kernels::{rows_map, softmax_row};
 use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
+/// From this many queries per head on, CUDA attention runs as batched cuBLAS GEMMs around a fused softmax kernel
+/// (prefill, training; its backward likewise); shorter query blocks (decode, small trees) use the one-launch row
+/// kernel.
+#[cfg(feature = "cuda")]
+pub(crate) const ATTENTION_GEMM_MIN_QUERIES: usize = 16;
+
 /// Which pairs of a head vector RoPE rotates together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RopeStyle {
@@ -253,9 +259,9 @@ impl Tensor {
             "attention",
             &[self, k, v],
             || self.attention_fwd(k, v, mask, scale),
-            |_| {
+            |out| {
                 let d = *self.shape().last().unwrap_or(&1);
-                crate::autograd::rules::attention(self, k, v, mask, scale.unwrap_or(1.0 / (d as f64).sqrt()))
+                crate::autograd::rules::attention(self, k, v, out, mask, scale.unwrap_or(1.0 / (d as f64).sqrt()))
             },
         )
     }
@@ -302,6 +308,9 @@ impl Tensor {
                 _ => None,
             };
             let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+            if sq >= ATTENTION_GEMM_MIN_QUERIES {
+                return crate::cuda::ops::attention_gemm(self, k, v, m.as_ref(), causal, scale);
+            }
             return crate::cuda::ops::attention(self, k, v, m.as_ref(), causal, scale);
         }
         let mask_data = match mask {
