@@ -148,7 +148,7 @@ exit $status
 
 fn gpu_test() -> ExitCode {
     let features = "effllm-tensor/cuda,effllm-tensor-conformance/cuda,effllm-model/cuda,griffin/cuda,megalodon/cuda,\
-                    galore/cuda,effllm-train/cuda";
+                    galore/cuda,effllm-train/cuda,effllm-optim/cuda";
     let mut c = cargo();
     c.args([
         "test",
@@ -166,12 +166,14 @@ fn gpu_test() -> ExitCode {
         "galore",
         "-p",
         "effllm-train",
+        "-p",
+        "effllm-optim",
     ]);
     c.args(["--features", features, "--no-run"]);
     // No debug info: the binaries must be small enough to carry to the GPU machine.
     c.env("CARGO_PROFILE_DEV_DEBUG", "0").env("CARGO_PROFILE_TEST_DEBUG", "0").current_dir(root());
     eprintln!(
-        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin -p megalodon -p galore -p effllm-train --features \
+        "xtask: $ cargo test -p effllm-tensor -p effllm-tensor-conformance -p effllm-model -p griffin -p megalodon -p galore -p effllm-train -p effllm-optim --features \
          {features} --no-run"
     );
     let out = match c.output() {

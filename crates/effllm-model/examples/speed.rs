@@ -1,10 +1,17 @@
 //! Prefill and greedy-decode speed of SmolLM2 on this machine: `cargo run --release -p effllm-model --example
 //! speed -- [prompt_len] [decode_tokens] [f32|bf16|q8|quantized] [device]` (device `cpu` or `cuda:N`; CUDA needs
-//! `--features cuda`).
+//! `--features cuda`). With `EFFLLM_SPEED_RANDOM=1` the model is SmolLM2-135M's shape with random dense weights
+//! (f32 or bf16) instead of the GGUF file: speed does not depend on the values, and no model file is needed (for
+//! machines without network).
 
 use std::time::Instant;
 
-use effllm_model::{Batch, CausalLm, LlamaModel, LoadOptions, LogitRows, WeightFormat};
+use effllm_model::{
+    Batch, CausalLm, Embedding, Linear, LlamaConfig, LlamaFfn, LlamaLayer, LlamaModel, LoadOptions, LogitRows,
+    WeightFormat,
+};
+use effllm_tensor::rng::CounterRng;
+use effllm_tensor::{DType, Device, RopeConfig, RopeStyle, Tensor};
 use effllm_tensor::quant::ActivationQuant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,8 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let device = effllm_model::Device::parse(args.get(3).map_or("cpu", String::as_str))?;
     let activations = if args.get(2).is_some_and(|a| a == "q8") { ActivationQuant::Q8 } else { ActivationQuant::F32 };
-    let path = effllm_gguf::model_cache::fetch_smollm2(|l| eprintln!("{l}"))?;
-    let model = LlamaModel::open_gguf(&path, &LoadOptions { format, activations, device })?;
+    let model = if std::env::var("EFFLLM_SPEED_RANDOM").is_ok_and(|v| v == "1") {
+        random_smollm2(if format == WeightFormat::BF16 { DType::BF16 } else { DType::F32 }, &device)?
+    } else {
+        let path = effllm_gguf::model_cache::fetch_smollm2(|l| eprintln!("{l}"))?;
+        LlamaModel::open_gguf(&path, &LoadOptions { format, activations, device })?
+    };
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 37) % 20000).collect();
     let mut cache = model.new_cache();
     let t0 = Instant::now();
@@ -40,4 +51,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("greedy ids: {:?}", &generated[..generated.len().min(16)]);
     Ok(())
+}
+
+/// SmolLM2-135M's shape (30 layers, d = 576, 9 query / 3 KV heads, d_ff = 1536, tied 49152-token embedding) with
+/// N(0, 0.02²) weights in `dtype` on `device`.
+fn random_smollm2(dtype: DType, device: &Device) -> Result<LlamaModel, Box<dyn std::error::Error>> {
+    let cfg = LlamaConfig {
+        n_layer: 30,
+        d_model: 576,
+        n_head: 9,
+        n_head_kv: 3,
+        head_dim: 64,
+        d_ff: 1536,
+        vocab: 49152,
+        context: 8192,
+        rms_eps: 1e-5,
+        rope: RopeConfig { style: RopeStyle::NeoX, base: 100_000.0, rotary_dims: 64 },
+        tied_embeddings: true,
+    };
+    let mut stream = 0u64;
+    let mut normal = |shape: &[usize]| -> Result<Tensor, Box<dyn std::error::Error>> {
+        stream += 1;
+        let t = Tensor::randn(shape, DType::F32, &Device::Cpu, &CounterRng::new(7, stream), 0, 0.0, 0.02)?;
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    };
+    let ones = |n: usize| Tensor::from_vec(vec![1f32; n], &[n], &Device::Cpu)?.to_device(device);
+    let (d, hd) = (cfg.d_model, cfg.head_dim);
+    let embedding = normal(&[cfg.vocab, d])?;
+    let mut layers = Vec::with_capacity(cfg.n_layer);
+    for _ in 0..cfg.n_layer {
+        layers.push(LlamaLayer {
+            attn_norm: ones(d)?,
+            wq: Linear::Dense(normal(&[cfg.n_head * hd, d])?),
+            wk: Linear::Dense(normal(&[cfg.n_head_kv * hd, d])?),
+            wv: Linear::Dense(normal(&[cfg.n_head_kv * hd, d])?),
+            wo: Linear::Dense(normal(&[d, cfg.n_head * hd])?),
+            ffn_norm: ones(d)?,
+            ffn: LlamaFfn {
+                gate: Linear::Dense(normal(&[cfg.d_ff, d])?),
+                up: Linear::Dense(normal(&[cfg.d_ff, d])?),
+                down: Linear::Dense(normal(&[d, cfg.d_ff])?),
+            },
+        });
+    }
+    let lm_head = Linear::Dense(embedding.clone());
+    Ok(LlamaModel::from_parts(cfg, Embedding::Dense(embedding), layers, ones(d)?, lm_head)?)
 }

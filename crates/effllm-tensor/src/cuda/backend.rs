@@ -110,6 +110,12 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
         return Err(Error::CudaUnavailable { device, reason: format!("only {count} CUDA device(s) present") });
     }
     let ctx = CudaContext::new(ordinal).map_err(cuda_err("CudaContext::new"))?;
+    // SAFETY: every tensor buffer is allocated, used and freed on the one compute stream, which orders them, so the
+    // per-buffer read/write events cudarc would create (two per allocation, recorded at every launch once a second
+    // stream exists) are pure overhead. The only other streams are `offload::CopyStream`s, which turn tracking on
+    // for the buffers they allocate (see `with_event_tracking`): kernels on the compute stream then wait for those
+    // copies through the buffers' events, and their frees wait for the kernels.
+    unsafe { ctx.disable_event_tracking() };
     let stream = ctx.default_stream();
     let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::Cuda { op: "cublas", msg: e.to_string() })?;
     use cudarc::driver::sys::CUdevice_attribute as A;
@@ -131,6 +137,20 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     });
     map.insert(ordinal, Arc::clone(&dev));
     Ok(dev)
+}
+
+/// Runs `f` (an allocation on a second stream) with cudarc's per-buffer event tracking on, so that the buffers it
+/// creates order their users on other streams; serialised so that concurrent callers cannot switch it off early.
+pub(crate) fn with_event_tracking<T>(ctx: &CudaContext, f: impl FnOnce() -> T) -> T {
+    static SWITCH: Mutex<()> = Mutex::new(());
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: turning tracking on only adds events to the buffers created meanwhile (a compute-stream allocation
+    // of another thread in this window merely carries unneeded events); it is switched off again before unlocking.
+    unsafe { ctx.enable_event_tracking() };
+    let out = f();
+    // SAFETY: as in `get`: buffers created from now on are used on the compute stream only.
+    unsafe { ctx.disable_event_tracking() };
+    out
 }
 
 impl CudaDevice {
