@@ -32,6 +32,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         LlamaModel::open_gguf(&path, &LoadOptions { format, activations, device })?
     };
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 37) % 20000).collect();
+    // Warm-up (kernel compilation on a GPU, thread pools, first allocations): a short prefill and two decode steps.
+    {
+        let mut cache = model.new_cache();
+        let warm = &prompt[..prompt_len.clamp(1, 8)];
+        let logits = model.forward(&Batch::causal(warm, 0), &mut cache, &LogitRows::Last)?;
+        let next = logits.argmax(1, false)?.to_vec::<u32>()?[0];
+        for i in 0..2 {
+            model.forward(&Batch::causal(&[next], warm.len() + i), &mut cache, &LogitRows::Last)?;
+        }
+    }
     let mut cache = model.new_cache();
     let t0 = Instant::now();
     let mut logits = model.forward(&Batch::causal(&prompt, 0), &mut cache, &LogitRows::Last)?;

@@ -388,6 +388,13 @@ pub(crate) fn rope(x: &Tensor, positions: &Tensor, cfg: &RopeConfig) -> Result<B
         };
         signs[b] = -1.0;
     }
+    #[cfg(feature = "cuda")]
+    if x.cuda_storage().is_some() {
+        // One kernel rotating by −θ (the forward's checks hold for the gradient: same shape, device, positions).
+        let (positions, cfg) = (positions.detach(), *cfg);
+        let per_batch = positions.rank() == 2;
+        return rule(move |g, _| Ok(vec![Some(crate::cuda::ops::rope(g, &positions, &cfg, per_batch, true)?)]));
+    }
     let f = Tensor::from_vec(signs, &[d], &Device::Cpu)?.to_dtype(x.dtype())?.to_device(&x.device())?;
     let (positions, cfg) = (positions.detach(), *cfg);
     rule(move |g, _| Ok(vec![Some(g.mul(&f)?.rope(&positions, &cfg)?.mul(&f)?)]))

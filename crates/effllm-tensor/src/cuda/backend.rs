@@ -116,6 +116,7 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     // for the buffers they allocate (see `with_event_tracking`): kernels on the compute stream then wait for those
     // copies through the buffers' events, and their frees wait for the kernels.
     unsafe { ctx.disable_event_tracking() };
+    keep_freed_memory(&ctx);
     let stream = ctx.default_stream();
     let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::Cuda { op: "cublas", msg: e.to_string() })?;
     use cudarc::driver::sys::CUdevice_attribute as A;
@@ -137,6 +138,29 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     });
     map.insert(ordinal, Arc::clone(&dev));
     Ok(dev)
+}
+
+/// Buffers come from the device's default memory pool (stream-ordered `cuMemAllocAsync`). Its release threshold
+/// is 0 by default: at every synchronisation the pool hands all freed memory back to the driver, and the next
+/// step's allocations map it again (milliseconds per step for a training step's gigabytes of activations). Keeping
+/// freed memory in the pool makes it a caching allocator; `memory::stats` still counts only live tensors. Failure
+/// only costs speed, so it is ignored.
+fn keep_freed_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver calls on a valid device handle; `threshold` outlives the call that reads it.
+    unsafe {
+        if ctx.bind_to_thread().is_ok()
+            && sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
+    }
 }
 
 /// Runs `f` (an allocation on a second stream) with cudarc's per-buffer event tracking on, so that the buffers it
@@ -221,12 +245,33 @@ impl CudaDevice {
             msg: format!("{len} elements of {dtype} overflow usize"),
         })?;
         // SAFETY: the buffer is written by a kernel or a copy before it is read.
-        let buf = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| Error::CudaOutOfMemory {
+        let first = unsafe { self.stream.alloc::<u8>(bytes.max(1)) };
+        // Out of memory with freed memory cached in the pool (see `keep_freed_memory`): wait for pending frees,
+        // hand the cache back to the driver and try once more.
+        let buf = first.or_else(|_| {
+            self.release_cached_memory();
+            // SAFETY: as above.
+            unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
+        });
+        let buf = buf.map_err(|e| Error::CudaOutOfMemory {
             device: Device::Cuda(self.ordinal),
             bytes,
             msg: e.to_string(),
         })?;
         Ok(CudaStorage { buf, dtype, len, dev: Arc::clone(&self.me()?) })
+    }
+
+    /// Synchronises and returns the freed memory cached by the device's memory pool to the driver.
+    fn release_cached_memory(&self) {
+        use cudarc::driver::sys;
+        let _ = self.stream.synchronize();
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: plain driver calls on a valid device handle.
+        unsafe {
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+                let _ = sys::cuMemPoolTrimTo(pool, 0);
+            }
+        }
     }
 
     fn me(&self) -> Result<Arc<CudaDevice>> {

@@ -348,7 +348,7 @@ pub(crate) const MODEL: &str = r#"
 
 // RoPE on contiguous [b, h, s, d]; one thread per (row, pair). `per_batch` positions are [b, s], else [s].
 template <typename T> __device__ void rope_body(const T* x, T* y, const u32* pos, i64 b, i64 h, i64 s, i64 d,
-                                                i64 half, int neox, int per_batch, double base) {
+                                                i64 half, int neox, int per_batch, double base, int inverse) {
     i64 rows = b * h * s;
     for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < rows * half; t += (i64)gridDim.x * blockDim.x) {
         i64 row = t / half, i = t % half;
@@ -358,13 +358,13 @@ template <typename T> __device__ void rope_body(const T* x, T* y, const u32* pos
         double sn, cs; sincos(p * theta, &sn, &cs);
         i64 ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
         const T* xr = x + row * d; T* yr = y + row * d;
-        T a = xr[ia], bb = xr[ib], c = (T)cs, sv = (T)sn;
+        T a = xr[ia], bb = xr[ib], c = (T)cs, sv = inverse ? -(T)sn : (T)sn;
         yr[ia] = a * c - bb * sv;
         yr[ib] = a * sv + bb * c;
     }
 }
-extern "C" __global__ void rope_f32(const float* x, float* y, const u32* pos, i64 b, i64 h, i64 s, i64 d, i64 half, int neox, int per_batch, double base) { rope_body(x, y, pos, b, h, s, d, half, neox, per_batch, base); }
-extern "C" __global__ void rope_f64(const double* x, double* y, const u32* pos, i64 b, i64 h, i64 s, i64 d, i64 half, int neox, int per_batch, double base) { rope_body(x, y, pos, b, h, s, d, half, neox, per_batch, base); }
+extern "C" __global__ void rope_f32(const float* x, float* y, const u32* pos, i64 b, i64 h, i64 s, i64 d, i64 half, int neox, int per_batch, double base, int inverse) { rope_body(x, y, pos, b, h, s, d, half, neox, per_batch, base, inverse); }
+extern "C" __global__ void rope_f64(const double* x, double* y, const u32* pos, i64 b, i64 h, i64 s, i64 d, i64 half, int neox, int per_batch, double base, int inverse) { rope_body(x, y, pos, b, h, s, d, half, neox, per_batch, base, inverse); }
 
 // Copies the dimensions past `rot` unchanged (launched before rope when rot < d).
 template <typename T> __device__ void copy_body(const T* x, T* y, i64 n) {

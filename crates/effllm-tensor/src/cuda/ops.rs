@@ -402,8 +402,15 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch_shape: &[usize], m: usize, k:
     Ok(Tensor::from_cuda(out, &shape))
 }
 
-/// RoPE on `[b, h, s, d]` with u32 positions `[s]` or `[b, s]` already on the device.
-pub(crate) fn rope(x: &Tensor, positions: &Tensor, cfg: &crate::RopeConfig, per_batch: bool) -> Result<Tensor> {
+/// RoPE on `[b, h, s, d]` with u32 positions `[s]` or `[b, s]` already on the device; `inverse` rotates by −θ (the
+/// transpose, i.e. the backward).
+pub(crate) fn rope(
+    x: &Tensor,
+    positions: &Tensor,
+    cfg: &crate::RopeConfig,
+    per_batch: bool,
+    inverse: bool,
+) -> Result<Tensor> {
     let [b, h, s, d] = *x.shape() else { unreachable!("checked by Tensor::rope") };
     let w = work(x)?;
     let pos = if positions.is_contiguous() { positions.clone() } else { cast(positions, DType::U32)? };
@@ -425,6 +432,7 @@ pub(crate) fn rope(x: &Tensor, positions: &Tensor, cfg: &crate::RopeConfig, per_
         let f = dev.builtin("model", kernels::MODEL, &format!("rope_{sfx}"))?;
         let (bb, hh, ss, dd, hf) = (b as i64, h as i64, s as i64, d as i64, half as i64);
         let (neox, pb, pv) = (i32::from(cfg.style == crate::RopeStyle::NeoX), i32::from(per_batch), view(&pos));
+        let inv = i32::from(inverse);
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&xv)
             .arg(&mut out.buf)
@@ -436,7 +444,8 @@ pub(crate) fn rope(x: &Tensor, positions: &Tensor, cfg: &crate::RopeConfig, per_
             .arg(&hf)
             .arg(&neox)
             .arg(&pb)
-            .arg(&cfg.base);
+            .arg(&cfg.base)
+            .arg(&inv);
         // SAFETY: shapes as checked by `Tensor::rope`; positions hold `s` or `b·s` entries.
         unsafe { l.launch(grid(b * h * s * half)) }.map_err(launch_err)?;
     }

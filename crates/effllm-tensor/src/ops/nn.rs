@@ -201,7 +201,7 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: other.to_vec() });
             }
         };
-        on_cuda!(self, crate::cuda::ops::rope(self, positions, cfg, per_batch));
+        on_cuda!(self, crate::cuda::ops::rope(self, positions, cfg, per_batch, false));
         let pos = positions.to_vec::<u32>()?;
         // cos/sin table per (batch-or-shared, seq, i).
         let half = r / 2;
