@@ -10,8 +10,9 @@ flash / memory-efficient kernels). Precision "f32" runs everything in float32 (T
 under `torch.autocast(dtype=torch.bfloat16)` with float32 master weights and optimizer state — the split effllm's
 mixed precision makes.
 
-Tokens are a deterministic pseudo-random stream (throughput does not depend on the text). Prints one JSON line:
-{"precision", "tokens_per_step", "steps", "seconds", "tokens_per_s", "torch"}.
+Tokens are a deterministic pseudo-random stream (throughput does not depend on the text). Each timed step ends
+with a device synchronisation. Prints one JSON line: {"precision", "tokens_per_step", "steps", "seconds",
+"tokens_per_s", "median_step_s", "median_tokens_per_s", "torch", ...}.
 
     python3 scripts/bench/train_torch.py --layers 8 --d 512 --heads 8 --kv-heads 8 --ff 1536 \
         --seq 256 --batch 32 --precision bf16 --steps 20
@@ -135,12 +136,17 @@ def main():
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
+    times = []
     for i in range(a.steps):
+        ts = time.perf_counter()
         loss = step(a.warmup + i)
+        # Each step ends when the device has finished it (as effllm's train_speed example measures).
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - ts)
     loss.item()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
     secs = time.perf_counter() - t0
+    median = sorted(times)[len(times) // 2]
     tokens = a.batch * a.seq * a.steps
     if a.profile:
         import sys
@@ -152,7 +158,8 @@ def main():
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30), file=sys.stderr)
     print(json.dumps({
         "precision": a.precision, "tokens_per_step": a.batch * a.seq, "steps": a.steps, "seconds": secs,
-        "tokens_per_s": tokens / secs, "params": sum(p.numel() for p in model.parameters()),
+        "tokens_per_s": tokens / secs, "median_step_s": median, "median_tokens_per_s": a.batch * a.seq / median,
+        "params": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
     }))
 

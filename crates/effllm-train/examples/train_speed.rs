@@ -29,10 +29,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     t.train_step(&mut data)?; // warm-up
     let profile = std::env::var("EFFLLM_PROFILE_BACKWARD").is_ok_and(|v| v == "1");
     effllm_tensor::autograd::profile::set_enabled(profile);
+    let device = effllm_tensor::Device::parse(&cfg.run.device)?;
+    let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
         let t0 = Instant::now();
         let r = t.train_step(&mut data)?;
+        // Each step ends when the device has finished it (the next step would otherwise overlap its tail).
+        if let effllm_tensor::Device::Cuda(n) = device {
+            effllm_tensor::cuda::device(n)?.synchronize()?;
+        }
         let s = t0.elapsed().as_secs_f64();
+        times.push(s);
         let p = t.last_step_timing();
         println!(
             "{preset} on {}: step {:.3} s = forward {:.3} + backward {:.3} + update {:.3} ({:.0} tok/s, loss {:.3})",
@@ -43,6 +50,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             p.update_s,
             cfg.tokens_per_step() as f64 / s,
             r.loss
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    if let Some(&median) = times.get(times.len() / 2) {
+        println!(
+            "{{\"preset\": \"{preset}\", \"device\": \"{}\", \"precision\": \"{:?}\", \"steps\": {steps}, \"median_step_s\": {median:.5}, \"median_tokens_per_s\": {:.0}}}",
+            cfg.run.device,
+            cfg.run.precision,
+            cfg.tokens_per_step() as f64 / median
         );
     }
     if profile {

@@ -19,6 +19,8 @@ pub struct CudaDevice {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) blas: Mutex<CudaBlas>,
+    /// cuBLAS's workspace (kept alive as long as the handle uses it).
+    _blas_workspace: Option<CudaSlice<u8>>,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     compiles: AtomicUsize,
@@ -119,6 +121,7 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     keep_freed_memory(&ctx);
     let stream = ctx.default_stream();
     let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::Cuda { op: "cublas", msg: e.to_string() })?;
+    let blas_workspace = set_blas_workspace(&blas, &stream);
     use cudarc::driver::sys::CUdevice_attribute as A;
     let major = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(cuda_err("attribute"))?;
     let minor = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(cuda_err("attribute"))?;
@@ -130,6 +133,7 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
         ctx,
         stream,
         blas: Mutex::new(blas),
+        _blas_workspace: blas_workspace,
         modules: Mutex::new(HashMap::new()),
         functions: Mutex::new(HashMap::new()),
         compiles: AtomicUsize::new(0),
@@ -161,6 +165,21 @@ fn keep_freed_memory(ctx: &CudaContext) {
             );
         }
     }
+}
+
+/// Gives cuBLAS a 32 MiB workspace of its own (what PyTorch gives it on Hopper): the fastest Hopper GEMM kernels for
+/// 16-bit inputs need one. `None` (cuBLAS keeps its default) if the buffer cannot be allocated or set.
+fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Option<CudaSlice<u8>> {
+    use cudarc::driver::DevicePtrMut;
+    const BYTES: usize = 32 << 20;
+    // SAFETY: cuBLAS uses the workspace as scratch; nothing reads it before cuBLAS writes it.
+    let mut ws = unsafe { stream.alloc::<u8>(BYTES) }.ok()?;
+    let status = {
+        let (ptr, _guard) = ws.device_ptr_mut(stream);
+        // SAFETY: `ws` holds BYTES bytes on the handle's device and outlives the handle (both live in `CudaDevice`).
+        unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, BYTES) }
+    };
+    (status == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(ws)
 }
 
 /// Runs `f` (an allocation on a second stream) with cudarc's per-buffer event tracking on, so that the buffers it
