@@ -10,9 +10,9 @@ use effllm_model::{
     Batch, CausalLm, Embedding, Linear, LlamaConfig, LlamaFfn, LlamaLayer, LlamaModel, LoadOptions, LogitRows,
     WeightFormat,
 };
+use effllm_tensor::quant::ActivationQuant;
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, RopeConfig, RopeStyle, Tensor};
-use effllm_tensor::quant::ActivationQuant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

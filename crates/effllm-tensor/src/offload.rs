@@ -181,8 +181,9 @@ impl CopyStream {
             let oom = |msg: String| Error::CudaOutOfMemory { device: self.device, bytes: n, msg };
             // SAFETY: the first `n` bytes are written by the copy queued right after, before any kernel can read
             // them (cudarc orders readers after the buffer's write event).
-            let mut buf = crate::cuda::with_event_tracking(&self.dev.ctx, || unsafe { self.stream.alloc::<u8>(n.max(1)) })
-                .map_err(|e| oom(e.to_string()))?;
+            let mut buf =
+                crate::cuda::with_event_tracking(&self.dev.ctx, || unsafe { self.stream.alloc::<u8>(n.max(1)) })
+                    .map_err(|e| oom(e.to_string()))?;
             // The pinned buffer and `buf` both hold max(n, 1) bytes.
             self.stream
                 .memcpy_htod(&src.host, &mut buf)

@@ -272,11 +272,8 @@ impl CudaDevice {
             // SAFETY: as above.
             unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
         });
-        let buf = buf.map_err(|e| Error::CudaOutOfMemory {
-            device: Device::Cuda(self.ordinal),
-            bytes,
-            msg: e.to_string(),
-        })?;
+        let buf =
+            buf.map_err(|e| Error::CudaOutOfMemory { device: Device::Cuda(self.ordinal), bytes, msg: e.to_string() })?;
         Ok(CudaStorage { buf, dtype, len, dev: Arc::clone(&self.me()?) })
     }
 
