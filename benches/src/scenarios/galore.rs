@@ -568,11 +568,14 @@ mod tests {
             boxed.step_param(&mut w, &gw).unwrap();
             boxed.step_param(&mut b, &gb).unwrap();
         }
-        let g = handle.lock().unwrap();
-        assert_eq!(g.svds(), 2, "refreshes at steps 0 and 2");
-        assert_eq!(g.bytes_of(w.id().unwrap()), 4 * (2 * 16 * r + r * 8));
-        assert_eq!(g.bytes_of(b.id().unwrap()), 4 * 2 * 8);
-        assert_eq!(g.bytes_of(leaf(&[2, 2], 5).id().unwrap()), 0);
+        {
+            // The scenario's handle (released before the trainer's clone locks again).
+            let g = handle.lock().unwrap();
+            assert_eq!(g.svds(), 2, "refreshes at steps 0 and 2");
+            assert_eq!(g.bytes_of(w.id().unwrap()), 4 * (2 * 16 * r + r * 8));
+            assert_eq!(g.bytes_of(b.id().unwrap()), 4 * 2 * 8);
+            assert_eq!(g.bytes_of(leaf(&[2, 2], 5).id().unwrap()), 0);
+        }
         assert_eq!(boxed.state_bytes(), 4 * (2 * 16 * r + r * 8) + 4 * 2 * 8);
         assert_eq!(boxed.name(), "GaLore-AdamW");
 
