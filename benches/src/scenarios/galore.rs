@@ -374,7 +374,7 @@ fn report(
     let base = &arms[0];
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     let mut quality = Table::new(
-        &format!("Validation after {n} steps (cpu-small, f32, 8 × 128 tokens per step, 64 validation sequences)"),
+        format!("Validation after {n} steps (cpu-small, f32, 8 × 128 tokens per step, 64 validation sequences)"),
         &["optimizer", "lr (peak)", "val loss", "val perplexity", "ppl ÷ AdamW", "SVD bases computed"],
     );
     for a in arms {

@@ -304,7 +304,9 @@ fn another_optimizer_trains_checkpoints_and_is_checked_on_resume() {
 #[test]
 fn group_factory_sees_each_groups_parameters() {
     use std::sync::Mutex;
-    let seen: Mutex<Vec<(f64, Vec<(String, Option<effllm_tensor::TensorId>)>)>> = Mutex::new(Vec::new());
+    /// Parameter names and identities of one group.
+    type Group = Vec<(String, Option<effllm_tensor::TensorId>)>;
+    let seen: Mutex<Vec<(f64, Group)>> = Mutex::new(Vec::new());
     let make = |c: &TrainConfig,
                 wd: f64,
                 group: &[(String, effllm_tensor::Tensor)]|
@@ -316,8 +318,7 @@ fn group_factory_sees_each_groups_parameters() {
     let mut grouped = Trainer::with_group_optimizer(c.clone(), VOCAB, &make).unwrap();
     let seen = seen.into_inner().unwrap();
     assert_eq!(seen.len(), 2);
-    let all: Vec<(String, Option<effllm_tensor::TensorId>)> =
-        grouped.parameters().iter().map(|(n, t)| (n.clone(), t.id())).collect();
+    let all: Group = grouped.parameters().iter().map(|(n, t)| (n.clone(), t.id())).collect();
     let is_matrix = |name: &str| grouped.parameters().iter().any(|(n, t)| n == name && t.shape().len() >= 2);
     assert_eq!(seen[0].0, c.optim.weight_decay);
     assert_eq!(seen[1].0, 0.0);
