@@ -1,5 +1,6 @@
 //! The scenarios of `bench-all`, one module per crate they measure. Register new ones in [`crate::registry`].
 
+pub mod galore;
 pub mod griffin;
 pub mod model;
 pub mod specexec;

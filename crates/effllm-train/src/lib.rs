@@ -80,7 +80,9 @@ mod trainer;
 pub use config::{PRESETS, Precision, TrainConfig};
 pub use data::{DataCursor, TrainData, inputs_and_targets, unigram_cross_entropy};
 pub use sources::rust_docs;
-pub use trainer::{EvalRecord, Event, MemoryReport, OptimizerFactory, StepRecord, StepTiming, Trainer, adamw};
+pub use trainer::{
+    EvalRecord, Event, GroupOptimizerFactory, MemoryReport, OptimizerFactory, StepRecord, StepTiming, Trainer, adamw,
+};
 
 use std::path::PathBuf;
 

@@ -103,6 +103,13 @@ pub struct Trainer {
 /// [`Optimizer`] plugs in through [`Trainer::with_optimizer`].
 pub type OptimizerFactory = dyn Fn(&TrainConfig, f64) -> Result<Box<dyn Optimizer + Send>>;
 
+/// [`OptimizerFactory`] that also sees the group's parameters by name (in `named_parameters` order): the matrices
+/// (embedding, attention, FFN) for the call with `optim.weight_decay`, the norm gains for the call with 0. For
+/// optimizers that treat parameters differently by name or shape — GaLore projects the attention and FFN matrices
+/// only. Plugs in through [`Trainer::with_group_optimizer`]; it may borrow from its caller (`'a`).
+pub type GroupOptimizerFactory<'a> =
+    dyn Fn(&TrainConfig, f64, &[(String, Tensor)]) -> Result<Box<dyn Optimizer + Send>> + 'a;
+
 /// AdamW with the config's hyperparameters (PyTorch semantics; no AMSGrad).
 pub fn adamw(cfg: &TrainConfig, weight_decay: f64) -> Result<Box<dyn Optimizer + Send>> {
     let o = &cfg.optim;
@@ -135,6 +142,12 @@ impl Trainer {
     /// (decay 0) for the norm gains. The learning-rate schedule, clipping and checkpoints work as with AdamW
     /// (checkpoints record the optimizer's [`name`](Optimizer::name) and its exported state).
     pub fn with_optimizer(cfg: TrainConfig, vocab: usize, make: &OptimizerFactory) -> Result<Trainer> {
+        Trainer::with_group_optimizer(cfg, vocab, &|cfg, weight_decay, _| make(cfg, weight_decay))
+    }
+
+    /// [`Trainer::with_optimizer`] with a factory that is also given each group's named parameters (the tensors
+    /// the optimizer will step): `make(cfg, optim.weight_decay, matrices)` and `make(cfg, 0, norm gains)`.
+    pub fn with_group_optimizer(cfg: TrainConfig, vocab: usize, make: &GroupOptimizerFactory<'_>) -> Result<Trainer> {
         cfg.validate()?;
         if let Some(n) = cfg.run.threads {
             effllm_tensor::threads::set_num_threads(n)?;
@@ -145,9 +158,11 @@ impl Trainer {
         let params: Vec<(String, Tensor)> = template.named_parameters();
         let schedule =
             WarmupCosine::new(cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps as u64, cfg.run.steps as u64)?;
+        // The split `train_step` uses: matrices decay, vectors (norm gains) do not.
+        let (matrices, gains): (Vec<_>, Vec<_>) = params.iter().cloned().partition(|(_, p)| p.shape().len() >= 2);
         Ok(Trainer {
-            decay: Opt(make(&cfg, cfg.optim.weight_decay)?),
-            no_decay: Opt(make(&cfg, 0.0)?),
+            decay: Opt(make(&cfg, cfg.optim.weight_decay, &matrices)?),
+            no_decay: Opt(make(&cfg, 0.0, &gains)?),
             cfg,
             device,
             template,

@@ -297,3 +297,43 @@ fn another_optimizer_trains_checkpoints_and_is_checked_on_resume() {
     assert!(e.contains("SGD") && e.contains("AdamW"), "{e}");
     std::fs::remove_dir_all(&c.run.out_dir).ok();
 }
+
+/// A group factory is given each group's parameters — the matrices (with the config's weight decay) and the norm
+/// gains (decay 0), the trainer's own tensors in `named_parameters` order, each exactly once — and, returning
+/// AdamW, trains bitwise like `Trainer::new`.
+#[test]
+fn group_factory_sees_each_groups_parameters() {
+    use std::sync::Mutex;
+    /// Parameter names and identities of one group.
+    type Group = Vec<(String, Option<effllm_tensor::TensorId>)>;
+    let seen: Mutex<Vec<(f64, Group)>> = Mutex::new(Vec::new());
+    let make = |c: &TrainConfig,
+                wd: f64,
+                group: &[(String, effllm_tensor::Tensor)]|
+     -> effllm_train::Result<Box<dyn effllm_optim::Optimizer + Send>> {
+        seen.lock().unwrap().push((wd, group.iter().map(|(n, t)| (n.clone(), t.id())).collect()));
+        effllm_train::adamw(c, wd)
+    };
+    let c = cfg("group-factory");
+    let mut grouped = Trainer::with_group_optimizer(c.clone(), VOCAB, &make).unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 2);
+    let all: Group = grouped.parameters().iter().map(|(n, t)| (n.clone(), t.id())).collect();
+    let is_matrix = |name: &str| grouped.parameters().iter().any(|(n, t)| n == name && t.shape().len() >= 2);
+    assert_eq!(seen[0].0, c.optim.weight_decay);
+    assert_eq!(seen[1].0, 0.0);
+    assert!(!seen[0].1.is_empty() && seen[0].1.iter().all(|(n, _)| is_matrix(n)));
+    assert!(!seen[1].1.is_empty() && seen[1].1.iter().all(|(n, _)| !is_matrix(n)));
+    let matrices: Vec<_> = all.iter().filter(|(n, _)| is_matrix(n)).cloned().collect();
+    let gains: Vec<_> = all.iter().filter(|(n, _)| !is_matrix(n)).cloned().collect();
+    assert_eq!(seen[0].1, matrices);
+    assert_eq!(seen[1].1, gains);
+    let mut plain = Trainer::new(c.clone(), VOCAB).unwrap();
+    let (mut d1, mut d2) = (data(16), data(16));
+    for _ in 0..3 {
+        let (a, b) = (grouped.train_step(&mut d1).unwrap(), plain.train_step(&mut d2).unwrap());
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+    }
+    assert_eq!(params_f64(&grouped), params_f64(&plain));
+    std::fs::remove_dir_all(&c.run.out_dir).ok();
+}

@@ -49,6 +49,20 @@
 //! | 8-bit moments | bitsandbytes kernels | — | own block-wise dynamic map (block 256) | [`Adam8bit::with_block_size`] |
 //! | optimizer resume | none (#35), pickled projector | — | plain tensors + scalars, checked on import | — |
 //!
+//! ## Measurements
+//!
+//! - `cargo xtask bench-all --only galore` (scenario `galore` of effllm-benches): pretrains effllm-train's
+//!   `cpu-small` Llama on the Rust-docs corpus with AdamW, GaLore-AdamW at rank `d/4` and GaLore with 8-bit moments
+//!   (same steps, data order and seed): validation perplexity, optimizer-state bytes (whole model and projected
+//!   matrices), step time and the cost of the SVD refresh steps, with a loss plot. It plugs GaLore into the trainer
+//!   through `Trainer::with_group_optimizer`, whose factory sees each parameter group by name.
+//! - `examples/step_speed.rs`: the optimizer step alone over a preset's parameter shapes (`cpu-small`,
+//!   `gpu-medium`), refresh and ordinary steps timed separately between device synchronisations; with
+//!   `--features cuda -- --device cuda:0` on a GPU. `scripts/bench/galore_torch_step.py` times galore-torch's
+//!   `GaLoreAdamW` on the same shapes.
+//! - `examples/tiny_pretrain.rs`: a 2-layer toy on a synthetic Markov source; `benches/svd_refresh.rs`: the SVD and
+//!   projection cost per weight shape.
+//!
 //! ## Example
 //!
 //! ```
