@@ -276,6 +276,10 @@ impl InnerOptimizer for Adam {
     }
 
     fn direction(&self, state: &mut AdamState, grad: &Tensor, t: u64) -> Result<(Tensor, f64)> {
+        #[cfg(feature = "cuda")]
+        if let Some(out) = cuda_adam::direction(&self.cfg, state, grad, t)? {
+            return Ok(out);
+        }
         let (m, v) = self.cfg.moments(&state.exp_avg, &state.exp_avg_sq, grad)?;
         state.exp_avg = m;
         state.exp_avg_sq = v;
@@ -405,5 +409,100 @@ impl InnerOptimizer for Sgd {
             false => None,
         };
         Ok(SgdState { momentum_buffer })
+    }
+}
+
+/// The Adam direction on CUDA in one kernel (moments and `N`), instead of about ten elementwise launches and
+/// temporaries per parameter: same formulas and f32 operation order as [`AdamConfig::moments`] and
+/// [`AdamConfig::normalized`] (agreement to rounding is tested in `tests/cuda.rs`).
+#[cfg(feature = "cuda")]
+mod cuda_adam {
+    use effllm_tensor::cuda::{Arg, CustomKernel, LaunchDims, Param};
+    use effllm_tensor::{DType, Device, Tensor};
+
+    use super::{AdamConfig, AdamState, EpsMode};
+    use crate::Result;
+
+    const SOURCE: &str = r#"
+extern "C" __global__ void galore_adam_direction(const float* g, const float* m, const float* v, float* m_out,
+        float* v_out, float* n_out, unsigned long long n, int hf, float b1, float one_m_b1, float b2, float one_m_b2,
+        float inv_bc2_sqrt, float eps) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+            i += (unsigned long long)gridDim.x * blockDim.x) {
+        float gi = g[i], mp = m[i];
+        float mi = hf ? mp * b1 + gi * one_m_b1 : mp + (gi - mp) * one_m_b1;
+        float vi = v[i] * b2 + (gi * gi) * one_m_b2;
+        m_out[i] = mi;
+        v_out[i] = vi;
+        n_out[i] = hf ? mi / (sqrtf(vi) + eps) : mi / (sqrtf(vi) * inv_bc2_sqrt + eps);
+    }
+}
+"#;
+
+    /// `None` unless the gradient and both moments are f32 on one CUDA device (the composed ops handle the rest).
+    pub(super) fn direction(
+        cfg: &AdamConfig,
+        state: &mut AdamState,
+        grad: &Tensor,
+        t: u64,
+    ) -> Result<Option<(Tensor, f64)>> {
+        let dev = grad.device();
+        let all = [grad, &state.exp_avg, &state.exp_avg_sq];
+        if !matches!(dev, Device::Cuda(_))
+            || all.iter().any(|x| x.dtype() != DType::F32 || x.device() != dev || x.shape() != grad.shape())
+        {
+            return Ok(None);
+        }
+        let kernel = CustomKernel::new(
+            "galore::adam_direction_v1",
+            SOURCE,
+            "galore_adam_direction",
+            &[
+                Param::In(DType::F32),
+                Param::In(DType::F32),
+                Param::In(DType::F32),
+                Param::Out(DType::F32),
+                Param::Out(DType::F32),
+                Param::Out(DType::F32),
+                Param::U64,
+                Param::I32,
+                Param::F32,
+                Param::F32,
+                Param::F32,
+                Param::F32,
+                Param::F32,
+                Param::F32,
+            ],
+        );
+        let (g, m, v) = (grad.contiguous()?, state.exp_avg.contiguous()?, state.exp_avg_sq.contiguous()?);
+        let n = g.elem_count();
+        let mut m_out = Tensor::zeros(g.shape(), DType::F32, &dev)?;
+        let mut v_out = Tensor::zeros(g.shape(), DType::F32, &dev)?;
+        let mut n_out = Tensor::zeros(g.shape(), DType::F32, &dev)?;
+        let (bc1, bc2_sqrt) = cfg.corrections(t);
+        let hf = cfg.eps_mode == EpsMode::Hf;
+        let mut args = [
+            Arg::In(&g),
+            Arg::In(&m),
+            Arg::In(&v),
+            Arg::Out(&mut m_out),
+            Arg::Out(&mut v_out),
+            Arg::Out(&mut n_out),
+            Arg::U64(n as u64),
+            Arg::I32(i32::from(hf)),
+            Arg::F32(cfg.beta1 as f32),
+            Arg::F32((1.0 - cfg.beta1) as f32),
+            Arg::F32(cfg.beta2 as f32),
+            Arg::F32((1.0 - cfg.beta2) as f32),
+            Arg::F32((1.0 / bc2_sqrt) as f32),
+            Arg::F32(cfg.eps as f32),
+        ];
+        let blocks = n.div_ceil(256).clamp(1, 65_535 * 4) as u32;
+        let dims = LaunchDims { grid: (blocks, 1, 1), block: (256, 1, 1), shared_mem_bytes: 0 };
+        kernel.launch(dev, dims, &mut args, n)?;
+        state.exp_avg = m_out;
+        state.exp_avg_sq = v_out;
+        let step = if hf { cfg.lr * bc2_sqrt / bc1 } else { cfg.lr / bc1 };
+        Ok(Some((n_out, step)))
     }
 }
