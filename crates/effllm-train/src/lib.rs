@@ -72,14 +72,20 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod curve;
 mod data;
+pub mod model;
 pub mod reference;
 mod sources;
+pub mod token_file;
 mod trainer;
 
-pub use config::{PRESETS, Precision, TrainConfig};
+pub use config::{Architecture, MegalodonShape, ModelShape, PRESETS, Precision, TrainConfig};
+pub use curve::{Curve, CurvePoint, train_curve};
 pub use data::{DataCursor, TrainData, inputs_and_targets, unigram_cross_entropy};
+pub use model::{Features, TrainableModel};
 pub use sources::rust_docs;
+pub use token_file::{TokenFile, TokenFileError};
 pub use trainer::{EvalRecord, Event, MemoryReport, OptimizerFactory, StepRecord, StepTiming, Trainer, adamw};
 
 use std::path::PathBuf;
@@ -110,6 +116,14 @@ pub enum TrainError {
         /// What failed.
         msg: String,
     },
+    /// A pre-tokenized corpus file that cannot be used (truncated, foreign, hostile).
+    #[error("token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: TokenFileError,
+    },
     /// A NaN or infinite loss or gradient: training stopped before the update.
     #[error("non-finite value at step {step}: {what}; training stopped, the last checkpoint is the last good state")]
     NonFinite {
@@ -124,6 +138,9 @@ pub enum TrainError {
     /// The model rejected something.
     #[error(transparent)]
     Model(#[from] effllm_model::ModelError),
+    /// The Megalodon model rejected something.
+    #[error(transparent)]
+    Megalodon(#[from] megalodon::MegalodonError),
     /// The optimizer rejected something.
     #[error(transparent)]
     Optim(#[from] effllm_optim::OptimError),
