@@ -54,6 +54,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(scenarios::griffin::Griffin),
         Box::new(scenarios::specexec::SpecExec),
         Box::new(scenarios::train::Train),
+        Box::new(scenarios::megalodon::MegalodonVsLlama),
     ]
 }
 

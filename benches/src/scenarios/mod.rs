@@ -1,6 +1,7 @@
 //! The scenarios of `bench-all`, one module per crate they measure. Register new ones in [`crate::registry`].
 
 pub mod griffin;
+pub mod megalodon;
 pub mod model;
 pub mod specexec;
 pub mod tensor;
