@@ -202,7 +202,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("gpu-medium", "8 layers, d = 512 (≈ 52.4 M parameters); one GPU, bf16 mixed precision"),
     (
         "gpu-medium-megalodon",
-        "Megalodon with gpu-medium's parameter count (≈ 52.4 M): 8 layers, d = 512, Z = 256, E = 1024, FFN 1376, \
+        "Megalodon with gpu-medium's parameter count (≈ 52.5 M): 8 layers, d = 512, Z = 256, E = 1024, FFN 1376, \
          chunk 128; one GPU, f32",
     ),
     ("tiny", "2 layers, d = 64: smoke tests"),

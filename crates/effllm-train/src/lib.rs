@@ -5,6 +5,15 @@
 //! inference: its weights are requires-grad leaves, and a batch of packed sequences runs through the same layers
 //! ([`Batch::sequences`](effllm_model::Batch::sequences)).
 //!
+//! **Architectures** ([`config::Architecture`], [`TrainableModel`]): the same loop trains
+//! [`megalodon::Megalodon`] with `"architecture": "megalodon"` and a [`MegalodonShape`] in the model section
+//! (presets `cpu-small-megalodon`, `gpu-medium-megalodon`, of the Llama presets' parameter counts). Every packed row
+//! is an independent sequence: Megalodon runs the rows as its batch dimension from a fresh state. Megalodon trains
+//! in f32 without per-layer recomputation; asking for bf16 or activation checkpointing is a [`TrainError::Config`].
+//!
+//! **Token files** ([`TokenFile`]): the tokenized training and validation streams in one versioned, validated file,
+//! for machines without the Rust docs or the tokenizer (`effllm train --save-tokens` / `--tokens`).
+//!
 //! ## One step
 //!
 //! For `A` micro-batches of `B` rows of `L + 1` tokens (inputs `x`, targets `y` = `x` shifted by one):
