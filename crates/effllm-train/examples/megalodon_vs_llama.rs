@@ -12,8 +12,9 @@
 //! `--size` picks the pair (`cpu-small` with `cpu-small-megalodon`, `gpu-medium` with `gpu-medium-megalodon`).
 //! Both run in f32 (Megalodon has no bf16 path; the Llama is run in f32 too so the numerics match).
 //! `--llama-lr`, `--megalodon-lr` override each preset's peak learning rate (the minimum is a tenth of it);
-//! `--steps`, `--eval-every`, `--warmup`, `--eval-sequences`, `--threads` override the run. The token file can also
-//! come from `EFFLLM_TOKENS`.
+//! `--steps`, `--eval-every`, `--warmup`, `--eval-sequences`, `--threads` override the run; `--only llama` or
+//! `--only megalodon` trains one of the pair (e.g. a learning-rate probe). The token file can also come from
+//! `EFFLLM_TOKENS`.
 
 use effllm_train::{Precision, TokenFile, TrainConfig, train_curve};
 
@@ -33,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--threads",
             "--llama-lr",
             "--megalodon-lr",
+            "--only",
         ];
         if !KNOWN.contains(&a.as_str()) {
             return Err(format!("unknown flag {a} (known: {})", KNOWN.join(", ")).into());
@@ -57,7 +59,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Both presets of a pair share seq_len, so one packing serves both (and gives both the same row order).
     let seq_len = TrainConfig::preset(&size)?.data.seq_len;
     let mut data = file.into_train_data(seq_len)?;
-    for (preset, lr_flag) in [(size.clone(), "--llama-lr"), (format!("{size}-megalodon"), "--megalodon-lr")] {
+    let only = flag("--only");
+    if let Some(o) = &only
+        && o != "llama"
+        && o != "megalodon"
+    {
+        return Err(format!("--only {o}: expected llama or megalodon").into());
+    }
+    for (arch, preset, lr_flag) in
+        [("llama", size.clone(), "--llama-lr"), ("megalodon", format!("{size}-megalodon"), "--megalodon-lr")]
+    {
+        if only.as_deref().is_some_and(|o| o != arch) {
+            continue;
+        }
         let mut cfg = TrainConfig::preset(&preset)?;
         cfg.run.precision = Precision::F32;
         if let Some(d) = flag("--device") {
