@@ -270,7 +270,7 @@ impl Scenario for MegalodonVsLlama {
             plots: vec![
                 PlotSpec {
                     file_stem: "megalodon-loss".into(),
-                    title: "Validation loss at equal tokens (Rust docs, ≈16 M parameters)".into(),
+                    title: "Validation loss at equal tokens (Rust docs, 16.0 M parameters each)".into(),
                     x_label: "training tokens".into(),
                     y_label: "validation cross-entropy (nats per token)".into(),
                     x: XAxis::Linear,
