@@ -55,6 +55,7 @@ pub fn registry() -> Vec<Box<dyn Scenario>> {
         Box::new(scenarios::specexec::SpecExec),
         Box::new(scenarios::train::Train),
         Box::new(scenarios::galore::GaloreScenario),
+        Box::new(scenarios::megalodon::MegalodonVsLlama),
     ]
 }
 

@@ -2,6 +2,7 @@
 
 pub mod galore;
 pub mod griffin;
+pub mod megalodon;
 pub mod model;
 pub mod specexec;
 pub mod tensor;

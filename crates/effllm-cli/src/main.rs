@@ -39,7 +39,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Perplexity of the model on a text file, or on the Rust-docs corpus split.
     Perplexity(PerplexityArgs),
-    /// Pretrain a Llama from scratch on the Rust-docs corpus (SmolLM2 tokenizer): `--config <file>` or `--preset`.
+    /// Pretrain a Llama or a Megalodon from scratch on the Rust-docs corpus (SmolLM2 tokenizer) or a token file:
+    /// `--config <file>` or `--preset`.
     Train(TrainArgs),
     /// Print a GGUF file's metadata, tensors and model configuration.
     Info {
@@ -114,9 +115,16 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "preset")]
     config: Option<PathBuf>,
     /// A built-in preset: cpu-small (4 layers, d = 256; minutes on 2 cores), gpu-medium (8 layers, d = 512,
-    /// bf16), tiny.
+    /// bf16), cpu-small-megalodon / gpu-medium-megalodon (Megalodon of the same parameter count), tiny.
     #[arg(long)]
     preset: Option<String>,
+    /// Train on a pre-tokenized corpus file (written by `--save-tokens`) instead of tokenizing the Rust docs: for
+    /// machines without the docs or the tokenizer.
+    #[arg(long, conflicts_with = "save_tokens")]
+    tokens: Option<PathBuf>,
+    /// Tokenize the Rust-docs corpus, write its training and validation streams to this file and exit.
+    #[arg(long)]
+    save_tokens: Option<PathBuf>,
     /// Override `run.steps`.
     #[arg(long)]
     steps: Option<usize>,
@@ -420,7 +428,33 @@ fn train(a: &TrainArgs) -> AnyResult<()> {
         println!("{}", cfg.to_json());
         return Ok(());
     }
-    let mut data = effllm_train::rust_docs(&cfg, &mut |l| eprintln!("effllm: {l}"))?;
+    let mut data = match &a.tokens {
+        Some(path) => {
+            let f = effllm_train::TokenFile::read(path)?;
+            eprintln!(
+                "effllm: {}: {} training and {} validation tokens, vocabulary {}, tokenizer `{}`",
+                path.display(),
+                f.train.len(),
+                f.val.len(),
+                f.vocab,
+                f.fingerprint
+            );
+            f.into_train_data(cfg.data.seq_len)?
+        }
+        None => effllm_train::rust_docs(&cfg, &mut |l| eprintln!("effllm: {l}"))?,
+    };
+    if let Some(path) = &a.save_tokens {
+        effllm_train::TokenFile::from_data(&data)?.write(path)?;
+        println!(
+            "wrote {} ({} training + {} validation tokens, vocabulary {}); train with `effllm train --tokens {}`",
+            path.display(),
+            data.train_stream().len(),
+            data.val_stream().len(),
+            data.vocab(),
+            path.display()
+        );
+        return Ok(());
+    }
     let out = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     std::fs::write(out.join("config.json"), cfg.to_json())?;
@@ -433,8 +467,9 @@ fn train(a: &TrainArgs) -> AnyResult<()> {
         Trainer::new(cfg.clone(), data.vocab())?
     };
     eprintln!(
-        "effllm: training {} parameters ({} layers, d = {}) on {} ({:?}); {} training rows of {} tokens, {} tokens per step",
+        "effllm: training {} parameters ({}, {} layers, d = {}) on {} ({:?}); {} training rows of {} tokens, {} tokens per step",
         trainer.num_parameters(),
+        cfg.model.architecture.name(),
         cfg.model.n_layer,
         cfg.model.d_model,
         cfg.run.device,

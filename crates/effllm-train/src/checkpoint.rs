@@ -79,8 +79,8 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, F32Entry>> {
 }
 
 impl Trainer {
-    fn optimizer_of(&self, p: &Tensor) -> &dyn Optimizer {
-        if p.shape().len() >= 2 { self.decay.0.as_ref() } else { self.no_decay.0.as_ref() }
+    fn optimizer_of(&self, decayed: bool) -> &dyn Optimizer {
+        if decayed { self.decay.0.as_ref() } else { self.no_decay.0.as_ref() }
     }
 
     /// Writes a checkpoint of the current state to `dir` (replacing one that is there).
@@ -95,10 +95,10 @@ impl Trainer {
         let mut weights = Vec::with_capacity(self.params.len());
         let mut moments = Vec::new();
         let mut scalars = BTreeMap::new();
-        for (name, p) in &self.params {
+        for ((name, p), &decayed) in self.params.iter().zip(&self.decayed) {
             weights.push((name.clone(), p.shape().to_vec(), f32_bytes(p)?));
             let Some(id) = p.id() else { continue };
-            if let Some(st) = self.optimizer_of(p).export_state(id) {
+            if let Some(st) = self.optimizer_of(decayed).export_state(id) {
                 for (k, t) in &st.tensors {
                     moments.push((format!("{name}/{k}"), t.shape().to_vec(), f32_bytes(t)?));
                 }
@@ -210,7 +210,7 @@ impl Trainer {
         }
         let opt_path = dir.join("optimizer.safetensors");
         let mut moments = read_safetensors(&opt_path)?;
-        for (name, p) in &t.params {
+        for ((name, p), &decayed) in t.params.iter().zip(&t.decayed) {
             let Some(scalars) = st.optimizer_scalars.get(name) else {
                 if st.step > 0 {
                     return Err(bad(&opt_path, format!("no optimizer state for `{name}` after {} steps", st.step)));
@@ -224,13 +224,13 @@ impl Trainer {
                 let (shape, vals) = moments.remove(&k).ok_or_else(|| bad(&opt_path, format!("lost `{k}`")))?;
                 state.tensors.insert(k[prefix.len()..].to_string(), Tensor::from_vec(vals, &shape, &Device::Cpu)?);
             }
-            let opt: &mut dyn Optimizer = if p.shape().len() >= 2 { t.decay.0.as_mut() } else { t.no_decay.0.as_mut() };
+            let opt: &mut dyn Optimizer = if decayed { t.decay.0.as_mut() } else { t.no_decay.0.as_mut() };
             opt.import_state(p, state).map_err(|e| bad(&opt_path, format!("`{name}`: {e}")))?;
         }
         if let Some(extra) = moments.keys().next() {
             return Err(bad(&opt_path, format!("state `{extra}` belongs to no parameter")));
         }
-        t.template = t.model()?;
+        t.template = t.trained_model()?;
         t.step = st.step;
         t.tokens_seen = st.tokens_seen;
         t.cursor = st.cursor;

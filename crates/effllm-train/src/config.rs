@@ -6,10 +6,79 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Result, TrainError};
 
-/// The shape of a Llama to train from scratch (the vocabulary comes from the tokenizer).
+/// The architecture a [`ModelShape`] describes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// [`effllm_model::LlamaModel`] (the default: configs without `architecture` are Llamas).
+    #[default]
+    Llama,
+    /// [`megalodon::Megalodon`], with the dimensions of [`ModelShape::megalodon`].
+    Megalodon,
+}
+
+impl Architecture {
+    /// `llama` / `megalodon`, as in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Megalodon => "megalodon",
+        }
+    }
+
+    /// The trainer features this architecture supports (a config asking for another is a
+    /// [`TrainError::Config`]).
+    pub fn features(self) -> crate::model::Features {
+        match self {
+            Architecture::Llama => crate::model::Features { bf16: true, activation_checkpointing: true },
+            // Megalodon's FFT convolution, CEMA power sums and timestep norm are f32/f64 custom ops, and its layers
+            // carry per-call state through `forward`; neither bf16 compute copies nor per-layer recomputation are
+            // wired up for it.
+            Architecture::Megalodon => crate::model::Features { bf16: false, activation_checkpointing: false },
+        }
+    }
+}
+
+/// The dimensions of a Megalodon that [`ModelShape`]'s shared fields do not cover (the reference's `ModelConf`
+/// names; see [`megalodon::MegalodonConfig`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MegalodonShape {
+    /// Shared query/key width `Z` (all heads together; a multiple of `n_head`, `Z / n_head` even).
+    pub z_dim: usize,
+    /// Value width `E` (all heads together; a multiple of `n_head`).
+    pub value_dim: usize,
+    /// CEMA expansion `N` per channel (16 in the reference).
+    pub cema_ndim: usize,
+    /// Timestep-norm groups `G` (`d_model` must be a multiple).
+    pub norm_num_groups: usize,
+    /// Attention chunk length `C`: attention sees only earlier tokens of its chunk; CEMA and the timestep norm
+    /// carry information across chunks.
+    pub chunk_size: usize,
+    /// `silu(fc1 u) ⊙ fc3 u` in the FFN instead of `silu(fc1 u)`.
+    #[serde(default)]
+    pub swiglu: bool,
+    /// A learnable per-feature scale on the FFN output.
+    #[serde(default)]
+    pub rescale_nffn: bool,
+    /// Multiply the embeddings by `√d_model`.
+    #[serde(default)]
+    pub scale_emb: bool,
+}
+
+/// The shape of the model to train from scratch (the vocabulary comes from the tokenizer): a Llama by default, a
+/// Megalodon with `"architecture": "megalodon"` and a [`megalodon`](ModelShape::megalodon) section.
+///
+/// For Megalodon the shared fields mean: `n_layer` blocks, `d_model` = `D`, `n_head` attention heads (`n_head_kv`
+/// must equal it: Megalodon shares one key per head), `d_ff` = the normalized FFN's hidden width, `rope_base`,
+/// `tied_embeddings` = `share_emb`; `init_std` is unused (Megalodon has the reference's own initialisation, a
+/// truncated normal of std `1/√D` for the embedding and per-module rules for the rest).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelShape {
+    /// Which model: `llama` (default) or `megalodon`.
+    #[serde(default)]
+    pub architecture: Architecture,
     /// Transformer blocks.
     pub n_layer: usize,
     /// Residual width `d`.
@@ -27,6 +96,9 @@ pub struct ModelShape {
     /// Standard deviation of the normal initialisation of every matrix (the output projections `wo` and
     /// `ffn.down` use `init_std / √(2·n_layer)`, GPT-2's residual scaling); norm gains start at 1.
     pub init_std: f64,
+    /// Megalodon's own dimensions: required with `"architecture": "megalodon"`, an error otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub megalodon: Option<MegalodonShape>,
 }
 
 /// Where the tokens come from and how they are batched.
@@ -121,8 +193,18 @@ pub struct TrainConfig {
 
 /// The built-in presets: `(name, what it is)`.
 pub const PRESETS: &[(&str, &str)] = &[
-    ("cpu-small", "4 layers, d = 256 (≈ 15.7 M parameters with the tied 49152-token embedding); 2 CPU cores, minutes"),
-    ("gpu-medium", "8 layers, d = 512 (≈ 50 M parameters); one GPU, bf16 mixed precision"),
+    ("cpu-small", "4 layers, d = 256 (≈ 16.0 M parameters with the tied 49152-token embedding); 2 CPU cores, minutes"),
+    (
+        "cpu-small-megalodon",
+        "Megalodon with cpu-small's parameter count (≈ 16.0 M): 4 layers, d = 256, Z = 128, E = 512, FFN 672, \
+         chunk 64, 2 heads; f32",
+    ),
+    ("gpu-medium", "8 layers, d = 512 (≈ 52.4 M parameters); one GPU, bf16 mixed precision"),
+    (
+        "gpu-medium-megalodon",
+        "Megalodon with gpu-medium's parameter count (≈ 52.5 M): 8 layers, d = 512, Z = 256, E = 1024, FFN 1376, \
+         chunk 128; one GPU, f32",
+    ),
     ("tiny", "2 layers, d = 64: smoke tests"),
 ];
 
@@ -132,6 +214,7 @@ impl TrainConfig {
         let cfg = match name {
             "cpu-small" => TrainConfig {
                 model: ModelShape {
+                    architecture: Architecture::Llama,
                     n_layer: 4,
                     d_model: 256,
                     n_head: 4,
@@ -140,6 +223,7 @@ impl TrainConfig {
                     rope_base: 10_000.0,
                     tied_embeddings: true,
                     init_std: 0.02,
+                    megalodon: None,
                 },
                 data: DataSettings { seq_len: 128, batch_size: 8, grad_accum: 1, eval_sequences: 64, docs_dir: None },
                 optim: OptimSettings {
@@ -166,6 +250,7 @@ impl TrainConfig {
             },
             "gpu-medium" => TrainConfig {
                 model: ModelShape {
+                    architecture: Architecture::Llama,
                     n_layer: 8,
                     d_model: 512,
                     n_head: 8,
@@ -174,6 +259,7 @@ impl TrainConfig {
                     rope_base: 10_000.0,
                     tied_embeddings: true,
                     init_std: 0.02,
+                    megalodon: None,
                 },
                 data: DataSettings { seq_len: 256, batch_size: 32, grad_accum: 1, eval_sequences: 256, docs_dir: None },
                 optim: OptimSettings {
@@ -198,6 +284,44 @@ impl TrainConfig {
                     out_dir: PathBuf::from("runs/gpu-medium"),
                 },
             },
+            // Equal parameter count with the Llama preset: same d, vocabulary, tied embedding and layer count; the
+            // FFN width is what absorbs Megalodon's larger attention block (E = 2d values, CEMA, two output
+            // projections), chosen so the totals agree within 0.1 %.
+            "cpu-small-megalodon" => {
+                let mut c = TrainConfig::preset("cpu-small")?;
+                c.model.architecture = Architecture::Megalodon;
+                (c.model.n_head, c.model.n_head_kv, c.model.d_ff) = (2, 2, 672);
+                c.model.megalodon = Some(MegalodonShape {
+                    z_dim: 128,
+                    value_dim: 512,
+                    cema_ndim: 16,
+                    norm_num_groups: 32,
+                    chunk_size: 64,
+                    swiglu: false,
+                    rescale_nffn: false,
+                    scale_emb: false,
+                });
+                c.run.out_dir = PathBuf::from("runs/cpu-small-megalodon");
+                c
+            }
+            "gpu-medium-megalodon" => {
+                let mut c = TrainConfig::preset("gpu-medium")?;
+                c.model.architecture = Architecture::Megalodon;
+                (c.model.n_head, c.model.n_head_kv, c.model.d_ff) = (4, 4, 1376);
+                c.model.megalodon = Some(MegalodonShape {
+                    z_dim: 256,
+                    value_dim: 1024,
+                    cema_ndim: 16,
+                    norm_num_groups: 32,
+                    chunk_size: 128,
+                    swiglu: false,
+                    rescale_nffn: false,
+                    scale_emb: false,
+                });
+                c.run.precision = Precision::F32;
+                c.run.out_dir = PathBuf::from("runs/gpu-medium-megalodon");
+                c
+            }
             "tiny" => {
                 let mut c = TrainConfig::preset("cpu-small")?;
                 c.model = ModelShape { n_layer: 2, d_model: 64, n_head: 4, n_head_kv: 2, d_ff: 128, ..c.model };
@@ -272,15 +396,53 @@ impl TrainConfig {
                 return bad(field, format!("{v} is implausibly large (at most 2^24)"));
             }
         }
-        if !m.d_model.is_multiple_of(m.n_head) {
-            return bad("model.d_model", format!("{} is not a multiple of n_head = {}", m.d_model, m.n_head));
+        match (m.architecture, &m.megalodon) {
+            (Architecture::Llama, Some(_)) => {
+                return bad("model.megalodon", "given, but model.architecture is `llama`".into());
+            }
+            (Architecture::Megalodon, None) => {
+                return bad("model.megalodon", "model.architecture `megalodon` needs this section".into());
+            }
+            (Architecture::Llama, None) => {
+                if !m.d_model.is_multiple_of(m.n_head) {
+                    return bad("model.d_model", format!("{} is not a multiple of n_head = {}", m.d_model, m.n_head));
+                }
+                if !m.n_head.is_multiple_of(m.n_head_kv) {
+                    return bad(
+                        "model.n_head",
+                        format!("{} is not a multiple of n_head_kv = {}", m.n_head, m.n_head_kv),
+                    );
+                }
+                let head_dim = m.d_model / m.n_head;
+                if !head_dim.is_multiple_of(2) {
+                    return bad("model.d_model", format!("head size {head_dim} must be even for RoPE"));
+                }
+            }
+            (Architecture::Megalodon, Some(_)) => {
+                if m.n_head_kv != m.n_head {
+                    return bad(
+                        "model.n_head_kv",
+                        format!("{} must equal n_head = {} for megalodon (one key per head)", m.n_head_kv, m.n_head),
+                    );
+                }
+                // The vocabulary comes from the tokenizer later; any positive size checks the other dimensions.
+                if let Some(mc) = self.megalodon_config(1) {
+                    mc.validate().map_err(|e| TrainError::Config(format!("model.megalodon: {e}")))?;
+                }
+            }
         }
-        if !m.n_head.is_multiple_of(m.n_head_kv) {
-            return bad("model.n_head", format!("{} is not a multiple of n_head_kv = {}", m.n_head, m.n_head_kv));
+        let features = m.architecture.features();
+        if self.run.precision == Precision::Bf16 && !features.bf16 {
+            return bad(
+                "run.precision",
+                format!("bf16 mixed precision is not supported for {} (use f32)", m.architecture.name()),
+            );
         }
-        let head_dim = m.d_model / m.n_head;
-        if !head_dim.is_multiple_of(2) {
-            return bad("model.d_model", format!("head size {head_dim} must be even for RoPE"));
+        if self.run.activation_checkpointing && !features.activation_checkpointing {
+            return bad(
+                "run.activation_checkpointing",
+                format!("activation checkpointing is not supported for {}", m.architecture.name()),
+            );
         }
         if !(m.rope_base.is_finite() && m.rope_base > 1.0) {
             return bad("model.rope_base", format!("{} must be finite and > 1", m.rope_base));
@@ -325,6 +487,32 @@ impl TrainConfig {
     /// Tokens per optimizer step.
     pub fn tokens_per_step(&self) -> usize {
         self.data.seq_len * self.data.batch_size * self.data.grad_accum
+    }
+
+    /// The [`MegalodonConfig`](megalodon::MegalodonConfig) of this shape with `vocab` tokens (`None` for a Llama):
+    /// the shared fields mapped as [`ModelShape`] describes, ε = 1e-5, dropout-free, any call length accepted.
+    pub fn megalodon_config(&self, vocab: usize) -> Option<megalodon::MegalodonConfig> {
+        let m = &self.model;
+        let g = m.megalodon.as_ref().filter(|_| m.architecture == Architecture::Megalodon)?;
+        Some(megalodon::MegalodonConfig {
+            num_layers: m.n_layer,
+            model_dim: m.d_model,
+            z_dim: g.z_dim,
+            value_dim: g.value_dim,
+            num_heads: m.n_head,
+            ffn_hidden_dim: m.d_ff,
+            vocab_size: vocab,
+            cema_ndim: g.cema_ndim,
+            chunk_size: g.chunk_size,
+            norm_num_groups: g.norm_num_groups,
+            norm_eps: 1e-5,
+            rope_base: m.rope_base,
+            swiglu: g.swiglu,
+            rescale_nffn: g.rescale_nffn,
+            scale_emb: g.scale_emb,
+            share_emb: m.tied_embeddings,
+            strict_reference_shapes: false,
+        })
     }
 
     /// The [`LlamaConfig`](effllm_model::LlamaConfig) of this shape with `vocab` tokens (NeoX RoPE over the whole

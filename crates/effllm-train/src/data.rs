@@ -81,6 +81,16 @@ impl TrainData {
         &self.fingerprint
     }
 
+    /// The training token stream (documents in order, each followed by the separator), as packed.
+    pub fn train_stream(&self) -> &[u32] {
+        self.train.stream()
+    }
+
+    /// The validation token stream.
+    pub fn val_stream(&self) -> &[u32] {
+        self.val.stream()
+    }
+
     /// Training rows.
     pub fn train_rows(&self) -> usize {
         self.train.len()

@@ -5,6 +5,15 @@
 //! inference: its weights are requires-grad leaves, and a batch of packed sequences runs through the same layers
 //! ([`Batch::sequences`](effllm_model::Batch::sequences)).
 //!
+//! **Architectures** ([`config::Architecture`], [`TrainableModel`]): the same loop trains
+//! [`megalodon::Megalodon`] with `"architecture": "megalodon"` and a [`MegalodonShape`] in the model section
+//! (presets `cpu-small-megalodon`, `gpu-medium-megalodon`, of the Llama presets' parameter counts). Every packed row
+//! is an independent sequence: Megalodon runs the rows as its batch dimension from a fresh state. Megalodon trains
+//! in f32 without per-layer recomputation; asking for bf16 or activation checkpointing is a [`TrainError::Config`].
+//!
+//! **Token files** ([`TokenFile`]): the tokenized training and validation streams in one versioned, validated file,
+//! for machines without the Rust docs or the tokenizer (`effllm train --save-tokens` / `--tokens`).
+//!
 //! ## One step
 //!
 //! For `A` micro-batches of `B` rows of `L + 1` tokens (inputs `x`, targets `y` = `x` shifted by one):
@@ -72,14 +81,20 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod curve;
 mod data;
+pub mod model;
 pub mod reference;
 mod sources;
+pub mod token_file;
 mod trainer;
 
-pub use config::{PRESETS, Precision, TrainConfig};
+pub use config::{Architecture, MegalodonShape, ModelShape, PRESETS, Precision, TrainConfig};
+pub use curve::{Curve, CurvePoint, train_curve};
 pub use data::{DataCursor, TrainData, inputs_and_targets, unigram_cross_entropy};
+pub use model::{Features, TrainableModel};
 pub use sources::rust_docs;
+pub use token_file::{TokenFile, TokenFileError};
 pub use trainer::{
     EvalRecord, Event, GroupOptimizerFactory, MemoryReport, OptimizerFactory, StepRecord, StepTiming, Trainer, adamw,
 };
@@ -112,6 +127,14 @@ pub enum TrainError {
         /// What failed.
         msg: String,
     },
+    /// A pre-tokenized corpus file that cannot be used (truncated, foreign, hostile).
+    #[error("token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: TokenFileError,
+    },
     /// A NaN or infinite loss or gradient: training stopped before the update.
     #[error("non-finite value at step {step}: {what}; training stopped, the last checkpoint is the last good state")]
     NonFinite {
@@ -126,6 +149,9 @@ pub enum TrainError {
     /// The model rejected something.
     #[error(transparent)]
     Model(#[from] effllm_model::ModelError),
+    /// The Megalodon model rejected something.
+    #[error(transparent)]
+    Megalodon(#[from] megalodon::MegalodonError),
     /// The optimizer rejected something.
     #[error(transparent)]
     Optim(#[from] effllm_optim::OptimError),

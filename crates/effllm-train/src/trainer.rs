@@ -1,18 +1,17 @@
-//! [`Trainer`]: the training loop over a trainable [`LlamaModel`].
+//! [`Trainer`]: the training loop over a [`TrainableModel`] (a Llama or a Megalodon).
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use effllm_model::{Batch, CausalLm, Embedding, LayeredLm, Linear, LlamaFfn, LlamaLayer, LlamaModel, NoHooks};
+use effllm_model::{Embedding, Linear, LlamaFfn, LlamaLayer, LlamaModel};
 use effllm_optim::schedule::WarmupCosine;
 use effllm_optim::{AdamW, AdamWConfig, Optimizer, clip};
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, Gradients, Tensor, memory};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Precision, TrainConfig};
+use crate::config::{Architecture, Precision, TrainConfig};
 use crate::data::{DataCursor, TrainData, inputs_and_targets};
+use crate::model::TrainableModel;
 use crate::{Result, TrainError};
 
 /// Bytes of training state, reported separately (GaLore's and sparse-zo's claims are about these numbers).
@@ -74,15 +73,18 @@ pub struct EvalRecord {
     pub memory: MemoryReport,
 }
 
-/// Trains a Llama of [`TrainConfig`]'s shape on [`TrainData`].
+/// Trains a model of [`TrainConfig`]'s shape (a Llama, or a Megalodon with `"architecture": "megalodon"`) on
+/// [`TrainData`].
 #[derive(Debug)]
 pub struct Trainer {
     pub(crate) cfg: TrainConfig,
     pub(crate) device: Device,
     /// The model's structure; its weights are replaced by `params` at every step.
-    pub(crate) template: LlamaModel,
+    pub(crate) template: Box<dyn TrainableModel>,
     /// Master weights (f32, requires-grad leaves) by name, in `named_parameters` order.
     pub(crate) params: Vec<(String, Tensor)>,
+    /// Per parameter (same order): whether it is in the weight-decayed optimizer group.
+    pub(crate) decayed: Vec<bool>,
     /// The optimizer of the matrices (with weight decay).
     pub(crate) decay: Opt,
     /// The optimizer of the norm gains (no weight decay).
@@ -154,12 +156,19 @@ impl Trainer {
         }
         let device = Device::parse(&cfg.run.device)?;
         device.check_available()?;
-        let template = init_model(&cfg, vocab, &device)?;
+        let template: Box<dyn TrainableModel> = match cfg.model.architecture {
+            Architecture::Llama => Box::new(init_model(&cfg, vocab, &device)?),
+            Architecture::Megalodon => Box::new(init_megalodon(&cfg, vocab, &device)?),
+        };
         let params: Vec<(String, Tensor)> = template.named_parameters();
+        let decayed: Vec<bool> = params.iter().map(|(n, p)| template.decays(n, p)).collect();
         let schedule =
             WarmupCosine::new(cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps as u64, cfg.run.steps as u64)?;
-        // The split `train_step` uses: matrices decay, vectors (norm gains) do not.
-        let (matrices, gains): (Vec<_>, Vec<_>) = params.iter().cloned().partition(|(_, p)| p.shape().len() >= 2);
+        // The split `train_step` uses: the model's weight-decayed parameters (the Llama's matrices) and the rest.
+        let (mut matrices, mut gains) = (Vec::new(), Vec::new());
+        for (np, &d) in params.iter().zip(&decayed) {
+            if d { matrices.push(np.clone()) } else { gains.push(np.clone()) }
+        }
         Ok(Trainer {
             decay: Opt(make(&cfg, cfg.optim.weight_decay, &matrices)?),
             no_decay: Opt(make(&cfg, 0.0, &gains)?),
@@ -167,6 +176,7 @@ impl Trainer {
             device,
             template,
             params,
+            decayed,
             schedule,
             step: 0,
             tokens_seen: 0,
@@ -238,55 +248,47 @@ impl Trainer {
         self.timing
     }
 
-    /// The model with the current master weights (f32, tracked leaves): for inference wrap calls in
-    /// [`no_grad`](effllm_tensor::no_grad).
+    /// The model with the current master weights (f32, tracked leaves), whatever its architecture: for inference
+    /// wrap calls in [`no_grad`](effllm_tensor::no_grad).
+    pub fn trained_model(&self) -> Result<Box<dyn TrainableModel>> {
+        self.template.with_parameters(&self.params)
+    }
+
+    /// The Llama with the current master weights (f32, tracked leaves): for inference wrap calls in
+    /// [`no_grad`](effllm_tensor::no_grad). A [`TrainError::Config`] when this run trains another architecture.
     pub fn model(&self) -> Result<LlamaModel> {
-        let by_name: HashMap<&str, &Tensor> = self.params.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        Ok(self.template.map_weights(&mut |name, _| {
-            by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| effllm_model::ModelError::Invalid {
-                what: "trainer",
-                msg: format!("no parameter `{name}`"),
-            })
-        })?)
+        self.trained_model()?.as_any().downcast_ref::<LlamaModel>().cloned().ok_or_else(|| {
+            TrainError::Config(format!(
+                "this run trains {}, not a Llama (see Trainer::trained_model)",
+                self.cfg.model.architecture.name()
+            ))
+        })
+    }
+
+    /// The Megalodon with the current master weights (f32, tracked leaves). A [`TrainError::Config`] when this
+    /// run trains another architecture.
+    pub fn megalodon(&self) -> Result<megalodon::Megalodon> {
+        self.trained_model()?.as_any().downcast_ref::<megalodon::Megalodon>().cloned().ok_or_else(|| {
+            TrainError::Config(format!(
+                "this run trains {}, not a Megalodon (see Trainer::trained_model)",
+                self.cfg.model.architecture.name()
+            ))
+        })
     }
 
     /// The model the forward pass runs: the masters themselves (f32), or differentiable bf16 casts of the
     /// matrices (mixed precision; gradients flow back to the f32 masters).
-    fn compute_model(&self) -> Result<LlamaModel> {
-        let masters = self.model()?;
+    fn compute_model(&self) -> Result<Box<dyn TrainableModel>> {
+        let masters = self.trained_model()?;
         match self.cfg.run.precision {
             Precision::F32 => Ok(masters),
-            Precision::Bf16 => Ok(masters.map_weights(&mut |_, w| {
-                if w.shape().len() == 2 { Ok(w.to_dtype(DType::BF16)?) } else { Ok(w.clone()) }
-            })?),
+            Precision::Bf16 => masters.bf16_compute(),
         }
     }
 
     /// Mean cross-entropy (f32 scalar) of `targets` given `inputs`, both `n_seq · seq_len` tokens.
-    fn loss(&self, model: &LlamaModel, inputs: &[u32], targets: &[u32]) -> Result<Tensor> {
-        let len = self.cfg.data.seq_len;
-        let batch = Batch::sequences(inputs, len)?;
-        let h = model.embed(inputs)?;
-        let h = if self.cfg.run.activation_checkpointing && effllm_tensor::autograd::is_grad_enabled() {
-            // Each layer keeps only its input; its activations are recomputed in the backward sweep.
-            let model = Arc::new(model.clone());
-            let batch = Arc::new(batch);
-            let mut h = h;
-            for li in 0..model.n_layers() {
-                let (m, b) = (Arc::clone(&model), Arc::clone(&batch));
-                h = effllm_tensor::checkpoint(&[h], move |x| {
-                    let mut cache = m.new_cache();
-                    m.run_layers(x[0].clone(), li..li + 1, &b, &mut cache, &mut NoHooks)
-                        .map_err(|e| effllm_tensor::Error::InvalidArgument { op: "checkpoint", msg: e.to_string() })
-                })?;
-            }
-            h
-        } else {
-            model.run_layers(h, 0..model.n_layers(), &batch, &mut model.new_cache(), &mut NoHooks)?
-        };
-        let logits = model.unembed(&h)?.to_dtype(DType::F32)?;
-        let t = Tensor::from_slice(targets, &[targets.len()], &self.device)?;
-        Ok(logits.cross_entropy(&t)?)
+    fn loss(&self, model: &dyn TrainableModel, inputs: &[u32], targets: &[u32]) -> Result<Tensor> {
+        model.mean_cross_entropy(inputs, targets, self.cfg.data.seq_len, self.cfg.run.activation_checkpointing)
     }
 
     /// One optimizer step: `grad_accum` micro-batches of `batch_size` rows, mean loss, global-norm clipping,
@@ -308,7 +310,7 @@ impl Trainer {
             let (inputs, targets) = inputs_and_targets(&rows, len);
             let live0 = memory::stats().live_on(&self.device);
             let model = self.compute_model()?;
-            let loss = self.loss(&model, &inputs, &targets)?;
+            let loss = self.loss(model.as_ref(), &inputs, &targets)?;
             drop(model);
             activations = activations.max(memory::stats().live_on(&self.device).saturating_sub(live0));
             let l = loss.to_scalar::<f32>()? as f64;
@@ -349,15 +351,15 @@ impl Trainer {
         self.decay.0.set_learning_rate(lr);
         self.no_decay.0.set_learning_rate(lr);
         let grad_bytes = grads.nbytes();
-        for (_, p) in self.params.iter_mut() {
+        for ((_, p), &decayed) in self.params.iter_mut().zip(&self.decayed) {
             let Some(g) = grads.take(p) else { continue };
-            if p.shape().len() >= 2 { self.decay.0.step_param(p, &g)? } else { self.no_decay.0.step_param(p, &g)? }
+            if decayed { self.decay.0.step_param(p, &g)? } else { self.no_decay.0.step_param(p, &g)? }
         }
         self.sync_for_timing()?;
         timing.update_s = tu.elapsed().as_secs_f64();
         self.timing = timing;
         // The template now points at the updated storages (it would otherwise keep the previous weights alive).
-        self.template = self.model()?;
+        self.template = self.trained_model()?;
         self.cursor = cursor;
         self.step += 1;
         let tokens = b * len * accum;
@@ -390,7 +392,7 @@ impl Trainer {
         effllm_tensor::no_grad(|| -> Result<()> {
             for chunk in rows.chunks(self.cfg.data.batch_size * (len + 1)) {
                 let (inputs, targets) = inputs_and_targets(chunk, len);
-                let l = self.loss(&model, &inputs, &targets)?.to_scalar::<f32>()? as f64;
+                let l = self.loss(model.as_ref(), &inputs, &targets)?.to_scalar::<f32>()? as f64;
                 nll += l * targets.len() as f64;
                 n += targets.len();
             }
@@ -476,4 +478,14 @@ fn init_model(cfg: &TrainConfig, vocab: usize, device: &Device) -> Result<LlamaM
     let lm_head =
         if lc.tied_embeddings { Linear::Dense(embedding.clone()) } else { Linear::Dense(normal(&[vocab, d], std)?) };
     Ok(LlamaModel::from_parts(lc, Embedding::Dense(embedding), layers, ones(d)?, lm_head)?)
+}
+
+/// Megalodon with the reference initialisation ([`megalodon::Megalodon::new`]) seeded by `run.seed`, built on the
+/// CPU (so the values do not depend on the device) and moved to `device` as requires-grad leaves.
+fn init_megalodon(cfg: &TrainConfig, vocab: usize, device: &Device) -> Result<megalodon::Megalodon> {
+    let mc = cfg
+        .megalodon_config(vocab)
+        .ok_or_else(|| TrainError::Config("model.megalodon: missing for architecture `megalodon`".into()))?;
+    let model = megalodon::Megalodon::new(mc, DType::F32, &Device::Cpu, cfg.run.seed)?;
+    Ok(model.to_device(device)?.requires_grad()?)
 }

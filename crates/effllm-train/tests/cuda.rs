@@ -1,14 +1,14 @@
 //! Training on CUDA equals training on the CPU: the same initialisation (counter-based, device-independent), the
 //! same batches, f32 — step losses within 1e-4 relative and parameters after five AdamW steps within 1e-3 relative
 //! L2 (summation orders differ; AdamW's first steps amplify tiny gradient differences only slightly). In bf16
-//! mixed precision the GPU learns as the CPU does. Without a usable GPU only the CPU side runs, unless `EFFLLM_REQUIRE_CUDA=1`.
+//! mixed precision the GPU learns as the CPU does. Megalodon (f32) trains on CUDA as on the CPU too. Without a usable GPU only the CPU side runs, unless `EFFLLM_REQUIRE_CUDA=1`.
 
 mod common;
 
 use common::rel_l2;
 use effllm_data::TokenizedSplit;
 use effllm_tensor::Device;
-use effllm_train::{Precision, TrainConfig, TrainData, Trainer};
+use effllm_train::{Architecture, MegalodonShape, Precision, TrainConfig, TrainData, Trainer};
 
 const VOCAB: usize = 64;
 
@@ -31,7 +31,25 @@ fn data() -> TrainData {
 }
 
 fn run(device: &str, precision: Precision, steps: usize) -> (Vec<f64>, Vec<f64>, f64) {
+    run_arch(device, precision, steps, Architecture::Llama)
+}
+
+fn run_arch(device: &str, precision: Precision, steps: usize, arch: Architecture) -> (Vec<f64>, Vec<f64>, f64) {
     let mut c = TrainConfig::preset("tiny").unwrap();
+    if arch == Architecture::Megalodon {
+        c.model.architecture = arch;
+        (c.model.n_head, c.model.n_head_kv) = (2, 2);
+        c.model.megalodon = Some(MegalodonShape {
+            z_dim: 16,
+            value_dim: 64,
+            cema_ndim: 4,
+            norm_num_groups: 4,
+            chunk_size: 8,
+            swiglu: false,
+            rescale_nffn: false,
+            scale_emb: false,
+        });
+    }
     c.model.d_model = 32;
     c.model.d_ff = 64;
     c.data.seq_len = 16;
@@ -67,4 +85,19 @@ fn cuda_training_matches_the_cpu() {
         (gpu_eval - cpu_eval).abs() < 0.05 * cpu_eval,
         "bf16 validation {gpu_eval} on CUDA vs {cpu_eval} on the CPU"
     );
+}
+
+#[test]
+fn cuda_megalodon_training_matches_the_cpu() {
+    let (cpu_losses, cpu_params, cpu_eval) = run_arch("cpu", Precision::F32, 5, Architecture::Megalodon);
+    assert!(cpu_eval < cpu_losses[0], "Megalodon on the CPU learns: {cpu_losses:?} -> {cpu_eval}");
+    if !gpu() {
+        return;
+    }
+    let (gpu_losses, gpu_params, _) = run_arch("cuda:0", Precision::F32, 5, Architecture::Megalodon);
+    for (a, b) in gpu_losses.iter().zip(&cpu_losses) {
+        assert!((a - b).abs() < 1e-4 * b, "Megalodon loss {a} on CUDA vs {b} on the CPU");
+    }
+    let err = rel_l2(&gpu_params, &cpu_params);
+    assert!(err < 1e-3, "Megalodon parameters after 5 steps: rel L2 {err:e}");
 }
