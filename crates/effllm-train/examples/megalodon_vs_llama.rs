@@ -6,7 +6,7 @@
 //! cargo run --release -p effllm-cli -- train --preset cpu-small --save-tokens rust-docs.tokens
 //! # On the GPU machine:
 //! cargo run --release -p effllm-train --features cuda --example megalodon_vs_llama -- \
-//!     --tokens rust-docs.tokens --size gpu-medium --device cuda:0 --steps 2000 --eval-every 100 > curves.json
+//!     --tokens rust-docs.tokens --size gpu-medium --device cuda:0 --steps 300 --warmup 20 --eval-every 25 > curves.json
 //! ```
 //!
 //! `--size` picks the pair (`cpu-small` with `cpu-small-megalodon`, `gpu-medium` with `gpu-medium-megalodon`).
