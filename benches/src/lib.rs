@@ -122,6 +122,25 @@ pub fn workspace_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
+/// The training corpus of the training scenarios: a pre-tokenized file from `EFFLLM_TOKENS` (written by `effllm
+/// train --save-tokens`, for machines without the Rust docs, e.g. the GPU machines), else the Rust docs tokenized
+/// here. `tag` prefixes the log lines.
+pub fn training_corpus(cfg: &effllm_train::TrainConfig, ctx: &Context, tag: &str) -> Result<effllm_train::TrainData> {
+    match std::env::var_os("EFFLLM_TOKENS") {
+        Some(path) => {
+            ctx.log(format!("{tag}: reading tokens from {}", path.to_string_lossy()));
+            let file = effllm_train::TokenFile::read(std::path::Path::new(&path))?;
+            Ok(file.into_train_data(cfg.data.seq_len)?)
+        }
+        None => Ok(effllm_train::rust_docs(cfg, &mut |l| ctx.log(format!("{tag}: {l}")))?),
+    }
+}
+
+/// The device of the training scenarios: `EFFLLM_DEVICE` (e.g. `cuda:0`, needs the `cuda` feature), else the CPU.
+pub fn training_device() -> String {
+    std::env::var("EFFLLM_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
 /// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))

@@ -330,9 +330,10 @@ impl Scenario for GaloreScenario {
         cfg.optim.warmup_steps = (n / 15).max(1);
         cfg.optim.weight_decay = 0.0;
         cfg.run.threads = Some(ctx.options.threads);
+        cfg.run.device = crate::training_device();
         cfg.run.out_dir = crate::target_dir().join("effllm-report").join("galore-run");
-        ctx.status("galore: loading and tokenizing the corpus");
-        let mut data = effllm_train::rust_docs(&cfg, &mut |l| ctx.log(format!("galore: {l}")))?;
+        ctx.status("galore: loading the corpus");
+        let mut data = crate::training_corpus(&cfg, ctx, "galore")?;
         let unigram = data.unigram_nats();
         let rank = cfg.model.d_model / 4;
         let projected = galore::is_llama_projection;

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use effllm_model::{Batch, CausalLm, LogitRows};
 use effllm_tensor::{Device, Tensor, no_grad};
-use effllm_train::{Curve, TokenFile, TrainConfig, TrainData, Trainer, train_curve};
+use effllm_train::{Curve, TrainConfig, TrainData, Trainer, train_curve};
 use megalodon::MegalodonState;
 
 use crate::plot::{HLine, PlotSpec, Series, XAxis};
@@ -61,13 +61,7 @@ fn state_bytes(s: &MegalodonState) -> usize {
 
 /// The corpus: a token file from `EFFLLM_TOKENS`, else the Rust docs.
 fn corpus(cfg: &TrainConfig, ctx: &Context) -> Result<TrainData> {
-    match std::env::var_os("EFFLLM_TOKENS") {
-        Some(path) => {
-            ctx.log(format!("megalodon: reading tokens from {}", path.to_string_lossy()));
-            Ok(TokenFile::read(std::path::Path::new(&path))?.into_train_data(cfg.data.seq_len)?)
-        }
-        None => Ok(effllm_train::rust_docs(cfg, &mut |l| ctx.log(format!("megalodon: {l}")))?),
-    }
+    crate::training_corpus(cfg, ctx, "megalodon")
 }
 
 /// One decode measurement: median seconds per token and the bytes carried, at one context length.
