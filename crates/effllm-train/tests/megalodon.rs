@@ -135,9 +135,9 @@ fn a_resumed_megalodon_run_continues_bitwise_and_refuses_a_llama() {
         b.train_step(&mut d2).unwrap();
     }
     assert_eq!(params_f64(&a), params_f64(&b));
-    // Losses are f32 values; the resumed history's first entries went through JSON (serde_json's default float
-    // parsing may move an f64 by one ulp), so they are compared at f32.
-    let losses = |t: &Trainer| t.history().iter().map(|r| r.loss as f32).collect::<Vec<_>>();
+    // The resumed history's first entries went through JSON; serde_json's `float_roundtrip` parsing (enabled in
+    // the workspace) reads every f64 back exactly, so the histories are compared bitwise.
+    let losses = |t: &Trainer| t.history().iter().map(|r| r.loss).collect::<Vec<_>>();
     assert_eq!(losses(&a), losses(&b));
     // The same checkpoint under a Llama config (same d, layers, heads) is another architecture.
     let mut llama = c.clone();
