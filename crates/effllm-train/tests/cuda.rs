@@ -8,7 +8,7 @@ mod common;
 use common::rel_l2;
 use effllm_data::TokenizedSplit;
 use effllm_tensor::Device;
-use effllm_train::{Architecture, MegalodonShape, Precision, TrainConfig, TrainData, Trainer};
+use effllm_train::{Architecture, Precision, TrainConfig, TrainData, Trainer};
 
 const VOCAB: usize = 64;
 
@@ -39,16 +39,7 @@ fn run_arch(device: &str, precision: Precision, steps: usize, arch: Architecture
     if arch == Architecture::Megalodon {
         c.model.architecture = arch;
         (c.model.n_head, c.model.n_head_kv) = (2, 2);
-        c.model.megalodon = Some(MegalodonShape {
-            z_dim: 16,
-            value_dim: 64,
-            cema_ndim: 4,
-            norm_num_groups: 4,
-            chunk_size: 8,
-            swiglu: false,
-            rescale_nffn: false,
-            scale_emb: false,
-        });
+        c.model.megalodon = Some(common::tiny_megalodon_shape());
     }
     c.model.d_model = 32;
     c.model.d_ff = 64;

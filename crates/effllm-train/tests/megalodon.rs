@@ -6,24 +6,13 @@
 mod common;
 
 use common::{params_f64, rel_l2};
-use effllm_data::TokenizedSplit;
 use effllm_tensor::{DType, Device, Tensor};
-use effllm_train::{Architecture, MegalodonShape, Precision, TrainConfig, TrainData, TrainError, Trainer, reference};
+use effllm_train::{Architecture, Precision, TrainConfig, TrainData, TrainError, Trainer, reference};
 
-const VOCAB: usize = 32;
-
-/// A document whose next token is a fixed function of the current one (learnable; unigram entropy ≈ ln 32).
-fn walk(start: u32, n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (start + 7 * i + (i / 5) % 3) % VOCAB as u32).collect()
-}
+const VOCAB: usize = common::WALK_VOCAB;
 
 fn data(seq_len: usize) -> TrainData {
-    let train = TokenizedSplit::from_parts(
-        vec!["a".into(), "b".into(), "c".into()],
-        vec![walk(1, 700), walk(5, 500), walk(9, 400)],
-    );
-    let val = TokenizedSplit::from_parts(vec!["v".into()], vec![walk(3, 300)]);
-    TrainData::from_documents(&train, &val, VOCAB, Some(0), seq_len, "synthetic-walk").unwrap()
+    common::walk_data(seq_len)
 }
 
 /// A two-layer Megalodon whose 16-token rows span two attention chunks of 8.
@@ -31,16 +20,7 @@ fn cfg(dir: &str) -> TrainConfig {
     let mut c = TrainConfig::preset("tiny").unwrap();
     c.model.architecture = Architecture::Megalodon;
     (c.model.d_model, c.model.n_head, c.model.n_head_kv, c.model.d_ff) = (32, 2, 2, 64);
-    c.model.megalodon = Some(MegalodonShape {
-        z_dim: 16,
-        value_dim: 64,
-        cema_ndim: 4,
-        norm_num_groups: 4,
-        chunk_size: 8,
-        swiglu: false,
-        rescale_nffn: false,
-        scale_emb: false,
-    });
+    c.model.megalodon = Some(common::tiny_megalodon_shape());
     c.data.seq_len = 16;
     c.data.batch_size = 4;
     c.data.eval_sequences = 8;

@@ -12,20 +12,10 @@ use effllm_tensor::DType;
 use effllm_train::{Precision, TrainConfig, TrainData, TrainError, Trainer, reference};
 use proptest::prelude::*;
 
-const VOCAB: usize = 32;
-
-/// A document whose next token is a fixed function of the current one (learnable; unigram entropy ≈ ln 32).
-fn walk(start: u32, n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (start + 7 * i + (i / 5) % 3) % VOCAB as u32).collect()
-}
+const VOCAB: usize = common::WALK_VOCAB;
 
 fn data(seq_len: usize) -> TrainData {
-    let train = TokenizedSplit::from_parts(
-        vec!["a".into(), "b".into(), "c".into()],
-        vec![walk(1, 700), walk(5, 500), walk(9, 400)],
-    );
-    let val = TokenizedSplit::from_parts(vec!["v".into()], vec![walk(3, 300)]);
-    TrainData::from_documents(&train, &val, VOCAB, Some(0), seq_len, "synthetic-walk").unwrap()
+    common::walk_data(seq_len)
 }
 
 fn cfg(dir: &str) -> TrainConfig {
@@ -168,8 +158,8 @@ fn bad_checkpoints_are_typed_errors() {
     let e = msg(Trainer::resume(&no_state, c.clone(), &d));
     assert!(e.contains("optimizer.safetensors") && e.contains("exp_avg"), "{e}");
     // Another tokenizer.
-    let val = TokenizedSplit::from_parts(vec!["v".into()], vec![walk(3, 300)]);
-    let train = TokenizedSplit::from_parts(vec!["a".into()], vec![walk(1, 700)]);
+    let val = TokenizedSplit::from_parts(vec!["v".into()], vec![common::walk(3, 300)]);
+    let train = TokenizedSplit::from_parts(vec!["a".into()], vec![common::walk(1, 700)]);
     let other_tok = TrainData::from_documents(&train, &val, VOCAB, Some(0), 16, "another-tokenizer").unwrap();
     assert!(msg(Trainer::resume(&dir, c.clone(), &other_tok)).contains("tokenizer"));
     // Not a checkpoint at all.
