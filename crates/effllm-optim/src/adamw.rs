@@ -257,14 +257,9 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
 }
 "#;
 
-    /// `None` unless every tensor is f32 on one CUDA device and AMSGrad is off (the composed path handles the rest).
-    pub(super) fn fused_step(c: &AdamWConfig, st: &mut State, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let dev = p.device();
-        let on_gpu = matches!(dev, Device::Cuda(_));
-        if !on_gpu || c.amsgrad || [p, g, &st.m, &st.v].iter().any(|t| t.dtype() != DType::F32 || t.device() != dev) {
-            return Ok(None);
-        }
-        let kernel = CustomKernel::new(
+    /// Built once per process (the source is compiled once per device by the kernel cache).
+    static KERNEL: std::sync::LazyLock<CustomKernel> = std::sync::LazyLock::new(|| {
+        CustomKernel::new(
             "effllm-optim::adamw_v1",
             SOURCE,
             "adamw_step_f32",
@@ -286,7 +281,16 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
                 Param::F32,
                 Param::F32,
             ],
-        );
+        )
+    });
+
+    /// `None` unless every tensor is f32 on one CUDA device and AMSGrad is off (the composed path handles the rest).
+    pub(super) fn fused_step(c: &AdamWConfig, st: &mut State, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let dev = p.device();
+        let on_gpu = matches!(dev, Device::Cuda(_));
+        if !on_gpu || c.amsgrad || [p, g, &st.m, &st.v].iter().any(|t| t.dtype() != DType::F32 || t.device() != dev) {
+            return Ok(None);
+        }
         let n = p.elem_count();
         let (pc, gc, mc, vc) = (p.contiguous()?, g.contiguous()?, st.m.contiguous()?, st.v.contiguous()?);
         let mut p_out = Tensor::zeros(p.shape(), DType::F32, &dev)?;
@@ -311,9 +315,7 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
             Arg::F32(c.eps as f32),
             Arg::F32((c.lr / (1.0 - c.beta1.powi(t))) as f32),
         ];
-        let blocks = n.div_ceil(256).clamp(1, 65_535 * 4) as u32;
-        let dims = LaunchDims { grid: (blocks, 1, 1), block: (256, 1, 1), shared_mem_bytes: 0 };
-        kernel.launch(dev, dims, &mut args, n)?;
+        KERNEL.launch(dev, LaunchDims::linear(n), &mut args, n)?;
         st.m = m_out;
         st.v = v_out;
         Ok(Some(p_out))

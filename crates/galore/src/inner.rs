@@ -439,21 +439,9 @@ extern "C" __global__ void galore_adam_direction(const float* g, const float* m,
 }
 "#;
 
-    /// `None` unless the gradient and both moments are f32 on one CUDA device (the composed ops handle the rest).
-    pub(super) fn direction(
-        cfg: &AdamConfig,
-        state: &mut AdamState,
-        grad: &Tensor,
-        t: u64,
-    ) -> Result<Option<(Tensor, f64)>> {
-        let dev = grad.device();
-        let all = [grad, &state.exp_avg, &state.exp_avg_sq];
-        if !matches!(dev, Device::Cuda(_))
-            || all.iter().any(|x| x.dtype() != DType::F32 || x.device() != dev || x.shape() != grad.shape())
-        {
-            return Ok(None);
-        }
-        let kernel = CustomKernel::new(
+    /// Built once per process (the source is compiled once per device by the kernel cache).
+    static KERNEL: std::sync::LazyLock<CustomKernel> = std::sync::LazyLock::new(|| {
+        CustomKernel::new(
             "galore::adam_direction_v1",
             SOURCE,
             "galore_adam_direction",
@@ -473,7 +461,23 @@ extern "C" __global__ void galore_adam_direction(const float* g, const float* m,
                 Param::F32,
                 Param::F32,
             ],
-        );
+        )
+    });
+
+    /// `None` unless the gradient and both moments are f32 on one CUDA device (the composed ops handle the rest).
+    pub(super) fn direction(
+        cfg: &AdamConfig,
+        state: &mut AdamState,
+        grad: &Tensor,
+        t: u64,
+    ) -> Result<Option<(Tensor, f64)>> {
+        let dev = grad.device();
+        let all = [grad, &state.exp_avg, &state.exp_avg_sq];
+        if !matches!(dev, Device::Cuda(_))
+            || all.iter().any(|x| x.dtype() != DType::F32 || x.device() != dev || x.shape() != grad.shape())
+        {
+            return Ok(None);
+        }
         let (g, m, v) = (grad.contiguous()?, state.exp_avg.contiguous()?, state.exp_avg_sq.contiguous()?);
         let n = g.elem_count();
         let mut m_out = Tensor::zeros(g.shape(), DType::F32, &dev)?;
@@ -497,9 +501,7 @@ extern "C" __global__ void galore_adam_direction(const float* g, const float* m,
             Arg::F32((1.0 / bc2_sqrt) as f32),
             Arg::F32(cfg.eps as f32),
         ];
-        let blocks = n.div_ceil(256).clamp(1, 65_535 * 4) as u32;
-        let dims = LaunchDims { grid: (blocks, 1, 1), block: (256, 1, 1), shared_mem_bytes: 0 };
-        kernel.launch(dev, dims, &mut args, n)?;
+        KERNEL.launch(dev, LaunchDims::linear(n), &mut args, n)?;
         state.exp_avg = m_out;
         state.exp_avg_sq = v_out;
         let step = if hf { cfg.lr * bc2_sqrt / bc1 } else { cfg.lr / bc1 };
