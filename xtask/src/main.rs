@@ -196,8 +196,9 @@ fn gpu_test() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut copied = 0;
-    // tests/autograd_cuda.rs holds effllm-tensor's CUDA-vs-CPU gradient checks.
-    let gpu_tests = ["Executable tests/cuda.rs", "Executable tests/autograd_cuda.rs"];
+    // tests/autograd_cuda.rs holds effllm-tensor's CUDA-vs-CPU gradient checks; tests/cuda_graph.rs effllm-model's
+    // graph-capture tests (their own binary: a capture records every launch on the device's stream).
+    let gpu_tests = ["Executable tests/cuda.rs", "Executable tests/autograd_cuda.rs", "Executable tests/cuda_graph.rs"];
     for line in log.lines().filter(|l| gpu_tests.iter().any(|t| l.contains(t))) {
         let Some(path) = line.rsplit_once('(').and_then(|(_, p)| p.strip_suffix(')')) else { continue };
         let src = root().join(path);

@@ -2,15 +2,18 @@
 //! speed -- [prompt_len] [decode_tokens] [f32|bf16|q8|quantized] [device]` (device `cpu` or `cuda:N`; CUDA needs
 //! `--features cuda`). With `EFFLLM_SPEED_RANDOM=1` the model is SmolLM2-135M's shape with random dense weights
 //! (f32 or bf16) instead of the GGUF file: speed does not depend on the values, and no model file is needed (for
-//! machines without network).
+//! machines without network); `quantized` then quantizes the random weights to Q4_1 blocks.
+//!
+//! On a CUDA device the decode is also timed through [`GraphDecoder`] (the per-token step replayed as a CUDA graph)
+//! in the same run, and its greedy tokens are compared with the ordinary forward's.
 
 use std::time::Instant;
 
 use effllm_model::{
-    Batch, CausalLm, Embedding, Linear, LlamaConfig, LlamaFfn, LlamaLayer, LlamaModel, LoadOptions, LogitRows,
-    WeightFormat,
+    Batch, CausalLm, Embedding, GraphDecoder, Linear, LlamaConfig, LlamaFfn, LlamaLayer, LlamaModel, LoadOptions,
+    LogitRows, WeightFormat,
 };
-use effllm_tensor::quant::ActivationQuant;
+use effllm_tensor::quant::{ActivationQuant, QMatrix, QWeight, QuantType};
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, RopeConfig, RopeStyle, Tensor};
 
@@ -26,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = effllm_model::Device::parse(args.get(3).map_or("cpu", String::as_str))?;
     let activations = if args.get(2).is_some_and(|a| a == "q8") { ActivationQuant::Q8 } else { ActivationQuant::F32 };
     let model = if std::env::var("EFFLLM_SPEED_RANDOM").is_ok_and(|v| v == "1") {
-        random_smollm2(if format == WeightFormat::BF16 { DType::BF16 } else { DType::F32 }, &device)?
+        random_smollm2(format, &device)?
     } else {
         let path = effllm_gguf::model_cache::fetch_smollm2(|l| eprintln!("{l}"))?;
         LlamaModel::open_gguf(&path, &LoadOptions { format, activations, device })?
@@ -60,12 +63,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n_decode as f64 / decode
     );
     println!("greedy ids: {:?}", &generated[..generated.len().min(16)]);
+    if device.is_cpu() {
+        return Ok(());
+    }
+    // The same decode with the step replayed as a CUDA graph; a warm-up sequence records the graph first.
+    let mut decoder = GraphDecoder::new(&model, prompt_len + n_decode + 1)?;
+    decoder.generate_greedy(&prompt[..prompt_len.clamp(1, 8)], 4)?;
+    let logits = decoder.prefill(&prompt)?;
+    let mut next = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
+    let t2 = Instant::now();
+    let mut graph_ids = Vec::with_capacity(n_decode);
+    for i in 0..n_decode {
+        graph_ids.push(next);
+        if i + 1 < n_decode {
+            decoder.decode_on_device(next)?;
+            next = decoder.logits().argmax(1, false)?.to_vec::<u32>()?[0];
+        }
+    }
+    let graph = t2.elapsed().as_secs_f64();
+    // The ordinary loop above ran one forward more (the logits after the last token); compare per decoded token.
+    let (eager_rate, graph_rate) = (n_decode as f64 / decode, (n_decode - 1).max(1) as f64 / graph);
+    let agree = generated.iter().zip(&graph_ids).take_while(|(a, b)| a == b).count();
+    println!(
+        "graph decode: {graph_rate:.1} tok/s vs {eager_rate:.1} tok/s launch by launch ({:.2}x); greedy tokens equal for {agree}/{n_decode}",
+        graph_rate / eager_rate
+    );
     Ok(())
 }
 
 /// SmolLM2-135M's shape (30 layers, d = 576, 9 query / 3 KV heads, d_ff = 1536, tied 49152-token embedding) with
-/// N(0, 0.02²) weights in `dtype` on `device`.
-fn random_smollm2(dtype: DType, device: &Device) -> Result<LlamaModel, Box<dyn std::error::Error>> {
+/// N(0, 0.02²) weights on `device`: f32, bf16, or (`Quantized`) Q4_1 blocks for the layers' linear maps with an f32
+/// embedding and LM head.
+fn random_smollm2(format: WeightFormat, device: &Device) -> Result<LlamaModel, Box<dyn std::error::Error>> {
+    let dtype = if format == WeightFormat::BF16 { DType::BF16 } else { DType::F32 };
     let cfg = LlamaConfig {
         n_layer: 30,
         d_model: 576,
@@ -88,20 +118,24 @@ fn random_smollm2(dtype: DType, device: &Device) -> Result<LlamaModel, Box<dyn s
     let ones = |n: usize| Tensor::from_vec(vec![1f32; n], &[n], &Device::Cpu)?.to_device(device);
     let (d, hd) = (cfg.d_model, cfg.head_dim);
     let embedding = normal(&[cfg.vocab, d])?;
+    let mut linear = |rows: usize, cols: usize| -> Result<Linear, Box<dyn std::error::Error>> {
+        let w = normal(&[rows, cols])?;
+        if format != WeightFormat::Quantized {
+            return Ok(Linear::Dense(w));
+        }
+        let data = w.to_dtype(DType::F32)?.to_vec::<f32>()?;
+        Ok(Linear::Quant(QWeight::new(QMatrix::quantize(QuantType::Q4_1, rows, cols, &data)?).to_device(device)?))
+    };
     let mut layers = Vec::with_capacity(cfg.n_layer);
     for _ in 0..cfg.n_layer {
         layers.push(LlamaLayer {
             attn_norm: ones(d)?,
-            wq: Linear::Dense(normal(&[cfg.n_head * hd, d])?),
-            wk: Linear::Dense(normal(&[cfg.n_head_kv * hd, d])?),
-            wv: Linear::Dense(normal(&[cfg.n_head_kv * hd, d])?),
-            wo: Linear::Dense(normal(&[d, cfg.n_head * hd])?),
+            wq: linear(cfg.n_head * hd, d)?,
+            wk: linear(cfg.n_head_kv * hd, d)?,
+            wv: linear(cfg.n_head_kv * hd, d)?,
+            wo: linear(d, cfg.n_head * hd)?,
             ffn_norm: ones(d)?,
-            ffn: LlamaFfn {
-                gate: Linear::Dense(normal(&[cfg.d_ff, d])?),
-                up: Linear::Dense(normal(&[cfg.d_ff, d])?),
-                down: Linear::Dense(normal(&[d, cfg.d_ff])?),
-            },
+            ffn: LlamaFfn { gate: linear(cfg.d_ff, d)?, up: linear(cfg.d_ff, d)?, down: linear(d, cfg.d_ff)? },
         });
     }
     let lm_head = Linear::Dense(embedding.clone());

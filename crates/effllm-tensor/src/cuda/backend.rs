@@ -480,3 +480,57 @@ fn tensor_view(t: &crate::Tensor) -> Result<cudarc::driver::CudaView<'_, u8>> {
     })?;
     Ok(s.buf.slice(t.layout().offset() * s.dtype.size_in_bytes()..))
 }
+
+/// A recorded sequence of kernel launches, cuBLAS calls, copies and stream-ordered allocations on a device's
+/// compute stream, replayed by [`CudaGraph::launch`] as one driver call (CUDA graphs).
+///
+/// Replays run the recorded kernels with the recorded arguments: the same buffers, shapes and scalar values. Work
+/// that changes between replays must read what changes from device memory that the caller updates (a position or
+/// a length in a small tensor), and every buffer the graph reads or writes must stay alive, unmoved, as long as the
+/// graph is used. Memory allocated while capturing is owned by the graph when it is also freed while capturing
+/// (intermediate tensors dropped inside the closure); keep outputs in tensors allocated before the capture.
+pub struct CudaGraph {
+    graph: cudarc::driver::CudaGraph,
+    device: Device,
+}
+
+impl std::fmt::Debug for CudaGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaGraph").field("device", &self.device).finish()
+    }
+}
+
+impl CudaGraph {
+    /// Queues one replay on the device's compute stream (asynchronous, like a kernel launch).
+    pub fn launch(&self) -> Result<()> {
+        self.graph.launch().map_err(cuda_err("graph launch"))
+    }
+
+    /// The device the graph runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+}
+
+/// Records everything `f` queues on `device`'s compute stream into a [`CudaGraph`] instead of running it, and
+/// returns the graph with `f`'s result.
+///
+/// While `f` runs nothing executes, so `f` must not read results back to the host (no `to_vec`, no
+/// synchronisation: the driver then reports an error and the capture fails) and must not upload host data; kernels
+/// should be compiled beforehand (run the same work once outside the capture). No other thread may queue work on
+/// the same device during the capture: it would be recorded into the graph or invalidate it.
+pub fn capture_graph<T>(device: Device, f: impl FnOnce() -> Result<T>) -> Result<(CudaGraph, T)> {
+    use cudarc::driver::sys;
+    let dev = get(device)?;
+    dev.stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(cuda_err("begin graph capture"))?;
+    let out = f();
+    // Always end the capture (even when `f` failed), so that the stream is usable again.
+    let graph = dev.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    let out = out?;
+    let graph = graph
+        .map_err(cuda_err("end graph capture"))?
+        .ok_or(Error::Cuda { op: "end graph capture", msg: "nothing was captured".into() })?;
+    Ok((CudaGraph { graph, device }, out))
+}

@@ -67,3 +67,23 @@ pub(crate) fn launch_custom(
 
 /// Lets f32 matmuls use TF32 on CUDA. No effect in this build.
 pub fn set_allow_tf32(_allow: bool) {}
+
+/// A recorded CUDA graph. Uninhabited in a build without CUDA.
+#[derive(Debug)]
+pub enum CudaGraph {}
+
+impl CudaGraph {
+    /// Queues one replay.
+    pub fn launch(&self) -> Result<()> {
+        match *self {}
+    }
+    /// The device the graph runs on.
+    pub fn device(&self) -> Device {
+        match *self {}
+    }
+}
+
+/// Records `f`'s device work into a graph: always [`Error::NotCompiledWithCuda`] in this build.
+pub fn capture_graph<T>(device: Device, _f: impl FnOnce() -> Result<T>) -> Result<(CudaGraph, T)> {
+    Err(Error::NotCompiledWithCuda { device })
+}

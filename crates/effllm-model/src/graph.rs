@@ -1,0 +1,476 @@
+//! Greedy and sampled decoding of a [`LlamaModel`] on a CUDA device with the whole per-token step recorded once as
+//! a CUDA graph and replayed for every later token.
+//!
+//! The ordinary forward ([`crate::CausalLm::forward`]) issues every op of every layer as its own kernel launch with
+//! its own output allocation: about 25 launches per layer, 750 for SmolLM2's 30 layers, each costing several
+//! microseconds of host time, so decoding one token is launch-bound (≈ 6 ms) while the GPU idles. A
+//! [`GraphDecoder`] records the step once and replays it with one driver call. Replaying needs every launch to see
+//! the same arguments, so the parts that change from token to token are read from device memory instead:
+//!
+//! - the KV cache is one preallocated buffer per layer, `[n_head_kv, max_context, head_dim]` for keys and for
+//!   values, never reallocated;
+//! - a one-element `u32` tensor holds the position of the token being decoded, which is also its cache slot;
+//!   RoPE reads it as its positions tensor, `kv_write` stores the new key and value at that slot,
+//!   `attention_decode` attends over slots `0..=position`, and the last node of the graph adds one to it;
+//! - the token's embedding is written into a fixed input buffer before the replay (outside the graph: the lookup
+//!   of a quantized embedding row runs on the host) and the logits land in a fixed output buffer.
+//!
+//! Every other op is the model's own (`rms_norm`, the quantized or dense linear maps, `rope`, `add`, the FFN), so
+//! the numerics are the ordinary decoder's except for the attention kernel, which sums in another order
+//! (agreement to f32 round-off is tested against [`crate::CausalLm::forward`]). The first decoded token runs the
+//! step eagerly (which also compiles the kernels, as a capture must not); the graph is recorded at the second.
+//!
+//! Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
+
+use effllm_tensor::cuda::{Arg, CudaGraph, CustomKernel, KERNEL_PRELUDE, LaunchDims, Param, capture_graph};
+use effllm_tensor::{DType, Device, Tensor};
+
+use crate::error::{ModelError, Result, invalid};
+use crate::llama::LlamaModel;
+use crate::{Batch, CausalLm, LayeredLm, LogitRows};
+
+/// Threads per block of `attention_decode` (a power of two, a multiple of 32).
+const ATTENTION_THREADS: usize = 256;
+/// The longest context a [`GraphDecoder`] holds: `attention_decode` keeps one f32 score per slot in shared memory,
+/// next to its reduction scratch, within the 48 KiB every CUDA device grants without opting in.
+pub const MAX_GRAPH_CONTEXT: usize = 48 * 1024 / 4 - ATTENTION_THREADS;
+
+const SOURCE: &str = r#"
+extern "C" __global__ void kv_write(const float* k, const float* v, float* kc, float* vc, const u32* pos,
+                                    int hkv, int hd, int cap) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= hkv * hd) return;
+    u32 slot = pos[0];
+    if (slot >= (u32)cap) return;
+    int h = i / hd, d = i - h * hd;
+    size_t o = ((size_t)h * cap + slot) * hd + d;
+    kc[o] = k[i];
+    vc[o] = v[i];
+}
+
+// One block per query head: scores of slots 0..=pos (a warp per slot, lanes over the head dimension), softmax in
+// shared memory, then the weighted sum of values with threads split as (slot partition, dimension).
+extern "C" __global__ void attention_decode(const float* q, const float* kc, const float* vc, float* out,
+                                            const u32* pos, int hq, int hkv, int hd, int cap, float scale) {
+    extern __shared__ float sh[];
+    float* scores = sh;
+    float* red = sh + cap;
+    int h = blockIdx.x;
+    int kvh = h / (hq / hkv);
+    int n = (int)pos[0] + 1;
+    if (n > cap) n = cap;
+    const float* qh = q + (size_t)h * hd;
+    const float* K = kc + (size_t)kvh * cap * hd;
+    const float* V = vc + (size_t)kvh * cap * hd;
+    int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+    for (int j = warp; j < n; j += nw) {
+        const float* kr = K + (size_t)j * hd;
+        float s = 0.f;
+        for (int d = lane; d < hd; d += 32) s += qh[d] * kr[d];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) scores[j] = s * scale;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = tid; j < n; j += nt) mx = fmaxf(mx, scores[j]);
+    red[tid] = mx;
+    __syncthreads();
+    for (int o = nt / 2; o > 0; o >>= 1) {
+        if (tid < o) red[tid] = fmaxf(red[tid], red[tid + o]);
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    float sum = 0.f;
+    for (int j = tid; j < n; j += nt) {
+        float e = expf(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    red[tid] = sum;
+    __syncthreads();
+    for (int o = nt / 2; o > 0; o >>= 1) {
+        if (tid < o) red[tid] += red[tid + o];
+        __syncthreads();
+    }
+    float total = red[0];
+    __syncthreads();
+    int parts = nt / hd;
+    int p = tid / hd, d = tid - p * hd;
+    float acc = 0.f;
+    if (p < parts)
+        for (int j = p; j < n; j += parts) acc += scores[j] * V[(size_t)j * hd + d];
+    red[tid] = acc;
+    __syncthreads();
+    if (tid < hd) {
+        float a = 0.f;
+        for (int pp = 0; pp < parts; ++pp) a += red[pp * hd + tid];
+        out[(size_t)h * hd + tid] = a / total;
+    }
+}
+
+extern "C" __global__ void copy_rows(const float* src, float* dst, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}
+
+extern "C" __global__ void advance(u32* pos) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) pos[0] += 1;
+}
+
+extern "C" __global__ void set_position(u32* pos, u32 value) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) pos[0] = value;
+}
+"#;
+
+fn source() -> &'static str {
+    static FULL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{KERNEL_PRELUDE}{SOURCE}"));
+    &FULL
+}
+
+const KEY: &str = "effllm-model::graph_decode_v1";
+
+fn kernel(name: &str, params: &[Param]) -> CustomKernel {
+    CustomKernel::new(KEY, source(), name, params)
+}
+
+/// The kernels, built once per process.
+struct Kernels {
+    kv_write: CustomKernel,
+    attention: CustomKernel,
+    copy: CustomKernel,
+    advance: CustomKernel,
+    set_position: CustomKernel,
+}
+
+fn kernels() -> &'static Kernels {
+    use Param::*;
+    static K: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| Kernels {
+        kv_write: kernel(
+            "kv_write",
+            &[In(DType::F32), In(DType::F32), Out(DType::F32), Out(DType::F32), In(DType::U32), I32, I32, I32],
+        ),
+        attention: kernel(
+            "attention_decode",
+            &[In(DType::F32), In(DType::F32), In(DType::F32), Out(DType::F32), In(DType::U32), I32, I32, I32, I32, F32],
+        ),
+        copy: kernel("copy_rows", &[In(DType::F32), Out(DType::F32), I64]),
+        advance: kernel("advance", &[Out(DType::U32)]),
+        set_position: kernel("set_position", &[Out(DType::U32), U32]),
+    });
+    &K
+}
+
+/// Decodes one sequence of a [`LlamaModel`] on a CUDA device, one token per [`GraphDecoder::decode`], replaying a
+/// recorded CUDA graph (see the [module docs](self)).
+///
+/// ```no_run
+/// use effllm_model::{Device, GraphDecoder, LlamaModel, LoadOptions};
+/// # fn main() -> Result<(), effllm_model::ModelError> {
+/// let path = effllm_gguf::model_cache::smollm2_path().expect("run `cargo xtask fetch-model`");
+/// let model = LlamaModel::open_gguf(&path, &LoadOptions::default())?.to_device(&Device::Cuda(0))?;
+/// let mut decoder = GraphDecoder::new(&model, 512)?;
+/// let tokens = decoder.generate_greedy(&[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198], 32)?;
+/// assert_eq!(tokens.len(), 32);
+/// # Ok(()) }
+/// ```
+pub struct GraphDecoder<'m> {
+    model: &'m LlamaModel,
+    max_context: usize,
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    /// `u32 [1]`: position (= cache slot) of the token being decoded.
+    position: Tensor,
+    /// `f32 [1, d]`: the embedding of the token being decoded.
+    input: Tensor,
+    /// `f32 [1, n_head·head_dim]`: attention output of the layer being run (reused by every layer).
+    attention: Tensor,
+    /// `f32 [1, vocab]`: logits of the last decoded token.
+    logits: Tensor,
+    graph: Option<CudaGraph>,
+    use_graph: bool,
+    /// Whether a step ran eagerly (every kernel of the step is then compiled and loaded, which a capture cannot do).
+    stepped: bool,
+    len: usize,
+}
+
+impl std::fmt::Debug for GraphDecoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphDecoder")
+            .field("max_context", &self.max_context)
+            .field("len", &self.len)
+            .field("captured", &self.graph.is_some())
+            .finish()
+    }
+}
+
+impl<'m> GraphDecoder<'m> {
+    /// A decoder for `model` (which must live on a CUDA device) holding up to `max_context` tokens (prompt and
+    /// generated together; at most the model's context length and [`MAX_GRAPH_CONTEXT`]). Allocates the KV buffers
+    /// now: `2 · n_layer · n_head_kv · max_context · head_dim` f32 values.
+    pub fn new(model: &'m LlamaModel, max_context: usize) -> Result<GraphDecoder<'m>> {
+        let device = model.device();
+        if !matches!(device, Device::Cuda(_)) {
+            return Err(invalid("graph decoder", format!("needs a model on a CUDA device, not {device}")));
+        }
+        let cfg = model.config();
+        let limit = cfg.context.min(MAX_GRAPH_CONTEXT);
+        if max_context == 0 || max_context > limit {
+            return Err(invalid(
+                "graph decoder",
+                format!(
+                    "max_context {max_context} is not in 1..={limit} (model context {}, kernel limit {MAX_GRAPH_CONTEXT})",
+                    cfg.context
+                ),
+            ));
+        }
+        if cfg.head_dim == 0
+            || cfg.head_dim > ATTENTION_THREADS
+            || cfg.n_head_kv == 0
+            || !cfg.n_head.is_multiple_of(cfg.n_head_kv)
+        {
+            return Err(invalid(
+                "graph decoder",
+                format!(
+                    "head_dim {} (at most {ATTENTION_THREADS}) and {} query heads over {} KV heads are not supported",
+                    cfg.head_dim, cfg.n_head, cfg.n_head_kv
+                ),
+            ));
+        }
+        let kv_shape = [cfg.n_head_kv, max_context, cfg.head_dim];
+        let zeros = |shape: &[usize], dtype: DType| Tensor::zeros(shape, dtype, &device);
+        let keys =
+            (0..cfg.n_layer).map(|_| zeros(&kv_shape, DType::F32)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let values =
+            (0..cfg.n_layer).map(|_| zeros(&kv_shape, DType::F32)).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(GraphDecoder {
+            model,
+            max_context,
+            keys,
+            values,
+            position: zeros(&[1], DType::U32)?,
+            input: zeros(&[1, cfg.d_model], DType::F32)?,
+            attention: zeros(&[1, cfg.n_head * cfg.head_dim], DType::F32)?,
+            logits: zeros(&[1, cfg.vocab], DType::F32)?,
+            graph: None,
+            use_graph: true,
+            stepped: false,
+            len: 0,
+        })
+    }
+
+    /// Turns graph replay off (every step then runs eagerly, launch by launch) or back on: the same kernels either
+    /// way, for measuring what the graph saves and for testing that replay changes nothing.
+    pub fn set_use_graph(&mut self, on: bool) {
+        self.use_graph = on;
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most tokens the cache holds.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// Whether the step graph has been recorded.
+    pub fn is_captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Starts a new sequence: runs `prompt` through the model's ordinary forward, keeps its keys and values, and
+    /// returns the logits of its last token. The prompt must leave room for at least one decoded token.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        if prompt.is_empty() || prompt.len() >= self.max_context {
+            return Err(invalid(
+                "graph decoder prefill",
+                format!(
+                    "a prompt of {} tokens: need 1..{} (max_context {})",
+                    prompt.len(),
+                    self.max_context,
+                    self.max_context
+                ),
+            ));
+        }
+        let model = self.model;
+        let mut cache = model.new_cache();
+        let logits = model.forward(&Batch::causal(prompt, 0), &mut cache, &LogitRows::Last)?;
+        let n = prompt.len();
+        let cfg = model.config();
+        for li in 0..cfg.n_layer {
+            let layer = cache.layer(li)?;
+            let (ks, vs): (Vec<Tensor>, Vec<Tensor>) = (0..cfg.n_head_kv)
+                .map(|h| Ok((layer.keys(h)?.unsqueeze(0)?, layer.values(h)?.unsqueeze(0)?)))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .unzip();
+            let k = Tensor::concat(&ks.iter().collect::<Vec<_>>(), 0)?;
+            let v = Tensor::concat(&vs.iter().collect::<Vec<_>>(), 0)?;
+            self.keys[li].slice_assign(1, 0, &k)?;
+            self.values[li].slice_assign(1, 0, &v)?;
+        }
+        kernels().set_position.launch(
+            model.device(),
+            LaunchDims::linear(1),
+            &mut [Arg::Out(&mut self.position), Arg::U32(n as u32)],
+            1,
+        )?;
+        self.len = n;
+        Ok(logits.to_vec::<f32>()?)
+    }
+
+    /// Appends `token` (at position [`GraphDecoder::len`]) and returns the logits of the next token.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.decode_on_device(token)?;
+        Ok(self.logits.to_vec::<f32>()?)
+    }
+
+    /// [`GraphDecoder::decode`] without reading the logits back: they stay on the device in
+    /// [`GraphDecoder::logits`] (e.g. for an argmax there).
+    pub fn decode_on_device(&mut self, token: u32) -> Result<()> {
+        let model = self.model;
+        if self.len == 0 {
+            return Err(invalid("graph decoder", "decode before prefill"));
+        }
+        if self.len >= self.max_context {
+            return Err(ModelError::ContextOverflow { cached: self.len, new: 1, context: self.max_context });
+        }
+        let device = model.device();
+        let embedded = model.embed(&[token])?.contiguous()?;
+        let n = embedded.elem_count();
+        // A checked copy, not `slice_assign`: that would silently copy-on-write a shared buffer, and the graph reads
+        // this one.
+        kernels().copy.launch(
+            device,
+            LaunchDims::linear(n),
+            &mut [Arg::In(&embedded), Arg::Out(&mut self.input), Arg::I64(n as i64)],
+            n,
+        )?;
+        match &self.graph {
+            Some(graph) if self.use_graph => graph.launch()?,
+            None if self.use_graph && self.stepped => {
+                let (graph, ()) = capture_graph(device, || self.step().map_err(tensor_error))?;
+                graph.launch()?;
+                self.graph = Some(graph);
+            }
+            _ => self.step()?,
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The logits of the last decoded token, `f32 [1, vocab]` on the device (overwritten by the next decode).
+    pub fn logits(&self) -> &Tensor {
+        &self.logits
+    }
+
+    /// Greedy decoding: prefills `prompt`, then appends the argmax token `n` times; returns the `n` tokens.
+    pub fn generate_greedy(&mut self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+        let mut logits = self.prefill(prompt)?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let next = argmax(&logits);
+            out.push(next);
+            if i + 1 < n {
+                logits = self.decode(next)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One decoding step on the device: reads `input` and `position`, writes the caches, `logits` and
+    /// `position + 1`. Only device work with fixed arguments, so that it can be recorded.
+    fn step(&mut self) -> Result<()> {
+        let model = self.model;
+        let cfg = model.config();
+        let device = model.device();
+        let k = kernels();
+        let (hq, hkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+        let cap = self.max_context;
+        let mut h = self.input.clone();
+        for (li, layer) in model.layers().iter().enumerate() {
+            let x = h.rms_norm(&layer.attn_norm, cfg.rms_eps)?;
+            let [q, kk, v] =
+                <[Tensor; 3]>::try_from(crate::Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &x)?)
+                    .map_err(|_| invalid("attention", "expected three projections"))?;
+            let q = q.reshape(&[1, hq, 1, hd])?.rope(&self.position, &cfg.rope)?;
+            let kk = kk.reshape(&[1, hkv, 1, hd])?.rope(&self.position, &cfg.rope)?;
+            let v = v.contiguous()?;
+            k.kv_write.launch(
+                device,
+                LaunchDims::linear(hkv * hd),
+                &mut [
+                    Arg::In(&kk),
+                    Arg::In(&v),
+                    Arg::Out(&mut self.keys[li]),
+                    Arg::Out(&mut self.values[li]),
+                    Arg::In(&self.position),
+                    Arg::I32(hkv as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(cap as i32),
+                ],
+                1,
+            )?;
+            k.attention.launch(
+                device,
+                LaunchDims {
+                    grid: (hq as u32, 1, 1),
+                    block: (ATTENTION_THREADS as u32, 1, 1),
+                    shared_mem_bytes: ((cap + ATTENTION_THREADS) * 4) as u32,
+                },
+                &mut [
+                    Arg::In(&q),
+                    Arg::In(&self.keys[li]),
+                    Arg::In(&self.values[li]),
+                    Arg::Out(&mut self.attention),
+                    Arg::In(&self.position),
+                    Arg::I32(hq as i32),
+                    Arg::I32(hkv as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(cap as i32),
+                    Arg::F32((1.0 / (hd as f64).sqrt()) as f32),
+                ],
+                1,
+            )?;
+            h = h.add(&layer.wo.forward(&self.attention)?)?;
+            let x = h.rms_norm(&layer.ffn_norm, cfg.rms_eps)?;
+            h = h.add(&layer.ffn.forward(&x)?)?;
+        }
+        let logits = model.lm_head(&model.final_norm(&h)?)?.contiguous()?;
+        let n = logits.elem_count();
+        k.copy.launch(
+            device,
+            LaunchDims::linear(n),
+            &mut [Arg::In(&logits), Arg::Out(&mut self.logits), Arg::I64(n as i64)],
+            n,
+        )?;
+        k.advance.launch(device, LaunchDims::linear(1), &mut [Arg::Out(&mut self.position)], 1)?;
+        self.stepped = true;
+        Ok(())
+    }
+}
+
+fn tensor_error(e: ModelError) -> effllm_tensor::Error {
+    match e {
+        ModelError::Tensor(t) => t,
+        other => effllm_tensor::Error::InvalidArgument { op: "graph decoder step", msg: other.to_string() },
+    }
+}
+
+/// Index of the largest logit (the first of equal maxima); NaN never wins.
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
