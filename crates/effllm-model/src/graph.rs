@@ -27,7 +27,7 @@ use effllm_tensor::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result, invalid};
 use crate::llama::LlamaModel;
-use crate::{Batch, CausalLm, LayeredLm, LogitRows};
+use crate::{Batch, CausalLm, KvCache, LayeredLm, LogitRows};
 
 /// Threads per block of `attention_decode` (a power of two, a multiple of 32).
 const ATTENTION_THREADS: usize = 256;
@@ -292,9 +292,8 @@ impl<'m> GraphDecoder<'m> {
             return Err(invalid(
                 "graph decoder prefill",
                 format!(
-                    "a prompt of {} tokens: need 1..{} (max_context {})",
+                    "a prompt of {} tokens: need 1..{} (max_context leaves room for one more)",
                     prompt.len(),
-                    self.max_context,
                     self.max_context
                 ),
             ));
@@ -302,17 +301,51 @@ impl<'m> GraphDecoder<'m> {
         let model = self.model;
         let mut cache = model.new_cache();
         let logits = model.forward(&Batch::causal(prompt, 0), &mut cache, &LogitRows::Last)?;
-        let n = prompt.len();
+        self.load_cache(&cache)?;
+        Ok(logits.to_vec::<f32>()?)
+    }
+
+    /// Starts a new sequence from a cache filled elsewhere (e.g. a prefill through another model with the same
+    /// attention weights, as GRIFFIN's dense prefill before decoding with pruned FFNs): copies its keys and values.
+    /// The cache must hold a plain sequence — slot `i` at position `i` in every head — and leave room for one token.
+    pub fn load_cache(&mut self, cache: &KvCache) -> Result<()> {
+        let model = self.model;
         let cfg = model.config();
+        let n = cache.len();
+        if cache.n_layers() != cfg.n_layer || n == 0 || n >= self.max_context {
+            return Err(invalid(
+                "graph decoder cache",
+                format!(
+                    "{} layers and {n} slots: need {} layers and 1..{} slots",
+                    cache.n_layers(),
+                    cfg.n_layer,
+                    self.max_context
+                ),
+            ));
+        }
         for li in 0..cfg.n_layer {
             let layer = cache.layer(li)?;
+            if layer.n_heads() != cfg.n_head_kv || layer.len() != n {
+                return Err(invalid(
+                    "graph decoder cache",
+                    format!("layer {li} has {} heads and {} slots", layer.n_heads(), layer.len()),
+                ));
+            }
+            if let Some(h) =
+                (0..layer.n_heads()).find(|&h| layer.positions(h).iter().enumerate().any(|(i, &p)| p as usize != i))
+            {
+                return Err(invalid(
+                    "graph decoder cache",
+                    format!("layer {li} head {h} does not hold positions 0..{n} in order"),
+                ));
+            }
             let (ks, vs): (Vec<Tensor>, Vec<Tensor>) = (0..cfg.n_head_kv)
                 .map(|h| Ok((layer.keys(h)?.unsqueeze(0)?, layer.values(h)?.unsqueeze(0)?)))
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
                 .unzip();
-            let k = Tensor::concat(&ks.iter().collect::<Vec<_>>(), 0)?;
-            let v = Tensor::concat(&vs.iter().collect::<Vec<_>>(), 0)?;
+            let k = Tensor::concat(&ks.iter().collect::<Vec<_>>(), 0)?.to_device(&model.device())?;
+            let v = Tensor::concat(&vs.iter().collect::<Vec<_>>(), 0)?.to_device(&model.device())?;
             self.keys[li].slice_assign(1, 0, &k)?;
             self.values[li].slice_assign(1, 0, &v)?;
         }
@@ -323,7 +356,7 @@ impl<'m> GraphDecoder<'m> {
             1,
         )?;
         self.len = n;
-        Ok(logits.to_vec::<f32>()?)
+        Ok(())
     }
 
     /// Appends `token` (at position [`GraphDecoder::len`]) and returns the logits of the next token.

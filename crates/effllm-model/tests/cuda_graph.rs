@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use common::{Tiny, tiny_gguf};
 use effllm_gguf::GgmlType;
 use effllm_model::{
-    Batch, CausalLm, Device, GraphDecoder, LlamaModel, LoadOptions, LogitRows, MAX_GRAPH_CONTEXT, ModelError,
+    Batch, CausalLm, Device, GraphDecoder, KvCache, LlamaModel, LoadOptions, LogitRows, MAX_GRAPH_CONTEXT, ModelError,
     WeightFormat,
 };
 
@@ -136,6 +136,36 @@ fn a_new_prompt_reuses_the_graph() {
     assert_eq!(fresh.generate_greedy(&[40, 2, 33], 12).unwrap(), second);
     assert_eq!(fresh.generate_greedy(&[5, 6, 7, 8], 10).unwrap(), first);
     assert_eq!(bits(&reused.logits().to_vec::<f32>().unwrap()).len(), 61);
+}
+
+/// A cache filled by the ordinary forward (here on the CPU) loads into the decoder; caches that are not a plain
+/// sequence of this model's shape are refused.
+#[test]
+fn load_cache_checks_the_cache() {
+    let _g = lock();
+    if !gpu() {
+        return;
+    }
+    let m = model(GgmlType::F32, WeightFormat::F32, GPU);
+    let host = model(GgmlType::F32, WeightFormat::F32, Device::Cpu);
+    let prompt = [9u32, 8, 7, 6, 5];
+    let mut cache = host.new_cache();
+    host.forward(&Batch::causal(&prompt, 0), &mut cache, &LogitRows::Last).unwrap();
+    let mut loaded = GraphDecoder::new(&m, 32).unwrap();
+    loaded.load_cache(&cache).unwrap();
+    let mut prefilled = GraphDecoder::new(&m, 32).unwrap();
+    prefilled.prefill(&prompt).unwrap();
+    let (a, b) = (loaded.decode(4).unwrap(), prefilled.decode(4).unwrap());
+    assert!(rel(&a, &b) < 1e-5, "a CPU-filled cache decodes like a GPU prefill: {}", rel(&a, &b));
+    cache.compact(&[0, 2, 1, 3, 4]).unwrap();
+    assert!(loaded.load_cache(&cache).is_err(), "positions out of order");
+    assert!(loaded.load_cache(&host.new_cache()).is_err(), "empty cache");
+    let mut short = KvCache::new(2, 2, 16, &Device::Cpu);
+    short.layer_mut(0).unwrap();
+    assert!(loaded.load_cache(&short).is_err(), "two layers for a three-layer model");
+    let mut long = host.new_cache();
+    host.forward(&Batch::causal(&[1; 32], 0), &mut long, &LogitRows::Last).unwrap();
+    assert!(loaded.load_cache(&long).is_err(), "no room left for a decoded token");
 }
 
 /// SmolLM2 (Q4_1 blocks and bf16): 32 greedy tokens from the graph decoder equal those of the ordinary forward.
