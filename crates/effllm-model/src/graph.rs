@@ -71,7 +71,7 @@ extern "C" __global__ void attention_decode(const float* q, const float* kc, con
         if (lane == 0) scores[j] = s * scale;
     }
     __syncthreads();
-    float mx = -INFINITY;
+    float mx = __int_as_float(0xff800000);  // -inf (no headers under NVRTC)
     for (int j = tid; j < n; j += nt) mx = fmaxf(mx, scores[j]);
     red[tid] = mx;
     __syncthreads();
@@ -128,7 +128,7 @@ fn source() -> &'static str {
     &FULL
 }
 
-const KEY: &str = "effllm-model::graph_decode_v1";
+const KEY: &str = "effllm-model::graph_decode_v2";
 
 fn kernel(name: &str, params: &[Param]) -> CustomKernel {
     CustomKernel::new(KEY, source(), name, params)

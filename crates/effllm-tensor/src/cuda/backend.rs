@@ -119,7 +119,10 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     // copies through the buffers' events, and their frees wait for the kernels.
     unsafe { ctx.disable_event_tracking() };
     keep_freed_memory(&ctx);
-    let stream = ctx.default_stream();
+    // A stream of its own, not the legacy default stream: CUDA graphs (`capture_graph`) cannot be captured on the
+    // legacy stream, and nothing here relies on its implicit synchronisation (the offload copy stream orders its
+    // uploads through events).
+    let stream = ctx.new_stream().map_err(cuda_err("new_stream"))?;
     let blas = CudaBlas::new(Arc::clone(&stream)).map_err(|e| Error::Cuda { op: "cublas", msg: e.to_string() })?;
     let blas_workspace = set_blas_workspace(&blas, &stream);
     use cudarc::driver::sys::CUdevice_attribute as A;
