@@ -393,6 +393,41 @@ impl<'m> GriffinLlama<'m> {
         Ok(())
     }
 
+    /// `seq`'s decoder as a plain [`LlamaModel`]: every layer's FFN restricted to its experts with
+    /// [`LlamaFfn::subset`] (gate/up rows stay in their storage, down columns become dense f32; a dense-fallback
+    /// layer keeps its whole FFN), everything else shared with the model. Over generated tokens its forward equals
+    /// [`GriffinLlama::decode`] up to f32 summation order. On a GPU it decodes through effllm-model's
+    /// [`effllm_model::GraphDecoder`], whose `load_cache` takes the dense prefill's cache. Errors before
+    /// [`GriffinLlama::finalize`].
+    pub fn pruned_llama(&self, seq: &SequenceExperts) -> Result<LlamaModel> {
+        self.check_seq(seq)?;
+        if !seq.finalized {
+            return Err(GriffinError::NotFinalized { op: "GriffinLlama::pruned_llama" });
+        }
+        let m = self.model;
+        let layers = m
+            .layers()
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let mut layer = layer.clone();
+                if let Some(e) = seq.experts(l) {
+                    layer.ffn = layer.ffn.subset(&e.idx)?;
+                }
+                Ok(layer)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // `d_ff` stays the dense width: layers may differ (per-layer densities, dense fallbacks), and the decoder
+        // reads each FFN's width from its weights.
+        Ok(LlamaModel::from_parts(
+            m.config().clone(),
+            m.embedding().clone(),
+            layers,
+            m.final_norm_weight().clone(),
+            m.lm_head_weight().clone(),
+        )?)
+    }
+
     /// Generated tokens of `seq` (one, or several for a verification or teacher-forcing pass): every FFN is the
     /// sequence's pruned copy; nothing is re-selected. Errors before [`GriffinLlama::finalize`].
     pub fn decode(

@@ -7,7 +7,16 @@ mod common;
 use common::*;
 use effllm_tensor::quant::{KernelPath, QMatrix, QuantType};
 use effllm_tensor::{Device, Tensor};
-use griffin::{Act, GatedFfn, PackedDown, PrunedStorage, Selection, select_experts};
+use effllm_model::{Batch, CausalLm, GraphDecoder, LogitRows};
+use griffin::{Act, GatedFfn, GriffinConfig, GriffinLlama, PackedDown, PrunedStorage, Selection, select_experts};
+
+/// A CUDA graph capture records every launch on the device's stream, from any thread: the tests of this binary run
+/// one at a time.
+static DEVICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn cuda() -> Option<Device> {
     if effllm_tensor::cuda::cuda_available() {
@@ -23,6 +32,7 @@ fn cuda() -> Option<Device> {
 
 #[test]
 fn packed_down_kernel_matches_cpu() {
+    let _g = lock();
     let Some(dev) = cuda() else { return };
     for ty in [QuantType::Q4_0, QuantType::Q4_1] {
         let (rows, n, t) = (576, 1536, 3);
@@ -43,6 +53,7 @@ fn packed_down_kernel_matches_cpu() {
 
 #[test]
 fn pruned_ffn_on_cuda_matches_cpu() {
+    let _g = lock();
     let Some(dev) = cuda() else { return };
     let ffn = glu(64, 256, 9, Act::Silu, Store::Q(QuantType::Q4_1));
     let scores: Vec<f32> = randn(256, 9, 3, 1.0).iter().map(|v| v * v).collect();
@@ -61,4 +72,32 @@ fn pruned_ffn_on_cuda_matches_cpu() {
     let want = cpu.forward(&x).unwrap().to_vec_f64().unwrap();
     let got = gpu.forward(&x.to_device(&dev).unwrap()).unwrap().to_device(&Device::Cpu).unwrap().to_vec_f64().unwrap();
     assert!(rel_l2(&got, &want) < 1e-4, "rel {}", rel_l2(&got, &want));
+}
+
+/// GRIFFIN decoding through a CUDA graph: the sequence's pruned model (`pruned_llama`) in effllm-model's
+/// `GraphDecoder`, loaded with the dense prefill's cache, gives `GriffinLlama::decode`'s logits to f32 round-off.
+#[test]
+fn graph_decoding_of_the_pruned_model_matches_griffin() {
+    let _g = lock();
+    let Some(dev) = cuda() else { return };
+    for store in [Store::F32, Store::Q(QuantType::Q4_1)] {
+        let m = tiny_model(7, store).to_device(&dev).unwrap();
+        let prompt = tokens(12, 7, 64);
+        let g = GriffinLlama::new(&m, GriffinConfig::with_density(0.5)).unwrap();
+        let mut seq = g.new_sequence();
+        let mut cache = m.new_cache();
+        let mut logits = g.prefill(&mut seq, &Batch::causal(&prompt, 0), &mut cache, &LogitRows::Last).unwrap();
+        g.finalize(&mut seq).unwrap();
+        let pruned = g.pruned_llama(&seq).unwrap();
+        let mut decoder = GraphDecoder::new(&pruned, 64).unwrap();
+        decoder.load_cache(&cache).unwrap();
+        for i in 0..6 {
+            let next = logits.argmax(1, false).unwrap().to_vec::<u32>().unwrap()[0];
+            logits = g.decode(&mut seq, &Batch::causal(&[next], prompt.len() + i), &mut cache, &LogitRows::Last).unwrap();
+            let got: Vec<f64> = decoder.decode(next).unwrap().iter().map(|&v| f64::from(v)).collect();
+            let want = logits.to_vec_f64().unwrap();
+            assert!(rel_l2(&got, &want) < 1e-5, "{store:?} step {i}: rel {}", rel_l2(&got, &want));
+        }
+        assert!(decoder.is_captured());
+    }
 }

@@ -335,3 +335,32 @@ fn typed_errors() {
         Err(GriffinError::InvalidArgument { .. })
     ));
 }
+
+/// `pruned_llama`: a plain LlamaModel with each layer's FFN cut to the sequence's experts decodes like
+/// `GriffinLlama::decode` (f32 and Q4_1, several densities); it needs finalized experts.
+#[test]
+fn pruned_llama_decodes_like_griffin() {
+    for (seed, q, density) in [(3u64, false, 0.5), (11, true, 0.25), (5, true, 0.75)] {
+        let m = tiny_model(seed, store(q));
+        let prompt = tokens(12, seed, 64);
+        let g = GriffinLlama::new(&m, GriffinConfig::with_density(density)).unwrap();
+        let mut seq = g.new_sequence();
+        assert!(matches!(g.pruned_llama(&seq), Err(GriffinError::NotFinalized { .. })));
+        let mut cache = m.new_cache();
+        let mut logits = g.prefill(&mut seq, &Batch::causal(&prompt, 0), &mut cache, &LogitRows::Last).unwrap();
+        g.finalize(&mut seq).unwrap();
+        let pruned = g.pruned_llama(&seq).unwrap();
+        let mut pruned_cache = m.new_cache();
+        m.forward(&Batch::causal(&prompt, 0), &mut pruned_cache, &LogitRows::Last).unwrap();
+        for i in 0..4 {
+            let next = greedy_next(&logits);
+            let b = Batch::causal(&[next], prompt.len() + i);
+            logits = g.decode(&mut seq, &b, &mut cache, &LogitRows::Last).unwrap();
+            let ours = pruned.forward(&b, &mut pruned_cache, &LogitRows::Last).unwrap().to_vec_f64().unwrap();
+            let want = logits.to_vec_f64().unwrap();
+            let num: f64 = ours.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
+            let den: f64 = want.iter().map(|b| b * b).sum();
+            assert!((num / den).sqrt() < 1e-5, "seed {seed} density {density} step {i}: {}", (num / den).sqrt());
+        }
+    }
+}
