@@ -11,7 +11,8 @@
 //!   values, never reallocated;
 //! - a one-element `u32` tensor holds the position of the token being decoded, which is also its cache slot;
 //!   RoPE reads it as its positions tensor, `kv_write` stores the new key and value at that slot,
-//!   `attention_decode` attends over slots `0..=position`, and the last node of the graph adds one to it;
+//!   the split-K attention (`attention_split` over chunks of 64 slots in parallel, then `attention_combine`) attends over
+//!   slots `0..=position`, and the last node of the graph adds one to it;
 //! - the token's embedding is written into a fixed input buffer before the replay (outside the graph: the lookup
 //!   of a quantized embedding row runs on the host) and the logits land in a fixed output buffer.
 //!
@@ -29,11 +30,8 @@ use crate::error::{ModelError, Result, invalid};
 use crate::llama::LlamaModel;
 use crate::{Batch, CausalLm, KvCache, LayeredLm, LogitRows};
 
-/// Threads per block of `attention_decode` (a power of two, a multiple of 32).
-const ATTENTION_THREADS: usize = 256;
-/// The longest context a [`GraphDecoder`] holds: `attention_decode` keeps one f32 score per slot in shared memory,
-/// next to its reduction scratch, within the 48 KiB every CUDA device grants without opting in.
-pub const MAX_GRAPH_CONTEXT: usize = 48 * 1024 / 4 - ATTENTION_THREADS;
+/// Cache slots per block of `attention_split` (`CHUNK` in the kernel source).
+const ATTENTION_CHUNK: usize = 64;
 
 const SOURCE: &str = r#"
 extern "C" __global__ void kv_write(const float* k, const float* v, float* kc, float* vc, const u32* pos,
@@ -48,64 +46,81 @@ extern "C" __global__ void kv_write(const float* k, const float* v, float* kc, f
     vc[o] = v[i];
 }
 
-// One block per query head: scores of slots 0..=pos (a warp per slot, lanes over the head dimension), softmax in
-// shared memory, then the weighted sum of values with threads split as (slot partition, dimension).
-extern "C" __global__ void attention_decode(const float* q, const float* kc, const float* vc, float* out,
-                                            const u32* pos, int hq, int hkv, int hd, int cap, float scale) {
-    extern __shared__ float sh[];
-    float* scores = sh;
-    float* red = sh + cap;
-    int h = blockIdx.x;
-    int kvh = h / (hq / hkv);
+#define CHUNK 64
+
+// Split-K decode attention, part 1: block (h, c) handles query head h over the slots c·CHUNK .. c·CHUNK + CHUNK - 1
+// that are live (slots 0..=pos): one thread per slot for the score, then the chunk's max m, Σ e^(s - m) and the
+// unnormalised Σ e^(s - m) v. Chunks past the live slots return at once; the grid covers the whole capacity so that
+// the launch does not depend on the position (it is replayed from a graph).
+extern "C" __global__ void attention_split(const float* q, const float* kc, const float* vc, const u32* pos,
+                                           float* pm, float* pl, float* pacc, int hq, int hkv, int hd, int cap,
+                                           int nchunks, float scale) {
+    __shared__ float p[CHUNK];
+    __shared__ float red[CHUNK];
+    int h = blockIdx.x, c = blockIdx.y, t = threadIdx.x;
     int n = (int)pos[0] + 1;
     if (n > cap) n = cap;
+    int j0 = c * CHUNK;
+    if (j0 >= n) return;
+    int kvh = h / (hq / hkv);
     const float* qh = q + (size_t)h * hd;
     const float* K = kc + (size_t)kvh * cap * hd;
     const float* V = vc + (size_t)kvh * cap * hd;
-    int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
-    for (int j = warp; j < n; j += nw) {
+    int j = j0 + t;
+    float s = __int_as_float(0xff800000);  // -inf (no headers under NVRTC)
+    if (j < n) {
         const float* kr = K + (size_t)j * hd;
-        float s = 0.f;
-        for (int d = lane; d < hd; d += 32) s += qh[d] * kr[d];
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) scores[j] = s * scale;
-    }
-    __syncthreads();
-    float mx = __int_as_float(0xff800000);  // -inf (no headers under NVRTC)
-    for (int j = tid; j < n; j += nt) mx = fmaxf(mx, scores[j]);
-    red[tid] = mx;
-    __syncthreads();
-    for (int o = nt / 2; o > 0; o >>= 1) {
-        if (tid < o) red[tid] = fmaxf(red[tid], red[tid + o]);
-        __syncthreads();
-    }
-    mx = red[0];
-    __syncthreads();
-    float sum = 0.f;
-    for (int j = tid; j < n; j += nt) {
-        float e = expf(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-    }
-    red[tid] = sum;
-    __syncthreads();
-    for (int o = nt / 2; o > 0; o >>= 1) {
-        if (tid < o) red[tid] += red[tid + o];
-        __syncthreads();
-    }
-    float total = red[0];
-    __syncthreads();
-    int parts = nt / hd;
-    int p = tid / hd, d = tid - p * hd;
-    float acc = 0.f;
-    if (p < parts)
-        for (int j = p; j < n; j += parts) acc += scores[j] * V[(size_t)j * hd + d];
-    red[tid] = acc;
-    __syncthreads();
-    if (tid < hd) {
         float a = 0.f;
-        for (int pp = 0; pp < parts; ++pp) a += red[pp * hd + tid];
-        out[(size_t)h * hd + tid] = a / total;
+        for (int d = 0; d < hd; ++d) a += qh[d] * kr[d];
+        s = a * scale;
+    }
+    red[t] = s;
+    __syncthreads();
+    for (int o = CHUNK / 2; o > 0; o >>= 1) {
+        if (t < o) red[t] = fmaxf(red[t], red[t + o]);
+        __syncthreads();
+    }
+    float m = red[0];
+    __syncthreads();
+    float e = j < n ? expf(s - m) : 0.f;
+    p[t] = e;
+    red[t] = e;
+    __syncthreads();
+    for (int o = CHUNK / 2; o > 0; o >>= 1) {
+        if (t < o) red[t] += red[t + o];
+        __syncthreads();
+    }
+    size_t part = (size_t)h * nchunks + c;
+    int cnt = n - j0 < CHUNK ? n - j0 : CHUNK;
+    for (int d = t; d < hd; d += CHUNK) {
+        float acc = 0.f;
+        #pragma unroll 8
+        for (int i = 0; i < cnt; ++i) acc += p[i] * V[(size_t)(j0 + i) * hd + d];
+        pacc[part * hd + d] = acc;
+    }
+    if (t == 0) {
+        pm[part] = m;
+        pl[part] = red[0];
+    }
+}
+
+// Part 2: block h rescales the live chunks' partial sums to their common max and normalises.
+extern "C" __global__ void attention_combine(const float* pm, const float* pl, const float* pacc, const u32* pos,
+                                             float* out, int hd, int cap, int nchunks) {
+    int h = blockIdx.x;
+    int n = (int)pos[0] + 1;
+    if (n > cap) n = cap;
+    int used = (n + CHUNK - 1) / CHUNK;
+    const float* m = pm + (size_t)h * nchunks;
+    const float* l = pl + (size_t)h * nchunks;
+    float mx = __int_as_float(0xff800000);
+    for (int c = 0; c < used; ++c) mx = fmaxf(mx, m[c]);
+    float total = 0.f;
+    for (int c = 0; c < used; ++c) total += expf(m[c] - mx) * l[c];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int c = 0; c < used; ++c) a += expf(m[c] - mx) * pacc[((size_t)h * nchunks + c) * hd + d];
+        out[(size_t)h * hd + d] = a / total;
     }
 }
 
@@ -128,7 +143,7 @@ fn source() -> &'static str {
     &FULL
 }
 
-const KEY: &str = "effllm-model::graph_decode_v2";
+const KEY: &str = "effllm-model::graph_decode_v3";
 
 fn kernel(name: &str, params: &[Param]) -> CustomKernel {
     CustomKernel::new(KEY, source(), name, params)
@@ -137,7 +152,8 @@ fn kernel(name: &str, params: &[Param]) -> CustomKernel {
 /// The kernels, built once per process.
 struct Kernels {
     kv_write: CustomKernel,
-    attention: CustomKernel,
+    attention_split: CustomKernel,
+    attention_combine: CustomKernel,
     copy: CustomKernel,
     advance: CustomKernel,
     set_position: CustomKernel,
@@ -150,9 +166,27 @@ fn kernels() -> &'static Kernels {
             "kv_write",
             &[In(DType::F32), In(DType::F32), Out(DType::F32), Out(DType::F32), In(DType::U32), I32, I32, I32],
         ),
-        attention: kernel(
-            "attention_decode",
-            &[In(DType::F32), In(DType::F32), In(DType::F32), Out(DType::F32), In(DType::U32), I32, I32, I32, I32, F32],
+        attention_split: kernel(
+            "attention_split",
+            &[
+                In(DType::F32),
+                In(DType::F32),
+                In(DType::F32),
+                In(DType::U32),
+                Out(DType::F32),
+                Out(DType::F32),
+                Out(DType::F32),
+                I32,
+                I32,
+                I32,
+                I32,
+                I32,
+                F32,
+            ],
+        ),
+        attention_combine: kernel(
+            "attention_combine",
+            &[In(DType::F32), In(DType::F32), In(DType::F32), In(DType::U32), Out(DType::F32), I32, I32, I32],
         ),
         copy: kernel("copy_rows", &[In(DType::F32), Out(DType::F32), I64]),
         advance: kernel("advance", &[Out(DType::U32)]),
@@ -185,6 +219,11 @@ pub struct GraphDecoder<'m> {
     input: Tensor,
     /// `f32 [1, n_head·head_dim]`: attention output of the layer being run (reused by every layer).
     attention: Tensor,
+    /// Per query head and chunk of [`ATTENTION_CHUNK`] slots: the partial max, sum and weighted values of
+    /// `attention_split` (reused by every layer).
+    partial_max: Tensor,
+    partial_sum: Tensor,
+    partial_values: Tensor,
     /// `f32 [1, vocab]`: logits of the last decoded token.
     logits: Tensor,
     graph: Option<CudaGraph>,
@@ -206,7 +245,7 @@ impl std::fmt::Debug for GraphDecoder<'_> {
 
 impl<'m> GraphDecoder<'m> {
     /// A decoder for `model` (which must live on a CUDA device) holding up to `max_context` tokens (prompt and
-    /// generated together; at most the model's context length and [`MAX_GRAPH_CONTEXT`]). Allocates the KV buffers
+    /// generated together; at most the model's context length). Allocates the KV buffers
     /// now: `2 · n_layer · n_head_kv · max_context · head_dim` f32 values.
     pub fn new(model: &'m LlamaModel, max_context: usize) -> Result<GraphDecoder<'m>> {
         let device = model.device();
@@ -214,30 +253,24 @@ impl<'m> GraphDecoder<'m> {
             return Err(invalid("graph decoder", format!("needs a model on a CUDA device, not {device}")));
         }
         let cfg = model.config();
-        let limit = cfg.context.min(MAX_GRAPH_CONTEXT);
+        let limit = cfg.context;
         if max_context == 0 || max_context > limit {
             return Err(invalid(
                 "graph decoder",
-                format!(
-                    "max_context {max_context} is not in 1..={limit} (model context {}, kernel limit {MAX_GRAPH_CONTEXT})",
-                    cfg.context
-                ),
+                format!("max_context {max_context} is not in 1..={limit} (the model's context length)"),
             ));
         }
-        if cfg.head_dim == 0
-            || cfg.head_dim > ATTENTION_THREADS
-            || cfg.n_head_kv == 0
-            || !cfg.n_head.is_multiple_of(cfg.n_head_kv)
-        {
+        if cfg.head_dim == 0 || cfg.n_head_kv == 0 || !cfg.n_head.is_multiple_of(cfg.n_head_kv) {
             return Err(invalid(
                 "graph decoder",
                 format!(
-                    "head_dim {} (at most {ATTENTION_THREADS}) and {} query heads over {} KV heads are not supported",
+                    "head_dim {} with {} query heads over {} KV heads is not a grouped-query layout",
                     cfg.head_dim, cfg.n_head, cfg.n_head_kv
                 ),
             ));
         }
         let kv_shape = [cfg.n_head_kv, max_context, cfg.head_dim];
+        let chunks = max_context.div_ceil(ATTENTION_CHUNK);
         let zeros = |shape: &[usize], dtype: DType| Tensor::zeros(shape, dtype, &device);
         let keys =
             (0..cfg.n_layer).map(|_| zeros(&kv_shape, DType::F32)).collect::<std::result::Result<Vec<_>, _>>()?;
@@ -251,6 +284,9 @@ impl<'m> GraphDecoder<'m> {
             position: zeros(&[1], DType::U32)?,
             input: zeros(&[1, cfg.d_model], DType::F32)?,
             attention: zeros(&[1, cfg.n_head * cfg.head_dim], DType::F32)?,
+            partial_max: zeros(&[cfg.n_head * chunks], DType::F32)?,
+            partial_sum: zeros(&[cfg.n_head * chunks], DType::F32)?,
+            partial_values: zeros(&[cfg.n_head * chunks * cfg.head_dim], DType::F32)?,
             logits: zeros(&[1, cfg.vocab], DType::F32)?,
             graph: None,
             use_graph: true,
@@ -451,24 +487,43 @@ impl<'m> GraphDecoder<'m> {
                 ],
                 1,
             )?;
-            k.attention.launch(
+            let chunks = cap.div_ceil(ATTENTION_CHUNK);
+            k.attention_split.launch(
                 device,
                 LaunchDims {
-                    grid: (hq as u32, 1, 1),
-                    block: (ATTENTION_THREADS as u32, 1, 1),
-                    shared_mem_bytes: ((cap + ATTENTION_THREADS) * 4) as u32,
+                    grid: (hq as u32, chunks as u32, 1),
+                    block: (ATTENTION_CHUNK as u32, 1, 1),
+                    shared_mem_bytes: 0,
                 },
                 &mut [
                     Arg::In(&q),
                     Arg::In(&self.keys[li]),
                     Arg::In(&self.values[li]),
-                    Arg::Out(&mut self.attention),
                     Arg::In(&self.position),
+                    Arg::Out(&mut self.partial_max),
+                    Arg::Out(&mut self.partial_sum),
+                    Arg::Out(&mut self.partial_values),
                     Arg::I32(hq as i32),
                     Arg::I32(hkv as i32),
                     Arg::I32(hd as i32),
                     Arg::I32(cap as i32),
+                    Arg::I32(chunks as i32),
                     Arg::F32((1.0 / (hd as f64).sqrt()) as f32),
+                ],
+                1,
+            )?;
+            k.attention_combine.launch(
+                device,
+                LaunchDims { grid: (hq as u32, 1, 1), block: (64, 1, 1), shared_mem_bytes: 0 },
+                &mut [
+                    Arg::In(&self.partial_max),
+                    Arg::In(&self.partial_sum),
+                    Arg::In(&self.partial_values),
+                    Arg::In(&self.position),
+                    Arg::Out(&mut self.attention),
+                    Arg::I32(hd as i32),
+                    Arg::I32(cap as i32),
+                    Arg::I32(chunks as i32),
                 ],
                 1,
             )?;

@@ -74,7 +74,7 @@ pub use cache::{KvCache, KvCachePolicy, LayerKv, SinkWindowPolicy};
 pub use config::LlamaConfig;
 pub use effllm_tensor::{Device, Tensor};
 pub use error::{ModelError, Result};
-pub use graph::{GraphDecoder, MAX_GRAPH_CONTEXT};
+pub use graph::GraphDecoder;
 pub use hooks::{CaptureHidden, ForwardHooks, NoHooks};
 pub use llama::{LlamaFfn, LlamaLayer, LlamaModel, LoadOptions};
 pub use offload::OffloadedLlama;

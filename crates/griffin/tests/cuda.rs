@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use effllm_model::{Batch, CausalLm, GraphDecoder, LogitRows};
 use effllm_tensor::quant::{KernelPath, QMatrix, QuantType};
 use effllm_tensor::{Device, Tensor};
-use effllm_model::{Batch, CausalLm, GraphDecoder, LogitRows};
 use griffin::{Act, GatedFfn, GriffinConfig, GriffinLlama, PackedDown, PrunedStorage, Selection, select_experts};
 
 /// A CUDA graph capture records every launch on the device's stream, from any thread: the tests of this binary run
@@ -93,7 +93,8 @@ fn graph_decoding_of_the_pruned_model_matches_griffin() {
         decoder.load_cache(&cache).unwrap();
         for i in 0..6 {
             let next = logits.argmax(1, false).unwrap().to_vec::<u32>().unwrap()[0];
-            logits = g.decode(&mut seq, &Batch::causal(&[next], prompt.len() + i), &mut cache, &LogitRows::Last).unwrap();
+            logits =
+                g.decode(&mut seq, &Batch::causal(&[next], prompt.len() + i), &mut cache, &LogitRows::Last).unwrap();
             let got: Vec<f64> = decoder.decode(next).unwrap().iter().map(|&v| f64::from(v)).collect();
             let want = logits.to_vec_f64().unwrap();
             assert!(rel_l2(&got, &want) < 1e-5, "{store:?} step {i}: rel {}", rel_l2(&got, &want));
