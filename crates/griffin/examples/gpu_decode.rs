@@ -1,12 +1,13 @@
 //! Decode tokens/s of SmolLM2 (Q4_1 blocks uploaded as blocks) on a CUDA device, dense vs GRIFFIN at density 0.5,
-//! and the agreement of the GPU's pruned logits with the CPU's.
+//! launch by launch and through CUDA graphs (effllm-model's `GraphDecoder`, GRIFFIN's model from
+//! `GriffinLlama::pruned_llama`), and the agreement of the GPU's pruned logits with the CPU's.
 //!
 //! `cargo run -p griffin --features cuda --release --example gpu_decode [-- DEVICE]` (default `Cuda(0)`). Needs
 //! the model (`cargo xtask fetch-model`).
 
 use std::time::Instant;
 
-use effllm_model::{Batch, CausalLm, LlamaModel, LoadOptions, LogitRows};
+use effllm_model::{Batch, CausalLm, GraphDecoder, LlamaModel, LoadOptions, LogitRows};
 use effllm_tensor::Device;
 use griffin::{GriffinConfig, GriffinLlama};
 
@@ -68,6 +69,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let label = density.map_or("dense".to_string(), |d| format!("GRIFFIN {d}"));
+        println!("{label}: {:.1} tokens/s", STEPS as f64 / best);
+    }
+
+    // The same decode with each step replayed as a CUDA graph: the dense model, and GRIFFIN's pruned model loaded
+    // with the dense prefill's cache.
+    let g = GriffinLlama::new(&gpu, GriffinConfig::with_density(0.5))?;
+    let (mut s, mut c) = (g.new_sequence(), gpu.new_cache());
+    let l = g.prefill(&mut s, &Batch::causal(&prompt, 0), &mut c, &LogitRows::Last)?;
+    g.finalize(&mut s)?;
+    let first = l.argmax(1, false)?.to_vec::<u32>()?[0];
+    let pruned = g.pruned_llama(&s)?;
+    for (label, model) in [("dense, CUDA graph", &gpu), ("GRIFFIN 0.5, CUDA graph", &pruned)] {
+        let mut d = GraphDecoder::new(model, PROMPT_LEN + STEPS + 1)?;
+        let mut best = f64::INFINITY;
+        for rep in 0..3 {
+            d.load_cache(&c)?;
+            let mut next = first;
+            let t = Instant::now();
+            for _ in 0..STEPS {
+                d.decode_on_device(next)?;
+                next = d.logits().argmax(1, false)?.to_vec::<u32>()?[0];
+            }
+            let dt = t.elapsed().as_secs_f64();
+            if rep > 0 {
+                best = best.min(dt);
+            }
+        }
         println!("{label}: {:.1} tokens/s", STEPS as f64 / best);
     }
     Ok(())
