@@ -16,7 +16,8 @@
 //! - the token's embedding is written into a fixed input buffer before the replay (outside the graph: the lookup
 //!   of a quantized embedding row runs on the host) and the logits land in a fixed output buffer.
 //!
-//! Every other op is the model's own (`rms_norm`, the quantized or dense linear maps, `rope`, `add`, the FFN), so
+//! Each layer's Q/K/V weights, and its gate/up weights, are stacked into one matrix at construction (a copy), so
+//! that the step runs one GEMV for each group instead of five launches. Every other op is the model's own (`rms_norm`, the quantized or dense linear maps, `rope`, `add`, the FFN), so
 //! the numerics are the ordinary decoder's except for the attention kernel, which sums in another order
 //! (agreement to f32 round-off is tested against [`crate::CausalLm::forward`]). The first decoded token runs the
 //! step eagerly (which also compiles the kernels, as a capture must not); the graph is recorded at the second.
@@ -24,11 +25,12 @@
 //! Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
 
 use effllm_tensor::cuda::{Arg, CudaGraph, CustomKernel, KERNEL_PRELUDE, LaunchDims, Param, capture_graph};
+use effllm_tensor::quant::{QMatrix, QWeight};
 use effllm_tensor::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result, invalid};
 use crate::llama::LlamaModel;
-use crate::{Batch, CausalLm, KvCache, LayeredLm, LogitRows};
+use crate::{Batch, CausalLm, KvCache, LayeredLm, Linear, LogitRows};
 
 /// Cache slots per block of `attention_split` (`CHUNK` in the kernel source).
 const ATTENTION_CHUNK: usize = 64;
@@ -210,6 +212,9 @@ fn kernels() -> &'static Kernels {
 /// ```
 pub struct GraphDecoder<'m> {
     model: &'m LlamaModel,
+    /// Per layer: `[W_q; W_k; W_v]` and `[W_gate; W_up]` stacked into one map each (one GEMV launch instead of three
+    /// and two), when the maps share a storage format.
+    stacked: Vec<StackedMaps>,
     max_context: usize,
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
@@ -233,6 +238,42 @@ pub struct GraphDecoder<'m> {
     len: usize,
 }
 
+/// A layer's stacked projections (`None` where the maps are stored in different formats).
+struct StackedMaps {
+    qkv: Option<Linear>,
+    gate_up: Option<Linear>,
+}
+
+/// The maps' weights stacked by rows into one map: dense weights of one dtype, or quantized blocks of one type
+/// (rows of blocks are independent, so the stacked GEMV computes each row exactly as the separate ones).
+fn stack_rows(maps: &[&Linear], device: Device) -> Result<Option<Linear>> {
+    let cols = maps[0].in_features();
+    if maps.iter().any(|m| m.in_features() != cols) {
+        return Ok(None);
+    }
+    if let Some(dense) =
+        maps.iter().map(|m| if let Linear::Dense(w) = m { Some(w) } else { None }).collect::<Option<Vec<_>>>()
+    {
+        if dense.iter().any(|w| w.dtype() != dense[0].dtype()) {
+            return Ok(None);
+        }
+        return Ok(Some(Linear::Dense(Tensor::concat(&dense, 0)?)));
+    }
+    let Some(quant) =
+        maps.iter().map(|m| if let Linear::Quant(q) = m { Some(q) } else { None }).collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let first = quant[0];
+    if quant.iter().any(|q| q.quant_type() != first.quant_type() || q.activation_quant() != first.activation_quant()) {
+        return Ok(None);
+    }
+    let rows = quant.iter().map(|q| q.n_rows()).sum();
+    let bytes: Vec<u8> = quant.iter().flat_map(|q| q.matrix().as_bytes().iter().copied()).collect();
+    let stacked = QMatrix::from_bytes(first.quant_type(), rows, cols, bytes)?;
+    Ok(Some(Linear::Quant(QWeight::new(stacked).with_activation_quant(first.activation_quant()).to_device(&device)?)))
+}
+
 impl std::fmt::Debug for GraphDecoder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GraphDecoder")
@@ -245,8 +286,9 @@ impl std::fmt::Debug for GraphDecoder<'_> {
 
 impl<'m> GraphDecoder<'m> {
     /// A decoder for `model` (which must live on a CUDA device) holding up to `max_context` tokens (prompt and
-    /// generated together; at most the model's context length). Allocates the KV buffers
-    /// now: `2 · n_layer · n_head_kv · max_context · head_dim` f32 values.
+    /// generated together; at most the model's context length). Allocates the KV buffers now
+    /// (`2 · n_layer · n_head_kv · max_context · head_dim` f32 values) and a stacked copy of each layer's Q/K/V and
+    /// gate/up weights (one GEMV each per token instead of five).
     pub fn new(model: &'m LlamaModel, max_context: usize) -> Result<GraphDecoder<'m>> {
         let device = model.device();
         if !matches!(device, Device::Cuda(_)) {
@@ -276,8 +318,19 @@ impl<'m> GraphDecoder<'m> {
             (0..cfg.n_layer).map(|_| zeros(&kv_shape, DType::F32)).collect::<std::result::Result<Vec<_>, _>>()?;
         let values =
             (0..cfg.n_layer).map(|_| zeros(&kv_shape, DType::F32)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let stacked = model
+            .layers()
+            .iter()
+            .map(|l| {
+                Ok(StackedMaps {
+                    qkv: stack_rows(&[&l.wq, &l.wk, &l.wv], device)?,
+                    gate_up: stack_rows(&[&l.ffn.gate, &l.ffn.up], device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(GraphDecoder {
             model,
+            stacked,
             max_context,
             keys,
             values,
@@ -466,9 +519,19 @@ impl<'m> GraphDecoder<'m> {
         let mut h = self.input.clone();
         for (li, layer) in model.layers().iter().enumerate() {
             let x = h.rms_norm(&layer.attn_norm, cfg.rms_eps)?;
-            let [q, kk, v] =
-                <[Tensor; 3]>::try_from(crate::Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &x)?)
-                    .map_err(|_| invalid("attention", "expected three projections"))?;
+            let (q, kk, v) = match &self.stacked[li].qkv {
+                Some(w) => {
+                    // One GEMV, then contiguous 1-D slices of its row (views, no copies).
+                    let y = w.forward(&x)?.reshape(&[(hq + 2 * hkv) * hd])?;
+                    (y.narrow(0, 0, hq * hd)?, y.narrow(0, hq * hd, hkv * hd)?, y.narrow(0, (hq + hkv) * hd, hkv * hd)?)
+                }
+                None => {
+                    let [q, kk, v] =
+                        <[Tensor; 3]>::try_from(crate::Linear::forward_many(&[&layer.wq, &layer.wk, &layer.wv], &x)?)
+                            .map_err(|_| invalid("attention", "expected three projections"))?;
+                    (q, kk, v)
+                }
+            };
             let q = q.reshape(&[1, hq, 1, hd])?.rope(&self.position, &cfg.rope)?;
             let kk = kk.reshape(&[1, hkv, 1, hd])?.rope(&self.position, &cfg.rope)?;
             let v = v.contiguous()?;
@@ -529,7 +592,15 @@ impl<'m> GraphDecoder<'m> {
             )?;
             h = h.add(&layer.wo.forward(&self.attention)?)?;
             let x = h.rms_norm(&layer.ffn_norm, cfg.rms_eps)?;
-            h = h.add(&layer.ffn.forward(&x)?)?;
+            let z = match &self.stacked[li].gate_up {
+                Some(w) => {
+                    let dff = w.out_features() / 2;
+                    let y = w.forward(&x)?.reshape(&[2 * dff])?;
+                    y.narrow(0, 0, dff)?.reshape(&[1, dff])?.swiglu(&y.narrow(0, dff, dff)?.reshape(&[1, dff])?)?
+                }
+                None => layer.ffn.intermediate(&x)?,
+            };
+            h = h.add(&layer.ffn.down(&z)?)?;
         }
         let logits = model.lm_head(&model.final_norm(&h)?)?.contiguous()?;
         let n = logits.elem_count();
