@@ -17,9 +17,10 @@
 //!   of a quantized embedding row runs on the host) and the logits land in a fixed output buffer.
 //!
 //! Each layer's Q/K/V weights, and its gate/up weights, are stacked into one matrix at construction (a copy), so
-//! that the step runs one GEMV for each group instead of five launches. Every other op is the model's own (`rms_norm`, the quantized or dense linear maps, `rope`, `add`, the FFN), so
-//! the numerics are the ordinary decoder's except for the attention kernel, which sums in another order
-//! (agreement to f32 round-off is tested against [`crate::CausalLm::forward`]). The first decoded token runs the
+//! that the step runs one GEMV for each group instead of five launches. Every other op is the model's own
+//! (`rms_norm`, the quantized or dense linear maps, `rope`, `swiglu`, `add`), so the numerics are the ordinary
+//! decoder's except for the attention kernel, which sums in another order (agreement to f32 round-off is tested
+//! against [`crate::CausalLm::forward`]). The first decoded token runs the
 //! step eagerly (which also compiles the kernels, as a capture must not); the graph is recorded at the second.
 //!
 //! Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
