@@ -1,9 +1,9 @@
 //! GRIFFIN on SmolLM2-135M-Instruct (Q4_1, CPU): continuation perplexity after a 512-token prompt from the Rust-docs
 //! corpus's **test** split (next 128 tokens by teacher forcing) at densities 1.0, 0.75, 0.5, 0.25 for GRIFFIN
 //! top-k, the magnitude baseline and random selection (3 seeds); the flocking check (Jaccard overlap of the top-k
-//! sets of the two prompt halves, per layer); greedy agreement with the dense model (see [`Agreement`]); and
-//! decode tokens/s at density 0.5 vs dense on the CPU and, when `EFFLLM_DEVICE` names a CUDA device (`bench-all`
-//! built with the `cuda` feature), on that GPU too.
+//! sets of the two prompt halves, per layer); greedy agreement with the dense model (defined in `docs/griffin.md`
+//! and on `Agreement` below); and decode tokens/s at density 0.5 vs dense on the CPU and, when `EFFLLM_DEVICE` names
+//! a CUDA device (`bench-all` built with the `cuda` feature), on that GPU too.
 
 use std::time::Instant;
 
