@@ -136,9 +136,82 @@ pub fn training_corpus(cfg: &effllm_train::TrainConfig, ctx: &Context, tag: &str
     }
 }
 
-/// The device of the training scenarios: `EFFLLM_DEVICE` (e.g. `cuda:0`, needs the `cuda` feature), else the CPU.
-pub fn training_device() -> String {
-    std::env::var("EFFLLM_DEVICE").unwrap_or_else(|_| "cpu".into())
+/// Environment variable naming the device of the scenarios that can run on a GPU (`cuda:0`, ...; default `cpu`).
+pub const DEVICE_ENV: &str = "EFFLLM_DEVICE";
+
+/// Environment variable naming a token-cache file (`effllm-data`'s `.tok` format) that holds the corpus test split
+/// tokenized with the SmolLM2 tokenizer: the prompts of the `specexec` and `griffin` scenarios on machines without
+/// the Rust docs. [`corpus_test_split`] logs where the file lies on a machine that has the docs.
+pub const TEST_SPLIT_ENV: &str = "EFFLLM_TEST_SPLIT";
+
+/// The device name of the scenarios that can run on a GPU (the training scenarios, `specexec`'s offloaded
+/// comparison, `griffin`'s GPU decode): `EFFLLM_DEVICE` ([`DEVICE_ENV`], e.g. `cuda:0`, needs the `cuda` feature),
+/// else `"cpu"`.
+pub fn bench_device_name() -> String {
+    std::env::var(DEVICE_ENV).unwrap_or_else(|_| "cpu".into())
+}
+
+/// [`bench_device_name`] parsed, with a clear error when it asks for CUDA and `bench-all` was built without its
+/// `cuda` feature.
+pub fn bench_device() -> Result<effllm_tensor::Device> {
+    parse_bench_device(&bench_device_name())
+}
+
+/// Parses a device name for the scenarios: `cpu`, `cuda` or `cuda:N`. A CUDA device is an error unless this crate
+/// was built with its `cuda` feature (the scenario would otherwise fail deep inside a model load).
+pub fn parse_bench_device(name: &str) -> Result<effllm_tensor::Device> {
+    let device = effllm_tensor::Device::parse(name).map_err(|e| format!("{DEVICE_ENV}={name:?}: {e}"))?;
+    if matches!(device, effllm_tensor::Device::Cuda(_)) && !cfg!(feature = "cuda") {
+        return Err(format!(
+            "{DEVICE_ENV}={name} asks for a CUDA device, but bench-all was built without the `cuda` feature of \
+             effllm-benches: build it with `cargo build --release -p effllm-benches --features cuda --bin bench-all`"
+        )
+        .into());
+    }
+    Ok(device)
+}
+
+/// The corpus test split tokenized with `tok` (the SmolLM2 tokenizer): read from the file named by
+/// `EFFLLM_TEST_SPLIT` ([`TEST_SPLIT_ENV`]) if set, else the Rust docs (`effllm_data::Corpus::load_default`, which
+/// honours `EFFLLM_CORPUS_DIR`) through the token cache, logging the cache file's path so it can be copied to a
+/// machine without the docs. Every token is checked against the tokenizer's vocabulary. `tag` prefixes the logs.
+pub fn corpus_test_split(
+    ctx: &Context,
+    tok: &effllm_tokenizer::GgufTokenizer,
+    tag: &str,
+) -> Result<effllm_data::TokenizedSplit> {
+    use effllm_data::{CacheKey, Corpus, FnEncoder, Split, SplitConfig, TokenCache, TokenizedSplit};
+    let data = match std::env::var_os(TEST_SPLIT_ENV) {
+        Some(path) => {
+            ctx.log(format!("{tag}: reading the test split tokens from {}", path.to_string_lossy()));
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("{TEST_SPLIT_ENV}={}: {e}", path.to_string_lossy()))?;
+            TokenizedSplit::from_bytes(&bytes, None)
+                .map_err(|e| format!("{TEST_SPLIT_ENV}={}: not a token-cache file: {e}", path.to_string_lossy()))?
+        }
+        None => {
+            let encoder = FnEncoder::new(format!("gguf-bpe:{}:{}", tok.vocab_size(), "smollm2-q4_1"), |t: &str| {
+                tok.encode(t, false).map_err(|e| Box::new(e) as effllm_data::EncodeError)
+            });
+            ctx.status(format!("{tag}: loading and tokenizing the corpus test split"));
+            let corpus = Corpus::load_default()?;
+            let cache = TokenCache::at_default()?;
+            let cfg = SplitConfig::default();
+            let (data, _) = cache.split(&corpus, Split::Test, &cfg, &encoder)?;
+            let key = CacheKey::for_documents(&corpus.split(Split::Test, &cfg), &encoder, Split::Test.name());
+            ctx.log(format!(
+                "{tag}: test split tokens cached in {} (set {TEST_SPLIT_ENV} to a copy of it where the Rust docs are \
+                 missing)",
+                cache.path(&key).display()
+            ));
+            data
+        }
+    };
+    let vocab = tok.vocab_size();
+    if let Some(&bad) = data.tokens().iter().find(|&&t| t as usize >= vocab) {
+        return Err(format!("{tag}: the test split holds token {bad}, outside the tokenizer's {vocab} ids").into());
+    }
+    Ok(data)
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
@@ -313,5 +386,17 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), n);
+    }
+
+    #[test]
+    fn bench_device_names() {
+        assert_eq!(parse_bench_device("cpu").unwrap(), effllm_tensor::Device::Cpu);
+        assert!(parse_bench_device("tpu").unwrap_err().to_string().contains("EFFLLM_DEVICE"));
+        let cuda = parse_bench_device("cuda:0");
+        if cfg!(feature = "cuda") {
+            assert_eq!(cuda.unwrap(), effllm_tensor::Device::Cuda(0));
+        } else {
+            assert!(cuda.unwrap_err().to_string().contains("`cuda` feature"));
+        }
     }
 }

@@ -330,7 +330,8 @@ impl Scenario for GaloreScenario {
         cfg.optim.warmup_steps = (n / 15).max(1);
         cfg.optim.weight_decay = 0.0;
         cfg.run.threads = Some(ctx.options.threads);
-        cfg.run.device = crate::training_device();
+        // Checked here: a CUDA device without the `cuda` feature is a clear error, not a failure inside the trainer.
+        cfg.run.device = crate::bench_device()?.to_string();
         cfg.run.out_dir = crate::target_dir().join("effllm-report").join("galore-run");
         ctx.status("galore: loading the corpus");
         let mut data = crate::training_corpus(&cfg, ctx, "galore")?;

@@ -1,14 +1,15 @@
 //! GRIFFIN on SmolLM2-135M-Instruct (Q4_1, CPU): continuation perplexity after a 512-token prompt from the Rust-docs
 //! corpus's **test** split (next 128 tokens by teacher forcing) at densities 1.0, 0.75, 0.5, 0.25 for GRIFFIN
 //! top-k, the magnitude baseline and random selection (3 seeds); the flocking check (Jaccard overlap of the top-k
-//! sets of the two prompt halves, per layer); and decode tokens/s at density 0.5 vs dense.
+//! sets of the two prompt halves, per layer); greedy agreement with the dense model (defined in `docs/griffin.md`
+//! and on `Agreement` below); and decode tokens/s at density 0.5 vs dense on the CPU and, when `EFFLLM_DEVICE` names
+//! a CUDA device (`bench-all` built with the `cuda` feature), on that GPU too.
 
 use std::time::Instant;
 
-use effllm_data::{Corpus, FnEncoder, Split, SplitConfig, TokenCache};
 use effllm_gguf::{GgufFile, ReadOptions};
 use effllm_model::{Batch, CausalLm, KvCache, LlamaModel, LoadOptions, LogitRows};
-use effllm_tensor::Tensor;
+use effllm_tensor::{Device, Tensor};
 use effllm_tokenizer::{GgufTokenizer, PreTokenizerChoice};
 use griffin::{GriffinConfig, GriffinLlama, Selection, SequenceExperts};
 
@@ -27,18 +28,18 @@ pub const RANDOM_SEEDS: [u64; 3] = [1, 2, 3];
 pub const DECODE_TOKENS: usize = 48;
 /// Issue 7's goal: decode at density 0.5 ≥ 1.25× dense on the CPU.
 pub const SPEEDUP_GOAL: f64 = 1.25;
+/// Generated tokens per GPU decode-speed run (as `crates/griffin/examples/gpu_decode.rs`).
+pub const GPU_DECODE_TOKENS: usize = 64;
+/// Greedy tokens compared with the dense model per prompt (after the first, which every method shares), and
+/// prompts compared: (quick, `--full`).
+pub const AGREEMENT: [(usize, usize); 2] = [(32, 4), (64, 32)];
 
 /// The GRIFFIN scenario.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Griffin;
 
 fn prompts(ctx: &Context, tok: &GgufTokenizer, n: usize) -> Result<Vec<Vec<u32>>> {
-    let encoder = FnEncoder::new(format!("gguf-bpe:{}:{}", tok.vocab_size(), "smollm2-q4_1"), |t: &str| {
-        tok.encode(t, false).map_err(|e| Box::new(e) as effllm_data::EncodeError)
-    });
-    ctx.status("griffin: loading and tokenizing the corpus test split");
-    let corpus = Corpus::load_default()?;
-    let (data, _) = TokenCache::at_default()?.split(&corpus, Split::Test, &SplitConfig::default(), &encoder)?;
+    let data = crate::corpus_test_split(ctx, tok, "griffin")?;
     let out: Vec<Vec<u32>> = data
         .documents()
         .map(|(_, d)| d)
@@ -94,33 +95,103 @@ fn methods() -> Vec<Method> {
     m
 }
 
-/// Decode tokens/s of [`DECODE_TOKENS`] greedy tokens after the prompt in `cache` (truncated back to the prompt
-/// before each run), dense or through `g`: the best of `reps` runs.
+/// The greedy argmax of each row of `logits` (`[rows, vocab]`, on any device).
+fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(1, false)?.to_device(&Device::Cpu)?.to_vec::<u32>()?)
+}
+
+/// `n` greedy tokens after the prompt in `cache` (truncated back to the [`PROMPT`] tokens first), starting by
+/// feeding `first` at position [`PROMPT`], dense or through `g` (each run on a copy of the sequence's experts).
+fn greedy_tokens(
+    m: &LlamaModel,
+    g: Option<(&GriffinLlama<'_>, &SequenceExperts)>,
+    cache: &mut KvCache,
+    first: u32,
+    n: usize,
+) -> Result<Vec<u32>> {
+    cache.truncate(PROMPT);
+    let mut seq = g.map(|(_, s)| s.clone());
+    let mut out = Vec::with_capacity(n);
+    let mut next = first;
+    for i in 0..n {
+        let b = Batch::causal(&[next], PROMPT + i);
+        let logits = match (g, seq.as_mut()) {
+            (Some((g, _)), Some(s)) => g.decode(s, &b, cache, &LogitRows::Last)?,
+            _ => m.forward(&b, cache, &LogitRows::Last)?,
+        };
+        next = argmax_rows(&logits)?[0];
+        out.push(next);
+    }
+    Ok(out)
+}
+
+/// Decode tokens/s of `n` greedy tokens after the prompt in `cache`, dense or through `g` (one timed run).
 fn decode_speed(
     m: &LlamaModel,
     g: Option<(&GriffinLlama<'_>, &SequenceExperts)>,
     cache: &mut KvCache,
     first: u32,
-    reps: usize,
+    n: usize,
 ) -> Result<f64> {
-    let mut best = Vec::new();
-    for _ in 0..reps {
-        cache.truncate(PROMPT);
-        let c = &mut *cache;
-        let mut seq = g.map(|(_, s)| s.clone());
-        let mut next = first;
-        let t = Instant::now();
-        for i in 0..DECODE_TOKENS {
-            let b = Batch::causal(&[next], PROMPT + i);
-            let logits = match (g, seq.as_mut()) {
-                (Some((g, _)), Some(s)) => g.decode(s, &b, c, &LogitRows::Last)?,
-                _ => m.forward(&b, c, &LogitRows::Last)?,
-            };
-            next = logits.argmax(1, false)?.to_vec::<u32>()?[0];
-        }
-        best.push(DECODE_TOKENS as f64 / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    greedy_tokens(m, g, cache, first, n)?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Greedy agreement of GRIFFIN with the dense model, summed over prompts. After a prompt, every method's first
+/// greedy token y₀ comes from the prompt's logits (the prompt runs dense), so it is shared and not counted. Then,
+/// with the dense model's greedy continuation d₁..d_G and GRIFFIN's own greedy continuation g₁..g_G (each feeding
+/// back its own tokens):
+///
+/// * **prefix agreement** = L / G, L the length of the longest common prefix of g and d (the positions before the
+///   first divergence);
+/// * **positional agreement** = #{i : gᵢ = dᵢ} / G (after a divergence the two continue from different texts, so
+///   this counts coincidences as well as re-convergence);
+/// * **dense-context agreement** = #{i : argmax GRIFFIN(prompt, y₀, d₁..d_{i−1}) = dᵢ} / G: GRIFFIN's greedy
+///   choice where the dense model's text so far is given (teacher forcing with the dense continuation).
+///
+/// Each is reported as its total over prompts divided by (prompts × G).
+#[derive(Clone, Debug, Default)]
+struct Agreement {
+    compared: usize,
+    prefix: usize,
+    positional: usize,
+    dense_context: usize,
+}
+
+impl Agreement {
+    fn add(&mut self, dense: &[u32], own: &[u32], dense_context: &[u32]) {
+        self.compared += dense.len();
+        self.prefix += dense.iter().zip(own).take_while(|(a, b)| a == b).count();
+        self.positional += dense.iter().zip(own).filter(|(a, b)| a == b).count();
+        self.dense_context += dense.iter().zip(dense_context).filter(|(a, b)| a == b).count();
     }
-    Ok(best.into_iter().fold(0.0, f64::max))
+    fn frac(&self, n: usize) -> f64 {
+        n as f64 / self.compared.max(1) as f64
+    }
+}
+
+/// The dense and GRIFFIN-0.5 decode on `device` (`m`'s blocks uploaded as blocks), as
+/// `crates/griffin/examples/gpu_decode.rs`: the prompt prefilled once, [`GPU_DECODE_TOKENS`] greedy tokens per run,
+/// runs alternating dense / pruned; the first pair is an untimed warm-up (NVRTC compiles kernels on first use),
+/// each method keeps its best of the other `reps` runs. Returns (dense, pruned) tokens/s.
+fn gpu_decode(ctx: &Context, m: &LlamaModel, device: Device, prompt: &[u32], reps: usize) -> Result<(f64, f64)> {
+    ctx.status(format!("griffin: decode speed on {device}"));
+    let gpu = m.to_device(&device)?;
+    let g5 = GriffinLlama::new(&gpu, GriffinConfig::with_density(0.5))?;
+    let mut cache = gpu.new_cache();
+    let mut seq = g5.new_sequence();
+    let last = g5.prefill(&mut seq, &Batch::causal(prompt, 0), &mut cache, &LogitRows::Last)?;
+    g5.finalize(&mut seq)?;
+    let first = argmax_rows(&last)?[0];
+    greedy_tokens(&gpu, None, &mut cache, first, GPU_DECODE_TOKENS)?;
+    greedy_tokens(&gpu, Some((&g5, &seq)), &mut cache, first, GPU_DECODE_TOKENS)?;
+    let (mut dense, mut pruned) = (0f64, 0f64);
+    for _ in 0..reps {
+        dense = dense.max(decode_speed(&gpu, None, &mut cache, first, GPU_DECODE_TOKENS)?);
+        pruned = pruned.max(decode_speed(&gpu, Some((&g5, &seq)), &mut cache, first, GPU_DECODE_TOKENS)?);
+    }
+    Ok((dense, pruned))
 }
 
 impl Scenario for Griffin {
@@ -137,7 +208,10 @@ impl Scenario for Griffin {
     }
 
     fn run(&self, ctx: &mut Context) -> Result<ScenarioReport> {
+        // Parsed first, so a CUDA request without the `cuda` feature fails before minutes of CPU work.
+        let device = crate::bench_device()?;
         let n_prompts = if ctx.options.full { 32 } else { 8 };
+        let (agree_tokens, agree_prompts) = AGREEMENT[usize::from(ctx.options.full)];
         let path = effllm_gguf::model_cache::fetch_smollm2(|l| ctx.log(l)).map_err(|e| e.to_string())?;
         let file = GgufFile::open(&path, &ReadOptions::default())?;
         let tok = GgufTokenizer::from_gguf(&file, PreTokenizerChoice::FromMetadata)?;
@@ -152,6 +226,12 @@ impl Scenario for Griffin {
         let n_layer = m.config().n_layer;
         let mut total = vec![0f64; methods.len()];
         let mut jaccard = vec![0f64; n_layer];
+        let agree_models: Vec<GriffinLlama<'_>> = DENSITIES
+            .iter()
+            .map(|&d| GriffinLlama::new(&m, GriffinConfig::with_density(d)))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut agreement = vec![Agreement::default(); DENSITIES.len()];
+        let mut agreement_s = 0.0;
         let t0 = Instant::now();
         for (pi, doc) in docs.iter().enumerate() {
             ctx.status(format!("griffin: prompt {}/{}", pi + 1, docs.len()));
@@ -186,8 +266,24 @@ impl Scenario for Griffin {
                 total[i] += first + nll(&logits, &cont[1..])?;
                 let _ = me;
             }
+            if pi < agree_prompts {
+                let ta = Instant::now();
+                let y0 = argmax_rows(&last)?[0];
+                let dense = greedy_tokens(&m, None, &mut cache, y0, agree_tokens)?;
+                // GRIFFIN in the dense model's context: y₀, d₁..d_{G−1} fed in one teacher-forced pass.
+                let fed: Vec<u32> = std::iter::once(y0).chain(dense[..agree_tokens - 1].iter().copied()).collect();
+                for (g, acc) in agree_models.iter().zip(&mut agreement) {
+                    let mut s = a.clone();
+                    g.finalize(&mut s)?;
+                    let own = greedy_tokens(&m, Some((g, &s)), &mut cache, y0, agree_tokens)?;
+                    cache.truncate(PROMPT);
+                    let forced = g.decode(&mut s, &Batch::causal(&fed, PROMPT), &mut cache, &LogitRows::All)?;
+                    acc.add(&dense, &own, &argmax_rows(&forced)?);
+                }
+                agreement_s += ta.elapsed().as_secs_f64();
+            }
         }
-        let quality_s = t0.elapsed().as_secs_f64();
+        let quality_s = t0.elapsed().as_secs_f64() - agreement_s;
         let ntok = (docs.len() * CONT) as f64;
         let ppl: Vec<f64> = total.iter().map(|t| (t / ntok).exp()).collect();
 
@@ -204,10 +300,15 @@ impl Scenario for Griffin {
         let reps = if ctx.options.full { 7 } else { 5 };
         let (mut dense_tps, mut pruned_tps) = (0f64, 0f64);
         for _ in 0..reps {
-            dense_tps = dense_tps.max(decode_speed(&m, None, &mut cache, first, 1)?);
-            pruned_tps = pruned_tps.max(decode_speed(&m, Some((&g5, &seq)), &mut cache, first, 1)?);
+            dense_tps = dense_tps.max(decode_speed(&m, None, &mut cache, first, DECODE_TOKENS)?);
+            pruned_tps = pruned_tps.max(decode_speed(&m, Some((&g5, &seq)), &mut cache, first, DECODE_TOKENS)?);
         }
         let speedup = pruned_tps / dense_tps;
+        let gpu_reps = 2;
+        let gpu = match device {
+            Device::Cuda(_) => Some(gpu_decode(ctx, &m, device, &docs[0][..PROMPT], gpu_reps)?),
+            Device::Cpu => None,
+        };
         let ffn_dense: usize =
             m.layers().iter().map(|l| l.ffn.gate.nbytes() + l.ffn.up.nbytes() + l.ffn.down.nbytes()).sum();
         let ffn_pruned: usize = (0..n_layer).filter_map(|l| seq.pruned(l)).map(|p| p.weight_bytes()).sum();
@@ -263,21 +364,52 @@ impl Scenario for Griffin {
                 format!("{:.3}", 0.5 / 1.5),
             ]);
         }
+        let gpu_title = match device {
+            Device::Cuda(_) => format!(
+                "; {device}: {GPU_DECODE_TOKENS} greedy tokens, best of {gpu_reps} alternating runs after an untimed warm-up pair"
+            ),
+            Device::Cpu => String::new(),
+        };
         let mut st = Table::new(
             format!(
-                "Decode speed, {threads} CPU threads, Q4_1, after a {PROMPT}-token prompt ({DECODE_TOKENS} greedy tokens, best of {reps} alternating runs)"
+                "Decode speed, Q4_1, after a {PROMPT}-token prompt: {threads} CPU threads, {DECODE_TOKENS} greedy tokens, best of {reps} alternating runs{gpu_title}"
             ),
             &["", "tokens/s", "weight bytes / token (MB)", "FFN bytes / token (MB)"],
         );
         let mb = |b: usize| format!("{:.1}", b as f64 / 1e6);
-        st.row(vec!["dense".into(), num(dense_tps), mb(total_dense), mb(ffn_dense)]);
-        st.row(vec!["GRIFFIN 0.5".into(), num(pruned_tps), mb(total_pruned), mb(ffn_pruned)]);
-        st.row(vec![
-            "ratio".into(),
-            format!("{speedup:.3}"),
-            format!("{:.3}", total_dense as f64 / total_pruned as f64),
-            format!("{:.3}", ffn_dense as f64 / ffn_pruned as f64),
-        ]);
+        let bytes_ratio = format!("{:.3}", total_dense as f64 / total_pruned as f64);
+        let ffn_ratio = format!("{:.3}", ffn_dense as f64 / ffn_pruned as f64);
+        st.row(vec!["dense, CPU".into(), num(dense_tps), mb(total_dense), mb(ffn_dense)]);
+        st.row(vec!["GRIFFIN 0.5, CPU".into(), num(pruned_tps), mb(total_pruned), mb(ffn_pruned)]);
+        st.row(vec!["ratio, CPU".into(), format!("{speedup:.3}"), bytes_ratio.clone(), ffn_ratio.clone()]);
+        if let Some((dense_gpu, pruned_gpu)) = gpu {
+            st.row(vec![format!("dense, {device}"), num(dense_gpu), mb(total_dense), mb(ffn_dense)]);
+            st.row(vec![format!("GRIFFIN 0.5, {device}"), num(pruned_gpu), mb(total_pruned), mb(ffn_pruned)]);
+            st.row(vec![format!("ratio, {device}"), format!("{:.3}", pruned_gpu / dense_gpu), bytes_ratio, ffn_ratio]);
+        }
+        let mut at = Table::new(
+            format!(
+                "Greedy agreement with dense: {agree_tokens} greedy tokens after the shared first one, first {} prompts",
+                agree_prompts.min(docs.len())
+            ),
+            &[
+                "density",
+                "prefix agreement (before first divergence)",
+                "mean first divergence (tokens)",
+                "positional agreement",
+                "dense-context agreement",
+            ],
+        );
+        for (&d, acc) in DENSITIES.iter().zip(&agreement) {
+            let prompts_compared = (acc.compared / agree_tokens.max(1)).max(1);
+            at.row(vec![
+                format!("{d:.2}"),
+                format!("{:.3}", acc.frac(acc.prefix)),
+                format!("{:.1}", acc.prefix as f64 / prompts_compared as f64),
+                format!("{:.3}", acc.frac(acc.positional)),
+                format!("{:.3}", acc.frac(acc.dense_context)),
+            ]);
+        }
         let mut pt = Table::new("Paper (Dong et al. 2024) vs this run", &["claim", "paper", "here"]);
         let g5p = find("GRIFFIN top-k", 0.5)[0];
         let r5 = find("random", 0.5);
@@ -298,7 +430,13 @@ impl Scenario for Griffin {
         pt.row(vec![
             "decode speedup at 50%".into(),
             "1.25× (Llama 2 13B), 1.29× (Gemma 7B), NVIDIA L40".into(),
-            format!("{speedup:.2}× on {threads} CPU threads (issue goal ≥ 1.25×)"),
+            match gpu {
+                Some((dense_gpu, pruned_gpu)) => format!(
+                    "{speedup:.2}× on {threads} CPU threads (issue goal ≥ 1.25×); {:.2}× on {device}",
+                    pruned_gpu / dense_gpu
+                ),
+                None => format!("{speedup:.2}× on {threads} CPU threads (issue goal ≥ 1.25×)"),
+            },
         ]);
         let notes = vec![
             format!(
@@ -313,6 +451,14 @@ impl Scenario for Griffin {
                 docs.len() * CONT,
                 methods.len()
             ),
+            format!(
+                "Greedy agreement ({agreement_s:.0} s): after each of the first {agree_prompts} prompts, the dense \
+                 model and GRIFFIN top-k at each density decode {agree_tokens} greedy tokens after the first (shared: \
+                 the prompt runs dense). Prefix agreement = tokens before the first divergence / {agree_tokens}; \
+                 positional = positions with the same token / {agree_tokens} (after a divergence the texts differ); \
+                 dense-context = positions where GRIFFIN's argmax, given the dense model's greedy text so far, is \
+                 the dense token; each summed over prompts."
+            ),
             "Decode bytes: pruned gate/up keep their Q4_1 rows; the pruned down keeps, per row and per original block \
              holding experts, the block's f16 scale and offset plus the experts' 4-bit codes (PackedDown, exact). The \
              tied Q8_0 LM head (~30 MB) and attention are unchanged, which bounds the achievable speedup."
@@ -321,7 +467,7 @@ impl Scenario for Griffin {
         Ok(ScenarioReport {
             title: "GRIFFIN (FFN expert selection) on SmolLM2".into(),
             notes,
-            tables: vec![t, jt, st, pt],
+            tables: vec![t, jt, at, st, pt],
             plots: vec![PlotSpec {
                 file_stem: "griffin".into(),
                 title: format!("GRIFFIN on SmolLM2: log10 perplexity vs density, {} prompts", docs.len()),

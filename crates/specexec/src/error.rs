@@ -61,6 +61,22 @@ pub enum SpecError {
         /// The vocabulary size.
         vocab: usize,
     },
+    /// A stop token is not in the vocabulary (it could never be emitted: generation would silently ignore it).
+    #[error("stop token {token} at index {index} is out of range for a vocabulary of {vocab}")]
+    StopTokenOutOfRange {
+        /// The token.
+        token: u32,
+        /// Its index in the stop-token list.
+        index: usize,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// [`Session::step`](crate::Session::step) was called after a stop token ended the session.
+    #[error("the generation already ended with stop token {token}")]
+    Stopped {
+        /// The stop token that ended it.
+        token: u32,
+    },
     /// The draft tree (or chain) would not fit in what is left of a model's context.
     #[error(
         "{model} model: {needed} positions needed ({committed} committed + {speculative} speculative), context is {context}"

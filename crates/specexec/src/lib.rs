@@ -68,10 +68,18 @@
 //! | growth loop | `max_beam_len` iterations | until the tree is the exact top-K set | [`SpecExecConfig::max_draft_forwards`] |
 //! | tokenizer check | present but off (D10) | vocabulary size always; [`check_same_tokens`] | — |
 //!
-//! **Offloading** (the paper's setting: target weights in pinned host memory, streamed layer by layer) is not in
-//! this crate yet: it depends on pinned host buffers and an async copy stream in `effllm-tensor`'s CUDA backend.
-//! The engine is generic over [`CausalLm`](effllm_model::CausalLm) for both models and times draft and target
-//! separately, so an offloaded target is one more `CausalLm` implementation.
+//! **Stop tokens**: [`Engine::generate_until`] / [`autoregressive_until`] stop right after the first emitted stop
+//! token (e.g. the tokenizer's end-of-sequence id). A verified tree or chain may hold the stop token in the middle
+//! of its accepted path: the step keeps the tokens up to and including it, discards the rest, compacts both KV
+//! caches to the kept tokens and counts only emitted tokens, so the output is the unstopped output cut after the
+//! first stop token (and SpecExec still equals autoregressive sampling token for token). A stop token outside the
+//! vocabulary is [`SpecError::StopTokenOutOfRange`].
+//!
+//! **Offloading** (the paper's setting: target weights in pinned host memory, streamed layer by layer) is
+//! `effllm_model::OffloadedLlama`, one more [`CausalLm`](effllm_model::CausalLm): the engine is generic over both
+//! models and times draft and target separately. [`compare::compare_with_autoregressive`] measures wall-clock
+//! tokens/s of SpecExec against autoregressive decoding of the same target in one run (`examples/offloaded.rs`
+//! and `bench-all`'s `specexec` scenario on a GPU).
 //!
 //! ## Example
 //!
@@ -104,6 +112,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod compare;
 mod config;
 mod engine;
 mod error;
@@ -113,7 +122,9 @@ mod stats;
 mod tree;
 
 pub use config::{ChainConfig, FrontierPick, SpecExecConfig, SpecInferConfig};
-pub use engine::{Engine, Generation, Method, Session, autoregressive, check_same_tokens, compact_cache};
+pub use engine::{
+    Engine, Generation, Method, Session, autoregressive, autoregressive_until, check_same_tokens, compact_cache,
+};
 pub use error::{Result, SpecError};
 pub use stats::{GenerationStats, StepStats};
 pub use tree::{DraftNode, DraftTree, GrownTree, grow_tree, top_children};

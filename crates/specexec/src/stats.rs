@@ -9,9 +9,10 @@ pub struct StepStats {
     pub tree_size: usize,
     /// Depth of the deepest draft node.
     pub tree_depth: usize,
-    /// Draft tokens accepted.
+    /// Draft tokens accepted (and emitted: a stop token cuts the accepted path).
     pub accepted: usize,
-    /// Tokens emitted (accepted + 1; the last step of a generation may be cut to the requested length).
+    /// Tokens emitted: accepted + 1 (the target's token), except in the last step of a generation, which may be
+    /// cut to the requested length or end at a stop token that was an accepted draft token (then = accepted).
     pub emitted: usize,
     /// Draft forwards run while drafting.
     pub draft_forwards: usize,
@@ -32,7 +33,7 @@ pub struct StepStats {
 pub struct GenerationStats {
     /// One entry per target step.
     pub steps: Vec<StepStats>,
-    /// Tokens generated (after cutting to the requested length).
+    /// Tokens generated (after cutting to the requested length or at a stop token).
     pub new_tokens: usize,
     /// Wall-clock time of the prompt prefill (target only; the draft catches up inside its first step).
     pub prefill_time: Duration,

@@ -97,6 +97,41 @@ fn bad_prompts_are_rejected() {
 }
 
 #[test]
+fn stop_tokens_outside_the_vocabulary_are_rejected() {
+    let m = LookupLm::new(8, 2, 1, 1.0);
+    let p = SamplingParams::default();
+    let bad = |e: &SpecError| matches!(e, SpecError::StopTokenOutOfRange { token: 8, index: 1, vocab: 8 });
+    for method in [
+        specexec::Method::SpecExec(SpecExecConfig::with_budget(4)),
+        specexec::Method::Chain(ChainConfig::default()),
+        specexec::Method::SpecInfer(SpecInferConfig::default()),
+    ] {
+        let engine = Engine::new(&m, &m, method).unwrap();
+        let e = engine.generate_until(&[1, 2], 4, &[2, 8], &p).unwrap_err();
+        assert!(bad(&e), "{e}");
+        let e = engine.start(&[1, 2], &p).unwrap().with_stop_tokens(&[2, 8]).unwrap_err();
+        assert!(bad(&e), "{e}");
+    }
+    let e = specexec::autoregressive_until(&m, &[1, 2], 4, &[2, 8], &p).unwrap_err();
+    assert!(bad(&e), "{e}");
+}
+
+#[test]
+fn stepping_after_a_stop_token_is_an_error() {
+    let m = LookupLm::new(8, 2, 1, 1.0);
+    let p = SamplingParams { temperature: 0.7, seed: 2, ..Default::default() };
+    let engine = Engine::specexec(&m, &m, SpecExecConfig::with_budget(8)).unwrap();
+    // Every token is a stop token: the first step ends the session after its first emitted token.
+    let all: Vec<u32> = (0..8).collect();
+    let mut s = engine.start(&[1, 2], &p).unwrap().with_stop_tokens(&all).unwrap();
+    let emitted = s.step().unwrap();
+    assert_eq!(emitted.len(), 1);
+    assert_eq!(s.stopped(), Some(emitted[0]));
+    let e = s.step().unwrap_err();
+    assert!(matches!(e, SpecError::Stopped { token } if token == emitted[0]), "{e}");
+}
+
+#[test]
 fn a_tree_larger_than_the_remaining_context_is_an_error() {
     let target = LookupLm::new(8, 2, 1, 1.0).with_context(40);
     let draft = LookupLm::new(8, 2, 2, 1.0);

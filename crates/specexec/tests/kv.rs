@@ -124,3 +124,47 @@ fn tree_batches_equal_causal_forwards_over_each_path() {
         }
     }
 }
+
+/// With a stop token inside an accepted path (the target as its own draft accepts whole greedy paths), the step
+/// that stops compacts both caches to the emitted prefix: the target cache equals a fresh prefill of the sequence
+/// but its last token (the stop token), the draft cache a prefill of a prefix of it.
+#[test]
+fn caches_equal_a_fresh_prefill_after_a_stop_inside_the_accepted_path() {
+    let shape = TinyShape { n_layer: 2, ..Default::default() };
+    let target = tiny_llama(shape, 23, 6.0, false).unwrap();
+    let prompt = [5u32, 17, 3, 44, 8];
+    let greedy = SamplingParams::greedy();
+    let full = specexec::autoregressive(&target, &prompt, 24, &greedy).unwrap().tokens;
+    let methods = [
+        Method::SpecExec(SpecExecConfig {
+            budget: 16,
+            max_depth: 8,
+            expand_batch: 4,
+            max_branch: 2,
+            ..Default::default()
+        }),
+        Method::Chain(ChainConfig { draft_len: 6 }),
+        Method::SpecInfer(SpecInferConfig { widths: vec![2, 1, 1, 1, 1, 1], ..Default::default() }),
+    ];
+    for method in methods {
+        let engine = Engine::new(&target, &target, method.clone()).unwrap();
+        let mut mid_path = false;
+        // Stop tokens at several output positions; the first occurrence of each is where the session ends.
+        for pos in [1, 3, 9] {
+            let cut = full.iter().position(|&t| t == full[pos]).unwrap();
+            let mut s = engine.start(&prompt, &greedy).unwrap().with_stop_tokens(&[full[pos]]).unwrap();
+            while s.stopped().is_none() {
+                s.step().unwrap();
+            }
+            let seq = s.sequence().to_vec();
+            assert_eq!(&seq[prompt.len()..], &full[..=cut], "{method:?}");
+            assert_cache_is_prefill(&target, s.target_cache(), &seq[..seq.len() - 1], &format!("target {method:?}"));
+            let d = s.draft_cache().len();
+            assert!(d < seq.len());
+            assert_cache_is_prefill(&target, s.draft_cache(), &seq[..d], &format!("draft {method:?}"));
+            let last = s.stats().steps.last().unwrap();
+            mid_path |= last.accepted == last.emitted;
+        }
+        assert!(mid_path, "{method:?}: no stop token fell inside an accepted path");
+    }
+}

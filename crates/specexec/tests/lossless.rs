@@ -5,7 +5,10 @@
 use effllm_model::CausalLm;
 use effllm_sampling::{SamplingParams, TreeSampling};
 use specexec::models::{EarlyExit, LookupLm, TinyShape, tiny_llama};
-use specexec::{ChainConfig, Engine, FrontierPick, SpecExecConfig, SpecInferConfig, autoregressive};
+use specexec::{
+    ChainConfig, Engine, FrontierPick, Generation, Method, SpecExecConfig, SpecInferConfig, autoregressive,
+    autoregressive_until,
+};
 
 fn settings() -> Vec<SamplingParams> {
     let base = SamplingParams::default();
@@ -177,4 +180,73 @@ fn accounting() {
     assert!(chain.stats.steps.iter().all(|x| x.emitted <= 4 && x.tree_size == 3));
     let ar = autoregressive(&target, &prompt, 10, &params).unwrap();
     assert_eq!(ar.stats.tokens_per_step(), 1.0);
+}
+
+/// Stop tokens (`generate_until`): every method's output is its own unstopped output cut right after the first
+/// stop token, with statistics of the emitted tokens only; SpecExec's equals `autoregressive_until` token for token
+/// at every temperature, and chain and SpecInfer's at T = 0 (their rejection sampling reads the random stream
+/// differently from autoregressive sampling, so at T > 0 they are equal in distribution only). With the target as
+/// its own draft, long paths are accepted, so the stop token often falls in the middle of a verified tree or chain:
+/// that case is required to occur for each method.
+#[test]
+fn stop_tokens_cut_every_method_like_autoregressive_sampling() {
+    let target = LookupLm::new(12, 3, 5, 2.5);
+    let drafts = [target.clone(), target.perturbed(6, 0.4)];
+    let prompt = [3, 1, 4, 1, 5];
+    let methods = [
+        Method::SpecExec(SpecExecConfig {
+            budget: 32,
+            max_depth: 8,
+            expand_batch: 4,
+            max_branch: 4,
+            ..Default::default()
+        }),
+        Method::SpecExec(SpecExecConfig { budget: 64, max_depth: 32, ..Default::default() }),
+        Method::Chain(ChainConfig { draft_len: 5 }),
+        Method::SpecInfer(SpecInferConfig::default()),
+    ];
+    let mut mid_path = [0usize; 4];
+    for params in settings() {
+        let full = autoregressive(&target, &prompt, 48, &params).unwrap().tokens;
+        for pos in [0, 5, 13, 30] {
+            let stop = [full[pos], full[pos + 1]];
+            let cut = full.iter().position(|t| stop.contains(t)).unwrap();
+            let ar = autoregressive_until(&target, &prompt, 48, &stop, &params).unwrap();
+            assert_eq!(ar.tokens, full[..=cut]);
+            assert_eq!(ar.stop_token, Some(full[cut]));
+            assert_eq!((ar.stats.new_tokens, ar.stats.target_steps()), (cut + 1, cut + 1));
+            for draft in &drafts {
+                for (mi, method) in methods.iter().enumerate() {
+                    let engine = Engine::new(draft, &target, method.clone()).unwrap();
+                    let unstopped = engine.generate(&prompt, 48, &params).unwrap().tokens;
+                    let g: Generation = engine.generate_until(&prompt, 48, &stop, &params).unwrap();
+                    let own_cut = unstopped.iter().position(|t| stop.contains(t));
+                    let what = format!("{method:?} {params:?} stop {stop:?}");
+                    match own_cut {
+                        Some(c) => {
+                            assert_eq!(g.tokens, unstopped[..=c], "{what}");
+                            assert_eq!(g.stop_token, Some(unstopped[c]), "{what}");
+                        }
+                        None => assert_eq!((&g.tokens, g.stop_token), (&unstopped, None), "{what}"),
+                    }
+                    if matches!(method, Method::SpecExec(_)) || params.is_greedy() {
+                        assert_eq!(g.tokens, ar.tokens, "{what}");
+                    }
+                    let s = &g.stats;
+                    assert_eq!(s.new_tokens, g.tokens.len());
+                    assert_eq!(s.steps.iter().map(|x| x.emitted).sum::<usize>(), g.tokens.len(), "{what}");
+                    assert_eq!(
+                        s.depth_accepts.iter().sum::<usize>(),
+                        s.steps.iter().map(|x| x.accepted).sum::<usize>()
+                    );
+                    let last = s.steps.last().unwrap();
+                    assert!(last.accepted <= last.emitted && last.emitted <= last.accepted + 1, "{what}");
+                    if g.stop_token.is_some() && last.accepted == last.emitted {
+                        mid_path[mi] += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(mid_path.iter().all(|&n| n > 0), "stop token inside an accepted path per method: {mid_path:?}");
 }
