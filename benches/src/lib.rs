@@ -144,6 +144,21 @@ pub const DEVICE_ENV: &str = "EFFLLM_DEVICE";
 /// the Rust docs. [`corpus_test_split`] logs where the file lies on a machine that has the docs.
 pub const TEST_SPLIT_ENV: &str = "EFFLLM_TEST_SPLIT";
 
+/// With `EFFLLM_GPU_ONLY=1` the scenarios that have a GPU part (`specexec`, `griffin`) run only that part: GPU
+/// machines are lent by the minute, and the CPU sweeps take minutes there too.
+pub const GPU_ONLY_ENV: &str = "EFFLLM_GPU_ONLY";
+
+/// Whether [`GPU_ONLY_ENV`] asks to skip the CPU parts; an error when it does but the bench device is the CPU.
+pub fn gpu_only(device: effllm_tensor::Device) -> Result<bool> {
+    let on = std::env::var(GPU_ONLY_ENV).is_ok_and(|v| v == "1");
+    if on && device.is_cpu() {
+        return Err(
+            format!("{GPU_ONLY_ENV}=1 needs {DEVICE_ENV}=cuda:N (there is no GPU part to run on the CPU)").into()
+        );
+    }
+    Ok(on)
+}
+
 /// The device name of the scenarios that can run on a GPU (the training scenarios, `specexec`'s offloaded
 /// comparison, `griffin`'s GPU decode): `EFFLLM_DEVICE` ([`DEVICE_ENV`], e.g. `cuda:0`, needs the `cuda` feature),
 /// else `"cpu"`.

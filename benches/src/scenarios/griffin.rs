@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use effllm_gguf::{GgufFile, ReadOptions};
-use effllm_model::{Batch, CausalLm, KvCache, LlamaModel, LoadOptions, LogitRows};
+use effllm_model::{Batch, CausalLm, GraphDecoder, KvCache, LlamaModel, LoadOptions, LogitRows};
 use effllm_tensor::{Device, Tensor};
 use effllm_tokenizer::{GgufTokenizer, PreTokenizerChoice};
 use griffin::{GriffinConfig, GriffinLlama, Selection, SequenceExperts};
@@ -171,11 +171,26 @@ impl Agreement {
     }
 }
 
+/// Decode speeds on the GPU, tokens/s.
+#[derive(Clone, Copy, Debug)]
+struct GpuSpeeds {
+    /// Dense, launch by launch.
+    dense: f64,
+    /// GRIFFIN 0.5, launch by launch.
+    pruned: f64,
+    /// Dense through effllm-model's `GraphDecoder` (the step replayed as a CUDA graph).
+    dense_graph: f64,
+    /// GRIFFIN 0.5's pruned model (`GriffinLlama::pruned_llama`) through a `GraphDecoder`.
+    pruned_graph: f64,
+}
+
 /// The dense and GRIFFIN-0.5 decode on `device` (`m`'s blocks uploaded as blocks), as
 /// `crates/griffin/examples/gpu_decode.rs`: the prompt prefilled once, [`GPU_DECODE_TOKENS`] greedy tokens per run,
 /// runs alternating dense / pruned; the first pair is an untimed warm-up (NVRTC compiles kernels on first use),
-/// each method keeps its best of the other `reps` runs. Returns (dense, pruned) tokens/s.
-fn gpu_decode(ctx: &Context, m: &LlamaModel, device: Device, prompt: &[u32], reps: usize) -> Result<(f64, f64)> {
+/// each method keeps its best of the other `reps` runs. Then the same through CUDA graphs: a `GraphDecoder` of the
+/// dense model and one of the pruned model, each loaded with the dense prefill's cache before every run (the first
+/// run, which records the graph, untimed).
+fn gpu_decode(ctx: &Context, m: &LlamaModel, device: Device, prompt: &[u32], reps: usize) -> Result<GpuSpeeds> {
     ctx.status(format!("griffin: decode speed on {device}"));
     let gpu = m.to_device(&device)?;
     let g5 = GriffinLlama::new(&gpu, GriffinConfig::with_density(0.5))?;
@@ -191,7 +206,69 @@ fn gpu_decode(ctx: &Context, m: &LlamaModel, device: Device, prompt: &[u32], rep
         dense = dense.max(decode_speed(&gpu, None, &mut cache, first, GPU_DECODE_TOKENS)?);
         pruned = pruned.max(decode_speed(&gpu, Some((&g5, &seq)), &mut cache, first, GPU_DECODE_TOKENS)?);
     }
-    Ok((dense, pruned))
+    cache.truncate(prompt.len());
+    let pruned_model = g5.pruned_llama(&seq)?;
+    let mut graphs = [
+        GraphDecoder::new(&gpu, prompt.len() + GPU_DECODE_TOKENS + 1)?,
+        GraphDecoder::new(&pruned_model, prompt.len() + GPU_DECODE_TOKENS + 1)?,
+    ];
+    let mut best = [0f64; 2];
+    for rep in 0..=reps {
+        for (d, b) in graphs.iter_mut().zip(&mut best) {
+            d.load_cache(&cache)?;
+            let mut next = first;
+            let t = Instant::now();
+            for _ in 0..GPU_DECODE_TOKENS {
+                d.decode_on_device(next)?;
+                next = argmax_rows(d.logits())?[0];
+            }
+            if rep > 0 {
+                *b = b.max(GPU_DECODE_TOKENS as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    Ok(GpuSpeeds { dense, pruned, dense_graph: best[0], pruned_graph: best[1] })
+}
+
+/// The report of `EFFLLM_GPU_ONLY=1`: only the GPU decode rows, on the first test prompt.
+fn gpu_only_report(ctx: &Context, device: Device) -> Result<ScenarioReport> {
+    let path = effllm_gguf::model_cache::fetch_smollm2(|l| ctx.log(l)).map_err(|e| e.to_string())?;
+    let file = GgufFile::open(&path, &ReadOptions::default())?;
+    let tok = GgufTokenizer::from_gguf(&file, PreTokenizerChoice::FromMetadata)?;
+    let m = LlamaModel::from_gguf(&file, &LoadOptions::default())?;
+    let docs = prompts(ctx, &tok, 1)?;
+    let reps = 2;
+    let g = gpu_decode(ctx, &m, device, &docs[0][..PROMPT], reps)?;
+    let mut st = Table::new(
+        format!(
+            "Decode speed on {device}, SmolLM2 Q4_1 blocks, after a {PROMPT}-token test prompt: {GPU_DECODE_TOKENS} greedy tokens, best of {reps} runs after an untimed warm-up"
+        ),
+        &["decoder", "dense tokens/s", "GRIFFIN 0.5 tokens/s", "GRIFFIN ÷ dense"],
+    );
+    gpu_rows(&mut st, &g);
+    Ok(ScenarioReport {
+        title: "GRIFFIN (training-free FFN expert selection), SmolLM2-135M: GPU decode only".into(),
+        notes: vec![String::from(
+            "EFFLLM_GPU_ONLY=1: the CPU parts (perplexity by density, greedy agreement, CPU decode speed) were \
+             skipped. Launch by launch = the ordinary forward and GriffinLlama::decode; CUDA graph = effllm-model's \
+             GraphDecoder over the dense model and over GriffinLlama::pruned_llama (gate/up rows kept as Q4_1 \
+             blocks, down columns as dense f32).",
+        )],
+        tables: vec![st],
+        plots: Vec::new(),
+        targets: Vec::new(),
+    })
+}
+
+/// Launch-by-launch and CUDA-graph rows of a GPU speed table.
+fn gpu_rows(st: &mut Table, g: &GpuSpeeds) {
+    st.row(vec!["launch by launch".into(), num(g.dense), num(g.pruned), format!("{:.3}", g.pruned / g.dense)]);
+    st.row(vec![
+        "CUDA graph (GraphDecoder)".into(),
+        num(g.dense_graph),
+        num(g.pruned_graph),
+        format!("{:.3}", g.pruned_graph / g.dense_graph),
+    ]);
 }
 
 impl Scenario for Griffin {
@@ -210,6 +287,9 @@ impl Scenario for Griffin {
     fn run(&self, ctx: &mut Context) -> Result<ScenarioReport> {
         // Parsed first, so a CUDA request without the `cuda` feature fails before minutes of CPU work.
         let device = crate::bench_device()?;
+        if crate::gpu_only(device)? {
+            return gpu_only_report(ctx, device);
+        }
         let n_prompts = if ctx.options.full { 32 } else { 8 };
         let (agree_tokens, agree_prompts) = AGREEMENT[usize::from(ctx.options.full)];
         let path = effllm_gguf::model_cache::fetch_smollm2(|l| ctx.log(l)).map_err(|e| e.to_string())?;
@@ -382,10 +462,23 @@ impl Scenario for Griffin {
         st.row(vec!["dense, CPU".into(), num(dense_tps), mb(total_dense), mb(ffn_dense)]);
         st.row(vec!["GRIFFIN 0.5, CPU".into(), num(pruned_tps), mb(total_pruned), mb(ffn_pruned)]);
         st.row(vec!["ratio, CPU".into(), format!("{speedup:.3}"), bytes_ratio.clone(), ffn_ratio.clone()]);
-        if let Some((dense_gpu, pruned_gpu)) = gpu {
-            st.row(vec![format!("dense, {device}"), num(dense_gpu), mb(total_dense), mb(ffn_dense)]);
-            st.row(vec![format!("GRIFFIN 0.5, {device}"), num(pruned_gpu), mb(total_pruned), mb(ffn_pruned)]);
-            st.row(vec![format!("ratio, {device}"), format!("{:.3}", pruned_gpu / dense_gpu), bytes_ratio, ffn_ratio]);
+        if let Some(g) = gpu {
+            st.row(vec![format!("dense, {device}"), num(g.dense), mb(total_dense), mb(ffn_dense)]);
+            st.row(vec![format!("GRIFFIN 0.5, {device}"), num(g.pruned), mb(total_pruned), mb(ffn_pruned)]);
+            st.row(vec![
+                format!("ratio, {device}"),
+                format!("{:.3}", g.pruned / g.dense),
+                bytes_ratio.clone(),
+                ffn_ratio.clone(),
+            ]);
+            st.row(vec![format!("dense, {device}, CUDA graph"), num(g.dense_graph), mb(total_dense), mb(ffn_dense)]);
+            st.row(vec![format!("GRIFFIN 0.5, {device}, CUDA graph"), num(g.pruned_graph), "—".into(), "—".into()]);
+            st.row(vec![
+                format!("ratio, {device}, CUDA graph"),
+                format!("{:.3}", g.pruned_graph / g.dense_graph),
+                "—".into(),
+                "—".into(),
+            ]);
         }
         let mut at = Table::new(
             format!(
@@ -431,9 +524,10 @@ impl Scenario for Griffin {
             "decode speedup at 50%".into(),
             "1.25× (Llama 2 13B), 1.29× (Gemma 7B), NVIDIA L40".into(),
             match gpu {
-                Some((dense_gpu, pruned_gpu)) => format!(
-                    "{speedup:.2}× on {threads} CPU threads (issue goal ≥ 1.25×); {:.2}× on {device}",
-                    pruned_gpu / dense_gpu
+                Some(g) => format!(
+                    "{speedup:.2}× on {threads} CPU threads (issue goal ≥ 1.25×); {:.2}× on {device} launch by launch, {:.2}× through CUDA graphs",
+                    g.pruned / g.dense,
+                    g.pruned_graph / g.dense_graph
                 ),
                 None => format!("{speedup:.2}× on {threads} CPU threads (issue goal ≥ 1.25×)"),
             },

@@ -120,6 +120,21 @@ impl Scenario for SpecExec {
         let prompts = prompts(ctx, &tok, n_prompts)?;
         let greedy = SamplingParams::greedy();
         let sampled = SamplingParams { temperature: 0.6, top_p: 0.9, seed: 0, ..Default::default() };
+        if crate::gpu_only(device)? {
+            let gpu = offloaded(ctx, &target, &q4, device, &prompts, new)?;
+            let mut notes = vec![
+                "EFFLLM_GPU_ONLY=1: the CPU sweep (both drafts, chain and SpecInfer baselines) was skipped."
+                    .to_string(),
+            ];
+            notes.extend(gpu.notes);
+            return Ok(ScenarioReport {
+                title: "SpecExec (tree speculative decoding), SmolLM2-135M: offloaded GPU comparison only".into(),
+                notes,
+                tables: vec![gpu.table],
+                plots: gpu.plots,
+                targets: Vec::new(),
+            });
+        }
         // (pair, params) runs: the Q4_1 pair at T = 0 and T = 0.6 / top-p 0.9; the early-exit pair at T = 0 (and
         // at T = 0.6 under --full).
         let mut runs: Vec<(&str, &str, SamplingParams)> =
