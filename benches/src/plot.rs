@@ -105,6 +105,14 @@ const TEXT_SIZE: f64 = 31.0;
 const LEGEND_MAX_COLS: usize = 3;
 const LEGEND_ROW: i32 = 30;
 
+/// The title's font size: [`TITLE_SIZE`] when the title fits the plot's width at that size, else the body size
+/// (long titles were cut at both edges).
+fn title_size(title: &str, width: u32) -> f64 {
+    let chars = title.chars().count() as i64;
+    let glyph_px = i64::from(8 * glyph_scale(TITLE_SIZE));
+    if chars * glyph_px + 32 <= i64::from(width) { TITLE_SIZE } else { TEXT_SIZE }
+}
+
 fn fmt_tick(v: f64) -> String {
     if v == 0.0 {
         "0".into()
@@ -186,7 +194,11 @@ fn draw_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &PlotSpec
     let y_max = y_data.chain(spec.hlines.iter().map(|h| h.y)).filter(|v| v.is_finite()).fold(0.0f64, f64::max);
     let y_max = if y_max > 0.0 { y_max * 1.08 } else { 1.0 };
     let mut builder = ChartBuilder::on(root);
-    builder.caption(&spec.title, ("sans-serif", TITLE_SIZE)).margin(16).x_label_area_size(64).y_label_area_size(96);
+    builder
+        .caption(&spec.title, ("sans-serif", title_size(&spec.title, root.dim_in_pixel().0)))
+        .margin(16)
+        .x_label_area_size(64)
+        .y_label_area_size(96);
     let text = ("sans-serif", TEXT_SIZE);
     match &spec.x {
         XAxis::Categories(cats) => {
@@ -437,6 +449,14 @@ impl<'a> DrawingBackend for TextBitmap<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_titles_get_the_smaller_font() {
+        assert_eq!(title_size("Line", SIZE.0), TITLE_SIZE);
+        let long = "Wall-clock tokens/s vs K, offloaded SmolLM2-135M f32 target on cuda:0";
+        assert_eq!(title_size(long, SIZE.0), TEXT_SIZE);
+        assert!(long.chars().count() as u32 * 8 * glyph_scale(TEXT_SIZE) as u32 <= SIZE.0);
+    }
 
     #[test]
     fn renders_both_kinds() {
