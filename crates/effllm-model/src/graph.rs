@@ -1,29 +1,5 @@
-//! Greedy and sampled decoding of a [`LlamaModel`] on a CUDA device with the whole per-token step recorded once as
-//! a CUDA graph and replayed for every later token.
-//!
-//! The ordinary forward ([`crate::CausalLm::forward`]) issues every op of every layer as its own kernel launch with
-//! its own output allocation: about 25 launches per layer, 750 for SmolLM2's 30 layers, each costing several
-//! microseconds of host time, so decoding one token is launch-bound (≈ 6 ms) while the GPU idles. A
-//! [`GraphDecoder`] records the step once and replays it with one driver call. Replaying needs every launch to see
-//! the same arguments, so the parts that change from token to token are read from device memory instead:
-//!
-//! - the KV cache is one preallocated buffer per layer, `[n_head_kv, max_context, head_dim]` for keys and for
-//!   values, never reallocated;
-//! - a one-element `u32` tensor holds the position of the token being decoded, which is also its cache slot;
-//!   RoPE reads it as its positions tensor, `kv_write` stores the new key and value at that slot,
-//!   the split-K attention (`attention_split` over chunks of 64 slots in parallel, then `attention_combine`) attends over
-//!   slots `0..=position`, and the last node of the graph adds one to it;
-//! - the token's embedding is written into a fixed input buffer before the replay (outside the graph: the lookup
-//!   of a quantized embedding row runs on the host) and the logits land in a fixed output buffer.
-//!
-//! Each layer's Q/K/V weights, and its gate/up weights, are stacked into one matrix at construction (a copy), so
-//! that the step runs one GEMV for each group instead of five launches. Every other op is the model's own
-//! (`rms_norm`, the quantized or dense linear maps, `rope`, `swiglu`, `add`), so the numerics are the ordinary
-//! decoder's except for the attention kernel, which sums in another order (agreement to f32 round-off is tested
-//! against [`crate::CausalLm::forward`]). The first decoded token runs the
-//! step eagerly (which also compiles the kernels, as a capture must not); the graph is recorded at the second.
-//!
-//! Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
+//! [`GraphDecoder`]: decoding a [`LlamaModel`] on a CUDA device with the per-token step recorded once as a CUDA
+//! graph and replayed for every later token (the type's docs explain how).
 
 use effllm_tensor::cuda::{Arg, CudaGraph, CustomKernel, KERNEL_PRELUDE, LaunchDims, Param, capture_graph};
 use effllm_tensor::quant::{QMatrix, QWeight};
@@ -199,7 +175,31 @@ fn kernels() -> &'static Kernels {
 }
 
 /// Decodes one sequence of a [`LlamaModel`] on a CUDA device, one token per [`GraphDecoder::decode`], replaying a
-/// recorded CUDA graph (see the [module docs](self)).
+/// recorded CUDA graph.
+///
+/// The ordinary forward ([`crate::CausalLm::forward`]) issues every op of every layer as its own kernel launch with
+/// its own output allocation: about 25 launches per layer, 750 for SmolLM2's 30 layers, each costing several
+/// microseconds of host time, so decoding one token is launch-bound (≈ 6 ms) while the GPU idles. A
+/// `GraphDecoder` records the step once and replays it with one driver call. Replaying needs every launch to see
+/// the same arguments, so the parts that change from token to token are read from device memory instead:
+///
+/// - the KV cache is one preallocated buffer per layer, `[n_head_kv, max_context, head_dim]` for keys and for
+///   values, never reallocated;
+/// - a one-element `u32` tensor holds the position of the token being decoded, which is also its cache slot;
+///   RoPE reads it as its positions tensor, `kv_write` stores the new key and value at that slot, the split-K
+///   attention (`attention_split` over chunks of 64 slots in parallel, then `attention_combine`) attends over
+///   slots `0..=position`, and the last node of the graph adds one to it;
+/// - the token's embedding is written into a fixed input buffer before the replay (outside the graph: the lookup
+///   of a quantized embedding row runs on the host) and the logits land in a fixed output buffer.
+///
+/// Each layer's Q/K/V weights, and its gate/up weights, are stacked into one matrix at construction (a copy), so
+/// that the step runs one GEMV for each group instead of five launches. Every other op is the model's own
+/// (`rms_norm`, the quantized or dense linear maps, `rope`, `swiglu`, `add`), so the numerics are the ordinary
+/// decoder's except for the attention kernel, which sums in another order (agreement to f32 round-off is tested
+/// against [`crate::CausalLm::forward`]). The first decoded token runs the step eagerly (which also compiles the
+/// kernels, as a capture must not); the graph is recorded at the second.
+///
+/// Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
 ///
 /// ```no_run
 /// use effllm_model::{Device, GraphDecoder, LlamaModel, LoadOptions};
