@@ -13,48 +13,16 @@ use crate::{Batch, CausalLm, KvCache, LayeredLm, Linear, LogitRows};
 const ATTENTION_CHUNK: usize = 64;
 
 const SOURCE: &str = r#"
-// RoPE of the new query and key and the cache write, in one launch: one thread per rotated pair of q or k
-// (rotation as effllm-tensor's `rope` kernel computes it: angle in f64, then f32 arithmetic), per value element, and
-// per pass-through dimension past the rotated ones. The key and value land in slot `pos` of the caches.
-extern "C" __global__ void rope_kv_write(const float* q, const float* k, const float* v, float* q_out, float* kc,
-                                         float* vc, const u32* pos, int hq, int hkv, int hd, int half, int neox,
-                                         double base, int cap) {
-    long long qp = (long long)hq * half, kp = (long long)hkv * half, ve = (long long)hkv * hd;
-    int rest = hd - 2 * half;
-    long long pass = (long long)(hq + hkv) * rest;
-    long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+extern "C" __global__ void kv_write(const float* k, const float* v, float* kc, float* vc, const u32* pos,
+                                    int hkv, int hd, int cap) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= hkv * hd) return;
     u32 slot = pos[0];
     if (slot >= (u32)cap) return;
-    if (t < qp + kp) {
-        bool is_q = t < qp;
-        long long u = is_q ? t : t - qp;
-        int h = (int)(u / half), i = (int)(u % half);
-        double p = (double)slot;
-        double theta = pow(base, -2.0 * (double)i / (double)(2 * half));
-        double sn, cs;
-        sincos(p * theta, &sn, &cs);
-        int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
-        const float* x = (is_q ? q : k) + (size_t)h * hd;
-        float a = x[ia], b = x[ib], c = (float)cs, sv = (float)sn;
-        float ya = a * c - b * sv, yb = a * sv + b * c;
-        if (is_q) {
-            q_out[(size_t)h * hd + ia] = ya;
-            q_out[(size_t)h * hd + ib] = yb;
-        } else {
-            size_t o = ((size_t)h * cap + slot) * hd;
-            kc[o + ia] = ya;
-            kc[o + ib] = yb;
-        }
-    } else if (t < qp + kp + ve) {
-        long long u = t - qp - kp;
-        int h = (int)(u / hd), d = (int)(u % hd);
-        vc[((size_t)h * cap + slot) * hd + d] = v[u];
-    } else if (t < qp + kp + ve + pass) {
-        long long u = t - qp - kp - ve;
-        int h = (int)(u / rest), d = 2 * half + (int)(u % rest);
-        if (h < hq) q_out[(size_t)h * hd + d] = q[(size_t)h * hd + d];
-        else kc[((size_t)(h - hq) * cap + slot) * hd + d] = k[(size_t)(h - hq) * hd + d];
-    }
+    int h = i / hd, d = i - h * hd;
+    size_t o = ((size_t)h * cap + slot) * hd + d;
+    kc[o] = k[i];
+    vc[o] = v[i];
 }
 
 #define CHUNK 64
@@ -154,7 +122,7 @@ fn source() -> &'static str {
     &FULL
 }
 
-const KEY: &str = "effllm-model::graph_decode_v4";
+const KEY: &str = "effllm-model::graph_decode_v3";
 
 fn kernel(name: &str, params: &[Param]) -> CustomKernel {
     CustomKernel::new(KEY, source(), name, params)
@@ -162,7 +130,7 @@ fn kernel(name: &str, params: &[Param]) -> CustomKernel {
 
 /// The kernels, built once per process.
 struct Kernels {
-    rope_kv_write: CustomKernel,
+    kv_write: CustomKernel,
     attention_split: CustomKernel,
     attention_combine: CustomKernel,
     copy: CustomKernel,
@@ -173,24 +141,9 @@ struct Kernels {
 fn kernels() -> &'static Kernels {
     use Param::*;
     static K: std::sync::LazyLock<Kernels> = std::sync::LazyLock::new(|| Kernels {
-        rope_kv_write: kernel(
-            "rope_kv_write",
-            &[
-                In(DType::F32),
-                In(DType::F32),
-                In(DType::F32),
-                Out(DType::F32),
-                Out(DType::F32),
-                Out(DType::F32),
-                In(DType::U32),
-                I32,
-                I32,
-                I32,
-                I32,
-                I32,
-                F64,
-                I32,
-            ],
+        kv_write: kernel(
+            "kv_write",
+            &[In(DType::F32), In(DType::F32), Out(DType::F32), Out(DType::F32), In(DType::U32), I32, I32, I32],
         ),
         attention_split: kernel(
             "attention_split",
@@ -233,8 +186,7 @@ fn kernels() -> &'static Kernels {
 /// - the KV cache is one preallocated buffer per layer, `[n_head_kv, max_context, head_dim]` for keys and for
 ///   values, never reallocated;
 /// - a one-element `u32` tensor holds the position of the token being decoded, which is also its cache slot;
-///   `rope_kv_write` rotates the new query and key by it (as the model's `rope` does) and stores the key and value
-///   at that slot, the split-K
+///   RoPE reads it as its positions tensor, `kv_write` stores the new key and value at that slot, the split-K
 ///   attention (`attention_split` over chunks of 64 slots in parallel, then `attention_combine`) attends over
 ///   slots `0..=position`, and the last node of the graph adds one to it;
 /// - the token's embedding is written into a fixed input buffer before the replay (outside the graph: the lookup
@@ -271,8 +223,6 @@ pub struct GraphDecoder<'m> {
     position: Tensor,
     /// `f32 [1, d]`: the embedding of the token being decoded.
     input: Tensor,
-    /// `f32 [1, n_head·head_dim]`: the rotated query of the layer being run (reused by every layer).
-    query: Tensor,
     /// `f32 [1, n_head·head_dim]`: attention output of the layer being run (reused by every layer).
     attention: Tensor,
     /// Per query head and chunk of [`ATTENTION_CHUNK`] slots: the partial max, sum and weighted values of
@@ -387,7 +337,6 @@ impl<'m> GraphDecoder<'m> {
             values,
             position: zeros(&[1], DType::U32)?,
             input: zeros(&[1, cfg.d_model], DType::F32)?,
-            query: zeros(&[1, cfg.n_head * cfg.head_dim], DType::F32)?,
             attention: zeros(&[1, cfg.n_head * cfg.head_dim], DType::F32)?,
             partial_max: zeros(&[cfg.n_head * chunks], DType::F32)?,
             partial_sum: zeros(&[cfg.n_head * chunks], DType::F32)?,
@@ -584,25 +533,20 @@ impl<'m> GraphDecoder<'m> {
                     (q, kk, v)
                 }
             };
-            let half = cfg.rope.rotary_dims / 2;
-            let threads = (hq + hkv) * half + hkv * hd + (hq + hkv) * (hd - 2 * half);
-            k.rope_kv_write.launch(
+            let q = q.reshape(&[1, hq, 1, hd])?.rope(&self.position, &cfg.rope)?;
+            let kk = kk.reshape(&[1, hkv, 1, hd])?.rope(&self.position, &cfg.rope)?;
+            let v = v.contiguous()?;
+            k.kv_write.launch(
                 device,
-                LaunchDims::linear(threads),
+                LaunchDims::linear(hkv * hd),
                 &mut [
-                    Arg::In(&q),
                     Arg::In(&kk),
                     Arg::In(&v),
-                    Arg::Out(&mut self.query),
                     Arg::Out(&mut self.keys[li]),
                     Arg::Out(&mut self.values[li]),
                     Arg::In(&self.position),
-                    Arg::I32(hq as i32),
                     Arg::I32(hkv as i32),
                     Arg::I32(hd as i32),
-                    Arg::I32(half as i32),
-                    Arg::I32(i32::from(cfg.rope.style == effllm_tensor::RopeStyle::NeoX)),
-                    Arg::F64(cfg.rope.base),
                     Arg::I32(cap as i32),
                 ],
                 1,
@@ -616,7 +560,7 @@ impl<'m> GraphDecoder<'m> {
                     shared_mem_bytes: 0,
                 },
                 &mut [
-                    Arg::In(&self.query),
+                    Arg::In(&q),
                     Arg::In(&self.keys[li]),
                     Arg::In(&self.values[li]),
                     Arg::In(&self.position),
