@@ -634,3 +634,59 @@ pub(crate) fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    use effllm_tensor::rng::CounterRng;
+    use effllm_tensor::{DType, Device, Tensor};
+
+    use super::stack_rows;
+    use crate::Linear;
+
+    fn dense(rows: usize, cols: usize, stream: u64) -> Tensor {
+        Tensor::randn(&[rows, cols], DType::F32, &Device::Cpu, &CounterRng::new(3, stream), 0, 0.0, 1.0).unwrap()
+    }
+
+    fn quant(rows: usize, cols: usize, stream: u64) -> Linear {
+        let w = dense(rows, cols, stream).to_vec::<f32>().unwrap();
+        Linear::Quant(QWeight::new(QMatrix::quantize(QuantType::Q4_1, rows, cols, &w).unwrap()))
+    }
+
+    fn separate(maps: &[&Linear], x: &Tensor) -> Vec<f32> {
+        maps.iter().flat_map(|m| m.forward(x).unwrap().to_vec::<f32>().unwrap()).collect()
+    }
+
+    /// Stacked Q/K/V-like maps compute what the separate maps compute: bitwise for quantized blocks (rows are
+    /// independent), to f32 round-off for dense weights.
+    #[test]
+    fn stacked_maps_equal_the_separate_maps() {
+        let x = dense(1, 64, 99);
+        let q = [quant(96, 64, 1), quant(32, 64, 2), quant(32, 64, 3)];
+        let refs: Vec<&Linear> = q.iter().collect();
+        let stacked = stack_rows(&refs, Device::Cpu).unwrap().expect("one quant type");
+        assert_eq!(stacked.forward(&x).unwrap().to_vec::<f32>().unwrap(), separate(&refs, &x));
+        let d = [Linear::Dense(dense(96, 64, 4)), Linear::Dense(dense(32, 64, 5))];
+        let refs: Vec<&Linear> = d.iter().collect();
+        let stacked = stack_rows(&refs, Device::Cpu).unwrap().expect("one dtype");
+        let (got, want) = (stacked.forward(&x).unwrap().to_vec::<f32>().unwrap(), separate(&refs, &x));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-5, "max abs difference {err}");
+    }
+
+    /// Maps that do not share a storage format or an input width are left separate.
+    #[test]
+    fn mixed_maps_are_not_stacked() {
+        let a = quant(32, 64, 1);
+        let b = Linear::Dense(dense(32, 64, 2));
+        assert!(stack_rows(&[&a, &b], Device::Cpu).unwrap().is_none(), "blocks and dense");
+        let c = Linear::Dense(dense(32, 64, 3).to_dtype(DType::BF16).unwrap());
+        assert!(stack_rows(&[&b, &c], Device::Cpu).unwrap().is_none(), "f32 and bf16");
+        let d = Linear::Dense(dense(32, 96, 4));
+        assert!(stack_rows(&[&b, &d], Device::Cpu).unwrap().is_none(), "different input widths");
+        let e = Linear::Quant(QWeight::new(
+            QMatrix::quantize(QuantType::Q8_0, 32, 64, &dense(32, 64, 5).to_vec::<f32>().unwrap()).unwrap(),
+        ));
+        assert!(stack_rows(&[&a, &e], Device::Cpu).unwrap().is_none(), "Q4_1 and Q8_0");
+    }
+}
