@@ -150,7 +150,12 @@ pub const GPU_ONLY_ENV: &str = "EFFLLM_GPU_ONLY";
 
 /// Whether [`GPU_ONLY_ENV`] asks to skip the CPU parts; an error when it does but the bench device is the CPU.
 pub fn gpu_only(device: effllm_tensor::Device) -> Result<bool> {
-    let on = std::env::var(GPU_ONLY_ENV).is_ok_and(|v| v == "1");
+    parse_gpu_only(std::env::var(GPU_ONLY_ENV).ok().as_deref(), device)
+}
+
+/// [`gpu_only`] for a given value of the variable (`None`: unset): only `"1"` turns it on.
+pub fn parse_gpu_only(value: Option<&str>, device: effllm_tensor::Device) -> Result<bool> {
+    let on = value == Some("1");
     if on && device.is_cpu() {
         return Err(
             format!("{GPU_ONLY_ENV}=1 needs {DEVICE_ENV}=cuda:N (there is no GPU part to run on the CPU)").into()
@@ -401,6 +406,15 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), n);
+    }
+
+    #[test]
+    fn gpu_only_needs_a_gpu_device() {
+        use effllm_tensor::Device;
+        assert!(!parse_gpu_only(None, Device::Cpu).unwrap());
+        assert!(!parse_gpu_only(Some("0"), Device::Cuda(0)).unwrap());
+        assert!(parse_gpu_only(Some("1"), Device::Cuda(0)).unwrap());
+        assert!(parse_gpu_only(Some("1"), Device::Cpu).unwrap_err().to_string().contains("EFFLLM_DEVICE"));
     }
 
     #[test]
