@@ -517,6 +517,9 @@ impl<'m> GraphDecoder<'m> {
         let k = kernels();
         let (hq, hkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
         let cap = self.max_context;
+        // The same for every layer: the attention's chunk count (its grid) and scale.
+        let chunks = cap.div_ceil(ATTENTION_CHUNK);
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let mut h = self.input.clone();
         for (li, layer) in model.layers().iter().enumerate() {
             let x = h.rms_norm(&layer.attn_norm, cfg.rms_eps)?;
@@ -551,7 +554,6 @@ impl<'m> GraphDecoder<'m> {
                 ],
                 1,
             )?;
-            let chunks = cap.div_ceil(ATTENTION_CHUNK);
             k.attention_split.launch(
                 device,
                 LaunchDims {
@@ -572,7 +574,7 @@ impl<'m> GraphDecoder<'m> {
                     Arg::I32(hd as i32),
                     Arg::I32(cap as i32),
                     Arg::I32(chunks as i32),
-                    Arg::F32((1.0 / (hd as f64).sqrt()) as f32),
+                    Arg::F32(scale),
                 ],
                 1,
             )?;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use effllm_gguf::{GgmlType, GgufFile, GgufWriter, ReadOptions};
+use effllm_model::Device;
 use effllm_tensor::quant::{QMatrix, QuantType};
 use effllm_tensor::rng::CounterRng;
 
@@ -137,4 +138,25 @@ pub fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - y).powi(2)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den.max(1e-300)).sqrt()
+}
+
+/// The GPU of the CUDA tests.
+pub const GPU: Device = Device::Cuda(0);
+
+/// Whether [`GPU`] can be used; without one the test skips with a notice, unless `EFFLLM_REQUIRE_CUDA=1` (set by
+/// `cargo xtask gpu-test`'s `run.sh`) makes that a failure.
+pub fn gpu() -> bool {
+    match GPU.check_available() {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"), "EFFLLM_REQUIRE_CUDA=1 but {e}");
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+/// The CUDA tests' tiny model: 3 layers, 4 query heads over 2 KV heads of 16, `weights` for the 2-D tensors.
+pub fn tiny_gqa(weights: GgmlType) -> Tiny {
+    Tiny { n_layer: 3, n_head: 4, n_head_kv: 2, head_dim: 16, d_ff: 96, vocab: 61, context: 128, weights, tied: false }
 }

@@ -4,29 +4,12 @@
 
 mod common;
 
-use common::{Tiny, tiny_gguf};
+use common::{GPU, gpu, tiny_gguf, tiny_gqa};
 use effllm_gguf::GgmlType;
 use effllm_model::{
     Batch, CausalLm, Device, LayeredLm, LlamaModel, LoadOptions, LogitRows, ModelError, NoHooks, OffloadedLlama,
     WeightFormat,
 };
-
-const GPU: Device = Device::Cuda(0);
-
-fn gpu() -> bool {
-    match GPU.check_available() {
-        Ok(()) => true,
-        Err(e) => {
-            assert!(std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"), "EFFLLM_REQUIRE_CUDA=1 but {e}");
-            eprintln!("skipped: {e}");
-            false
-        }
-    }
-}
-
-fn tiny(weights: GgmlType) -> Tiny {
-    Tiny { n_layer: 3, n_head: 4, n_head_kv: 2, head_dim: 16, d_ff: 96, vocab: 61, context: 128, weights, tied: false }
-}
 
 fn bits(t: &effllm_model::Tensor) -> Vec<u32> {
     t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
@@ -34,7 +17,7 @@ fn bits(t: &effllm_model::Tensor) -> Vec<u32> {
 
 #[test]
 fn offloading_needs_a_cuda_device() {
-    let m = LlamaModel::from_gguf(&tiny_gguf(&tiny(GgmlType::F32), 1), &LoadOptions::default()).unwrap();
+    let m = LlamaModel::from_gguf(&tiny_gguf(&tiny_gqa(GgmlType::F32), 1), &LoadOptions::default()).unwrap();
     assert!(matches!(OffloadedLlama::new(&m, Device::Cpu).unwrap_err(), ModelError::Tensor(_)));
     if !gpu() {
         assert!(matches!(OffloadedLlama::new(&m, GPU).unwrap_err(), ModelError::Tensor(_)));
@@ -53,8 +36,9 @@ fn offloaded_equals_resident_bitwise() {
         (GgmlType::Q4_1, WeightFormat::Quantized),
         (GgmlType::Q8_0, WeightFormat::BF16),
     ] {
-        let host = LlamaModel::from_gguf(&tiny_gguf(&tiny(weights), 7), &LoadOptions { format, ..Default::default() })
-            .unwrap();
+        let host =
+            LlamaModel::from_gguf(&tiny_gguf(&tiny_gqa(weights), 7), &LoadOptions { format, ..Default::default() })
+                .unwrap();
         let resident = host.to_device(&GPU).unwrap();
         for prefetch in [1, 2, 5] {
             let off = OffloadedLlama::new(&host, GPU).unwrap().with_prefetch(prefetch).unwrap();

@@ -8,37 +8,21 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard};
 
-use common::{Tiny, tiny_gguf};
+use common::{GPU, gpu, tiny_gguf, tiny_gqa};
 use effllm_gguf::GgmlType;
 use effllm_model::{
     Batch, CausalLm, Device, GraphDecoder, KvCache, LlamaModel, LoadOptions, LogitRows, ModelError, WeightFormat,
 };
 
-const GPU: Device = Device::Cuda(0);
 static DEVICE: Mutex<()> = Mutex::new(());
 
 fn lock() -> MutexGuard<'static, ()> {
     DEVICE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn gpu() -> bool {
-    match GPU.check_available() {
-        Ok(()) => true,
-        Err(e) => {
-            assert!(std::env::var("EFFLLM_REQUIRE_CUDA").as_deref() != Ok("1"), "EFFLLM_REQUIRE_CUDA=1 but {e}");
-            eprintln!("skipped: {e}");
-            false
-        }
-    }
-}
-
-fn tiny(weights: GgmlType) -> Tiny {
-    Tiny { n_layer: 3, n_head: 4, n_head_kv: 2, head_dim: 16, d_ff: 96, vocab: 61, context: 128, weights, tied: false }
-}
-
 fn model(weights: GgmlType, format: WeightFormat, device: Device) -> LlamaModel {
-    let host =
-        LlamaModel::from_gguf(&tiny_gguf(&tiny(weights), 7), &LoadOptions { format, ..Default::default() }).unwrap();
+    let host = LlamaModel::from_gguf(&tiny_gguf(&tiny_gqa(weights), 7), &LoadOptions { format, ..Default::default() })
+        .unwrap();
     host.to_device(&device).unwrap()
 }
 
