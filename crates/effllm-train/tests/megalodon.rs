@@ -17,18 +17,10 @@ fn data(seq_len: usize) -> TrainData {
 
 /// A two-layer Megalodon whose 16-token rows span two attention chunks of 8.
 fn cfg(dir: &str) -> TrainConfig {
-    let mut c = TrainConfig::preset("tiny").unwrap();
+    let mut c = common::walk_config("megalodon", dir);
     c.model.architecture = Architecture::Megalodon;
-    (c.model.d_model, c.model.n_head, c.model.n_head_kv, c.model.d_ff) = (32, 2, 2, 64);
+    (c.model.n_head, c.model.n_head_kv) = (2, 2);
     c.model.megalodon = Some(common::tiny_megalodon_shape());
-    c.data.seq_len = 16;
-    c.data.batch_size = 4;
-    c.data.eval_sequences = 8;
-    c.optim.lr = 1e-2;
-    c.optim.min_lr = 1e-3;
-    c.optim.warmup_steps = 2;
-    c.run.steps = 40;
-    c.run.out_dir = std::env::temp_dir().join(format!("effllm-train-megalodon-{}-{dir}", std::process::id()));
     c
 }
 

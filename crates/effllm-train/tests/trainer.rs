@@ -19,18 +19,7 @@ fn data(seq_len: usize) -> TrainData {
 }
 
 fn cfg(dir: &str) -> TrainConfig {
-    let mut c = TrainConfig::preset("tiny").unwrap();
-    c.model.d_model = 32;
-    c.model.d_ff = 64;
-    c.data.seq_len = 16;
-    c.data.batch_size = 4;
-    c.data.eval_sequences = 8;
-    c.optim.lr = 1e-2;
-    c.optim.min_lr = 1e-3;
-    c.optim.warmup_steps = 2;
-    c.run.steps = 40;
-    c.run.out_dir = std::env::temp_dir().join(format!("effllm-train-test-{}-{dir}", std::process::id()));
-    c
+    common::walk_config("test", dir)
 }
 
 #[test]

@@ -47,3 +47,20 @@ pub fn tiny_megalodon_shape() -> effllm_train::MegalodonShape {
         scale_emb: false,
     }
 }
+
+/// The `tiny` preset at the walk tests' size (d = 32, d_ff = 64, rows of 16 tokens, batches of 4, 40 steps at
+/// lr 1e-2 → 1e-3 after 2 warm-up steps), writing under the temp directory as `effllm-train-{kind}-{pid}-{dir}`.
+pub fn walk_config(kind: &str, dir: &str) -> effllm_train::TrainConfig {
+    let mut c = effllm_train::TrainConfig::preset("tiny").unwrap();
+    c.model.d_model = 32;
+    c.model.d_ff = 64;
+    c.data.seq_len = 16;
+    c.data.batch_size = 4;
+    c.data.eval_sequences = 8;
+    c.optim.lr = 1e-2;
+    c.optim.min_lr = 1e-3;
+    c.optim.warmup_steps = 2;
+    c.run.steps = 40;
+    c.run.out_dir = std::env::temp_dir().join(format!("effllm-train-{kind}-{}-{dir}", std::process::id()));
+    c
+}
