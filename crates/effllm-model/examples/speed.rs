@@ -4,8 +4,8 @@
 //! (f32 or bf16) instead of the GGUF file: speed does not depend on the values, and no model file is needed (for
 //! machines without network); `quantized` then quantizes the random weights to Q4_1 blocks.
 //!
-//! On a CUDA device the decode is also timed through [`GraphDecoder`] (the per-token step replayed as a CUDA graph)
-//! in the same run, and its greedy tokens are compared with the ordinary forward's.
+//! On a CUDA device the decode is also timed through [`GraphDecoder`] (the per-token step replayed as a CUDA graph,
+//! unfused and fused) in the same run, and its greedy tokens are compared with the ordinary forward's.
 
 use std::time::Instant;
 
@@ -66,28 +66,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if device.is_cpu() {
         return Ok(());
     }
-    // The same decode with the step replayed as a CUDA graph; a warm-up sequence records the graph first.
-    let mut decoder = GraphDecoder::new(&model, prompt_len + n_decode + 1)?;
-    decoder.generate_greedy(&prompt[..prompt_len.clamp(1, 8)], 4)?;
-    let logits = decoder.prefill(&prompt)?;
-    let mut next = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
-    let t2 = Instant::now();
-    let mut graph_ids = Vec::with_capacity(n_decode);
-    for i in 0..n_decode {
-        graph_ids.push(next);
-        if i + 1 < n_decode {
-            decoder.decode_on_device(next)?;
-            next = decoder.logits().argmax(1, false)?.to_vec::<u32>()?[0];
+    // The same decode with the step replayed as a CUDA graph, first with the model's own ops (unfused), then with the
+    // fused step where the model allows it; a warm-up sequence records each graph first.
+    let eager_rate = n_decode as f64 / decode;
+    for fused in [false, true] {
+        let mut decoder = GraphDecoder::new(&model, prompt_len + n_decode + 1)?;
+        if fused && !decoder.fused_supported() {
+            println!("graph decode (fused step): not supported for this model");
+            continue;
+        }
+        decoder.set_fused(fused)?;
+        decoder.generate_greedy(&prompt[..prompt_len.clamp(1, 8)], 4)?;
+        let logits = decoder.prefill(&prompt)?;
+        let mut next = logits.iter().enumerate().fold(0, |b, (i, &x)| if x > logits[b] { i } else { b }) as u32;
+        let t2 = Instant::now();
+        let mut graph_ids = Vec::with_capacity(n_decode);
+        for i in 0..n_decode {
+            graph_ids.push(next);
+            if i + 1 < n_decode {
+                decoder.decode_on_device(next)?;
+                next = decoder.logits().argmax(1, false)?.to_vec::<u32>()?[0];
+            }
+        }
+        let graph = t2.elapsed().as_secs_f64();
+        // The ordinary loop above ran one forward more (the logits after the last token); compare per decoded token.
+        let graph_rate = (n_decode - 1).max(1) as f64 / graph;
+        let agree = generated.iter().zip(&graph_ids).take_while(|(a, b)| a == b).count();
+        let step = if fused { "fused step" } else { "unfused step" };
+        println!(
+            "graph decode ({step}): {graph_rate:.1} tok/s vs {eager_rate:.1} tok/s launch by launch ({:.2}x); greedy tokens equal for {agree}/{n_decode}",
+            graph_rate / eager_rate
+        );
+        if fused {
+            // The fused step's greedy loop on the device: no host round trip per token (replays queued back to back).
+            decoder.prefill(&prompt)?;
+            let t3 = Instant::now();
+            let rest = decoder.greedy_continue(graph_ids[0], n_decode - 1)?;
+            let device_loop = t3.elapsed().as_secs_f64();
+            let rate = (n_decode - 1).max(1) as f64 / device_loop;
+            let same = rest.iter().zip(&generated[1..]).take_while(|(a, b)| a == b).count();
+            println!(
+                "graph decode (fused step, greedy loop on the device): {rate:.1} tok/s ({:.2}x launch by launch); greedy tokens equal for {}/{n_decode}",
+                rate / eager_rate,
+                same + 1
+            );
         }
     }
-    let graph = t2.elapsed().as_secs_f64();
-    // The ordinary loop above ran one forward more (the logits after the last token); compare per decoded token.
-    let (eager_rate, graph_rate) = (n_decode as f64 / decode, (n_decode - 1).max(1) as f64 / graph);
-    let agree = generated.iter().zip(&graph_ids).take_while(|(a, b)| a == b).count();
-    println!(
-        "graph decode: {graph_rate:.1} tok/s vs {eager_rate:.1} tok/s launch by launch ({:.2}x); greedy tokens equal for {agree}/{n_decode}",
-        graph_rate / eager_rate
-    );
     Ok(())
 }
 

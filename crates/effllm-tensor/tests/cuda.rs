@@ -167,6 +167,61 @@ fn custom_kernel_runs_and_is_cached() {
     assert!(e.to_string().contains("shares its storage"), "{e}");
 }
 
+/// A chain of programmatic dependent launches (`launch_overlapping`): each kernel lets the next start early and waits
+/// for the previous one before reading its output, so the chain computes what plain launches compute; every scalar
+/// kind (negative ints included) reaches the kernel intact through the raw parameter slots.
+#[test]
+fn overlapping_launches_wait_for_the_previous_kernel() {
+    use effllm_tensor::cuda::{Arg, CustomKernel, KERNEL_PRELUDE, LaunchDims, Param};
+    if !gpu() {
+        return;
+    }
+    let src = format!(
+        "{KERNEL_PRELUDE}\nextern \"C\" __global__ void step(const float* x, float* y, float a, int b, unsigned int c, \
+         i64 d, double e, i64 n) {{\n effllm_allow_next_kernel(); effllm_wait_for_previous_kernel();\n\
+         i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; if (i < n) y[i] = a * x[i] + (float)b + (float)c + \
+         (float)d + (float)e; }}"
+    );
+    let params = [
+        Param::In(DType::F32),
+        Param::Out(DType::F32),
+        Param::F32,
+        Param::I32,
+        Param::U32,
+        Param::I64,
+        Param::F64,
+        Param::I64,
+    ];
+    let k = CustomKernel::new("tests::overlapping_step", &src, "step", &params);
+    let n = 100_000usize;
+    let mut a = Tensor::arange(n, DType::F32, &GPU).unwrap().affine(1e-3, 0.0).unwrap();
+    let mut b = Tensor::zeros(&[n], DType::F32, &GPU).unwrap();
+    let mut want: Vec<f64> = (0..n).map(|i| i as f64 * 1e-3).collect();
+    for step in 0..24 {
+        let (src, dst) = if step % 2 == 0 { (&a, &mut b) } else { (&b, &mut a) };
+        k.launch_overlapping(
+            GPU,
+            LaunchDims::linear(n),
+            &mut [
+                Arg::In(src),
+                Arg::Out(dst),
+                Arg::F32(0.5),
+                Arg::I32(-3),
+                Arg::U32(2),
+                Arg::I64(-1),
+                Arg::F64(2.25),
+                Arg::I64(n as i64),
+            ],
+            n,
+        )
+        .unwrap();
+        want.iter_mut().for_each(|w| *w = 0.5 * *w - 3.0 + 2.0 - 1.0 + 2.25);
+    }
+    let got = a.to_vec::<f32>().unwrap();
+    let worst = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-5, "worst error {worst}");
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn module_cache_returns_the_same_module() {

@@ -415,6 +415,7 @@ pub(crate) fn launch_custom(
     device: Device,
     dims: super::LaunchDims,
     args: &mut [super::Arg<'_>],
+    overlap: bool,
 ) -> Result<()> {
     use cudarc::driver::PushKernelArg;
     let dev = get(device)?;
@@ -439,6 +440,10 @@ pub(crate) fn launch_custom(
             super::Arg::Out(t) => views.push(tensor_view(t)?),
             _ => {}
         }
+    }
+    // Programmatic dependent launch needs compute capability 9.0 (Hopper) or later; elsewhere a plain launch.
+    if overlap && dev.arch.trim_start_matches("sm_").parse::<u32>().is_ok_and(|cc| cc >= 90) {
+        return launch_programmatic(&dev, &f, dims, args, &views);
     }
     let mut b = dev.stream.launch_builder(&f);
     let mut vi = 0;
@@ -473,6 +478,63 @@ pub(crate) fn launch_custom(
     // `CustomKernel::check`); the kernel's own indexing is the caller's contract, as with any CUDA kernel.
     unsafe { b.launch(cfg) }.map_err(launch_err)?;
     Ok(())
+}
+
+/// `cuLaunchKernelEx` with programmatic stream serialization: the kernel may start while the previous kernel on the
+/// stream is still running, and waits for it where it executes `griddepcontrol.wait`.
+fn launch_programmatic(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    dims: super::LaunchDims,
+    args: &[super::Arg<'_>],
+    views: &[cudarc::driver::CudaView<'_, u8>],
+) -> Result<()> {
+    use cudarc::driver::{DevicePtr, sys};
+    // One 8-byte slot per parameter (device pointers and scalars, little-endian, the value in the low bytes); the
+    // driver reads each parameter's own size from the kernel's signature.
+    let mut guards = Vec::with_capacity(views.len());
+    let mut slots: Vec<u64> = Vec::with_capacity(args.len());
+    let mut vi = 0;
+    for a in args {
+        slots.push(match a {
+            super::Arg::In(_) | super::Arg::Out(_) => {
+                let (ptr, guard) = views[vi].device_ptr(&dev.stream);
+                guards.push(guard);
+                vi += 1;
+                ptr
+            }
+            super::Arg::I32(v) => u64::from(*v as u32),
+            super::Arg::U32(v) => u64::from(*v),
+            super::Arg::I64(v) => *v as u64,
+            super::Arg::U64(v) => *v,
+            super::Arg::F32(v) => u64::from(v.to_bits()),
+            super::Arg::F64(v) => v.to_bits(),
+        });
+    }
+    let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+    // SAFETY: a plain-old-data union; the attribute id says which member the driver reads.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: dims.grid.0,
+        gridDimY: dims.grid.1,
+        gridDimZ: dims.grid.2,
+        blockDimX: dims.block.0,
+        blockDimY: dims.block.1,
+        blockDimZ: dims.block.2,
+        sharedMemBytes: dims.shared_mem_bytes,
+        hStream: dev.stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    dev.ctx.bind_to_thread().map_err(cuda_err("bind_to_thread"))?;
+    // SAFETY: `params` points at one live slot per declared parameter (checked by `CustomKernel::check`), the
+    // function belongs to this device's context, and the buffers stay alive (their views and guards) until the
+    // launch is queued.
+    let r = unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) };
+    drop(guards);
+    r.result().map_err(launch_err)
 }
 
 fn tensor_view(t: &crate::Tensor) -> Result<cudarc::driver::CudaView<'_, u8>> {

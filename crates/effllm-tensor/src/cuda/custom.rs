@@ -142,7 +142,27 @@ impl CustomKernel {
     /// outputs (e.g. `to_vec`) or call `cuda::device(n)?.synchronize()` to wait.
     pub fn launch(&self, device: Device, dims: LaunchDims, args: &mut [Arg<'_>], min_elems: usize) -> Result<()> {
         self.check(device, args, min_elems)?;
-        super::launch_custom(self, device, dims, args)
+        super::launch_custom(self, device, dims, args, false)
+    }
+
+    /// [`CustomKernel::launch`] as a *programmatic dependent launch* on GPUs of compute capability 9.0 or later
+    /// (Hopper): the kernel's blocks may start while the kernel queued before it is still running, and must execute
+    /// `effllm_wait_for_previous_kernel()` (from [`KERNEL_PRELUDE`](super::KERNEL_PRELUDE)) before they read
+    /// anything an earlier kernel writes or write anything an earlier kernel reads. Work before that call — loading
+    /// or prefetching weights that no kernel writes — overlaps the previous kernel's tail and the launch latency.
+    /// The previous kernel lets it start early by executing `effllm_allow_next_kernel()`. On older GPUs this is
+    /// [`CustomKernel::launch`] (the prelude's functions then compile to nothing).
+    ///
+    /// Recorded into a [`CudaGraph`](super::CudaGraph), the dependency becomes a programmatic edge of the graph.
+    pub fn launch_overlapping(
+        &self,
+        device: Device,
+        dims: LaunchDims,
+        args: &mut [Arg<'_>],
+        min_elems: usize,
+    ) -> Result<()> {
+        self.check(device, args, min_elems)?;
+        super::launch_custom(self, device, dims, args, true)
     }
 
     /// The module key in the cache.

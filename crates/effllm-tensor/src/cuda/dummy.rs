@@ -61,6 +61,7 @@ pub(crate) fn launch_custom(
     device: Device,
     _dims: super::LaunchDims,
     _args: &mut [super::Arg<'_>],
+    _overlap: bool,
 ) -> Result<()> {
     Err(Error::NotCompiledWithCuda { device })
 }

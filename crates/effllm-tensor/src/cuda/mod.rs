@@ -34,8 +34,11 @@ pub use dummy::*;
 pub const HOST_ROUND_TRIP_OPS: &[&str] =
     &["top_k", "thin_svd", "singular_values", "qr", "gather", "scatter", "scatter_add", "where_cond"];
 
-/// Helpers every custom kernel source may start with: `u8/u16/u32/u64/i64` typedefs and header-free f16/bf16
-/// conversions (`f16_to_f32`, `f32_to_f16`, `bf16_to_f32`, `f32_to_bf16`) through PTX `cvt` instructions.
+/// Helpers every custom kernel source may start with: `u8/u16/u32/u64/i64` typedefs, header-free f16/bf16
+/// conversions (`f16_to_f32`, `f32_to_f16`, `bf16_to_f32`, `f32_to_bf16`) through PTX `cvt` instructions, and the two
+/// sides of a programmatic dependent launch ([`CustomKernel::launch_overlapping`]):
+/// `effllm_wait_for_previous_kernel()` and `effllm_allow_next_kernel()` (PTX `griddepcontrol`, no-ops before
+/// compute capability 9.0).
 pub const KERNEL_PRELUDE: &str = r#"
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -46,4 +49,14 @@ __device__ __forceinline__ float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %
 __device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 __device__ __forceinline__ u16 f32_to_bf16(float f) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ void effllm_wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void effllm_allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 "#;

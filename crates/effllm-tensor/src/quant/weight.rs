@@ -54,6 +54,12 @@ impl QWeight {
         self.device_blocks.as_ref().map_or(Device::Cpu, |t| t.device())
     }
 
+    /// The device copy of the blocks (a contiguous u8 tensor of the matrix's bytes, rows of blocks in order), or
+    /// `None` on the CPU: what a technique's own CUDA kernel passes to read the blocks directly.
+    pub fn device_blocks(&self) -> Option<&Tensor> {
+        self.device_blocks.as_ref()
+    }
+
     /// The host copy of the blocks.
     pub fn matrix(&self) -> &QMatrix {
         &self.matrix

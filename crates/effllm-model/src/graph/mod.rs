@@ -9,6 +9,10 @@ use crate::error::{ModelError, Result, invalid};
 use crate::llama::LlamaModel;
 use crate::{Batch, CausalLm, KvCache, LayeredLm, Linear, LogitRows};
 
+mod fused;
+
+use fused::{FusedStep, StepBuffers};
+
 /// Cache slots per block of `attention_split` (`CHUNK` in the kernel source).
 const ATTENTION_CHUNK: usize = 64;
 
@@ -199,6 +203,14 @@ fn kernels() -> &'static Kernels {
 /// against [`crate::CausalLm::forward`]). The first decoded token runs the step eagerly (which also compiles the
 /// kernels, as a capture must not); the graph is recorded at the second.
 ///
+/// **Fused step.** Where the model's shapes and weight formats allow (head size a multiple of 16 dividing 256; every
+/// matrix dense f32/bf16/f16 or Q4_0/Q4_1/Q8_0 blocks with f32 activations), the step runs five kernels per layer
+/// instead (RMSNorm + Q/K/V GEMV + RoPE + cache write; attention with its combine; `W_o` GEMV + residual; RMSNorm +
+/// gate/up GEMV + SwiGLU; `W_down` GEMV + residual) and one for the final norm and LM head: about 150 kernels for
+/// SmolLM2 where the step above runs about 450. It is the default; [`GraphDecoder::set_fused`] switches between the
+/// two. For f32 and quantized weights both steps compute the same thing (to f32 round-off); for bf16/f16 weights the
+/// fused step keeps activations in f32 where the model's ordinary GEMVs round them to the 16-bit type.
+///
 /// Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
 ///
 /// ```no_run
@@ -221,7 +233,8 @@ pub struct GraphDecoder<'m> {
     values: Vec<Tensor>,
     /// `u32 [1]`: position (= cache slot) of the token being decoded.
     position: Tensor,
-    /// `f32 [1, d]`: the embedding of the token being decoded.
+    /// `f32 [1, d]`: the embedding of the token being decoded (the fused step then updates it in place as the
+    /// residual stream).
     input: Tensor,
     /// `f32 [1, n_head·head_dim]`: attention output of the layer being run (reused by every layer).
     attention: Tensor,
@@ -234,13 +247,16 @@ pub struct GraphDecoder<'m> {
     logits: Tensor,
     graph: Option<CudaGraph>,
     use_graph: bool,
+    /// The fused step's weights and buffers, when the model allows it.
+    fused: Option<FusedStep>,
+    use_fused: bool,
     /// Whether a step ran eagerly (every kernel of the step is then compiled and loaded, which a capture cannot do).
     stepped: bool,
     len: usize,
 }
 
 /// A layer's stacked projections (`None` where the maps are stored in different formats).
-struct StackedMaps {
+pub(crate) struct StackedMaps {
     qkv: Option<Linear>,
     gate_up: Option<Linear>,
 }
@@ -329,6 +345,7 @@ impl<'m> GraphDecoder<'m> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let fused = FusedStep::new(model, &stacked, max_context)?;
         Ok(GraphDecoder {
             model,
             stacked,
@@ -344,6 +361,8 @@ impl<'m> GraphDecoder<'m> {
             logits: zeros(&[1, cfg.vocab], DType::F32)?,
             graph: None,
             use_graph: true,
+            use_fused: fused.is_some(),
+            fused,
             stepped: false,
             len: 0,
         })
@@ -353,6 +372,38 @@ impl<'m> GraphDecoder<'m> {
     /// way, for measuring what the graph saves and for testing that replay changes nothing.
     pub fn set_use_graph(&mut self, on: bool) {
         self.use_graph = on;
+    }
+
+    /// Chooses the fused step (five kernels per layer; the default where the model allows it) or the unfused one
+    /// (the model's own ops, about fifteen kernels per layer). A recorded graph is dropped and recorded again.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] when asking for the fused step on a model it does not support
+    /// ([`GraphDecoder::fused_supported`]).
+    pub fn set_fused(&mut self, on: bool) -> Result<()> {
+        if on && self.fused.is_none() {
+            return Err(invalid(
+                "graph decoder",
+                "the fused step needs a head size that is a multiple of 16 dividing 256 and dense f32/bf16/f16 or \
+                 Q4_0/Q4_1/Q8_0 (f32-activation) weights",
+            ));
+        }
+        if on != self.use_fused {
+            self.use_fused = on;
+            self.graph = None;
+            self.stepped = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the step runs fused.
+    pub fn is_fused(&self) -> bool {
+        self.use_fused
+    }
+
+    /// Whether the model allows the fused step.
+    pub fn fused_supported(&self) -> bool {
+        self.fused.is_some()
     }
 
     /// Tokens in the cache.
@@ -466,16 +517,38 @@ impl<'m> GraphDecoder<'m> {
             return Err(ModelError::ContextOverflow { cached: self.len, new: 1, context: self.max_context });
         }
         let device = model.device();
-        let embedded = model.embed(&[token])?.contiguous()?;
-        let n = embedded.elem_count();
-        // A checked copy, not `slice_assign`: that would silently copy-on-write a shared buffer, and the graph reads
-        // this one.
-        kernels().copy.launch(
-            device,
-            LaunchDims::linear(n),
-            &mut [Arg::In(&embedded), Arg::Out(&mut self.input), Arg::I64(n as i64)],
-            n,
-        )?;
+        let vocab = model.config().vocab;
+        if token as usize >= vocab {
+            return Err(ModelError::BadToken { id: token, index: 0, vocab });
+        }
+        match self.fused.as_mut() {
+            // The fused step looks the token up itself, from device memory.
+            Some(fused) if self.use_fused => kernels().set_position.launch(
+                device,
+                LaunchDims::linear(1),
+                &mut [Arg::Out(&mut fused.token), Arg::U32(token)],
+                1,
+            )?,
+            _ => {
+                let embedded = model.embed(&[token])?.contiguous()?;
+                let n = embedded.elem_count();
+                // A checked copy, not `slice_assign`: that would silently copy-on-write a shared buffer, and the
+                // graph reads this one.
+                kernels().copy.launch(
+                    device,
+                    LaunchDims::linear(n),
+                    &mut [Arg::In(&embedded), Arg::Out(&mut self.input), Arg::I64(n as i64)],
+                    n,
+                )?;
+            }
+        }
+        self.run_step()
+    }
+
+    /// Runs the step once: eagerly at the first token (or with graphs off), recording the graph at the second,
+    /// replaying it after that.
+    fn run_step(&mut self) -> Result<()> {
+        let device = self.model.device();
         match &self.graph {
             Some(graph) if self.use_graph => graph.launch()?,
             None if self.use_graph && self.stepped => {
@@ -496,15 +569,51 @@ impl<'m> GraphDecoder<'m> {
 
     /// Greedy decoding: prefills `prompt`, then appends the argmax token `n` times; returns the `n` tokens.
     pub fn generate_greedy(&mut self, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-        let mut logits = self.prefill(prompt)?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let next = argmax(&logits);
-            out.push(next);
-            if i + 1 < n {
-                logits = self.decode(next)?;
-            }
+        let logits = self.prefill(prompt)?;
+        if n == 0 {
+            return Ok(Vec::new());
         }
+        let first = argmax(&logits);
+        let mut out = Vec::with_capacity(n);
+        out.push(first);
+        out.extend(self.greedy_continue(first, n - 1)?);
+        Ok(out)
+    }
+
+    /// Decodes `token`, then each greedy choice in turn: `n` steps, returning the `n` argmax tokens (the last one not
+    /// yet decoded). With the fused step the choices never leave the device: each step's last node feeds its argmax
+    /// to the next (ties go to the smaller id, NaN never wins, as on the host), the graph is replayed `n` times back
+    /// to back, and the tokens are read once at the end. The unfused step reads each step's logits back and takes
+    /// the argmax on the host.
+    ///
+    /// # Errors
+    /// Before prefill, when `n` more tokens do not fit `max_context`, or for a token outside the vocabulary.
+    pub fn greedy_continue(&mut self, token: u32, n: usize) -> Result<Vec<u32>> {
+        if self.len + n > self.max_context {
+            return Err(ModelError::ContextOverflow { cached: self.len, new: n, context: self.max_context });
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if !self.use_fused {
+            let mut out = Vec::with_capacity(n);
+            let mut next = token;
+            for _ in 0..n {
+                next = argmax(&self.decode(next)?);
+                out.push(next);
+            }
+            return Ok(out);
+        }
+        let start = self.len;
+        self.decode_on_device(token)?;
+        for _ in 1..n {
+            self.run_step()?;
+        }
+        let Some(fused) = &self.fused else { unreachable!("use_fused implies the fused step") };
+        // history[p] is the token read at position p: the choices of the first n - 1 steps, then the last choice.
+        let history = fused.history.to_vec::<u32>()?;
+        let mut out = history[start + 1..start + n].to_vec();
+        out.push(fused.token.to_vec::<u32>()?[0]);
         Ok(out)
     }
 
@@ -517,6 +626,28 @@ impl<'m> GraphDecoder<'m> {
         let k = kernels();
         let (hq, hkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
         let cap = self.max_context;
+        if self.use_fused
+            && let Some(fused) = self.fused.as_mut()
+        {
+            fused.run(
+                cfg,
+                device,
+                StepBuffers {
+                    hidden: &mut self.input,
+                    position: &mut self.position,
+                    keys: &mut self.keys,
+                    values: &mut self.values,
+                    attention: &mut self.attention,
+                    partial_max: &mut self.partial_max,
+                    partial_sum: &mut self.partial_sum,
+                    partial_values: &mut self.partial_values,
+                    logits: &mut self.logits,
+                    max_context: cap,
+                },
+            )?;
+            self.stepped = true;
+            return Ok(());
+        }
         // The same for every layer: the attention's chunk count (its grid) and scale.
         let chunks = cap.div_ceil(ATTENTION_CHUNK);
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
