@@ -170,7 +170,7 @@ fn rounded(m: &LlamaModel, dtype: DType, stored: DType) -> LlamaModel {
 /// 16-bit path also rounds the activations), Q4_1 and Q8_0 blocks. The cache comes from the reference model's
 /// prefill, so only the decode steps are compared: logits to f32 round-off at every step, over prompts whose decode
 /// stays in the first 64-slot attention chunk, crosses into the second, and runs in the second; replay equals the
-/// eager fused step bitwise.
+/// eager fused step bitwise, and so does the persistent kernel (the same phases with the same reductions).
 #[test]
 fn fused_step_matches_the_ordinary_forward() {
     let _g = lock();
@@ -195,10 +195,14 @@ fn fused_step_matches_the_ordinary_forward() {
             reference.forward(&Batch::causal(&prompt, 0), &mut cache, &LogitRows::Last).unwrap();
             let mut graph = GraphDecoder::new(fast, 128).unwrap();
             let mut eager = GraphDecoder::new(fast, 128).unwrap();
+            let mut persistent = GraphDecoder::new(fast, 128).unwrap();
             assert!(graph.fused_supported() && graph.is_fused(), "{name}: the fused step is the default");
             eager.set_use_graph(false);
+            persistent.set_persistent(true).unwrap();
+            assert!(persistent.is_persistent() && !graph.is_persistent());
             graph.load_cache(&cache).unwrap();
             eager.load_cache(&cache).unwrap();
+            persistent.load_cache(&cache).unwrap();
             let mut worst = 0f64;
             for (i, &t) in follow.iter().enumerate() {
                 let pos = prompt.len() + i;
@@ -212,9 +216,11 @@ fn fused_step_matches_the_ordinary_forward() {
                 worst = worst.max(e);
                 assert!(e < 1e-5, "{name} prompt {prompt_len} step {i}: relative error {e}");
                 assert_eq!(bits(&got), bits(&eager.decode(t).unwrap()), "{name} step {i}: replay = eager step");
+                assert_eq!(bits(&got), bits(&persistent.decode(t).unwrap()), "{name} step {i}: persistent kernel");
             }
             eprintln!("fused {name}, prompt {prompt_len}: worst relative error {worst:.2e}");
             assert!(graph.is_captured());
+            assert!(!persistent.is_captured(), "the persistent step is one launch, not a graph");
         }
     }
 }
@@ -238,8 +244,8 @@ fn tied_rows(m: &LlamaModel) -> LlamaModel {
     .unwrap()
 }
 
-/// Greedy decoding on the device (the fused step feeds its own argmax to the next step, and the graph is replayed
-/// back to back) chooses exactly what the host chooses from the same steps' logits, for dense, bf16 and Q4_1 weights
+/// Greedy decoding on the device (the fused step feeds its own argmax to the next step; the graph, or the persistent
+/// kernel, is launched back to back) chooses exactly what the host chooses from the same steps' logits, for dense, bf16 and Q4_1 weights
 /// and for an LM head whose logits tie in pairs (the smaller id wins, as on the host); it continues where it stopped,
 /// and refuses to run past `max_context`.
 #[test]
@@ -256,9 +262,10 @@ fn device_greedy_equals_host_greedy() {
         ("tied logits", tied_rows(&f32_model)),
     ];
     let prompt = [3u32, 41, 7, 7, 19, 60, 2];
-    for (name, m) in &cases {
+    for ((name, m), persistent) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
         let mut device = GraphDecoder::new(m, 64).unwrap();
         assert!(device.is_fused());
+        device.set_persistent(persistent).unwrap();
         let mut got = device.generate_greedy(&prompt, 40).unwrap();
         got.extend(device.greedy_continue(got[39], 10).unwrap());
         let mut host = GraphDecoder::new(m, 64).unwrap();
@@ -271,7 +278,7 @@ fn device_greedy_equals_host_greedy() {
                 logits = host.decode(t).unwrap();
             }
         }
-        assert_eq!(got, want, "{name}");
+        assert_eq!(got, want, "{name}, persistent {persistent}");
         if *name == "tied logits" {
             assert!(got.iter().all(|t| t % 2 == 0), "ties go to the smaller id: {got:?}");
         }

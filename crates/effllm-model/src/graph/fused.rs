@@ -32,8 +32,10 @@ use crate::{CausalLm, Embedding, Linear, LlamaConfig};
 /// Cache slots per block of `attention_fused` (`ACHUNK` in the source): twice the unfused kernel's chunk, so the
 /// decoder's partial-result buffers are large enough.
 const CHUNK: usize = 2 * super::ATTENTION_CHUNK;
-/// Warps per block of the GEMV kernels (`FUSED_WARPS`).
-const WARPS: usize = 8;
+/// Warps per block of the GEMV kernels: 16, as the persistent kernel's blocks of 512 threads, so that the block-wide
+/// reductions (the RMSNorm's sum of squares, the attention's) run in the same order and both ways of running the step
+/// give the same bits.
+const WARPS: usize = 16;
 /// Most blocks of one GEMV launch; the warps loop over the remaining rows.
 const MAX_BLOCKS: usize = 1024;
 /// Dynamic shared memory of a GEMV block holds its input vector: at most this many f32 values.
@@ -42,10 +44,16 @@ const MAX_INPUT: usize = 12 * 1024;
 const SOURCE: &str = r#"
 #define ACHUNK 128
 
-// The step's kernels after the first are launched so that they may start while the previous one runs
-// (programmatic dependent launch, Hopper). Each lets the next kernel start at once, prefetches its weights, and
-// waits for the previous kernel before it reads the residual stream, the cache, the position or any other buffer a
-// kernel writes.
+// Two ways to run the step. (1) One kernel per phase (`rms_qkv_*`, `attention_fused`, `gemv_add_*`,
+// `rms_swiglu_*`, `gemv_add_*`, then `rms_head_*` and `finish`), recorded in a CUDA graph; the kernels after the first
+// are launched so that they may start while the previous one runs (programmatic dependent launch, Hopper): each lets
+// the next kernel start at once, prefetches its weights, and waits for the previous kernel before it reads the
+// residual stream, the cache, the position or any other buffer a kernel writes. (2) One persistent cooperative
+// kernel for the whole step (`decode_step`), its blocks separated by grid-wide barriers where (1) has kernel
+// boundaries. Both run the same phase functions below, so they compute the same thing bit for bit.
+//
+// Activations written during the step are read with __ldcg (through L2, never a stale L1 line): in the persistent
+// kernel other blocks wrote them in an earlier phase of the same launch.
 
 __device__ __forceinline__ float warp_sum(float v) {
     #pragma unroll
@@ -172,14 +180,37 @@ template <int F, int R> __device__ __forceinline__ void rows_dot(const void* w, 
     for (int i = 0; i < R; ++i) out[i] = warp_sum(out[i]);
 }
 
+
 extern __shared__ float4 fused_xs4[];
+
+// Runtime format dispatch (fmtty = format | ty << 8; warp-uniform, folded away where the format is a constant).
+template <int R> __device__ __forceinline__ void rows_dot_any(const void* w, int fmtty, const i64* r, int k,
+                                                              const float* xs, int lane, float* out) {
+    int ty = fmtty >> 8;
+    switch (fmtty & 0xff) {
+        case 0: rows_dot<0, R>(w, r, k, xs, lane, ty, out); break;
+        case 1: rows_dot<1, R>(w, r, k, xs, lane, ty, out); break;
+        case 2: rows_dot<2, R>(w, r, k, xs, lane, ty, out); break;
+        default: rows_dot<3, R>(w, r, k, xs, lane, ty, out); break;
+    }
+}
+
+__device__ __forceinline__ void prefetch_any(const void* w, int fmtty, i64 r, int k, int lane) {
+    int ty = fmtty >> 8;
+    switch (fmtty & 0xff) {
+        case 0: prefetch_row<0>(w, r, k, ty, lane); break;
+        case 1: prefetch_row<1>(w, r, k, ty, lane); break;
+        case 2: prefetch_row<2>(w, r, k, ty, lane); break;
+        default: prefetch_row<3>(w, r, k, ty, lane); break;
+    }
+}
 
 // xs = rms_norm(h) ⊙ g in shared memory (every thread of the block takes part): h and g are read in one pass.
 __device__ __forceinline__ float* load_rms(const float* h, const float* g, float eps, int k) {
     __shared__ float red[32];
     float* xs = (float*)fused_xs4;
     float s = 0.f;
-    for (int j = threadIdx.x; j < k; j += blockDim.x) { float v = h[j]; xs[j] = v * g[j]; s += v * v; }
+    for (int j = threadIdx.x; j < k; j += blockDim.x) { float v = __ldcg(h + j); xs[j] = v * g[j]; s += v * v; }
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
     __syncthreads();
@@ -197,7 +228,7 @@ __device__ __forceinline__ float* load_rms(const float* h, const float* g, float
 
 __device__ __forceinline__ float* load_vec(const float* x, int k) {
     float* xs = (float*)fused_xs4;
-    for (int j = threadIdx.x; j < k; j += blockDim.x) xs[j] = x[j];
+    for (int j = threadIdx.x; j < k; j += blockDim.x) xs[j] = __ldcg(x + j);
     __syncthreads();
     return xs;
 }
@@ -212,18 +243,33 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int r) {
     return ((unsigned long long)ord << 32) | (unsigned long long)(0xffffffffu - (u32)r);
 }
 
-// hidden = embedding row token[0] (dense rows or ggml blocks), history[pos] = token[0], best = 0.
-template <int F> __device__ void embed_body(const void* e, const u32* token, const u32* pos, float* hidden,
-                                            u32* history, u32* best, int d, int cap, int ty) {
-    effllm_allow_next_kernel();
-    effllm_wait_for_previous_kernel();
-    u32 t = token[0];
-    const u8* row = row_ptr<F>(e, t, d, ty);
+// The dimensions of pair p of the stacked [q; k; v] rows: the rotation pair (2i, 2i+1) (interleaved) or
+// (i, i + rot/2) (NeoX) for rotated dimensions of q and k, consecutive dimensions otherwise.
+struct QkvPair { int head, i, da, db; bool qk, rotate; };
+__device__ __forceinline__ QkvPair qkv_pair(int p, int hq, int hkv, int hd, int rot, int neox) {
+    QkvPair q;
+    int per_head = hd >> 1, half = rot >> 1;
+    q.head = p / per_head;
+    q.i = p - q.head * per_head;
+    q.qk = q.head < hq + hkv;
+    q.rotate = q.qk && q.i < half;
+    q.da = q.rotate ? (neox ? q.i : 2 * q.i) : q.qk ? rot + 2 * (q.i - half) : 2 * q.i;
+    q.db = q.rotate ? (neox ? q.i + half : 2 * q.i + 1) : q.da + 1;
+    return q;
+}
+
+// ---- phases (every thread of the block calls them) ----
+
+// hidden = embedding row token[0]; history[pos] = token[0]; best = 0.
+__device__ __forceinline__ void embed_phase(const void* e, int fmtty, u32 t, u32 slot, float* hidden, u32* history,
+                                            u32* best, int d, int cap) {
+    int fmt = fmtty & 0xff, ty = fmtty >> 8;
+    const u8* row = (const u8*)e + (i64)t * (fmt == 0 ? (i64)d * 4 : fmt == 3 ? (i64)(d >> 5) * block_bytes(ty) : (i64)d * 2);
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x) {
         float v;
-        if (F == 0) v = ((const float*)row)[j];
-        else if (F == 1) v = bf16_to_f32(((const u16*)row)[j]);
-        else if (F == 2) v = f16_to_f32(((const u16*)row)[j]);
+        if (fmt == 0) v = ((const float*)row)[j];
+        else if (fmt == 1) v = bf16_to_f32(((const u16*)row)[j]);
+        else if (fmt == 2) v = f16_to_f32(((const u16*)row)[j]);
         else {
             const u8* blk = row + (i64)(j >> 5) * block_bytes(ty);
             int i = j & 31;
@@ -237,28 +283,113 @@ template <int F> __device__ void embed_body(const void* e, const u32* token, con
         hidden[j] = v;
     }
     if (blockIdx.x == 0 && threadIdx.x == 0) {
-        u32 p = pos[0];
-        if (p < (u32)cap) history[p] = t;
+        if (slot < (u32)cap) history[slot] = t;
         best[0] = 0u;
         best[1] = 0u;
     }
 }
 
-// logits[r] = W[r] · (rms_norm(h) ⊙ g) for the LM head, and best = max over rows of argmax_key(logit, r) (NaN never
-// wins): one atomicMax per block.
-template <int F> __device__ void rms_head_body(const void* w, const float* h, const float* g, float* y, u32* best,
-                                               int rows, int k, float eps, int ty) {
-    __shared__ unsigned long long block_best[32];
-    effllm_allow_next_kernel();
+__device__ __forceinline__ void qkv_prefetch(const void* w, int fmtty, int hq, int hkv, int hd, int rot, int neox,
+                                             int k) {
     int lane = threadIdx.x & 31;
-    WARP_LOOP(r, rows) prefetch_row<F>(w, r, k, ty, lane);
-    effllm_wait_for_previous_kernel();
+    WARP_LOOP(p, (hq + 2 * hkv) * (hd >> 1)) {
+        QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
+        prefetch_any(w, fmtty, (i64)q.head * hd + q.da, k, lane);
+        prefetch_any(w, fmtty, (i64)q.head * hd + q.db, k, lane);
+    }
+}
+
+// [q; k; v] = W_qkv · (rms_norm(h) ⊙ g), RoPE (cos/sin of position `slot` from the table) on q and k, k and v
+// stored in cache slot `slot`.
+__device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float* h, const float* g,
+                                          const float* rope, u32 slot, float* qout, float* kc, float* vc, int hq,
+                                          int hkv, int hd, int rot, int neox, int cap, int k, float eps) {
+    int lane = threadIdx.x & 31, half = rot >> 1;
+    float* xs = load_rms(h, g, eps, k);
+    WARP_LOOP(p, (hq + 2 * hkv) * (hd >> 1)) {
+        QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
+        float c = 1.f, s = 0.f;
+        if (q.rotate && slot < (u32)cap) {
+            c = rope[((i64)slot * half + q.i) * 2];
+            s = rope[((i64)slot * half + q.i) * 2 + 1];
+        }
+        i64 r[2] = {(i64)q.head * hd + q.da, (i64)q.head * hd + q.db};
+        float ab[2];
+        rows_dot_any<2>(w, fmtty, r, k, xs, lane, ab);
+        if (lane == 0) {
+            float a = ab[0], b = ab[1];
+            if (q.rotate) {
+                float ya = a * c - b * s, yb = a * s + b * c;
+                a = ya;
+                b = yb;
+            }
+            if (q.head < hq) {
+                qout[(i64)q.head * hd + q.da] = a;
+                qout[(i64)q.head * hd + q.db] = b;
+            } else if (slot < (u32)cap) {
+                int kvh = q.qk ? q.head - hq : q.head - hq - hkv;
+                float* dst = (q.qk ? kc : vc) + ((i64)kvh * cap + slot) * hd;
+                dst[q.da] = a;
+                dst[q.db] = b;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void swiglu_prefetch(const void* w, int fmtty, int dff, int k) {
+    int lane = threadIdx.x & 31;
+    WARP_LOOP(i, dff) {
+        prefetch_any(w, fmtty, i, k, lane);
+        prefetch_any(w, fmtty, (i64)dff + i, k, lane);
+    }
+}
+
+// z_i = silu(gate_i) · up_i with [gate; up] = [W_gate; W_up] · (rms_norm(h) ⊙ g).
+__device__ __forceinline__ void swiglu_phase(const void* w, int fmtty, const float* h, const float* g, float* z,
+                                             int dff, int k, float eps) {
+    int lane = threadIdx.x & 31;
+    float* xs = load_rms(h, g, eps, k);
+    WARP_LOOP(i, dff) {
+        i64 r[2] = {i, (i64)dff + i};
+        float gu[2];
+        rows_dot_any<2>(w, fmtty, r, k, xs, lane, gu);
+        if (lane == 0) {
+            float gt = gu[0];
+            float sg = gt >= 0.f ? 1.f / (1.f + expf(-gt)) : expf(gt) / (1.f + expf(gt));
+            z[i] = gt * sg * gu[1];
+        }
+    }
+}
+
+__device__ __forceinline__ void rows_prefetch(const void* w, int fmtty, int rows, int k) {
+    int lane = threadIdx.x & 31;
+    WARP_LOOP(r, rows) prefetch_any(w, fmtty, r, k, lane);
+}
+
+// h[r] += W[r] · x.
+__device__ __forceinline__ void gemv_add_phase(const void* w, int fmtty, const float* x, float* h, int rows, int k) {
+    int lane = threadIdx.x & 31;
+    float* xs = load_vec(x, k);
+    WARP_LOOP(r, rows) {
+        i64 rr = r;
+        float before = lane == 0 ? __ldcg(h + r) : 0.f, a;  // loaded now, not after the dot product
+        rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a);
+        if (lane == 0) h[r] = before + a;
+    }
+}
+
+// logits[r] = W[r] · (rms_norm(h) ⊙ g) and best = max over rows of argmax_key(logit, r) (NaN never wins): one
+// atomicMax per block.
+__device__ __forceinline__ void head_phase(const void* w, int fmtty, const float* h, const float* g, float* y,
+                                           u32* best, int rows, int k, float eps) {
+    __shared__ unsigned long long block_best[32];
+    int lane = threadIdx.x & 31;
     float* xs = load_rms(h, g, eps, k);
     unsigned long long mine = 0ull;
     WARP_LOOP(r, rows) {
         i64 rr = r;
         float a;
-        rows_dot<F, 1>(w, &rr, k, xs, lane, ty, &a);
+        rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a);
         if (lane == 0) {
             y[r] = a;
             if (a == a) { unsigned long long key = argmax_key(a, r); mine = key > mine ? key : mine; }
@@ -272,159 +403,21 @@ template <int F> __device__ void rms_head_body(const void* w, const float* h, co
     }
 }
 
-// [q; k; v] = [W_q; W_k; W_v] · (rms_norm(h) ⊙ g), RoPE on q and k at position pos[0], k and v stored in cache slot
-// pos[0]. A warp computes the two rows of one pair of head dimensions: the rotation pair (2i, 2i+1) (interleaved) or
-// (i, i + rot/2) (NeoX) for rotated dimensions, consecutive dimensions otherwise.
-template <int F> __device__ void rms_qkv_body(const void* w, const float* h, const float* g, const u32* pos,
-                                              float* qout, float* kc, float* vc, int hq, int hkv, int hd, int rot,
-                                              int neox, double base, int cap, int k, float eps, int ty) {
-    effllm_allow_next_kernel();
-    int lane = threadIdx.x & 31;
-    int per_head = hd >> 1, half = rot >> 1, total = (hq + 2 * hkv) * per_head;
-    WARP_LOOP(p, total) {
-        int head = p / per_head, i = p - head * per_head;
-        bool qk = head < hq + hkv, rotate = qk && i < half;
-        int da = rotate ? (neox ? i : 2 * i) : qk ? rot + 2 * (i - half) : 2 * i;
-        int db = rotate ? (neox ? i + half : 2 * i + 1) : da + 1;
-        prefetch_row<F>(w, (i64)head * hd + da, k, ty, lane);
-        prefetch_row<F>(w, (i64)head * hd + db, k, ty, lane);
-    }
-    effllm_wait_for_previous_kernel();
-    float* xs = load_rms(h, g, eps, k);
-    u32 slot = pos[0];
-    WARP_LOOP(p, total) {
-        int head = p / per_head, i = p - head * per_head;
-        bool qk = head < hq + hkv, rotate = qk && i < half;
-        int da = rotate ? (neox ? i : 2 * i) : qk ? rot + 2 * (i - half) : 2 * i;
-        int db = rotate ? (neox ? i + half : 2 * i + 1) : da + 1;
-        float c = 1.f, s = 0.f;
-        if (rotate) {
-            // As the tensor crate's rope kernel: θ_i = base^(−2i/rot) and the angle in f64.
-            double theta = pow(base, -2.0 * (double)i / (double)rot);
-            double sn, cs;
-            sincos((double)slot * theta, &sn, &cs);
-            c = (float)cs;
-            s = (float)sn;
-        }
-        i64 r[2] = {(i64)head * hd + da, (i64)head * hd + db};
-        float ab[2];
-        rows_dot<F, 2>(w, r, k, xs, lane, ty, ab);
-        if (lane == 0) {
-            float a = ab[0], b = ab[1];
-            if (rotate) {
-                float ya = a * c - b * s, yb = a * s + b * c;
-                a = ya;
-                b = yb;
-            }
-            if (head < hq) {
-                qout[(i64)head * hd + da] = a;
-                qout[(i64)head * hd + db] = b;
-            } else if (slot < (u32)cap) {
-                int kvh = qk ? head - hq : head - hq - hkv;
-                float* dst = (qk ? kc : vc) + ((i64)kvh * cap + slot) * hd;
-                dst[da] = a;
-                dst[db] = b;
-            }
-        }
-    }
-}
-
-// z_i = silu(gate_i) · up_i with [gate; up] = [W_gate; W_up] · (rms_norm(h) ⊙ g): one warp per i, both rows.
-template <int F> __device__ void rms_swiglu_body(const void* w, const float* h, const float* g, float* z, int dff,
-                                                 int k, float eps, int ty) {
-    effllm_allow_next_kernel();
-    int lane = threadIdx.x & 31;
-    WARP_LOOP(i, dff) {
-        prefetch_row<F>(w, i, k, ty, lane);
-        prefetch_row<F>(w, (i64)dff + i, k, ty, lane);
-    }
-    effllm_wait_for_previous_kernel();
-    float* xs = load_rms(h, g, eps, k);
-    WARP_LOOP(i, dff) {
-        i64 r[2] = {i, (i64)dff + i};
-        float gu[2];
-        rows_dot<F, 2>(w, r, k, xs, lane, ty, gu);
-        if (lane == 0) {
-            float gt = gu[0];
-            float sg = gt >= 0.f ? 1.f / (1.f + expf(-gt)) : expf(gt) / (1.f + expf(gt));
-            z[i] = gt * sg * gu[1];
-        }
-    }
-}
-
-// h[r] += W[r] · x: the output projection and the down projection with their residual adds.
-template <int F> __device__ void gemv_add_body(const void* w, const float* x, float* h, int rows, int k, int ty) {
-    effllm_allow_next_kernel();
-    int lane = threadIdx.x & 31;
-    WARP_LOOP(r, rows) prefetch_row<F>(w, r, k, ty, lane);
-    effllm_wait_for_previous_kernel();
-    float* xs = load_vec(x, k);
-    WARP_LOOP(r, rows) {
-        i64 rr = r;
-        float before = lane == 0 ? h[r] : 0.f, a;  // loaded now, not after the dot product
-        rows_dot<F, 1>(w, &rr, k, xs, lane, ty, &a);
-        if (lane == 0) h[r] = before + a;
-    }
-}
-
-#define FUSED_ENTRIES(SFX, F, WT)                                                                                      \
-    extern "C" __global__ void embed_##SFX(const WT* e, const u32* token, const u32* pos, float* hidden, u32* history,  \
-                                           u32* best, int d, int cap, int ty) {                                        \
-        embed_body<F>(e, token, pos, hidden, history, best, d, cap, ty);                                               \
-    }                                                                                                                  \
-    extern "C" __global__ void rms_head_##SFX(const WT* w, const float* h, const float* g, float* y, u32* best,         \
-                                              int rows, int k, float eps, int ty) {                                    \
-        rms_head_body<F>(w, h, g, y, best, rows, k, eps, ty);                                                          \
-    }                                                                                                                  \
-    extern "C" __global__ void rms_qkv_##SFX(const WT* w, const float* h, const float* g, const u32* pos, float* qout, \
-                                             float* kc, float* vc, int hq, int hkv, int hd, int rot, int neox,         \
-                                             double base, int cap, int k, float eps, int ty) {                         \
-        rms_qkv_body<F>(w, h, g, pos, qout, kc, vc, hq, hkv, hd, rot, neox, base, cap, k, eps, ty);                    \
-    }                                                                                                                  \
-    extern "C" __global__ void rms_swiglu_##SFX(const WT* w, const float* h, const float* g, float* z, int dff, int k, \
-                                                float eps, int ty) {                                                   \
-        rms_swiglu_body<F>(w, h, g, z, dff, k, eps, ty);                                                               \
-    }                                                                                                                  \
-    extern "C" __global__ void gemv_add_##SFX(const WT* w, const float* x, float* h, int rows, int k, int ty) {        \
-        gemv_add_body<F>(w, x, h, rows, k, ty);                                                                        \
-    }
-
-FUSED_ENTRIES(f32, 0, float)
-FUSED_ENTRIES(bf16, 1, u16)
-FUSED_ENTRIES(f16, 2, u16)
-FUSED_ENTRIES(q, 3, u8)
-
-// The step's last node: the argmax of the logits becomes the next input token (0 if every logit was NaN), and the
-// position advances.
-extern "C" __global__ void finish(const u32* best, u32* token, u32* pos) {
-    effllm_wait_for_previous_kernel();
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        unsigned long long key = ((unsigned long long)best[1] << 32) | best[0];
-        token[0] = key ? 0xffffffffu - (u32)(key & 0xffffffffull) : 0u;
-        pos[0] += 1;
-    }
-}
-
-// Decode attention of one query token over cache slots 0..=pos[0], split-K with the combine in the same launch:
-// block (h, c) (256 threads) scores the live slots of chunk c (2 threads per slot, hd/2 dimensions each), takes the
-// chunk's max m, Σ e^(s−m) and Σ e^(s−m)·v (16-byte loads of v: hd/4 threads per slot row, 256/(hd/4) slot groups).
-// With one live chunk the block writes the normalised output itself; otherwise it stores its partials and the last
-// block of head h to finish (a counter per head, reset by that block) rescales the chunks to their common max. Needs
-// hd to be a multiple of 16 dividing 256.
-extern "C" __global__ void attention_fused(const float* q, const float* kc, const float* vc, const u32* pos,
-                                           float* pm, float* pl, float* pacc, u32* counter, float* out, int hq,
-                                           int hkv, int hd, int cap, int nchunks, float scale) {
+// Decode attention of query head h over the live slots of chunk c (n live slots in all), with blockDim.x (256 or
+// 512) threads: blockDim/ACHUNK threads per slot score it (hd divided among them), the chunk's max m, Σ e^(s−m) and
+// Σ e^(s−m)·v follow (16-byte loads of v: hd/4 threads per slot row, blockDim/(hd/4) slot groups). With one live
+// chunk the block writes the normalised output itself; otherwise it stores its partials and the last block of head
+// h to finish (a counter per head, reset by that block) rescales the chunks to their common max. Needs hd to be a
+// multiple of 16 dividing 256.
+__device__ __forceinline__ void attention_item(const float* q, const float* kc, const float* vc, int n, int h, int c,
+                                               float* pm, float* pl, float* pacc, u32* counter, float* out,
+                                               int hq, int hkv, int hd, int cap, int nchunks, float scale) {
     __shared__ float p[ACHUNK];
-    __shared__ float4 part[256];
+    __shared__ float4 part[512];
     __shared__ float stat[2];
     __shared__ int is_last;
-    effllm_allow_next_kernel();
-    effllm_wait_for_previous_kernel();
-    int h = blockIdx.x, c = blockIdx.y, t = threadIdx.x;
-    int n = (int)pos[0] + 1;
-    if (n > cap) n = cap;
+    int t = threadIdx.x, nt = blockDim.x;
     int j0 = c * ACHUNK;
-    if (j0 >= n) return;
     int cnt = n - j0 < ACHUNK ? n - j0 : ACHUNK;
     int used = (n + ACHUNK - 1) / ACHUNK;
     int kvh = h / (hq / hkv);
@@ -432,18 +425,18 @@ extern "C" __global__ void attention_fused(const float* q, const float* kc, cons
     const float* K = kc + (i64)kvh * cap * hd;
     const float* V = vc + (i64)kvh * cap * hd;
     {
-        int i = t >> 1, sub = t & 1, w4 = hd >> 3;
+        int tps = nt / ACHUNK, i = t / tps, sub = t % tps, w4 = hd / (4 * tps);
         float a = 0.f;
         if (i < cnt) {
             const float4* kr = (const float4*)(K + (i64)(j0 + i) * hd) + sub * w4;
             const float4* qv = (const float4*)qh + sub * w4;
             #pragma unroll 4
             for (int u = 0; u < w4; ++u) {
-                float4 kk = kr[u], qq = qv[u];
+                float4 kk = __ldcg(kr + u), qq = __ldcg(qv + u);
                 a += kk.x * qq.x + kk.y * qq.y + kk.z * qq.z + kk.w * qq.w;
             }
         }
-        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        for (int o = 1; o < tps; o <<= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
         if (sub == 0) p[i] = i < cnt ? a * scale : __int_as_float(0xff800000);
     }
     __syncthreads();
@@ -461,12 +454,12 @@ extern "C" __global__ void attention_fused(const float* q, const float* kc, cons
         if (t == 0) { stat[0] = m; stat[1] = l; }
     }
     __syncthreads();
-    int d4n = hd >> 2, groups = blockDim.x / d4n, d4 = t % d4n, g = t / d4n;
+    int d4n = hd >> 2, groups = nt / d4n, d4 = t % d4n, g = t / d4n;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     if (g < groups) {
-        #pragma unroll 8
+        #pragma unroll 4
         for (int i = g; i < cnt; i += groups) {
-            float4 v = ((const float4*)(V + (i64)(j0 + i) * hd))[d4];
+            float4 v = __ldcg((const float4*)(V + (i64)(j0 + i) * hd) + d4);
             float e = p[i];
             acc.x += e * v.x; acc.y += e * v.y; acc.z += e * v.z; acc.w += e * v.w;
         }
@@ -485,6 +478,7 @@ extern "C" __global__ void attention_fused(const float* q, const float* kc, cons
             float inv = 1.f / stat[1];
             ((float4*)(out + (i64)h * hd))[t] = make_float4(s.x * inv, s.y * inv, s.z * inv, s.w * inv);
         }
+        __syncthreads();  // p, part and stat are reused by the block's next item
         return;
     }
     i64 pi = (i64)h * nchunks + c;
@@ -494,23 +488,181 @@ extern "C" __global__ void attention_fused(const float* q, const float* kc, cons
     __syncthreads();
     if (t == 0) is_last = atomicAdd(counter + h, 1u) == (u32)(used - 1);
     __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (t < hd) {
-        const float* m = pm + (i64)h * nchunks;
-        const float* l = pl + (i64)h * nchunks;
-        float mx = __int_as_float(0xff800000);
-        for (int cc = 0; cc < used; ++cc) mx = fmaxf(mx, __ldcg(m + cc));
-        float total = 0.f, a = 0.f;
-        #pragma unroll 4
-        for (int cc = 0; cc < used; ++cc) {
-            float e = expf(__ldcg(m + cc) - mx);
-            total += e * __ldcg(l + cc);
-            a += e * __ldcg(pacc + ((i64)h * nchunks + cc) * hd + t);
+    if (is_last) {
+        __threadfence();
+        if (t < hd) {
+            const float* m = pm + (i64)h * nchunks;
+            const float* l = pl + (i64)h * nchunks;
+            float mx = __int_as_float(0xff800000);
+            for (int cc = 0; cc < used; ++cc) mx = fmaxf(mx, __ldcg(m + cc));
+            float total = 0.f, a = 0.f;
+            #pragma unroll 4
+            for (int cc = 0; cc < used; ++cc) {
+                float e = expf(__ldcg(m + cc) - mx);
+                total += e * __ldcg(l + cc);
+                a += e * __ldcg(pacc + ((i64)h * nchunks + cc) * hd + t);
+            }
+            out[(i64)h * hd + t] = a / total;
         }
-        out[(i64)h * hd + t] = a / total;
+        if (t == 0) counter[h] = 0;
     }
-    if (t == 0) counter[h] = 0;
+    __syncthreads();
+}
+
+// ---- (1) one kernel per phase ----
+
+#define FUSED_ENTRIES(SFX, F, WT)                                                                                      \
+    extern "C" __global__ void embed_##SFX(const WT* e, const u32* token, const u32* pos, float* hidden, u32* history,  \
+                                           u32* best, int d, int cap, int ty) {                                        \
+        effllm_allow_next_kernel();                                                                                    \
+        effllm_wait_for_previous_kernel();                                                                             \
+        embed_phase(e, F | ty << 8, token[0], pos[0], hidden, history, best, d, cap);                                  \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_head_##SFX(const WT* w, const float* h, const float* g, float* y, u32* best,         \
+                                              int rows, int k, float eps, int ty) {                                    \
+        effllm_allow_next_kernel();                                                                                    \
+        rows_prefetch(w, F | ty << 8, rows, k);                                                                        \
+        effllm_wait_for_previous_kernel();                                                                             \
+        head_phase(w, F | ty << 8, h, g, y, best, rows, k, eps);                                                       \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_qkv_##SFX(const WT* w, const float* h, const float* g, const float* rope,           \
+                                             const u32* pos, float* qout, float* kc, float* vc, int hq, int hkv,       \
+                                             int hd, int rot, int neox, int cap, int k, float eps, int ty) {           \
+        effllm_allow_next_kernel();                                                                                    \
+        qkv_prefetch(w, F | ty << 8, hq, hkv, hd, rot, neox, k);                                                       \
+        effllm_wait_for_previous_kernel();                                                                             \
+        qkv_phase(w, F | ty << 8, h, g, rope, pos[0], qout, kc, vc, hq, hkv, hd, rot, neox, cap, k, eps);              \
+    }                                                                                                                  \
+    extern "C" __global__ void rms_swiglu_##SFX(const WT* w, const float* h, const float* g, float* z, int dff, int k, \
+                                                float eps, int ty) {                                                   \
+        effllm_allow_next_kernel();                                                                                    \
+        swiglu_prefetch(w, F | ty << 8, dff, k);                                                                       \
+        effllm_wait_for_previous_kernel();                                                                             \
+        swiglu_phase(w, F | ty << 8, h, g, z, dff, k, eps);                                                            \
+    }                                                                                                                  \
+    extern "C" __global__ void gemv_add_##SFX(const WT* w, const float* x, float* h, int rows, int k, int ty) {        \
+        effllm_allow_next_kernel();                                                                                    \
+        rows_prefetch(w, F | ty << 8, rows, k);                                                                        \
+        effllm_wait_for_previous_kernel();                                                                             \
+        gemv_add_phase(w, F | ty << 8, x, h, rows, k);                                                                 \
+    }
+
+FUSED_ENTRIES(f32, 0, float)
+FUSED_ENTRIES(bf16, 1, u16)
+FUSED_ENTRIES(f16, 2, u16)
+FUSED_ENTRIES(q, 3, u8)
+
+// The step's last node: the argmax of the logits becomes the next input token (0 if every logit was NaN), and the
+// position advances.
+__device__ __forceinline__ void finish_phase(const u32* best, u32* token, u32* pos) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned long long key = ((unsigned long long)__ldcg(best + 1) << 32) | __ldcg(best);
+        token[0] = key ? 0xffffffffu - (u32)(key & 0xffffffffull) : 0u;
+        pos[0] += 1;
+    }
+}
+
+extern "C" __global__ void finish(const u32* best, u32* token, u32* pos) {
+    effllm_wait_for_previous_kernel();
+    finish_phase(best, token, pos);
+}
+
+// One kernel for the attention of every query head: block (h, c), 512 threads (as the persistent kernel's blocks).
+extern "C" __global__ void attention_fused(const float* q, const float* kc, const float* vc, const u32* pos,
+                                           float* pm, float* pl, float* pacc, u32* counter, float* out, int hq,
+                                           int hkv, int hd, int cap, int nchunks, float scale) {
+    effllm_allow_next_kernel();
+    effllm_wait_for_previous_kernel();
+    int n = (int)pos[0] + 1;
+    if (n > cap) n = cap;
+    if ((int)blockIdx.y * ACHUNK >= n) return;
+    attention_item(q, kc, vc, n, blockIdx.x, blockIdx.y, pm, pl, pacc, counter, out, hq, hkv, hd, cap, nchunks,
+                   scale);
+}
+
+// ---- (2) the whole step as one persistent kernel ----
+
+// A load that sees other SMs' writes (never a stale L1 line) and orders the loads after it.
+__device__ __forceinline__ u32 load_acquire(const u32* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#else
+    return *(const volatile u32*)p;
+#endif
+}
+
+// Grid-wide barrier of a co-resident (cooperative) grid: bar[0] counts arrivals, bar[1] is the generation. A block
+// reads the generation before it arrives; the last to arrive resets the count and advances the generation, which
+// releases the others.
+__device__ __forceinline__ void grid_barrier(u32* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const u32* gen = bar + 1;
+        u32 g = load_acquire(gen);
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        } else {
+            while (load_acquire(gen) == g) {}
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// Entry e of the u64 table (stored as pairs of u32).
+__device__ __forceinline__ u64 entry(const u32* table, int e) {
+    return (u64)table[2 * e] | ((u64)table[2 * e + 1] << 32);
+}
+#define TABLE_STRIDE 16
+#define PTR(e) ((const void*)entry(table, (e)))
+
+// table, per layer l (16 entries from 16·l): 0 attn_norm, 1 W_qkv, 2 its format, 3 W_o, 4 its format, 5 ffn_norm,
+// 6 W_gate_up, 7 its format, 8 W_down, 9 its format, 10 d_ff, 11 key cache, 12 value cache; after the layers (from
+// 16·n_layer): 0 embedding, 1 its format, 2 LM head, 3 its format, 4 final norm.
+extern "C" __global__ void __launch_bounds__(512) decode_step(
+        const u32* table, const float* rope, float* hidden, float* qbuf, float* attn, float* ffn, float* logits,
+        float* pm, float* pl, float* pacc, u32* counter, u32* token, u32* history, u32* best, u32* pos, u32* bar,
+        int n_layer, int d, int hq, int hkv, int hd, int rot, int neox, int cap, int nchunks, int vocab, float eps,
+        float scale) {
+    u32 slot = pos[0];  // written only at the very end of the step
+    int n = (int)slot + 1 < cap ? (int)slot + 1 : cap;
+    int gl = TABLE_STRIDE * n_layer;
+    embed_phase(PTR(gl), (int)entry(table, gl + 1), token[0], slot, hidden, history, best, d, cap);
+    qkv_prefetch(PTR(1), (int)entry(table, 2), hq, hkv, hd, rot, neox, d);
+    grid_barrier(bar);
+    for (int l = 0; l < n_layer; ++l) {
+        int b = TABLE_STRIDE * l;
+        int dff = (int)entry(table, b + 10);
+        float* kc = (float*)entry(table, b + 11);
+        float* vc = (float*)entry(table, b + 12);
+        qkv_phase(PTR(b + 1), (int)entry(table, b + 2), hidden, (const float*)PTR(b), rope, slot, qbuf, kc, vc, hq,
+                  hkv, hd, rot, neox, cap, d, eps);
+        grid_barrier(bar);
+        for (int item = blockIdx.x; item < hq * nchunks; item += gridDim.x) {
+            int h = item / nchunks, c = item - h * nchunks;
+            if (c * ACHUNK < n)
+                attention_item(qbuf, kc, vc, n, h, c, pm, pl, pacc, counter, attn, hq, hkv, hd, cap, nchunks, scale);
+        }
+        rows_prefetch(PTR(b + 3), (int)entry(table, b + 4), d, hq * hd);
+        grid_barrier(bar);
+        gemv_add_phase(PTR(b + 3), (int)entry(table, b + 4), attn, hidden, d, hq * hd);
+        swiglu_prefetch(PTR(b + 6), (int)entry(table, b + 7), dff, d);
+        grid_barrier(bar);
+        swiglu_phase(PTR(b + 6), (int)entry(table, b + 7), hidden, (const float*)PTR(b + 5), ffn, dff, d, eps);
+        rows_prefetch(PTR(b + 8), (int)entry(table, b + 9), d, dff);
+        grid_barrier(bar);
+        gemv_add_phase(PTR(b + 8), (int)entry(table, b + 9), ffn, hidden, d, dff);
+        if (l + 1 < n_layer) qkv_prefetch(PTR(b + TABLE_STRIDE + 1), (int)entry(table, b + TABLE_STRIDE + 2), hq, hkv, hd, rot, neox, d);
+        grid_barrier(bar);
+    }
+    head_phase(PTR(gl + 2), (int)entry(table, gl + 3), hidden, (const float*)PTR(gl + 4), logits, best, vocab, d, eps);
+    grid_barrier(bar);
+    finish_phase(best, token, pos);
 }
 "#;
 
@@ -519,7 +671,7 @@ fn source() -> &'static str {
     &FULL
 }
 
-const KEY: &str = "effllm-model::graph_decode_fused_v3";
+const KEY: &str = "effllm-model::graph_decode_fused_v4";
 
 /// A weight matrix as the fused kernels read it: a dense tensor or a quantized matrix's device blocks.
 #[derive(Clone, Debug)]
@@ -615,6 +767,7 @@ struct Kernels {
     gemv_add: Vec<CustomKernel>,
     attention: CustomKernel,
     finish: CustomKernel,
+    decode_step: CustomKernel,
 }
 
 fn kernels() -> &'static Kernels {
@@ -638,6 +791,7 @@ fn kernels() -> &'static Kernels {
                     In(w),
                     F,
                     F,
+                    F,
                     In(DType::U32),
                     Out(DType::F32),
                     Out(DType::F32),
@@ -647,7 +801,6 @@ fn kernels() -> &'static Kernels {
                     I32,
                     I32,
                     I32,
-                    F64,
                     I32,
                     I32,
                     F32,
@@ -679,6 +832,41 @@ fn kernels() -> &'static Kernels {
                 ],
             ),
             finish: CustomKernel::new(KEY, source(), "finish", &[In(DType::U32), U, U]),
+            decode_step: CustomKernel::new(
+                KEY,
+                source(),
+                "decode_step",
+                &[
+                    In(DType::U32),
+                    F,
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    Out(DType::F32),
+                    U,
+                    U,
+                    U,
+                    U,
+                    U,
+                    U,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    I32,
+                    F32,
+                    F32,
+                ],
+            ),
         }
     });
     &K
@@ -714,6 +902,35 @@ pub(super) struct FusedStep {
     ffn: Tensor,
     /// `u32 [n_head]`: chunks of each head finished so far in `attention_fused` (zero between launches).
     counter: Tensor,
+    /// `f32 [max_context, rotary_dims / 2, 2]`: `cos` and `sin` of `p·θᵢ` for every position `p`, computed in f64
+    /// once (as the tensor crate's RoPE kernel computes them) and rounded to f32.
+    rope: Tensor,
+    /// The persistent kernel's table of device addresses (`decode_step` in the source), built over the decoder's
+    /// KV buffers; `None` until [`FusedStep::attach_cache`].
+    table: Option<Tensor>,
+    /// `u32 [2]`: the persistent kernel's grid barrier (arrivals, generation).
+    barrier: Tensor,
+    /// Whether the step runs as one persistent kernel.
+    pub(super) persistent: bool,
+}
+
+/// `cos`/`sin` of `p·θᵢ`, `θᵢ = base^(−2i/R)`, for positions `0..max_context` and pairs `0..R/2`, interleaved.
+fn rope_table(cfg: &LlamaConfig, max_context: usize) -> Vec<f32> {
+    let rot = cfg.rope.rotary_dims;
+    let half = rot / 2;
+    let mut out = Vec::with_capacity(max_context * half.max(1) * 2);
+    for p in 0..max_context {
+        if half == 0 {
+            out.extend([1.0, 0.0]);
+        }
+        for i in 0..half {
+            let theta = cfg.rope.base.powf(-2.0 * i as f64 / rot as f64);
+            let (s, c) = (p as f64 * theta).sin_cos();
+            out.push(c as f32);
+            out.push(s as f32);
+        }
+    }
+    out
 }
 
 /// Why a model cannot take the fused step, or `None` when it can.
@@ -796,7 +1013,111 @@ impl FusedStep {
             query: Tensor::zeros(&[cfg.n_head * cfg.head_dim], DType::F32, &device)?,
             ffn: Tensor::zeros(&[widest_ffn], DType::F32, &device)?,
             counter: Tensor::zeros(&[cfg.n_head], DType::U32, &device)?,
+            rope: Tensor::from_vec(
+                rope_table(cfg, max_context),
+                &[max_context, (cfg.rope.rotary_dims / 2).max(1), 2],
+                &Device::Cpu,
+            )?
+            .to_device(&device)?,
+            table: None,
+            barrier: Tensor::zeros(&[2], DType::U32, &device)?,
+            persistent: false,
         }))
+    }
+}
+
+/// Entries of the persistent kernel's table per layer (`TABLE_STRIDE` in the source).
+const TABLE_STRIDE: usize = 16;
+
+impl Matrix {
+    /// `format | ty << 8`, as the persistent kernel's table stores it.
+    fn format_code(&self) -> u64 {
+        self.format.index() as u64 | (self.ty as u64) << 8
+    }
+}
+
+impl FusedStep {
+    /// Builds the persistent kernel's table of device addresses over the weights and the decoder's KV buffers
+    /// (`keys[l]`, `values[l]`: `f32 [n_head_kv, max_context, head_dim]`, never reallocated while the decoder lives).
+    pub(super) fn attach_cache(&mut self, keys: &[Tensor], values: &[Tensor]) -> Result<()> {
+        use effllm_tensor::cuda::device_address as addr;
+        let n_layer = self.layers.len();
+        let mut table = vec![0u64; TABLE_STRIDE * (n_layer + 1)];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let row = &mut table[TABLE_STRIDE * l..TABLE_STRIDE * (l + 1)];
+            row[0] = addr(&layer.attn_norm)?;
+            row[1] = addr(&layer.qkv.data)?;
+            row[2] = layer.qkv.format_code();
+            row[3] = addr(&layer.wo.data)?;
+            row[4] = layer.wo.format_code();
+            row[5] = addr(&layer.ffn_norm)?;
+            row[6] = addr(&layer.gate_up.data)?;
+            row[7] = layer.gate_up.format_code();
+            row[8] = addr(&layer.down.data)?;
+            row[9] = layer.down.format_code();
+            row[10] = layer.dff as u64;
+            row[11] = addr(&keys[l])?;
+            row[12] = addr(&values[l])?;
+        }
+        let globals = &mut table[TABLE_STRIDE * n_layer..];
+        globals[0] = addr(&self.embedding.data)?;
+        globals[1] = self.embedding.format_code();
+        globals[2] = addr(&self.lm_head.data)?;
+        globals[3] = self.lm_head.format_code();
+        globals[4] = addr(&self.norm)?;
+        let words: Vec<u32> = table.iter().flat_map(|&e| [e as u32, (e >> 32) as u32]).collect();
+        let n = words.len();
+        self.table = Some(Tensor::from_vec(words, &[n], &Device::Cpu)?.to_device(&self.barrier.device())?);
+        Ok(())
+    }
+
+    /// The whole step as one cooperative launch of `decode_step`: one block of 512 threads per multiprocessor.
+    fn run_persistent(&mut self, cfg: &LlamaConfig, device: Device, b: StepBuffers<'_>) -> Result<()> {
+        let Device::Cuda(ordinal) = device else { unreachable!("the fused step runs on CUDA devices") };
+        let sms = effllm_tensor::cuda::device(ordinal)?.multiprocessor_count();
+        let (hq, hkv, hd, d) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.d_model);
+        let cap = b.max_context;
+        let widest = self.layers.iter().map(|l| l.dff).max().unwrap_or(0).max(d).max(hq * hd);
+        let FusedStep { table, rope, query, ffn, counter, token, history, best, barrier, .. } = self;
+        let Some(table) = table.as_ref() else {
+            return Err(crate::error::invalid("fused decode step", "the persistent kernel's table is not built"));
+        };
+        kernels().decode_step.launch_cooperative(
+            device,
+            LaunchDims { grid: (sms as u32, 1, 1), block: (512, 1, 1), shared_mem_bytes: (widest * 4) as u32 },
+            &mut [
+                Arg::In(table),
+                Arg::In(rope),
+                Arg::Out(b.hidden),
+                Arg::Out(query),
+                Arg::Out(b.attention),
+                Arg::Out(ffn),
+                Arg::Out(b.logits),
+                Arg::Out(b.partial_max),
+                Arg::Out(b.partial_sum),
+                Arg::Out(b.partial_values),
+                Arg::Out(counter),
+                Arg::Out(token),
+                Arg::Out(history),
+                Arg::Out(best),
+                Arg::Out(b.position),
+                Arg::Out(barrier),
+                Arg::I32(self.layers.len() as i32),
+                Arg::I32(d as i32),
+                Arg::I32(hq as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(cfg.rope.rotary_dims as i32),
+                Arg::I32(i32::from(cfg.rope.style == RopeStyle::NeoX)),
+                Arg::I32(cap as i32),
+                Arg::I32(cap.div_ceil(CHUNK) as i32),
+                Arg::I32(cfg.vocab as i32),
+                Arg::F32(cfg.rms_eps as f32),
+                Arg::F32((1.0 / (hd as f64).sqrt()) as f32),
+            ],
+            1,
+        )?;
+        Ok(())
     }
 }
 
@@ -835,7 +1156,10 @@ impl FusedStep {
         let eps = cfg.rms_eps as f32;
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let neox = i32::from(cfg.rope.style == RopeStyle::NeoX);
-        let FusedStep { embedding, layers, norm, lm_head, token, history, best, query, ffn, counter } = self;
+        if self.persistent {
+            return self.run_persistent(cfg, device, b);
+        }
+        let FusedStep { embedding, layers, norm, lm_head, token, history, best, query, ffn, counter, rope, .. } = self;
         k.embed[embedding.format.index()].launch(
             device,
             LaunchDims::linear(d),
@@ -861,6 +1185,7 @@ impl FusedStep {
                     Arg::In(&l.qkv.data),
                     Arg::In(b.hidden),
                     Arg::In(&l.attn_norm),
+                    Arg::In(rope),
                     Arg::In(&*b.position),
                     Arg::Out(query),
                     Arg::Out(&mut b.keys[li]),
@@ -870,7 +1195,6 @@ impl FusedStep {
                     Arg::I32(hd as i32),
                     Arg::I32(cfg.rope.rotary_dims as i32),
                     Arg::I32(neox),
-                    Arg::F64(cfg.rope.base),
                     Arg::I32(cap as i32),
                     Arg::I32(d as i32),
                     Arg::F32(eps),
@@ -880,7 +1204,11 @@ impl FusedStep {
             )?;
             k.attention.launch_overlapping(
                 device,
-                LaunchDims { grid: (hq as u32, chunks as u32, 1), block: (256, 1, 1), shared_mem_bytes: 0 },
+                LaunchDims {
+                    grid: (hq as u32, chunks as u32, 1),
+                    block: ((WARPS * 32) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
                 &mut [
                     Arg::In(query),
                     Arg::In(&b.keys[li]),

@@ -345,7 +345,10 @@ impl<'m> GraphDecoder<'m> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let fused = FusedStep::new(model, &stacked, max_context)?;
+        let mut fused = FusedStep::new(model, &stacked, max_context)?;
+        if let Some(f) = fused.as_mut() {
+            f.attach_cache(&keys, &values)?;
+        }
         Ok(GraphDecoder {
             model,
             stacked,
@@ -399,6 +402,31 @@ impl<'m> GraphDecoder<'m> {
     /// Whether the step runs fused.
     pub fn is_fused(&self) -> bool {
         self.use_fused
+    }
+
+    /// Runs the fused step as one persistent kernel (a cooperative launch of one block per multiprocessor, the
+    /// phases separated by grid-wide barriers instead of kernel boundaries) instead of one kernel per phase in a
+    /// CUDA graph. Both compute the same logits bit for bit. Turning it on also turns the fused step on.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] when the model does not support the fused step.
+    pub fn set_persistent(&mut self, on: bool) -> Result<()> {
+        if on {
+            self.set_fused(true)?;
+        }
+        if let Some(f) = self.fused.as_mut()
+            && f.persistent != on
+        {
+            f.persistent = on;
+            self.graph = None;
+            self.stepped = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the step runs as one persistent kernel.
+    pub fn is_persistent(&self) -> bool {
+        self.use_fused && self.fused.as_ref().is_some_and(|f| f.persistent)
     }
 
     /// Whether the model allows the fused step.
@@ -549,6 +577,12 @@ impl<'m> GraphDecoder<'m> {
     /// replaying it after that.
     fn run_step(&mut self) -> Result<()> {
         let device = self.model.device();
+        if self.is_persistent() {
+            // One launch per step already: nothing for a graph to save.
+            self.step()?;
+            self.len += 1;
+            return Ok(());
+        }
         match &self.graph {
             Some(graph) if self.use_graph => graph.launch()?,
             None if self.use_graph && self.stepped => {

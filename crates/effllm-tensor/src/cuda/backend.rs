@@ -25,6 +25,7 @@ pub struct CudaDevice {
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     compiles: AtomicUsize,
     arch: &'static str,
+    multiprocessors: usize,
     name: String,
 }
 
@@ -131,6 +132,8 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     // NVRTC wants a &'static str; one short string per device for the life of the process.
     let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
     let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+    let multiprocessors =
+        ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(cuda_err("attribute"))?.max(1) as usize;
     let dev = Arc::new(CudaDevice {
         ordinal,
         ctx,
@@ -141,6 +144,7 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
         functions: Mutex::new(HashMap::new()),
         compiles: AtomicUsize::new(0),
         arch,
+        multiprocessors,
         name,
     });
     map.insert(ordinal, Arc::clone(&dev));
@@ -213,6 +217,11 @@ impl CudaDevice {
     /// The NVRTC target, e.g. `sm_90`.
     pub fn arch(&self) -> &'static str {
         self.arch
+    }
+
+    /// The number of streaming multiprocessors (the grid of a persistent kernel with one block per SM).
+    pub fn multiprocessor_count(&self) -> usize {
+        self.multiprocessors
     }
 
     /// How many modules NVRTC has compiled on this device (each source compiles once per process).
@@ -415,7 +424,7 @@ pub(crate) fn launch_custom(
     device: Device,
     dims: super::LaunchDims,
     args: &mut [super::Arg<'_>],
-    overlap: bool,
+    mode: super::LaunchMode,
 ) -> Result<()> {
     use cudarc::driver::PushKernelArg;
     let dev = get(device)?;
@@ -441,9 +450,15 @@ pub(crate) fn launch_custom(
             _ => {}
         }
     }
-    // Programmatic dependent launch needs compute capability 9.0 (Hopper) or later; elsewhere a plain launch.
-    if overlap && dev.arch.trim_start_matches("sm_").parse::<u32>().is_ok_and(|cc| cc >= 90) {
-        return launch_programmatic(&dev, &f, dims, args, &views);
+    match mode {
+        super::LaunchMode::Plain => {}
+        // Programmatic dependent launch needs compute capability 9.0 (Hopper) or later; elsewhere a plain launch.
+        super::LaunchMode::Overlapping => {
+            if dev.arch.trim_start_matches("sm_").parse::<u32>().is_ok_and(|cc| cc >= 90) {
+                return launch_ex(&dev, &f, dims, args, &views, mode);
+            }
+        }
+        super::LaunchMode::Cooperative => return launch_ex(&dev, &f, dims, args, &views, mode),
     }
     let mut b = dev.stream.launch_builder(&f);
     let mut vi = 0;
@@ -480,14 +495,16 @@ pub(crate) fn launch_custom(
     Ok(())
 }
 
-/// `cuLaunchKernelEx` with programmatic stream serialization: the kernel may start while the previous kernel on the
-/// stream is still running, and waits for it where it executes `griddepcontrol.wait`.
-fn launch_programmatic(
+/// `cuLaunchKernelEx` with one launch attribute: programmatic stream serialization (the kernel may start while the
+/// previous kernel on the stream is still running, and waits for it where it executes `griddepcontrol.wait`) or
+/// cooperative (every block of the grid resident at once, or an error).
+fn launch_ex(
     dev: &CudaDevice,
     f: &CudaFunction,
     dims: super::LaunchDims,
     args: &[super::Arg<'_>],
     views: &[cudarc::driver::CudaView<'_, u8>],
+    mode: super::LaunchMode,
 ) -> Result<()> {
     use cudarc::driver::{DevicePtr, sys};
     // One 8-byte slot per parameter (device pointers and scalars, little-endian, the value in the low bytes); the
@@ -514,8 +531,13 @@ fn launch_programmatic(
     let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
     // SAFETY: a plain-old-data union; the attribute id says which member the driver reads.
     let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    if mode == super::LaunchMode::Cooperative {
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+        attr.value.cooperative = 1;
+    } else {
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+    }
     let config = sys::CUlaunchConfig {
         gridDimX: dims.grid.0,
         gridDimY: dims.grid.1,
@@ -535,6 +557,20 @@ fn launch_programmatic(
     let r = unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) };
     drop(guards);
     r.result().map_err(launch_err)
+}
+
+/// The device address of `t`'s first element (its buffer plus its offset), for kernels that read tables of
+/// pointers (e.g. one entry per layer). The address stays valid as long as `t`'s storage lives; writes through it
+/// bypass [`CustomKernel::launch`](super::CustomKernel::launch)'s checks, so the caller owns their correctness.
+///
+/// # Errors
+/// [`Error::DeviceMismatch`] for a tensor that is not on a CUDA device.
+pub fn device_address(t: &crate::Tensor) -> Result<u64> {
+    use cudarc::driver::DevicePtr;
+    let view = tensor_view(t)?;
+    let dev = get(t.device())?;
+    let (ptr, _guard) = view.device_ptr(&dev.stream);
+    Ok(ptr)
 }
 
 fn tensor_view(t: &crate::Tensor) -> Result<cudarc::driver::CudaView<'_, u8>> {

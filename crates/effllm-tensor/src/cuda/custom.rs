@@ -69,6 +69,14 @@ impl LaunchDims {
     }
 }
 
+/// How a kernel is launched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LaunchMode {
+    Plain,
+    Overlapping,
+    Cooperative,
+}
+
 /// A user kernel: source, entry point and signature.
 #[derive(Clone, Debug)]
 pub struct CustomKernel {
@@ -142,7 +150,7 @@ impl CustomKernel {
     /// outputs (e.g. `to_vec`) or call `cuda::device(n)?.synchronize()` to wait.
     pub fn launch(&self, device: Device, dims: LaunchDims, args: &mut [Arg<'_>], min_elems: usize) -> Result<()> {
         self.check(device, args, min_elems)?;
-        super::launch_custom(self, device, dims, args, false)
+        super::launch_custom(self, device, dims, args, LaunchMode::Plain)
     }
 
     /// [`CustomKernel::launch`] as a *programmatic dependent launch* on GPUs of compute capability 9.0 or later
@@ -162,7 +170,22 @@ impl CustomKernel {
         min_elems: usize,
     ) -> Result<()> {
         self.check(device, args, min_elems)?;
-        super::launch_custom(self, device, dims, args, true)
+        super::launch_custom(self, device, dims, args, LaunchMode::Overlapping)
+    }
+
+    /// [`CustomKernel::launch`] as a *cooperative* launch: every block of the grid is resident at once (or the
+    /// launch fails with an error, e.g. a grid larger than the GPU holds), so the blocks may wait for each other —
+    /// a persistent kernel with grid-wide barriers. Size the grid from
+    /// [`CudaDevice::multiprocessor_count`](super::CudaDevice::multiprocessor_count).
+    pub fn launch_cooperative(
+        &self,
+        device: Device,
+        dims: LaunchDims,
+        args: &mut [Arg<'_>],
+        min_elems: usize,
+    ) -> Result<()> {
+        self.check(device, args, min_elems)?;
+        super::launch_custom(self, device, dims, args, LaunchMode::Cooperative)
     }
 
     /// The module key in the cache.

@@ -45,10 +45,20 @@ impl CudaDevice {
     pub fn compile_count(&self) -> usize {
         match *self {}
     }
+    /// Streaming multiprocessors.
+    pub fn multiprocessor_count(&self) -> usize {
+        match *self {}
+    }
     /// Waits for queued work.
     pub fn synchronize(&self) -> Result<()> {
         match *self {}
     }
+}
+
+/// The device address of a tensor's first element: always an error in this build (no tensor lives on a CUDA
+/// device).
+pub fn device_address(t: &crate::Tensor) -> Result<u64> {
+    Err(Error::NotCompiledWithCuda { device: t.device() })
 }
 
 /// The handle of CUDA device `ordinal`: always [`Error::NotCompiledWithCuda`] in this build.
@@ -61,7 +71,7 @@ pub(crate) fn launch_custom(
     device: Device,
     _dims: super::LaunchDims,
     _args: &mut [super::Arg<'_>],
-    _overlap: bool,
+    _mode: super::LaunchMode,
 ) -> Result<()> {
     Err(Error::NotCompiledWithCuda { device })
 }

@@ -15,6 +15,7 @@
 #[cfg(feature = "cuda")]
 mod backend;
 mod custom;
+pub(crate) use custom::LaunchMode;
 pub use custom::{Arg, CustomKernel, LaunchDims, Param};
 #[cfg(feature = "cuda")]
 pub(crate) mod kernels;
