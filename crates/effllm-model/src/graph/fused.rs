@@ -5,8 +5,8 @@
 //!
 //! | kernel | computes |
 //! | --- | --- |
-//! | `rms_qkv` | `x = rms_norm(h) ⊙ g` (every block recomputes it into shared memory), `[q; k; v] = W_qkv x`, RoPE on `q` and `k`, `k` and `v` into the cache slot |
-//! | `attention_fused` | split-K decode attention over chunks of 64 slots; the last block of each head to finish combines the chunks |
+//! | `rms_qkv` | `x = rms_norm(h) ⊙ g` (every block recomputes it into shared memory), `[q; k; v] = W_qkv x`, RoPE on `q` and `k` (cos/sin from a table built once), `k` and `v` into the cache slot |
+//! | `attention_fused` | split-K decode attention over chunks of 128 slots; one live chunk writes its output directly, otherwise the last block of each head to finish combines the chunks |
 //! | `gemv_add` (`W_o`) | `h += W_o · attn` |
 //! | `rms_swiglu` | `z = silu(W_gate x) ⊙ (W_up x)` with `x = rms_norm(h) ⊙ g` |
 //! | `gemv_add` (`W_down`) | `h += W_down · z` |
@@ -14,12 +14,20 @@
 //! Before the layers `embed` reads the input token from device memory and writes its embedding row into `h`; after
 //! them `rms_head` computes `logits = W_head · (rms_norm(h) ⊙ g)` and their argmax (an atomic maximum over one
 //! 64-bit key per block: value, then the smaller index), and `finish` stores that argmax as the next input token
-//! and advances the position. A greedy decode therefore replays the graph back to back with no host round trip. Every GEMV runs one warp per output row (or
-//! per pair of rows) over the row's weights in their storage format — f32, bf16, f16 (16-byte loads) or ggml blocks
-//! (Q4_0, Q4_1, Q8_0; four lanes per block) — against f32 activations, with f32 accumulation. The numerics are
-//! those of the ordinary step for f32 and quantized weights (with f32 activations); for bf16/f16 weights the fused
-//! step keeps the activations in f32 where the ordinary step rounds each GEMV's input and output to the weight's
-//! 16-bit type (cuBLAS multiplies 16-bit matrices), so it is the more precise of the two.
+//! and advances the position. A greedy decode therefore replays the graph back to back with no host round trip.
+//!
+//! Every GEMV runs one warp per output row (or per pair of rows) over the row's weights in their storage format —
+//! f32, bf16, f16 (16-byte loads) or ggml blocks (Q4_0, Q4_1, Q8_0; four lanes per block) — against f32
+//! activations, with f32 accumulation. The numerics are those of the ordinary step for f32 and quantized weights
+//! (with f32 activations); for bf16/f16 weights the fused step keeps the activations in f32 where the ordinary step
+//! rounds each GEMV's input and output to the weight's 16-bit type (cuBLAS multiplies 16-bit matrices), so it is the
+//! more precise of the two.
+//!
+//! The kernels after `embed` are programmatic dependent launches
+//! ([`CustomKernel::launch_overlapping`]): each prefetches its weight rows into L2 before it waits for the previous
+//! kernel. The same phases also run as one persistent cooperative kernel (`decode_step`, grid-wide barriers between
+//! the phases, [`CustomKernel::launch_cooperative`]), which gives the same bits; it is slower on an H200 and off by
+//! default (`GraphDecoder::set_persistent`).
 
 use effllm_tensor::cuda::{Arg, CustomKernel, KERNEL_PRELUDE, LaunchDims, Param};
 use effllm_tensor::quant::{ActivationQuant, QWeight, QuantType};

@@ -206,10 +206,14 @@ fn kernels() -> &'static Kernels {
 /// **Fused step.** Where the model's shapes and weight formats allow (head size a multiple of 16 dividing 256; every
 /// matrix dense f32/bf16/f16 or Q4_0/Q4_1/Q8_0 blocks with f32 activations), the step runs five kernels per layer
 /// instead (RMSNorm + Q/K/V GEMV + RoPE + cache write; attention with its combine; `W_o` GEMV + residual; RMSNorm +
-/// gate/up GEMV + SwiGLU; `W_down` GEMV + residual) and one for the final norm and LM head: about 150 kernels for
-/// SmolLM2 where the step above runs about 450. It is the default; [`GraphDecoder::set_fused`] switches between the
-/// two. For f32 and quantized weights both steps compute the same thing (to f32 round-off); for bf16/f16 weights the
-/// fused step keeps activations in f32 where the model's ordinary GEMVs round them to the 16-bit type.
+/// gate/up GEMV + SwiGLU; `W_down` GEMV + residual), plus the embedding lookup before the layers and the final norm,
+/// LM head and argmax after them: about 150 kernels for SmolLM2 where the step above runs about 450, launched so
+/// that each may start (and prefetch its weights) while the previous one finishes. The step leaves its argmax on the
+/// device as the next input, so [`GraphDecoder::greedy_continue`] decodes without a host round trip per token. It is
+/// the default; [`GraphDecoder::set_fused`] switches between the two, [`GraphDecoder::set_persistent`] runs the fused
+/// phases as one persistent kernel instead. For f32 and quantized weights both steps compute the same thing (to f32
+/// round-off); for bf16/f16 weights the fused step keeps activations in f32 where the model's ordinary GEMVs round
+/// them to the 16-bit type.
 ///
 /// Prefill runs the ordinary batched forward and copies its cache into the decoder's buffers.
 ///
