@@ -290,13 +290,21 @@ fn generate(a: &GenerateArgs) -> AnyResult<()> {
         None => model.forward(&Batch::causal(&ids, 0), &mut cache, &LogitRows::Last)?.to_vec::<f32>()?,
     };
     let prefill_s = t0.elapsed().as_secs_f64();
+    // Greedy sampling (temperature 0, no repetition penalty: the filters keep the argmax) on a fused GPU step: the
+    // argmax is computed on the device and only the token id is read back per step, not the logits.
+    let greedy_on_device =
+        graph.as_ref().is_some_and(|g| g.is_fused()) && a.temperature == 0.0 && a.repeat_penalty == 1.0;
+    let mut device_choice: Option<u32> = None;
     let mut stream = tokenizer.decode_stream(true);
     let mut out = std::io::stdout().lock();
     let t1 = Instant::now();
     let mut generated = 0usize;
     let mut stop = "max tokens";
     while generated < a.max_tokens {
-        let next = sampler.sample(&logits, &history)?;
+        let next = match device_choice.take() {
+            Some(t) => t,
+            None => sampler.sample(&logits, &history)?,
+        };
         generated += 1;
         history.push(next);
         if Some(next) == eos {
@@ -315,6 +323,10 @@ fn generate(a: &GenerateArgs) -> AnyResult<()> {
             break;
         }
         logits = match graph.as_mut() {
+            Some(g) if greedy_on_device => {
+                device_choice = Some(g.decode_greedy(next)?);
+                continue;
+            }
             Some(g) => g.decode(next)?,
             None => {
                 let batch = Batch::causal(&[next], history.len() - 1);

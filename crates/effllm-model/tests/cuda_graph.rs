@@ -279,6 +279,20 @@ fn device_greedy_equals_host_greedy() {
             }
         }
         assert_eq!(got, want, "{name}, persistent {persistent}");
+        // One token at a time with only the argmax read back (what `effllm generate` does at temperature 0).
+        let mut stepwise = GraphDecoder::new(m, 64).unwrap();
+        stepwise.set_persistent(persistent).unwrap();
+        stepwise.prefill(&prompt).unwrap();
+        let mut one_by_one = vec![want[0]];
+        for i in 0..49 {
+            one_by_one.push(stepwise.decode_greedy(one_by_one[i]).unwrap());
+        }
+        assert_eq!(one_by_one, want, "{name}, persistent {persistent}: decode_greedy");
+        if !persistent {
+            stepwise.set_fused(false).unwrap();
+            stepwise.prefill(&prompt).unwrap();
+            assert_eq!(stepwise.decode_greedy(want[0]).unwrap(), want[1], "{name}: unfused decode_greedy");
+        }
         if *name == "tied logits" {
             assert!(got.iter().all(|t| t % 2 == 0), "ties go to the smaller id: {got:?}");
         }

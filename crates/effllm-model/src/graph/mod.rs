@@ -600,6 +600,18 @@ impl<'m> GraphDecoder<'m> {
         Ok(())
     }
 
+    /// Decodes `token` and returns the greedy choice for the next one: the argmax of the new logits (the lowest id
+    /// among equal maxima; NaN never wins), as `effllm-sampling` chooses at temperature 0. The fused step computes it
+    /// on the device, so only one `u32` is read back instead of the logits; the unfused step reads the logits and
+    /// takes the argmax on the host. The logits stay available in [`GraphDecoder::logits`].
+    pub fn decode_greedy(&mut self, token: u32) -> Result<u32> {
+        self.decode_on_device(token)?;
+        match &self.fused {
+            Some(fused) if self.use_fused => Ok(fused.token.to_vec::<u32>()?[0]),
+            _ => Ok(argmax(&self.logits.to_vec::<f32>()?)),
+        }
+    }
+
     /// The logits of the last decoded token, `f32 [1, vocab]` on the device (overwritten by the next decode).
     pub fn logits(&self) -> &Tensor {
         &self.logits
