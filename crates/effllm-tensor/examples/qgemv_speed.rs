@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (QuantType::Q4_1, 576, 576),
         (QuantType::Q4_1, 1536, 576),
         (QuantType::Q4_1, 576, 1536),
+        (QuantType::Q4_1, 49152, 576),
         (QuantType::Q8_0, 49152, 576),
     ];
     for (ty, n, k) in shapes {
