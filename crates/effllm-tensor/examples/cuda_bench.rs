@@ -16,8 +16,11 @@ use effllm_tensor::{DType, Device, Tensor};
 
 const GPU: Device = Device::Cuda(0);
 
+/// Waits for all work on the GPU: effllm's compute stream and the stream of the ceiling measurements (the backend
+/// computes on a stream of its own, so synchronising one does not wait for the other).
 fn sync() {
     effllm_tensor::cuda::device(0).unwrap().synchronize().unwrap();
+    CudaContext::new(0).unwrap().synchronize().unwrap();
 }
 
 /// Median over 5 rounds of the mean time of `iters` back-to-back calls (one sync per round).

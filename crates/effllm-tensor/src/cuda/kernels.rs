@@ -136,7 +136,18 @@ template <typename T> __device__ void unary_body(const T* x, T* y, i64 n, int op
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         y[i] = unary_apply(x[i], op, p0, p1);
 }
-extern "C" __global__ void unary_f32(const float* x, float* y, i64 n, int op, float p0, float p1) { unary_body(x, y, n, op, p0, p1); }
+// f32: 16-byte loads and stores when both buffers are 16-byte aligned (the host launches n/4 threads then).
+extern "C" __global__ void unary_f32(const float* x, float* y, i64 n, int op, float p0, float p1) {
+    if (((((size_t)x) | ((size_t)y)) & 15) != 0) { unary_body(x, y, n, op, p0, p1); return; }
+    i64 n4 = n / 4, stride = (i64)gridDim.x * blockDim.x, t = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    for (i64 i = t; i < n4; i += stride) {
+        float4 v = ((const float4*)x)[i];
+        v.x = unary_apply(v.x, op, p0, p1); v.y = unary_apply(v.y, op, p0, p1);
+        v.z = unary_apply(v.z, op, p0, p1); v.w = unary_apply(v.w, op, p0, p1);
+        ((float4*)y)[i] = v;
+    }
+    for (i64 i = 4 * n4 + t; i < n; i += stride) y[i] = unary_apply(x[i], op, p0, p1);
+}
 extern "C" __global__ void unary_f64(const double* x, double* y, i64 n, int op, double p0, double p1) { unary_body(x, y, n, op, p0, p1); }
 
 template <typename T> __device__ void swiglu_body(const T* g, const T* u, T* y, i64 n) {
@@ -173,7 +184,16 @@ template <typename T> __device__ void binary_dense_body(const T* a, const T* b, 
         y[i] = binop(a[i], b[i], op);
     }
 }
-extern "C" __global__ void binary_dense_f32(const float* a, const float* b, float* y, i64 n, int op) { binary_dense_body(a, b, y, n, op); }
+// f32: 16-byte accesses when all three buffers are 16-byte aligned (the host launches n/4 threads then).
+extern "C" __global__ void binary_dense_f32(const float* a, const float* b, float* y, i64 n, int op) {
+    if (((((size_t)a) | ((size_t)b) | ((size_t)y)) & 15) != 0) { binary_dense_body(a, b, y, n, op); return; }
+    i64 n4 = n / 4, stride = (i64)gridDim.x * blockDim.x, t = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    for (i64 i = t; i < n4; i += stride) {
+        float4 u = ((const float4*)a)[i], v = ((const float4*)b)[i];
+        ((float4*)y)[i] = make_float4(binop(u.x, v.x, op), binop(u.y, v.y, op), binop(u.z, v.z, op), binop(u.w, v.w, op));
+    }
+    for (i64 i = 4 * n4 + t; i < n; i += stride) y[i] = binop(a[i], b[i], op);
+}
 extern "C" __global__ void binary_dense_f64(const double* a, const double* b, double* y, i64 n, int op) { binary_dense_body(a, b, y, n, op); }
 extern "C" __global__ void binary_f64(const double* a, Lay la, const double* b, Lay lb, double* y, i64 n, int op) { binary_body(a, la, b, lb, y, n, op); }
 "#;
@@ -228,7 +248,88 @@ template <typename T> __device__ void softmax_body(const T* x, T* y, i64 n, int 
     if (log_) { T l = mt + (T)log(s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - l; }
     else { T inv = (T)(1.0 / s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = exp(xr[j] - mt) * inv; }
 }
-extern "C" __global__ void softmax_f32(const float* x, float* y, i64 n, int log_) { softmax_body(x, y, n, log_); }
+// f32 rows of up to blockDim·4·ROW_CACHE elements (16384 with 256 threads), 16-byte aligned, length a multiple of 4:
+// the row is read once into registers, reduced (max, then Σ e^(x−m)) and written, so the kernel moves the compulsory
+// bytes only. Per-thread partial sums in f32, the block reductions in f64 (as the general path).
+#define ROW_CACHE 16
+__device__ __forceinline__ bool row_cacheable(const void* a, const void* b, i64 n) {
+    return (n & 3) == 0 && n <= (i64)blockDim.x * 4 * ROW_CACHE && ((((size_t)a) | ((size_t)b)) & 15) == 0;
+}
+// Block-wide max (of non-NaN values: callers pass -inf for none) or sum of one f32 per thread: warp shuffles, then
+// one value per warp through shared memory. Every thread gets the result.
+__device__ __forceinline__ float block_reduce_f32(float v, bool want_max) {
+    __shared__ float part[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = want_max ? fmaxf(v, w) : v + w;
+    }
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    int warps = blockDim.x >> 5;
+    v = threadIdx.x < warps ? part[threadIdx.x] : (want_max ? __int_as_float(0xff800000) : 0.f);
+    if (threadIdx.x < 32) {
+        for (int o = 16; o > 0; o >>= 1) {
+            float w = __shfl_xor_sync(0xffffffffu, v, o);
+            v = want_max ? fmaxf(v, w) : v + w;
+        }
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    float r = part[0];
+    __syncthreads();  // part is reused by the next call
+    return r;
+}
+extern "C" __global__ void softmax_f32(const float* x, float* y, i64 n, int log_) {
+    const float* xr = x + blockIdx.x * n; float* yr = y + blockIdx.x * n;
+    if (!row_cacheable(xr, yr, n)) { softmax_body(x, y, n, log_); return; }
+    const float ninf = __int_as_float(0xff800000);
+    int n4 = (int)(n / 4);
+    float4 v[ROW_CACHE];
+    float m = ninf;
+    #pragma unroll
+    for (int u = 0; u < ROW_CACHE; ++u) {
+        int c = threadIdx.x + u * blockDim.x;
+        if (c < n4) {
+            v[u] = ((const float4*)xr)[c];
+            // NaN never becomes the max (as in the general path).
+            if (v[u].x > m) m = v[u].x;
+            if (v[u].y > m) m = v[u].y;
+            if (v[u].z > m) m = v[u].z;
+            if (v[u].w > m) m = v[u].w;
+        }
+    }
+    float mx = block_reduce_f32(m, true);
+    if (mx == -ninf) { softmax_body(x, y, n, log_); return; }  // +inf in the row: the general path's semantics
+    if (mx == ninf) {
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = log_ ? ninf : 0.f;
+        return;
+    }
+    float s = 0.f;
+    #pragma unroll
+    for (int u = 0; u < ROW_CACHE; ++u) {
+        int c = threadIdx.x + u * blockDim.x;
+        if (c < n4) {
+            float4 e = make_float4(expf(v[u].x - mx), expf(v[u].y - mx), expf(v[u].z - mx), expf(v[u].w - mx));
+            if (e.x == e.x) s += e.x;
+            if (e.y == e.y) s += e.y;
+            if (e.z == e.z) s += e.z;
+            if (e.w == e.w) s += e.w;
+            if (!log_) v[u] = e;  // softmax keeps e^(x−m) for the write; log-softmax keeps x
+        }
+    }
+    double total = (double)block_reduce_f32(s, false);
+    float l = mx + (float)log(total), inv = (float)(1.0 / total);
+    #pragma unroll
+    for (int u = 0; u < ROW_CACHE; ++u) {
+        int c = threadIdx.x + u * blockDim.x;
+        if (c < n4) {
+            float4 o = v[u];
+            if (log_) { o.x -= l; o.y -= l; o.z -= l; o.w -= l; }
+            else { o.x *= inv; o.y *= inv; o.z *= inv; o.w *= inv; }
+            ((float4*)yr)[c] = o;
+        }
+    }
+}
 extern "C" __global__ void softmax_f64(const double* x, double* y, i64 n, int log_) { softmax_body(x, y, n, log_); }
 
 template <typename T> __device__ void rms_norm_body(const T* x, const T* w, T* y, i64 d, double eps) {
@@ -240,7 +341,34 @@ template <typename T> __device__ void rms_norm_body(const T* x, const T* w, T* y
     T inv = (T)1 / sqrt((T)(s / (double)d) + (T)eps);
     for (i64 j = threadIdx.x; j < d; j += blockDim.x) yr[j] = xr[j] * inv * w[j];
 }
-extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, i64 d, double eps) { rms_norm_body(x, w, y, d, eps); }
+// f32 rows that fit the register cache (see softmax_f32): x is read once.
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, i64 d, double eps) {
+    const float* xr = x + blockIdx.x * d; float* yr = y + blockIdx.x * d;
+    if (!row_cacheable(xr, yr, d) || (((size_t)w) & 15) != 0) { rms_norm_body(x, w, y, d, eps); return; }
+    __shared__ double sh[BLOCK];
+    int n4 = (int)(d / 4);
+    float4 v[ROW_CACHE];
+    float s = 0.f;
+    #pragma unroll
+    for (int u = 0; u < ROW_CACHE; ++u) {
+        int c = threadIdx.x + u * blockDim.x;
+        if (c < n4) {
+            v[u] = ((const float4*)xr)[c];
+            s += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+        }
+    }
+    double total = block_sum<float>((double)s, sh);
+    float inv = 1.f / sqrtf((float)(total / (double)d) + (float)eps);
+    #pragma unroll
+    for (int u = 0; u < ROW_CACHE; ++u) {
+        int c = threadIdx.x + u * blockDim.x;
+        if (c < n4) {
+            float4 g = ((const float4*)w)[c], o = v[u];
+            o.x = o.x * inv * g.x; o.y = o.y * inv * g.y; o.z = o.z * inv * g.z; o.w = o.w * inv * g.w;
+            ((float4*)yr)[c] = o;
+        }
+    }
+}
 extern "C" __global__ void rms_norm_f64(const double* x, const double* w, double* y, i64 d, double eps) { rms_norm_body(x, w, y, d, eps); }
 
 template <typename T> __device__ void layer_norm_body(const T* x, const T* w, const T* b, T* y, i64 d, double eps) {

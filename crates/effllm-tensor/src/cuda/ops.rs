@@ -93,8 +93,10 @@ pub(crate) fn unary(t: &Tensor, op: i32, p0: f64, p1: f64) -> Result<Tensor> {
         } else {
             b.arg(&p0f).arg(&p1f);
         }
+        // The f32 kernel handles four elements per thread (16-byte accesses; grid-stride otherwise).
+        let threads = if w.dtype() == DType::F32 { n.div_ceil(4) } else { n };
         // SAFETY: input and output hold `n` contiguous elements of the work dtype.
-        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+        unsafe { b.launch(grid(threads)) }.map_err(launch_err)?;
     }
     finish(Tensor::from_cuda(out, t.shape()), t.dtype())
 }
@@ -133,8 +135,10 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, shape: &[usize], op: i32) -> Result
         let (nn, av, bv) = (n as i64, view(&aw), view(&bw));
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&av).arg(&bv).arg(&mut out.buf).arg(&nn).arg(&op);
+        // The f32 kernel handles four elements per thread (16-byte accesses; grid-stride otherwise).
+        let threads = if aw.dtype() == DType::F32 { n.div_ceil(4) } else { n };
         // SAFETY: three dense buffers of `n` elements.
-        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+        unsafe { l.launch(grid(threads)) }.map_err(launch_err)?;
     } else if n > 0 {
         let la = KLayout::new("binary", &aw.layout.broadcast_as(shape)?)?;
         let lb = KLayout::new("binary", &bw.layout.broadcast_as(shape)?)?;
