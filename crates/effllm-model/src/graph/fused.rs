@@ -920,6 +920,8 @@ pub(super) struct FusedStep {
     barrier: Tensor,
     /// Whether the step runs as one persistent kernel.
     pub(super) persistent: bool,
+    /// `d_model`.
+    hidden_width: usize,
 }
 
 /// `cos`/`sin` of `p·θᵢ`, `θᵢ = base^(−2i/R)`, for positions `0..max_context` and pairs `0..R/2`, interleaved.
@@ -1030,6 +1032,7 @@ impl FusedStep {
             table: None,
             barrier: Tensor::zeros(&[2], DType::U32, &device)?,
             persistent: false,
+            hidden_width: d,
         }))
     }
 }
@@ -1077,6 +1080,16 @@ impl FusedStep {
         let n = words.len();
         self.table = Some(Tensor::from_vec(words, &[n], &Device::Cpu)?.to_device(&self.barrier.device())?);
         Ok(())
+    }
+
+    /// Whether the persistent kernel's shared memory fits the default 48 KiB: the widest GEMV input (dynamic) plus
+    /// the static arrays (the attention's 128 scores and 512 `float4` partial sums, the reductions' scratch: about
+    /// 9 KiB; 10 KiB counted).
+    pub(super) fn persistent_fits(&self) -> bool {
+        const STATIC_BYTES: usize = 10 * 1024;
+        let widest = self.layers.iter().map(|l| l.dff).max().unwrap_or(0).max(self.query.elem_count());
+        let widest = widest.max(self.hidden_width);
+        widest * 4 + STATIC_BYTES <= 48 * 1024
     }
 
     /// The whole step as one cooperative launch of `decode_step`: one block of 512 threads per multiprocessor.

@@ -413,9 +413,19 @@ impl<'m> GraphDecoder<'m> {
     /// CUDA graph. Both compute the same logits bit for bit. Turning it on also turns the fused step on.
     ///
     /// # Errors
-    /// [`ModelError::Invalid`] when the model does not support the fused step.
+    /// [`ModelError::Invalid`] when the model does not support the fused step, or its widest GEMV input does not
+    /// fit the persistent kernel's shared memory.
     pub fn set_persistent(&mut self, on: bool) -> Result<()> {
         if on {
+            if let Some(f) = &self.fused
+                && !f.persistent_fits()
+            {
+                return Err(invalid(
+                    "graph decoder",
+                    "the persistent kernel's shared memory (the widest GEMV input plus the attention's arrays) \
+                     exceeds 48 KiB for this model",
+                ));
+            }
             self.set_fused(true)?;
         }
         if let Some(f) = self.fused.as_mut()
