@@ -1,10 +1,15 @@
 //! SmolLM2-135M-Instruct end to end: prefill and decode tokens/s with Q4_1 and f32 weights, side by side with
 //! llama.cpp on the same GGUF and thread count (through `scripts/bench/llama_cpp_bench.py` when
 //! `EFFLLM_LLAMA_CPP_PYTHON` names a Python with `llama-cpp-python` 0.3.36), plus peak resident memory.
+//!
+//! With `EFFLLM_DEVICE=cuda:N` (bench-all built with `--features cuda`) a GPU table follows: prefill, and decode
+//! launch by launch and through `GraphDecoder`'s fused graph (argmax read back per token, and the greedy loop on the
+//! device), Q4_1 and bf16 weights, with the issue's goal for bf16 decode at context 128 as a target.
+//! `EFFLLM_GPU_ONLY=1` skips the CPU part.
 
 use std::time::Instant;
 
-use effllm_model::{Batch, CausalLm, LlamaModel, LoadOptions, LogitRows, WeightFormat};
+use effllm_model::{Batch, CausalLm, Device, GraphDecoder, LlamaModel, LoadOptions, LogitRows, WeightFormat};
 use effllm_tensor::quant::ActivationQuant;
 
 use crate::{Context, Options, Result, Scenario, ScenarioReport, Table, Target, num};
@@ -17,6 +22,8 @@ pub const DECODE_CTXS: [usize; 2] = [128, 4096];
 pub const DECODE_TOKENS: usize = 32;
 /// Goal of the issue: our CPU decode at context 128 ÷ llama.cpp's ≥ 1.
 pub const DECODE_GOAL: f64 = 1.0;
+/// Goal of the issue for the GPU: bf16 decode at context 128, tokens/s (stated for an H100).
+pub const GPU_DECODE_GOAL: f64 = 2000.0;
 /// Environment variable naming the Python interpreter that has `llama_cpp` installed.
 pub const LLAMA_CPP_PYTHON_ENV: &str = "EFFLLM_LLAMA_CPP_PYTHON";
 
@@ -56,6 +63,97 @@ fn ours(model: &LlamaModel, prefill: bool) -> Result<Speeds> {
     Ok(s)
 }
 
+/// GPU speeds of one weight format: prefill, and decode launch by launch, through the fused graph with the argmax
+/// read back per token (`decode_greedy`), and through the fused graph with the greedy loop on the device.
+#[derive(Clone, Debug, Default)]
+struct GpuSpeeds {
+    prefill: Vec<(usize, f64)>,
+    /// `(context, launch by launch, graph with host loop, graph with device loop)`.
+    decode: Vec<(usize, f64, f64, f64)>,
+}
+
+fn ours_gpu(model: &LlamaModel) -> Result<GpuSpeeds> {
+    let mut s = GpuSpeeds::default();
+    // Warm-up: the first forward compiles the kernels (NVRTC) and fills the memory pool.
+    model.forward(&Batch::causal(&prompt(16), 0), &mut model.new_cache(), &LogitRows::Last)?.to_vec::<f32>()?;
+    for &n in &PREFILL_LENS {
+        let mut cache = model.new_cache();
+        let t = Instant::now();
+        // Reading the logits back waits for the device.
+        model.forward(&Batch::causal(&prompt(n), 0), &mut cache, &LogitRows::Last)?.to_vec::<f32>()?;
+        s.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
+    }
+    let rate = |t: Instant| DECODE_TOKENS as f64 / t.elapsed().as_secs_f64();
+    for &c in &DECODE_CTXS {
+        let p = prompt(c);
+        let mut cache = model.new_cache();
+        let mut logits = model.forward(&Batch::causal(&p, 0), &mut cache, &LogitRows::Last)?;
+        let t = Instant::now();
+        for i in 0..DECODE_TOKENS {
+            let next = logits.argmax(1, false)?.to_vec::<u32>()?[0];
+            logits = model.forward(&Batch::causal(&[next], c + i), &mut cache, &LogitRows::Last)?;
+        }
+        let eager = rate(t);
+        let mut decoder = GraphDecoder::new(model, c + DECODE_TOKENS + 1)?;
+        // Warm-up: compiles the kernels and records the graph.
+        decoder.generate_greedy(&p[..8], 4)?;
+        let first = effllm_sampling::argmax(&decoder.prefill(&p)?).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let mut next = first;
+        for _ in 0..DECODE_TOKENS {
+            next = decoder.decode_greedy(next)?;
+        }
+        let host_loop = rate(t);
+        decoder.prefill(&p)?;
+        let t = Instant::now();
+        decoder.greedy_continue(first, DECODE_TOKENS)?;
+        s.decode.push((c, eager, host_loop, rate(t)));
+    }
+    Ok(s)
+}
+
+/// The GPU table and its target.
+fn gpu_part(ctx: &mut Context, path: &std::path::Path, device: Device) -> Result<(Table, Vec<Target>, String)> {
+    let name = match device {
+        Device::Cuda(n) => effllm_tensor::cuda::device(n).map(|d| d.name().to_string()).unwrap_or_default(),
+        Device::Cpu => String::new(),
+    };
+    let mut table = Table::new(
+        format!("SmolLM2-135M-Instruct on {name} ({device}), tokens/s"),
+        &["weights", "case", "launch by launch", "fused graph, argmax per token", "fused graph, device loop"],
+    );
+    let mut targets = Vec::new();
+    for (label, format) in [("Q4_1", WeightFormat::Quantized), ("bf16", WeightFormat::BF16)] {
+        ctx.status(format!("smollm2: GPU, {label} weights"));
+        let model = LlamaModel::open_gguf(path, &LoadOptions { format, device, ..Default::default() })?;
+        let s = ours_gpu(&model)?;
+        for (n, v) in &s.prefill {
+            table.row(vec![label.into(), format!("prefill {n}"), num(*v), "—".into(), "—".into()]);
+        }
+        for &(c, eager, host, dev) in &s.decode {
+            table.row(vec![label.into(), format!("decode @ ctx {c}"), num(eager), num(host), num(dev)]);
+            if format == WeightFormat::BF16 && c == 128 {
+                targets.push(Target {
+                    what: format!(
+                        "SmolLM2 bf16 GPU decode @ ctx 128 ({name}, fused graph, device loop) vs 2,000 tok/s"
+                    ),
+                    ratio: dev / GPU_DECODE_GOAL,
+                    goal: 1.0,
+                });
+            }
+        }
+    }
+    let note = format!(
+        "GPU: prefill through the ordinary batched forward (after a warm-up forward that compiles the kernels); \
+         decode = {DECODE_TOKENS} greedy tokens after a prompt of the context length, launch by launch (one \
+         forward per token, argmax read back), through `GraphDecoder`'s fused graph reading each token's argmax \
+         back (`decode_greedy`, what `effllm generate` does at temperature 0), and with the greedy loop on the \
+         device (`greedy_continue`). bf16 weights are the Q4_1 file dequantized at load. The goal \
+         ({GPU_DECODE_GOAL:.0} tok/s) is stated for an H100; the target row divides by it."
+    );
+    Ok((table, targets, note))
+}
+
 fn llama_cpp(model: &std::path::Path, threads: usize) -> std::result::Result<Speeds, String> {
     let python = std::env::var(LLAMA_CPP_PYTHON_ENV).map_err(|_| format!("{LLAMA_CPP_PYTHON_ENV} is not set"))?;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/llama_cpp_bench.py");
@@ -93,7 +191,8 @@ impl Scenario for SmolLm2 {
     }
 
     fn description(&self) -> &'static str {
-        "SmolLM2-135M prefill (512, 4096) and decode (ctx 128, 4096) tokens/s, Q4_1 and f32, vs llama.cpp"
+        "SmolLM2-135M prefill (512, 4096) and decode (ctx 128, 4096) tokens/s: CPU (Q4_1, f32) vs llama.cpp; GPU \
+         (Q4_1, bf16; launch by launch and fused graph) with EFFLLM_DEVICE=cuda:N"
     }
 
     fn cases(&self, _options: &Options) -> usize {
@@ -102,92 +201,100 @@ impl Scenario for SmolLm2 {
 
     fn run(&self, ctx: &mut Context) -> Result<ScenarioReport> {
         let path = effllm_gguf::model_cache::fetch_smollm2(|l| ctx.log(l)).map_err(|e| e.to_string())?;
-        let threads = ctx.options.threads;
-        let mut table = Table::new(
-            format!("SmolLM2-135M-Instruct, {threads} CPU threads (tokens/s; ratio = effllm ÷ llama.cpp)"),
-            &[
-                "case",
-                "effllm Q4_1",
-                "effllm Q4_1, Q8 acts",
-                "effllm f32",
-                "llama.cpp Q4_1",
-                "Q4_1 ratio",
-                "Q8-acts ratio",
-            ],
-        );
-        ctx.status("smollm2: Q4_1 weights");
-        let q = LlamaModel::open_gguf(&path, &LoadOptions::default())?;
-        let ours_q = ours(&q, true)?;
-        let rss_q = peak_rss_mib();
-        drop(q);
-        // llama.cpp's numerics: activations quantised to Q8 per 32-block, integer dot products (decode only; prefill
-        // keeps the f32 panel GEMM, which is faster for long prompts).
-        ctx.status("smollm2: Q4_1 weights, Q8 activations");
-        let q8 = LlamaModel::open_gguf(&path, &LoadOptions { activations: ActivationQuant::Q8, ..Default::default() })?;
-        let ours_q8 = ours(&q8, false)?;
-        drop(q8);
-        ctx.status("smollm2: f32 weights");
-        let f = LlamaModel::open_gguf(&path, &LoadOptions { format: WeightFormat::F32, ..Default::default() })?;
-        let ours_f = ours(&f, true)?;
-        drop(f);
-        ctx.status("smollm2: llama.cpp");
-        let peer = llama_cpp(&path, threads);
-        let mut notes = vec![format!(
-            "Prompt ids 100 + (37 i mod 20000); decode = {DECODE_TOKENS} greedy tokens after a prompt of the context \
-             length, one forward per token. Peak resident memory after the Q4_1 cases (weights memory-mapped, file \
-             {:.1} MiB): {}.",
-            effllm_gguf::model_cache::SMOLLM2_SIZE as f64 / (1 << 20) as f64,
-            rss_q.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
-        )];
-        let peer_speeds = match &peer {
-            Ok(s) => Some(s),
-            Err(e) => {
-                notes.push(format!("llama.cpp not measured: {e}. See scripts/bench/llama_cpp_bench.py."));
-                None
+        let device = crate::bench_device()?;
+        let mut report = if crate::gpu_only(device)? {
+            ScenarioReport {
+                title: "SmolLM2 end to end (GPU)".into(),
+                notes: vec!["EFFLLM_GPU_ONLY=1: the CPU part (and llama.cpp) was skipped.".into()],
+                tables: vec![],
+                plots: vec![],
+                targets: vec![],
             }
+        } else {
+            cpu_part(ctx, &path)?
         };
-        let mut targets = Vec::new();
-        let rows = PREFILL_LENS
-            .iter()
-            .map(|&n| (format!("prefill {n}"), true, n))
-            .chain(DECODE_CTXS.iter().map(|&c| (format!("decode @ ctx {c}"), false, c)));
-        for (label, is_prefill, n) in rows {
-            let get = |s: &Speeds| {
-                let v = if is_prefill { &s.prefill } else { &s.decode };
-                v.iter().find(|(k, _)| *k == n).map(|(_, x)| *x)
-            };
-            let (a, a8, b) = (get(&ours_q), get(&ours_q8), get(&ours_f));
-            let p = peer_speeds.and_then(get);
-            let ratio = a.zip(p).map(|(a, p)| a / p);
-            let ratio8 = a8.zip(p).map(|(a, p)| a / p);
-            if !is_prefill
-                && n == 128
-                && let Some(r) = ratio
-            {
+        if !device.is_cpu() {
+            let (table, targets, note) = gpu_part(ctx, &path, device)?;
+            report.tables.push(table);
+            report.targets.extend(targets);
+            report.notes.push(note);
+        }
+        Ok(report)
+    }
+}
+
+fn cpu_part(ctx: &mut Context, path: &std::path::Path) -> Result<ScenarioReport> {
+    let threads = ctx.options.threads;
+    let mut table = Table::new(
+        format!("SmolLM2-135M-Instruct, {threads} CPU threads (tokens/s; ratio = effllm ÷ llama.cpp)"),
+        &["case", "effllm Q4_1", "effllm Q4_1, Q8 acts", "effllm f32", "llama.cpp Q4_1", "Q4_1 ratio", "Q8-acts ratio"],
+    );
+    ctx.status("smollm2: Q4_1 weights");
+    let q = LlamaModel::open_gguf(path, &LoadOptions::default())?;
+    let ours_q = ours(&q, true)?;
+    let rss_q = peak_rss_mib();
+    drop(q);
+    // llama.cpp's numerics: activations quantised to Q8 per 32-block, integer dot products (decode only; prefill
+    // keeps the f32 panel GEMM, which is faster for long prompts).
+    ctx.status("smollm2: Q4_1 weights, Q8 activations");
+    let q8 = LlamaModel::open_gguf(path, &LoadOptions { activations: ActivationQuant::Q8, ..Default::default() })?;
+    let ours_q8 = ours(&q8, false)?;
+    drop(q8);
+    ctx.status("smollm2: f32 weights");
+    let f = LlamaModel::open_gguf(path, &LoadOptions { format: WeightFormat::F32, ..Default::default() })?;
+    let ours_f = ours(&f, true)?;
+    drop(f);
+    ctx.status("smollm2: llama.cpp");
+    let peer = llama_cpp(path, threads);
+    let mut notes = vec![format!(
+        "Prompt ids 100 + (37 i mod 20000); decode = {DECODE_TOKENS} greedy tokens after a prompt of the context \
+         length, one forward per token. Peak resident memory after the Q4_1 cases (weights memory-mapped, file \
+         {:.1} MiB): {}.",
+        effllm_gguf::model_cache::SMOLLM2_SIZE as f64 / (1 << 20) as f64,
+        rss_q.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    )];
+    let peer_speeds = match &peer {
+        Ok(s) => Some(s),
+        Err(e) => {
+            notes.push(format!("llama.cpp not measured: {e}. See scripts/bench/llama_cpp_bench.py."));
+            None
+        }
+    };
+    let mut targets = Vec::new();
+    let rows = PREFILL_LENS
+        .iter()
+        .map(|&n| (format!("prefill {n}"), true, n))
+        .chain(DECODE_CTXS.iter().map(|&c| (format!("decode @ ctx {c}"), false, c)));
+    for (label, is_prefill, n) in rows {
+        let get = |s: &Speeds| {
+            let v = if is_prefill { &s.prefill } else { &s.decode };
+            v.iter().find(|(k, _)| *k == n).map(|(_, x)| *x)
+        };
+        let (a, a8, b) = (get(&ours_q), get(&ours_q8), get(&ours_f));
+        let p = peer_speeds.and_then(get);
+        let ratio = a.zip(p).map(|(a, p)| a / p);
+        let ratio8 = a8.zip(p).map(|(a, p)| a / p);
+        if !is_prefill
+            && n == 128
+            && let Some(r) = ratio
+        {
+            targets.push(Target {
+                what: "SmolLM2 Q4_1 CPU decode @ ctx 128 vs llama.cpp".into(),
+                ratio: r,
+                goal: DECODE_GOAL,
+            });
+            if let Some(r8) = ratio8 {
                 targets.push(Target {
-                    what: "SmolLM2 Q4_1 CPU decode @ ctx 128 vs llama.cpp".into(),
-                    ratio: r,
+                    what: "SmolLM2 Q4_1 CPU decode @ ctx 128, Q8 activations (llama.cpp's numerics) vs llama.cpp"
+                        .into(),
+                    ratio: r8,
                     goal: DECODE_GOAL,
                 });
-                if let Some(r8) = ratio8 {
-                    targets.push(Target {
-                        what: "SmolLM2 Q4_1 CPU decode @ ctx 128, Q8 activations (llama.cpp's numerics) vs llama.cpp"
-                            .into(),
-                        ratio: r8,
-                        goal: DECODE_GOAL,
-                    });
-                }
             }
-            let cell = |x: Option<f64>| x.map_or("—".into(), num);
-            let r = |x: Option<f64>| x.map_or("—".into(), |r| format!("{r:.2}"));
-            table.row(vec![label, cell(a), cell(a8), cell(b), cell(p), r(ratio), r(ratio8)]);
         }
-        Ok(ScenarioReport {
-            title: "SmolLM2 end to end (CPU)".into(),
-            notes,
-            tables: vec![table],
-            plots: vec![],
-            targets,
-        })
+        let cell = |x: Option<f64>| x.map_or("—".into(), num);
+        let r = |x: Option<f64>| x.map_or("—".into(), |r| format!("{r:.2}"));
+        table.row(vec![label, cell(a), cell(a8), cell(b), cell(p), r(ratio), r(ratio8)]);
     }
+    Ok(ScenarioReport { title: "SmolLM2 end to end (CPU)".into(), notes, tables: vec![table], plots: vec![], targets })
 }
