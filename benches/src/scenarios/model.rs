@@ -47,7 +47,8 @@ fn ours(model: &LlamaModel, prefill: bool) -> Result<Speeds> {
     for &n in PREFILL_LENS.iter().filter(|_| prefill) {
         let mut cache = model.new_cache();
         let t = Instant::now();
-        model.forward(&Batch::causal(&prompt(n), 0), &mut cache, &LogitRows::Last)?;
+        // Reading the logits back waits for a GPU (on the CPU it is a copy of one row).
+        model.forward(&Batch::causal(&prompt(n), 0), &mut cache, &LogitRows::Last)?.to_vec::<f32>()?;
         s.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
     }
     for &c in &DECODE_CTXS {
@@ -73,27 +74,14 @@ struct GpuSpeeds {
 }
 
 fn ours_gpu(model: &LlamaModel) -> Result<GpuSpeeds> {
-    let mut s = GpuSpeeds::default();
     // Warm-up: the first forward compiles the kernels (NVRTC) and fills the memory pool.
     model.forward(&Batch::causal(&prompt(16), 0), &mut model.new_cache(), &LogitRows::Last)?.to_vec::<f32>()?;
-    for &n in &PREFILL_LENS {
-        let mut cache = model.new_cache();
-        let t = Instant::now();
-        // Reading the logits back waits for the device.
-        model.forward(&Batch::causal(&prompt(n), 0), &mut cache, &LogitRows::Last)?.to_vec::<f32>()?;
-        s.prefill.push((n, n as f64 / t.elapsed().as_secs_f64()));
-    }
+    // Prefill and launch-by-launch decode: the CPU measurement, run on the device.
+    let launch_by_launch = ours(model, true)?;
+    let mut s = GpuSpeeds { prefill: launch_by_launch.prefill, decode: Vec::new() };
     let rate = |t: Instant| DECODE_TOKENS as f64 / t.elapsed().as_secs_f64();
-    for &c in &DECODE_CTXS {
+    for (&c, &(_, eager)) in DECODE_CTXS.iter().zip(&launch_by_launch.decode) {
         let p = prompt(c);
-        let mut cache = model.new_cache();
-        let mut logits = model.forward(&Batch::causal(&p, 0), &mut cache, &LogitRows::Last)?;
-        let t = Instant::now();
-        for i in 0..DECODE_TOKENS {
-            let next = logits.argmax(1, false)?.to_vec::<u32>()?[0];
-            logits = model.forward(&Batch::causal(&[next], c + i), &mut cache, &LogitRows::Last)?;
-        }
-        let eager = rate(t);
         let mut decoder = GraphDecoder::new(model, c + DECODE_TOKENS + 1)?;
         // Warm-up: compiles the kernels and records the graph.
         decoder.generate_greedy(&p[..8], 4)?;

@@ -98,32 +98,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             graph_rate / eager_rate
         );
         if fused {
-            // The fused step's greedy loop on the device: no host round trip per token (replays queued back to back).
-            decoder.prefill(&prompt)?;
-            let t3 = Instant::now();
-            let rest = decoder.greedy_continue(graph_ids[0], n_decode - 1)?;
-            let device_loop = t3.elapsed().as_secs_f64();
-            let rate = (n_decode - 1).max(1) as f64 / device_loop;
-            let same = rest.iter().zip(&generated[1..]).take_while(|(a, b)| a == b).count();
-            println!(
-                "graph decode (fused step, greedy loop on the device): {rate:.1} tok/s ({:.2}x launch by launch); greedy tokens equal for {}/{n_decode}",
-                rate / eager_rate,
-                same + 1
-            );
-            // The same loop with the step as one persistent (cooperative) kernel.
-            decoder.set_persistent(true)?;
-            decoder.generate_greedy(&prompt[..prompt_len.clamp(1, 8)], 4)?;
-            decoder.prefill(&prompt)?;
-            let t4 = Instant::now();
-            let rest = decoder.greedy_continue(graph_ids[0], n_decode - 1)?;
-            let persistent = t4.elapsed().as_secs_f64();
-            let rate = (n_decode - 1).max(1) as f64 / persistent;
-            let same = rest.iter().zip(&generated[1..]).take_while(|(a, b)| a == b).count();
-            println!(
-                "persistent kernel decode (fused step, greedy loop on the device): {rate:.1} tok/s ({:.2}x launch by launch); greedy tokens equal for {}/{n_decode}",
-                rate / eager_rate,
-                same + 1
-            );
+            // The fused step's greedy loop on the device (no host round trip per token, replays queued back to
+            // back), through the graph and then with the step as one persistent (cooperative) kernel.
+            for (persistent, label) in [(false, "graph decode"), (true, "persistent kernel decode")] {
+                decoder.set_persistent(persistent)?;
+                if persistent {
+                    decoder.generate_greedy(&prompt[..prompt_len.clamp(1, 8)], 4)?;
+                }
+                decoder.prefill(&prompt)?;
+                let t = Instant::now();
+                let rest = decoder.greedy_continue(graph_ids[0], n_decode - 1)?;
+                let rate = (n_decode - 1).max(1) as f64 / t.elapsed().as_secs_f64();
+                let same = rest.iter().zip(&generated[1..]).take_while(|(a, b)| a == b).count();
+                println!(
+                    "{label} (fused step, greedy loop on the device): {rate:.1} tok/s ({:.2}x launch by launch); greedy tokens equal for {}/{n_decode}",
+                    rate / eager_rate,
+                    same + 1
+                );
+            }
         }
     }
     Ok(())

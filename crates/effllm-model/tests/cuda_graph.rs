@@ -135,13 +135,8 @@ fn graph_decode_matches_the_ordinary_forward() {
     }
 }
 
-/// `m` with every dense linear map's weight rounded to `dtype` (bf16 or f16) and stored as `stored`: the same
-/// weights in two storage formats.
-fn rounded(m: &LlamaModel, dtype: DType, stored: DType) -> LlamaModel {
-    let map = |l: &Linear| match l {
-        Linear::Dense(w) => Linear::Dense(w.to_dtype(dtype).unwrap().to_dtype(stored).unwrap()),
-        other => other.clone(),
-    };
+/// `m` with each layer's linear maps replaced by `map` of them and the LM head by `head`.
+fn rebuilt(m: &LlamaModel, map: &dyn Fn(&Linear) -> Linear, head: Linear) -> LlamaModel {
     let layers = m
         .layers()
         .iter()
@@ -155,14 +150,18 @@ fn rounded(m: &LlamaModel, dtype: DType, stored: DType) -> LlamaModel {
             ffn: LlamaFfn { gate: map(&l.ffn.gate), up: map(&l.ffn.up), down: map(&l.ffn.down) },
         })
         .collect();
-    LlamaModel::from_parts(
-        m.config().clone(),
-        m.embedding().clone(),
-        layers,
-        m.final_norm_weight().clone(),
-        map(m.lm_head_weight()),
-    )
-    .unwrap()
+    LlamaModel::from_parts(m.config().clone(), m.embedding().clone(), layers, m.final_norm_weight().clone(), head)
+        .unwrap()
+}
+
+/// `m` with every dense linear map's weight rounded to `dtype` (bf16 or f16) and stored as `stored`: the same
+/// weights in two storage formats.
+fn rounded(m: &LlamaModel, dtype: DType, stored: DType) -> LlamaModel {
+    let map = |l: &Linear| match l {
+        Linear::Dense(w) => Linear::Dense(w.to_dtype(dtype).unwrap().to_dtype(stored).unwrap()),
+        other => other.clone(),
+    };
+    rebuilt(m, &map, map(m.lm_head_weight()))
 }
 
 /// The fused step (five kernels per layer) against the ordinary forward of the same weights, for every storage
@@ -234,20 +233,13 @@ fn tied_rows(m: &LlamaModel) -> LlamaModel {
         rows.copy_within((r - 1) * d..r * d, r * d);
     }
     let head = effllm_tensor::Tensor::from_vec(rows, &[vocab, d], &Device::Cpu).unwrap().to_device(&GPU).unwrap();
-    LlamaModel::from_parts(
-        m.config().clone(),
-        m.embedding().clone(),
-        m.layers().to_vec(),
-        m.final_norm_weight().clone(),
-        Linear::Dense(head),
-    )
-    .unwrap()
+    rebuilt(m, &Linear::clone, Linear::Dense(head))
 }
 
 /// Greedy decoding on the device (the fused step feeds its own argmax to the next step; the graph, or the persistent
-/// kernel, is launched back to back) chooses exactly what the host chooses from the same steps' logits, for dense, bf16 and Q4_1 weights
-/// and for an LM head whose logits tie in pairs (the smaller id wins, as on the host); it continues where it stopped,
-/// and refuses to run past `max_context`.
+/// kernel, is launched back to back) chooses exactly what the host chooses from the same steps' logits, for dense,
+/// bf16 and Q4_1 weights and for an LM head whose logits tie in pairs (the smaller id wins, as on the host); it
+/// continues where it stopped, and refuses to run past `max_context`.
 #[test]
 fn device_greedy_equals_host_greedy() {
     let _g = lock();

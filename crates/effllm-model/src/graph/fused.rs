@@ -920,8 +920,11 @@ pub(super) struct FusedStep {
     barrier: Tensor,
     /// Whether the step runs as one persistent kernel.
     pub(super) persistent: bool,
-    /// `d_model`.
-    hidden_width: usize,
+    /// The widest GEMV input of the step (`d_model`, `n_head·head_dim` or a layer's `d_ff`): the persistent
+    /// kernel's dynamic shared memory, in f32 values.
+    widest_input: usize,
+    /// The persistent kernel's grid: one block per multiprocessor.
+    multiprocessors: usize,
 }
 
 /// `cos`/`sin` of `p·θᵢ`, `θᵢ = base^(−2i/R)`, for positions `0..max_context` and pairs `0..R/2`, interleaved.
@@ -1011,6 +1014,8 @@ impl FusedStep {
         let Some(lm_head) = Matrix::of(model.lm_head_weight()) else { return Ok(None) };
         let widest_ffn = layers.iter().map(|l| l.dff).max().unwrap_or(1);
         let device = model.device();
+        let Device::Cuda(ordinal) = device else { return Ok(None) };
+        let multiprocessors = effllm_tensor::cuda::device(ordinal)?.multiprocessor_count();
         let Some(embedding) = Matrix::embedding(model, &lm_head, &device)? else { return Ok(None) };
         Ok(Some(FusedStep {
             embedding,
@@ -1032,7 +1037,8 @@ impl FusedStep {
             table: None,
             barrier: Tensor::zeros(&[2], DType::U32, &device)?,
             persistent: false,
-            hidden_width: d,
+            widest_input: widest_ffn.max(d).max(hq * hd),
+            multiprocessors,
         }))
     }
 }
@@ -1087,25 +1093,25 @@ impl FusedStep {
     /// 9 KiB; 10 KiB counted).
     pub(super) fn persistent_fits(&self) -> bool {
         const STATIC_BYTES: usize = 10 * 1024;
-        let widest = self.layers.iter().map(|l| l.dff).max().unwrap_or(0).max(self.query.elem_count());
-        let widest = widest.max(self.hidden_width);
-        widest * 4 + STATIC_BYTES <= 48 * 1024
+        self.widest_input * 4 + STATIC_BYTES <= 48 * 1024
     }
 
     /// The whole step as one cooperative launch of `decode_step`: one block of 512 threads per multiprocessor.
     fn run_persistent(&mut self, cfg: &LlamaConfig, device: Device, b: StepBuffers<'_>) -> Result<()> {
-        let Device::Cuda(ordinal) = device else { unreachable!("the fused step runs on CUDA devices") };
-        let sms = effllm_tensor::cuda::device(ordinal)?.multiprocessor_count();
         let (hq, hkv, hd, d) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.d_model);
         let cap = b.max_context;
-        let widest = self.layers.iter().map(|l| l.dff).max().unwrap_or(0).max(d).max(hq * hd);
+        let dims = LaunchDims {
+            grid: (self.multiprocessors as u32, 1, 1),
+            block: (512, 1, 1),
+            shared_mem_bytes: (self.widest_input * 4) as u32,
+        };
         let FusedStep { table, rope, query, ffn, counter, token, history, best, barrier, .. } = self;
         let Some(table) = table.as_ref() else {
             return Err(crate::error::invalid("fused decode step", "the persistent kernel's table is not built"));
         };
         kernels().decode_step.launch_cooperative(
             device,
-            LaunchDims { grid: (sms as u32, 1, 1), block: (512, 1, 1), shared_mem_bytes: (widest * 4) as u32 },
+            dims,
             &mut [
                 Arg::In(table),
                 Arg::In(rope),

@@ -659,7 +659,7 @@ impl<'m> GraphDecoder<'m> {
             let mut out = Vec::with_capacity(n);
             let mut next = token;
             for _ in 0..n {
-                next = argmax(&self.decode(next)?);
+                next = self.decode_greedy(next)?;
                 out.push(next);
             }
             return Ok(out);
