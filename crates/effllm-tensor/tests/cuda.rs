@@ -363,3 +363,109 @@ fn quantized_weights_take_uploaded_blocks() {
         x.linear_q(&resident).unwrap().to_vec::<f32>().unwrap()
     );
 }
+
+/// Relative L2 distance of two equally long vectors (NaNs must sit at the same positions).
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(a.is_nan(), b.is_nan(), "NaN mismatch at {i}: {a} vs {b}");
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&a, &b) in got.iter().zip(want).filter(|(a, _)| !a.is_nan()) {
+        num += (a as f64 - b as f64).powi(2);
+        den += (b as f64).powi(2);
+    }
+    num.sqrt() / den.sqrt().max(1e-30)
+}
+
+/// The f32 softmax kernel has three paths — rows cached in registers (512 threads up to 16384 values, 1024 up to
+/// 32768), longer or unaligned rows read twice — and all must match the CPU, including rows of −inf and NaN.
+#[test]
+fn softmax_rows_of_every_length_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    for (rows, n) in
+        [(3usize, 1usize), (5, 7), (4, 576), (3, 16_384), (2, 20_000), (2, 32_768), (2, 49_152), (1, 100_003)]
+    {
+        let x =
+            Tensor::randn(&[rows, n], DType::F32, &Device::Cpu, &CounterRng::new(n as u64, 0), 0, 0.0, 4.0).unwrap();
+        let xd = x.to_device(&GPU).unwrap();
+        // The reference is the CPU in f64: the CPU's f32 path sums long rows sequentially and is itself ~1e-5 off.
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        for log in [false, true] {
+            let (c, g) = if log {
+                (x64.log_softmax(1).unwrap().to_dtype(DType::F32).unwrap(), xd.log_softmax(1).unwrap())
+            } else {
+                (x64.softmax(1).unwrap().to_dtype(DType::F32).unwrap(), xd.softmax(1).unwrap())
+            };
+            let err = rel_l2(&g.to_vec::<f32>().unwrap(), &c.to_vec::<f32>().unwrap());
+            assert!(err < 1e-5, "rows {rows}, n {n}, log {log}: rel error {err:e}");
+        }
+        // An unaligned view (offset by one element) takes the two-pass path.
+        if n > 2 {
+            let v = xd.narrow(1, 1, n - 1).unwrap();
+            let c = x64.narrow(1, 1, n - 1).unwrap().softmax(1).unwrap().to_dtype(DType::F32).unwrap();
+            let err = rel_l2(&v.softmax(1).unwrap().to_vec::<f32>().unwrap(), &c.to_vec::<f32>().unwrap());
+            assert!(err < 1e-5, "narrowed n {n}: rel error {err:e}");
+        }
+    }
+    // Special rows, for both the cached (n = 8) and the two-pass (n = 40_001) paths: a row of −inf becomes zeros
+    // (log-softmax −inf); NaN entries stay NaN and leave the rest normalised.
+    let ninf = f32::NEG_INFINITY;
+    for n in [8usize, 40_001] {
+        let mut data = vec![ninf; 2 * n];
+        for (j, v) in data[n..].iter_mut().enumerate() {
+            *v = (j % 5) as f32 * 0.5;
+        }
+        data[n + 1] = f32::NAN;
+        data[n + 2] = ninf;
+        let x = Tensor::from_vec(data, &[2, n], &GPU).unwrap();
+        let p = x.softmax(1).unwrap().to_vec::<f32>().unwrap();
+        assert!(p[..n].iter().all(|&v| v == 0.0), "n {n}: a row of -inf gives zeros");
+        assert!(p[n + 1].is_nan() && p[n + 2] == 0.0, "n {n}: NaN stays NaN, -inf gives 0");
+        let total: f64 = p[n..].iter().filter(|v| !v.is_nan()).map(|&v| v as f64).sum();
+        assert!((total - 1.0).abs() < 1e-5, "n {n}: the finite entries sum to {total}");
+        let l = x.log_softmax(1).unwrap().to_vec::<f32>().unwrap();
+        assert!(l[..n].iter().all(|&v| v == ninf), "n {n}: log-softmax of a row of -inf is -inf");
+        assert!(l[n + 1].is_nan() && l[n + 2] == ninf, "n {n}: log-softmax keeps NaN and -inf");
+    }
+}
+
+/// The fused quantized GEMV (four rows per warp, one lane per block) against the CPU's fused kernel at SmolLM2's
+/// shapes and awkward ones: row counts that leave a warp's last rows empty, 1 to 8 activation rows, a misaligned
+/// activation view, every block format.
+#[test]
+fn quantized_gemv_matches_the_cpu_at_model_shapes() {
+    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    if !gpu() {
+        return;
+    }
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        for (n, k) in [(576usize, 576usize), (1537, 576), (577, 1536), (49_152, 576), (3, 32), (70, 2048)] {
+            let data: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1999) as f32 / 999.0) - 1.0).collect();
+            let w = QWeight::new(QMatrix::quantize(ty, n, k, &data).unwrap());
+            let wd = w.to_device(&GPU).unwrap();
+            for m in [1usize, 2, 5, 8] {
+                let x = Tensor::randn(
+                    &[m, k + 1],
+                    DType::F32,
+                    &Device::Cpu,
+                    &CounterRng::new(k as u64, m as u64),
+                    0,
+                    0.0,
+                    1.0,
+                )
+                .unwrap();
+                for off in [0usize, 1] {
+                    let xc = x.narrow(1, off, k).unwrap().contiguous().unwrap();
+                    let want = xc.linear_q(&w).unwrap().to_vec::<f32>().unwrap();
+                    let xg = x.to_device(&GPU).unwrap().narrow(1, off, k).unwrap();
+                    let got = xg.linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
+                    let err = rel_l2(&got, &want);
+                    assert!(err < 1e-5, "{ty:?} {n}x{k}, m {m}, offset {off}: rel error {err:e}");
+                }
+            }
+        }
+    }
+}

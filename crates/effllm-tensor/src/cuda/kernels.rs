@@ -279,54 +279,144 @@ __device__ __forceinline__ float block_reduce_f32(float v, bool want_max) {
     __syncthreads();  // part is reused by the next call
     return r;
 }
-extern "C" __global__ void softmax_f32(const float* x, float* y, i64 n, int log_) {
-    const float* xr = x + blockIdx.x * n; float* yr = y + blockIdx.x * n;
-    if (!row_cacheable(xr, yr, n)) { softmax_body(x, y, n, log_); return; }
+// f32 softmax / log-softmax, one block per row (512 threads for rows that fit the register cache, 1024 beyond).
+// Each thread reduces its own elements to a pair (m, s) = (max, Σ e^(x−m)) and ONE block reduction of pairs gives
+// the row's (M, S) — a second reduction, with its barriers, is what kept the earlier max-then-sum version at half of
+// the copy bandwidth. Rows that fit the register cache (16-byte aligned, n % 4 == 0, n ≤ blockDim·4·SOFTMAX_CACHE)
+// are read once and the write scales the cached e^(x−m) by e^(m−M)/S; longer rows are read twice (pairs, then the
+// write). Semantics: NaN inputs give NaN outputs and are left out of (M, S); a row of −inf (and NaN) becomes zeros
+// (log-softmax: −inf); a +inf anywhere makes the softmax row NaN, as on the CPU (log-softmax: x − inf).
+#define SOFTMAX_CACHE 8
+struct MaxSum { float m, s; };
+__device__ __forceinline__ MaxSum max_sum_combine(MaxSum a, MaxSum b) {
     const float ninf = __int_as_float(0xff800000);
-    int n4 = (int)(n / 4);
-    float4 v[ROW_CACHE];
-    float m = ninf;
+    float m = fmaxf(a.m, b.m);
+    if (m == ninf || m == -ninf) return MaxSum{m, 0.f};
+    float s = (a.m == ninf ? 0.f : a.s * expf(a.m - m)) + (b.m == ninf ? 0.f : b.s * expf(b.m - m));
+    return MaxSum{m, s};
+}
+__device__ __forceinline__ MaxSum max_sum_shfl(MaxSum v) {
     #pragma unroll
-    for (int u = 0; u < ROW_CACHE; ++u) {
-        int c = threadIdx.x + u * blockDim.x;
-        if (c < n4) {
-            v[u] = ((const float4*)xr)[c];
-            // NaN never becomes the max (as in the general path).
-            if (v[u].x > m) m = v[u].x;
-            if (v[u].y > m) m = v[u].y;
-            if (v[u].z > m) m = v[u].z;
-            if (v[u].w > m) m = v[u].w;
-        }
+    for (int o = 16; o > 0; o >>= 1) {
+        MaxSum w{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+        v = max_sum_combine(v, w);
     }
-    float mx = block_reduce_f32(m, true);
-    if (mx == -ninf) { softmax_body(x, y, n, log_); return; }  // +inf in the row: the general path's semantics
-    if (mx == ninf) {
-        for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = log_ ? ninf : 0.f;
+    return v;
+}
+// Every thread gets the block's combined pair (fixed reduction tree: deterministic).
+__device__ __forceinline__ MaxSum block_max_sum(MaxSum v) {
+    __shared__ float pm[32], ps[32];
+    v = max_sum_shfl(v);
+    if ((threadIdx.x & 31) == 0) { pm[threadIdx.x >> 5] = v.m; ps[threadIdx.x >> 5] = v.s; }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int warps = blockDim.x >> 5;
+        MaxSum w = threadIdx.x < warps ? MaxSum{pm[threadIdx.x], ps[threadIdx.x]} : MaxSum{__int_as_float(0xff800000), 0.f};
+        w = max_sum_shfl(w);
+        if (threadIdx.x == 0) { pm[0] = w.m; ps[0] = w.s; }
+    }
+    __syncthreads();
+    return MaxSum{pm[0], ps[0]};
+}
+// Folds four values into a thread's running pair: one rescale per float4 at most.
+__device__ __forceinline__ void max_sum_add4(MaxSum& p, float4 x) {
+    const float ninf = __int_as_float(0xff800000);
+    float m4 = fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w));  // NaN never wins fmaxf
+    if (m4 > p.m) { p.s = p.m == ninf ? 0.f : p.s * expf(p.m - m4); p.m = m4; }
+    if (p.m == ninf || p.m == -ninf) return;
+    if (x.x > ninf) p.s += expf(x.x - p.m);
+    if (x.y > ninf) p.s += expf(x.y - p.m);
+    if (x.z > ninf) p.s += expf(x.z - p.m);
+    if (x.w > ninf) p.s += expf(x.w - p.m);
+}
+__device__ __forceinline__ void max_sum_add1(MaxSum& p, float x) {
+    const float ninf = __int_as_float(0xff800000);
+    if (x > p.m) { p.s = p.m == ninf ? 0.f : p.s * expf(p.m - x); p.m = x; }
+    if (p.m != ninf && p.m != -ninf && x > ninf) p.s += expf(x - p.m);
+}
+extern "C" __global__ void __launch_bounds__(1024) softmax_f32(const float* x, float* y, i64 n, int log_) {
+    const float* xr = x + blockIdx.x * n; float* yr = y + blockIdx.x * n;
+    const float ninf = __int_as_float(0xff800000), nan = __int_as_float(0x7fffffff);
+    bool cached = (n & 3) == 0 && n <= (i64)blockDim.x * 4 * SOFTMAX_CACHE && ((((size_t)xr) | ((size_t)yr)) & 15) == 0;
+    if (cached) {
+        int n4 = (int)(n / 4);
+        float4 v[SOFTMAX_CACHE];
+        float m = ninf;
+        #pragma unroll
+        for (int u = 0; u < SOFTMAX_CACHE; ++u) {
+            int c = threadIdx.x + u * blockDim.x;
+            if (c < n4) {
+                v[u] = __ldcs((const float4*)xr + c);
+                m = fmaxf(m, fmaxf(fmaxf(v[u].x, v[u].y), fmaxf(v[u].z, v[u].w)));
+            }
+        }
+        // Thread-local (m, Σ e^(x−m)); softmax keeps e^(x−m) in place (NaN stays NaN, −inf becomes 0).
+        float s = 0.f;
+        bool finite_m = m != ninf && m != -ninf;
+        #pragma unroll
+        for (int u = 0; u < SOFTMAX_CACHE; ++u) {
+            int c = threadIdx.x + u * blockDim.x;
+            if (c < n4) {
+                float4 e;
+                if (finite_m) {
+                    e = make_float4(expf(v[u].x - m), expf(v[u].y - m), expf(v[u].z - m), expf(v[u].w - m));
+                    if (e.x == e.x) s += e.x;
+                    if (e.y == e.y) s += e.y;
+                    if (e.z == e.z) s += e.z;
+                    if (e.w == e.w) s += e.w;
+                } else {
+                    e = make_float4(v[u].x == v[u].x ? 0.f : nan, v[u].y == v[u].y ? 0.f : nan,
+                                    v[u].z == v[u].z ? 0.f : nan, v[u].w == v[u].w ? 0.f : nan);
+                }
+                if (!log_) v[u] = e;  // log-softmax keeps x
+            }
+        }
+        MaxSum t = block_max_sum(MaxSum{m, s});
+        float scale, l;
+        if (t.m == ninf) { scale = 0.f; l = -ninf; }             // zeros / −inf everywhere, NaN included
+        else if (t.m == -ninf) { scale = nan; l = -ninf; }       // +inf in the row
+        else { scale = finite_m ? expf(m - t.m) / t.s : 0.f; l = t.m + logf(t.s); }
+        #pragma unroll
+        for (int u = 0; u < SOFTMAX_CACHE; ++u) {
+            int c = threadIdx.x + u * blockDim.x;
+            if (c < n4) {
+                float4 o = v[u];
+                if (log_) {
+                    if (t.m == ninf) o = make_float4(ninf, ninf, ninf, ninf);
+                    else { o.x -= l; o.y -= l; o.z -= l; o.w -= l; }
+                } else if (t.m == ninf) {
+                    o = make_float4(0.f, 0.f, 0.f, 0.f);
+                } else {
+                    o.x *= scale; o.y *= scale; o.z *= scale; o.w *= scale;
+                }
+                __stcs((float4*)yr + c, o);
+            }
+        }
         return;
     }
-    float s = 0.f;
-    #pragma unroll
-    for (int u = 0; u < ROW_CACHE; ++u) {
-        int c = threadIdx.x + u * blockDim.x;
-        if (c < n4) {
-            float4 e = make_float4(expf(v[u].x - mx), expf(v[u].y - mx), expf(v[u].z - mx), expf(v[u].w - mx));
-            if (e.x == e.x) s += e.x;
-            if (e.y == e.y) s += e.y;
-            if (e.z == e.z) s += e.z;
-            if (e.w == e.w) s += e.w;
-            if (!log_) v[u] = e;  // softmax keeps e^(x−m) for the write; log-softmax keeps x
-        }
+    // Long or unaligned rows: pass 1 (pairs), pass 2 (write).
+    MaxSum p{ninf, 0.f};
+    bool vec = (n & 3) == 0 && ((((size_t)xr) | ((size_t)yr)) & 15) == 0;
+    if (vec) {
+        for (i64 c = threadIdx.x; c < n / 4; c += blockDim.x) max_sum_add4(p, ((const float4*)xr)[c]);
+    } else {
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) max_sum_add1(p, xr[j]);
     }
-    double total = (double)block_reduce_f32(s, false);
-    float l = mx + (float)log(total), inv = (float)(1.0 / total);
-    #pragma unroll
-    for (int u = 0; u < ROW_CACHE; ++u) {
-        int c = threadIdx.x + u * blockDim.x;
-        if (c < n4) {
-            float4 o = v[u];
-            if (log_) { o.x -= l; o.y -= l; o.z -= l; o.w -= l; }
-            else { o.x *= inv; o.y *= inv; o.z *= inv; o.w *= inv; }
-            ((float4*)yr)[c] = o;
+    MaxSum t = block_max_sum(p);
+    float inv = 1.f / t.s, l = t.m + logf(t.s);
+    if (vec) {
+        for (i64 c = threadIdx.x; c < n / 4; c += blockDim.x) {
+            float4 o = __ldcs((const float4*)xr + c);
+            if (t.m == ninf) o = log_ ? make_float4(ninf, ninf, ninf, ninf) : make_float4(0.f, 0.f, 0.f, 0.f);
+            else if (log_) { o.x -= l; o.y -= l; o.z -= l; o.w -= l; }
+            else if (t.m == -ninf) o = make_float4(nan, nan, nan, nan);
+            else o = make_float4(expf(o.x - t.m) * inv, expf(o.y - t.m) * inv, expf(o.z - t.m) * inv, expf(o.w - t.m) * inv);
+            __stcs((float4*)yr + c, o);
+        }
+    } else {
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            float v = xr[j];
+            yr[j] = t.m == ninf ? (log_ ? ninf : 0.f) : log_ ? v - l : t.m == -ninf ? nan : expf(v - t.m) * inv;
         }
     }
 }
@@ -609,68 +699,106 @@ extern "C" __global__ void fill_any(u8* y, i64 n, u64 bits, int esize) {
 "#;
 
 /// Quantized (ggml Q4_0 / Q4_1 / Q8_0) matrix kernels reading the blocks directly: a fused GEMV for up to a few
-/// activation rows (one warp per output row, four lanes per block, shuffle reduction) and a dequantizer for
+/// activation rows (one warp per four output rows, one lane per block, shuffle reduction) and a dequantizer for
 /// prefill-sized inputs (then cuBLAS). Type ids: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
 pub(crate) const QUANT: &str = r#"
 __device__ __forceinline__ float ld_f16(const u8* p) { return f16_to_f32((u16)p[0] | ((u16)p[1] << 8)); }
 __device__ __forceinline__ int block_bytes(int ty) { return ty == 0 ? 18 : ty == 1 ? 20 : 34; }
 
-// One warp per output row; four lanes per 32-weight block (eight blocks per warp step), so a step reads 8
-// consecutive blocks (144-272 contiguous bytes) and each lane 8 weights plus two 4-float runs of x. Each lane decodes
-// its 8 weights once and applies them to every activation row (m <= 8), then one shuffle reduction per row.
-extern "C" __global__ void qgemv(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m, int ty) {
-    int lane = threadIdx.x & 31;
-    i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r >= n_rows) return;
-    i64 nb = k / 32; int bsz = block_bytes(ty);
-    const u8* row = w + r * nb * bsz;
-    int q4 = lane & 3;
-    // Element offsets within the block of this lane's 8 weights: Q4 blocks keep element j's nibble pair as
-    // (j, j + 16), so a quarter owns elements 4q..4q+3 and 16+4q..16+4q+3; Q8_0 quarters own 8q..8q+7.
-    int o0 = ty == 2 ? 8 * q4 : 4 * q4;
-    int o1 = ty == 2 ? 8 * q4 + 4 : 16 + 4 * q4;
-    float acc[8];
+// Fused GEMV, y[i, r] = W[r] · x[i] for m ≤ 8 activation rows. Half a warp per row, QG_ROWS rows per half-warp:
+// lane l of the half-warp takes quant word l % 4 of block 4s + l / 4 at step s, so the 16 lanes read 4 consecutive
+// blocks' quant bytes side by side (one 64-80-byte span per load instruction; the block header is the same address
+// for 4 lanes) and their activations as two float4s each, contiguous across the half-warp. All QG_ROWS rows' words
+// are loaded before the arithmetic, and the activations once for them. 4 lanes per block keep 14 of 16 lanes busy
+// on SmolLM2's 18-block rows (a lane per block and one warp per row idled 14 of 32 and scattered its loads).
+// Quants become floats without the slow int→float unit: a byte b in the low mantissa byte of 2^23 (one byte_perm)
+// is the float 2^23 + b, and subtracting 2^23 (+8 for Q4_0, +128 for Q8_0's offset bytes) is exact. Each lane adds
+// its own share of the block formula (Q4_1: d·Σqx + m·Σx over its 8 weights), then 4 xor shuffles reduce the
+// half-warp in a fixed order (deterministic).
+#define QG_ROWS 4
+__device__ __forceinline__ float byte_f(u32 w, u32 k, float bias) { return __int_as_float(__byte_perm(w, 0x4B000000u, 0x7440u + k)) - bias; }
+__device__ __forceinline__ float dot4_bytes(u32 w, float4 x, float bias) {
+    return byte_f(w, 0, bias) * x.x + byte_f(w, 1, bias) * x.y + byte_f(w, 2, bias) * x.z + byte_f(w, 3, bias) * x.w;
+}
+__device__ __forceinline__ u32 ld_u16x2(const u8* p) { return (u32)__ldg((const u16*)p) | ((u32)__ldg((const u16*)p + 1) << 16); }
+// TY: 0 = Q4_0 (18-byte blocks: d, 16 bytes of nibble pairs), 1 = Q4_1 (20: d, m, 16 bytes), 2 = Q8_0 (34: d, 32 int8).
+template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) {
+    constexpr int BS = TY == 0 ? 18 : TY == 1 ? 20 : 34;
+    int l = threadIdx.x & 15, half = threadIdx.x >> 4, halves = blockDim.x >> 4;
+    int word = l & 3, sub = l >> 2;
+    i64 nb = k >> 5, rows_cta = (i64)halves * QG_ROWS, row0 = (i64)blockIdx.x * rows_cta;
+    if (row0 + half >= n_rows) return;  // a whole half-warp at once: its shuffles name only its own 16 lanes
+    const unsigned lanes = 0xffffu << (threadIdx.x & 16);
+    const u8* rows[QG_ROWS];
     #pragma unroll
-    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-    for (i64 b = lane >> 2; b < nb; b += 8) {
-        const u8* blk = row + b * bsz;
-        float d = ld_f16(blk), mn = 0.0f;
-        float wv[8];
-        if (ty == 2) {
-            const signed char* q = (const signed char*)(blk + 2 + 8 * q4);
+    for (int j = 0; j < QG_ROWS; ++j) {
+        i64 r = row0 + j * halves + half;
+        rows[j] = w + (r < n_rows ? r : n_rows - 1) * nb * BS;
+    }
+    // Element offsets of this lane's two runs of 4 within a block (Q4: low nibbles 4w.., high 16+4w..; Q8_0: 8w..).
+    int e0 = TY == 2 ? 8 * word : 4 * word, e1 = TY == 2 ? 8 * word + 4 : 16 + 4 * word;
+    bool xvec = ((((size_t)x) | ((size_t)k << 2)) & 15) == 0;
+    for (i64 i = 0; i < m; ++i) {
+        const float* xi = x + i * k;
+        float acc[QG_ROWS];
+        #pragma unroll
+        for (int j = 0; j < QG_ROWS; ++j) acc[j] = 0.f;
+        #pragma unroll 2
+        for (i64 b = sub; b < nb; b += 4) {
+            u32 head[QG_ROWS], q0[QG_ROWS], q1[QG_ROWS];
             #pragma unroll
-            for (int j = 0; j < 8; ++j) wv[j] = (float)q[j];
-        } else {
-            const u8* qs = blk + (ty == 1 ? 4 : 2) + 4 * q4;
-            float off = ty == 1 ? 0.0f : 8.0f;
-            if (ty == 1) mn = ld_f16(blk + 2);
+            for (int j = 0; j < QG_ROWS; ++j) {
+                const u8* blk = rows[j] + b * BS;
+                if (TY == 1) {
+                    head[j] = __ldg((const u32*)blk);
+                    q0[j] = __ldg((const u32*)(blk + 4) + word);
+                } else if (TY == 0) {
+                    head[j] = __ldg((const u16*)blk);
+                    q0[j] = ld_u16x2(blk + 2 + 4 * word);
+                } else {
+                    head[j] = __ldg((const u16*)blk);
+                    q0[j] = ld_u16x2(blk + 2 + 8 * word);
+                    q1[j] = ld_u16x2(blk + 6 + 8 * word);
+                }
+            }
+            const float* xb = xi + b * 32;
+            float4 xa, xc;
+            if (xvec) { xa = __ldg((const float4*)(xb + e0)); xc = __ldg((const float4*)(xb + e1)); }
+            else { xa = make_float4(xb[e0], xb[e0 + 1], xb[e0 + 2], xb[e0 + 3]); xc = make_float4(xb[e1], xb[e1 + 1], xb[e1 + 2], xb[e1 + 3]); }
+            float sx = TY == 1 ? (xa.x + xa.y) + (xa.z + xa.w) + ((xc.x + xc.y) + (xc.z + xc.w)) : 0.f;
             #pragma unroll
-            for (int j = 0; j < 4; ++j) { wv[j] = (float)(qs[j] & 15) - off; wv[4 + j] = (float)(qs[j] >> 4) - off; }
+            for (int j = 0; j < QG_ROWS; ++j) {
+                float d = f16_to_f32((u16)(head[j] & 0xffffu)), s;
+                if (TY == 2) {
+                    s = dot4_bytes(q0[j] ^ 0x80808080u, xa, 8388736.f) + dot4_bytes(q1[j] ^ 0x80808080u, xc, 8388736.f);
+                    acc[j] += d * s;
+                } else {
+                    const float bias = TY == 1 ? 8388608.f : 8388616.f;
+                    s = dot4_bytes(q0[j] & 0x0F0F0F0Fu, xa, bias) + dot4_bytes((q0[j] >> 4) & 0x0F0F0F0Fu, xc, bias);
+                    acc[j] += TY == 1 ? d * s + f16_to_f32((u16)(head[j] >> 16)) * sx : d * s;
+                }
+            }
         }
         #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            if (i < m) {
-                const float* xb = x + i * k + b * 32;
-                float s = 0.0f, sx = 0.0f;
-                #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    float xa = xb[o0 + j], xc = xb[o1 + j];
-                    s += wv[j] * xa + wv[4 + j] * xc;
-                    sx += xa + xc;
-                }
-                acc[i] += d * s + mn * sx;
+        for (int j = 0; j < QG_ROWS; ++j) {
+            #pragma unroll
+            for (int o = 8; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(lanes, acc[j], o, 16);
+        }
+        if (l == 0) {
+            #pragma unroll
+            for (int j = 0; j < QG_ROWS; ++j) {
+                i64 r = row0 + j * halves + half;
+                if (r < n_rows) y[i * n_rows + r] = acc[j];
             }
         }
     }
-    #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        if (i < m) {
-            float a = acc[i];
-            for (int o = 16; o > 0; o >>= 1) a += __shfl_down_sync(0xffffffffu, a, o);
-            if (lane == 0) y[i * n_rows + r] = a;
-        }
-    }
 }
+// One kernel per format (each gets its own register allocation). Launch 256 threads and
+// ceil(n_rows / (16 · QG_ROWS)) CTAs. Q4_1 reads 4-byte words (its 20-byte blocks keep 4-byte alignment), the
+// others 2-byte halves; every pointer the backend passes is at least 4-byte aligned.
+extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q4_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_body<0>(w, x, y, n_rows, k, m); }
+extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q4_1(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_body<1>(w, x, y, n_rows, k, m); }
+extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_body<2>(w, x, y, n_rows, k, m); }
 
 // One thread per block: writes its 32 dequantized weights (ggml formulas, multiply then add).
 extern "C" __global__ void qdequant(const u8* w, float* out, i64 n_blocks, int ty) {

@@ -172,8 +172,16 @@ pub(crate) fn softmax(t: &Tensor, dim: usize, log: bool) -> Result<Tensor> {
         let (nn, lg, x) = (n as i64, i32::from(log), view(&w));
         let mut b = dev.stream.launch_builder(&f);
         b.arg(&x).arg(&mut out.buf).arg(&nn).arg(&lg);
+        // f32: 512 threads while a row fits that block's register cache (16384 values), 1024 beyond (see the
+        // kernel); f64 keeps the general 256-thread body.
+        let cfg = if w.dtype() == DType::F32 {
+            let threads = if n <= 16_384 { 512 } else { 1024 };
+            cudarc::driver::LaunchConfig { block_dim: (threads, 1, 1), ..rows_grid(rows) }
+        } else {
+            rows_grid(rows)
+        };
         // SAFETY: `rows` rows of `n` contiguous elements in and out.
-        unsafe { b.launch(rows_grid(rows)) }.map_err(launch_err)?;
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
     }
     let last = t.rank() - 1;
     let mut moved_shape = t.shape().to_vec();
@@ -604,12 +612,19 @@ pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, 
     if m <= crate::SKINNY_MAX_ROWS {
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {
-            let f = dev.builtin("quant", kernels::QUANT, "qgemv")?;
+            let name = match ty {
+                crate::quant::QuantType::Q4_0 => "qgemv_q4_0",
+                crate::quant::QuantType::Q4_1 => "qgemv_q4_1",
+                crate::quant::QuantType::Q8_0 => "qgemv_q8_0",
+            };
+            let f = dev.builtin("quant", kernels::QUANT, name)?;
             let (xv, nn, kk, mm) = (view(&xw), n as i64, k as i64, m as i64);
             let mut l = dev.stream.launch_builder(&f);
-            l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk).arg(&mm).arg(&tid);
+            l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk).arg(&mm);
+            // 256 threads: 16 half-warps of 4 rows each (see the kernel).
+            let rows_per_cta = 16 * 4;
             let cfg = cudarc::driver::LaunchConfig {
-                grid_dim: (n.div_ceil(8) as u32, 1, 1),
+                grid_dim: (n.div_ceil(rows_per_cta) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
