@@ -143,8 +143,20 @@ template <int F, int R> __device__ __forceinline__ void dot_dense(const u8* cons
     }
 }
 
-// Lane partials of R rows of ggml blocks · x: four lanes per 32-weight block, eight consecutive blocks per warp step
-// (as the tensor crate's qgemv), each lane 8 weights of each row.
+// Byte k of `w` as the float 2^23 + byte, minus `bias`: an exact int→float for bytes without the (quarter-rate)
+// conversion unit.
+__device__ __forceinline__ float byte_float(u32 w, u32 k, float bias) {
+    return __int_as_float(__byte_perm(w, 0x4B000000u, 0x7440u + k)) - bias;
+}
+__device__ __forceinline__ float dot4_bytes(u32 w, const float* x, float bias) {
+    return byte_float(w, 0, bias) * x[0] + byte_float(w, 1, bias) * x[1] + byte_float(w, 2, bias) * x[2] +
+           byte_float(w, 3, bias) * x[3];
+}
+__device__ __forceinline__ u32 ld_u16_pair(const u8* p) { return (u32)((const u16*)p)[0] | ((u32)((const u16*)p)[1] << 16); }
+
+// Lane partials of R rows of ggml blocks · x: four lanes per 32-weight block, eight consecutive blocks per warp step,
+// each lane 8 weights of each row, read as 4-byte words (Q4_1's 20-byte blocks keep 4-byte alignment; Q4_0 and
+// Q8_0 as 2-byte halves) and turned into floats by the 2^23 mantissa trick.
 template <int R> __device__ __forceinline__ void dot_blocks(const u8* const* rows, const float* xs, int k, int lane,
                                                             int ty, float* a) {
     int nb = k >> 5, q4 = lane & 3, bsz = block_bytes(ty);
@@ -157,20 +169,32 @@ template <int R> __device__ __forceinline__ void dot_blocks(const u8* const* row
         float xa[8], sx = 0.f;
         #pragma unroll
         for (int j = 0; j < 4; ++j) { xa[j] = xb[o0 + j]; xa[4 + j] = xb[o1 + j]; sx += xa[j] + xa[4 + j]; }
+        u32 head[R], w0[R], w1[R];
         #pragma unroll
         for (int r = 0; r < R; ++r) {
             const u8* blk = rows[r] + (i64)b * bsz;
-            float d = ld_half(blk), s = 0.f;
+            if (ty == 1) {
+                head[r] = *(const u32*)blk;
+                w0[r] = ((const u32*)(blk + 4))[q4];
+            } else if (ty == 0) {
+                head[r] = *(const u16*)blk;
+                w0[r] = ld_u16_pair(blk + 2 + 4 * q4);
+            } else {
+                head[r] = *(const u16*)blk;
+                w0[r] = ld_u16_pair(blk + 2 + 8 * q4);
+                w1[r] = ld_u16_pair(blk + 6 + 8 * q4);
+            }
+        }
+        #pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float d = f16_to_f32((u16)(head[r] & 0xffffu)), s;
             if (ty == 2) {
-                const signed char* q = (const signed char*)(blk + 2 + 8 * q4);
-                #pragma unroll
-                for (int j = 0; j < 4; ++j) s += (float)q[j] * xa[j] + (float)q[4 + j] * xa[4 + j];
+                s = dot4_bytes(w0[r] ^ 0x80808080u, xa, 8388736.f) + dot4_bytes(w1[r] ^ 0x80808080u, xa + 4, 8388736.f);
                 a[r] += d * s;
             } else {
-                const u8* qs = blk + (ty == 1 ? 4 : 2) + 4 * q4;
-                #pragma unroll
-                for (int j = 0; j < 4; ++j) s += (float)(qs[j] & 15) * xa[j] + (float)(qs[j] >> 4) * xa[4 + j];
-                a[r] += ty == 1 ? d * s + ld_half(blk + 2) * sx : d * (s - 8.f * sx);
+                float bias = ty == 1 ? 8388608.f : 8388616.f;
+                s = dot4_bytes(w0[r] & 0x0F0F0F0Fu, xa, bias) + dot4_bytes((w0[r] >> 4) & 0x0F0F0F0Fu, xa + 4, bias);
+                a[r] += ty == 1 ? d * s + f16_to_f32((u16)(head[r] >> 16)) * sx : d * s;
             }
         }
     }
@@ -750,7 +774,13 @@ impl Matrix {
             QuantType::Q4_1 => 1,
             QuantType::Q8_0 => 2,
         };
-        Some(Matrix { data: q.device_blocks()?.clone(), format: Format::Blocks, ty })
+        let data = q.device_blocks()?;
+        // The kernels read Q4_1 blocks as 4-byte words and the others as 2-byte halves (see dot_blocks): blocks
+        // uploaded into a view at an odd offset take the unfused step.
+        if !data.layout().offset().is_multiple_of(4) || !data.is_contiguous() {
+            return None;
+        }
+        Some(Matrix { data: data.clone(), format: Format::Blocks, ty })
     }
 
     /// The token embedding as the `embed` kernel reads it: a tied model's LM head (the same rows), else the

@@ -795,7 +795,7 @@ template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const 
 }
 // One kernel per format (each gets its own register allocation). Launch 256 threads and
 // ceil(n_rows / (16 · QG_ROWS)) CTAs. Q4_1 reads 4-byte words (its 20-byte blocks keep 4-byte alignment), the
-// others 2-byte halves; every pointer the backend passes is at least 4-byte aligned.
+// others 2-byte halves; `qlinear` passes 4-byte-aligned blocks.
 extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q4_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_body<0>(w, x, y, n_rows, k, m); }
 extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q4_1(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_body<1>(w, x, y, n_rows, k, m); }
 extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_body<2>(w, x, y, n_rows, k, m); }

@@ -607,6 +607,15 @@ pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, 
     let m = x.elem_count() / k;
     let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
     let dev = Arc::clone(&storage(&xw).dev);
+    // The GEMV reads Q4_1 blocks as 4-byte words and the others as 2-byte halves: blocks in a view at an unaligned
+    // offset are copied once to a buffer of their own.
+    let aligned;
+    let blocks = if !blocks.layout.offset().is_multiple_of(4) || !blocks.is_contiguous() {
+        aligned = cast(blocks, DType::U8)?;
+        &aligned
+    } else {
+        blocks
+    };
     let wv = view(blocks);
     let tid = quant_id(ty);
     if m <= crate::SKINNY_MAX_ROWS {
