@@ -557,6 +557,30 @@ extern "C" __global__ void index_select_any(const u8* x, u8* y, const u32* ids, 
     }
 }
 
+// PyTorch `gather` along `dim` for any element size: y (contiguous, the index's shape) at i takes the source element
+// whose coordinates are i's, with `dim`'s replaced by the index value. `ls`: the source's layout (strides, offset);
+// `li`: the index's. Ids were bounds-checked by the caller.
+extern "C" __global__ void gather_any(const u8* x, Lay ls, const u32* idx, Lay li, u8* y, i64 n, int dim, int esize) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 v = (i64)idx[lay_offset(li, i)], rem = i, so = ls.off;
+        for (int d = li.rank - 1; d >= 0; --d) {
+            i64 c = rem % li.shape[d];
+            rem /= li.shape[d];
+            so += ls.stride[d] * (d == dim ? v : c);
+        }
+        for (int e = 0; e < esize; ++e) y[i * esize + e] = x[so * esize + e];
+    }
+}
+
+// `mask ? t : f` over broadcast layouts for any element size (mask: u8, non-zero = true).
+extern "C" __global__ void where_any(const u8* m, Lay lm, const u8* t, Lay lt, const u8* f, Lay lf, u8* y, i64 n,
+                                     int esize) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const u8* src = m[lay_offset(lm, i)] ? t + lay_offset(lt, i) * esize : f + lay_offset(lf, i) * esize;
+        for (int e = 0; e < esize; ++e) y[i * esize + e] = src[e];
+    }
+}
+
 // Writes a contiguous part [outer, len, inner] into [outer, total, inner] at `at` along the middle axis.
 extern "C" __global__ void concat_part(const u8* x, u8* y, i64 outer, i64 len, i64 inner, i64 total, i64 at, int esize) {
     i64 count = outer * len * inner;

@@ -523,6 +523,45 @@ pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<Tenso
     Ok(Tensor::from_cuda(out, &shape))
 }
 
+/// `gather` along `dim` for any dtype (shapes checked and ids bounds-checked by `Tensor::gather`).
+pub(crate) fn gather(x: &Tensor, dim: usize, index: &Tensor) -> Result<Tensor> {
+    let dev = Arc::clone(&storage(x).dev);
+    let n = index.elem_count();
+    let mut out = dev.alloc(x.dtype(), n)?;
+    if n > 0 {
+        let ls = KLayout::new("gather", &x.layout)?;
+        let li = KLayout::new("gather", &index.layout)?;
+        let f = dev.builtin("model", kernels::MODEL, "gather_any")?;
+        let (nn, d, es) = (n as i64, dim as i32, x.dtype().size_in_bytes() as i32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&storage(x).buf).arg(&ls).arg(&storage(index).buf).arg(&li).arg(&mut out.buf).arg(&nn).arg(&d).arg(&es);
+        // SAFETY: the layouts address elements inside their buffers, ids < the source's size along `dim` (checked),
+        // the output holds `n` elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, index.shape()))
+}
+
+/// `mask ? on_true : on_false` over the broadcast `shape` for any dtype (checked by `Tensor::where_cond`).
+pub(crate) fn where_cond(mask: &Tensor, on_true: &Tensor, on_false: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let dev = Arc::clone(&storage(on_true).dev);
+    let n: usize = shape.iter().product();
+    let mut out = dev.alloc(on_true.dtype(), n)?;
+    if n > 0 {
+        let lm = KLayout::new("where_cond", &mask.layout.broadcast_as(shape)?)?;
+        let lt = KLayout::new("where_cond", &on_true.layout.broadcast_as(shape)?)?;
+        let lf = KLayout::new("where_cond", &on_false.layout.broadcast_as(shape)?)?;
+        let f = dev.builtin("model", kernels::MODEL, "where_any")?;
+        let (nn, es) = (n as i64, on_true.dtype().size_in_bytes() as i32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&storage(mask).buf).arg(&lm).arg(&storage(on_true).buf).arg(&lt);
+        l.arg(&storage(on_false).buf).arg(&lf).arg(&mut out.buf).arg(&nn).arg(&es);
+        // SAFETY: the broadcast layouts address elements inside their buffers; the output holds `n` elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, shape))
+}
+
 /// Concatenation along `dim` (shapes and dtypes checked by `Tensor::concat`).
 pub(crate) fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
     let first = parts[0];

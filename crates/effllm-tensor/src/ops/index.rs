@@ -2,7 +2,7 @@
 
 use crate::cpu::{CpuStorage, map_storage_same};
 use crate::ops::reduce::split_at_dim;
-use crate::tensor::{Work, WorkOut, host_round_trip};
+use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
 fn check_ids(op: &'static str, ids: &[u32], size: usize) -> Result<()> {
@@ -89,9 +89,9 @@ impl Tensor {
         {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: index.shape().to_vec() });
         }
-        host_round_trip!(this = self, i = index => this.gather(dim, i));
         let idx = index.to_vec::<u32>()?;
         check_ids(OP, &idx, self.shape()[dim])?;
+        on_cuda!(self, crate::cuda::ops::gather(self, dim, index));
         let strides = self.layout.strides().to_vec();
         let ishape = index.shape().to_vec();
         let base = self.layout.offset();
