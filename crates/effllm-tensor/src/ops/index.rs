@@ -2,7 +2,7 @@
 
 use crate::cpu::{CpuStorage, map_storage_same};
 use crate::ops::reduce::split_at_dim;
-use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda};
+use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
 fn check_ids(op: &'static str, ids: &[u32], size: usize) -> Result<()> {
@@ -132,6 +132,7 @@ impl Tensor {
         index.check_index_dtype(op)?;
         self.check_same_dtype(op, src)?;
         self.check_same_device(op, index)?;
+        self.check_same_device(op, src)?;
         self.layout.check_dim(op, dim)?;
         let ok_rank = index.rank() == self.rank() && src.rank() == self.rank();
         if !ok_rank
@@ -140,7 +141,7 @@ impl Tensor {
         {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().to_vec(), rhs: index.shape().to_vec() });
         }
-        host_round_trip!(this = self, i = index, s = src => this.scatter_impl(op, dim, i, s, add));
+        on_cuda!(self, crate::cuda::ops::scatter(self, op, dim, index, src, add));
         let idx = index.to_vec::<u32>()?;
         check_ids(op, &idx, self.shape()[dim])?;
         // Half-precision sources are widened once so that `scatter_add` accumulates in f32 and the positions below

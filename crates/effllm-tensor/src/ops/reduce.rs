@@ -257,6 +257,10 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() {
+            // The kernel's ids and counters are 32-bit; a row longer than that (16 GiB of f32) is ranked on the host.
+            if n <= u32::MAX as usize {
+                return crate::cuda::ops::top_k(self, k);
+            }
             let dev = self.device();
             let (v, i) = self.to_device(&crate::Device::Cpu)?.top_k(k)?;
             return Ok((v.to_device(&dev)?, i.to_device(&dev)?));
