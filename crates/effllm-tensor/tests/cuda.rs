@@ -584,3 +584,62 @@ fn top_k_matches_the_cpu_bitwise() {
         assert!(matches!(x.top_k(2).unwrap_err(), Error::UnsupportedDType { op: "top_k", .. }));
     }
 }
+
+/// Host f32 half-integers in [−4, 4] of `shape` (zeros of both signs, many ties), converted to `dt`.
+fn half_integers(shape: &[usize], dt: DType, seed: u64) -> Tensor {
+    let rng = CounterRng::new(seed, 3);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n as u64).map(|i| ((rng.normal_at(i) * 4.0).round() / 2.0).clamp(-4.0, 4.0) as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+}
+
+type BinaryFn = fn(&Tensor, &Tensor) -> effllm_tensor::Result<Tensor>;
+
+/// The derivative kernels behind the backward of |x|, ReLU, clamp, maximum and minimum run on the device and give
+/// the CPU's gradients bit for bit (zeros of both signs, ties of the two operands, values on clamp's bounds), and
+/// those of GELU (tanh and erf forms) to the device's `exp`/`erfc` rounding; every float dtype.
+#[test]
+fn derivative_kernels_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let cases: [(&str, BinaryFn, bool); 7] = [
+        ("abs", |a, _| a.abs(), true),
+        ("relu", |a, _| a.relu(), true),
+        ("clamp", |a, _| a.clamp(-1.0, 1.5), true),
+        ("maximum", |a, b| a.maximum(b), true),
+        ("minimum", |a, b| a.minimum(b), true),
+        ("gelu", |a, _| a.gelu(), false),
+        ("gelu_erf", |a, _| a.gelu_erf(), false),
+    ];
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let (a, b, w) = (half_integers(&[6, 7], dt, 1), half_integers(&[6, 7], dt, 2), values(&[6, 7], dt, 3));
+        let tol = match dt {
+            DType::F64 => 1e-12,
+            DType::F32 => 1e-5,
+            _ => 1e-2,
+        };
+        for (name, f, exact) in cases {
+            // Gradients of Σ w ⊙ f(a, b): the incoming gradient of f is exactly w on both devices.
+            let grads = |dev: &Device| -> Vec<Tensor> {
+                let (a, b) = (a.to_device(dev).unwrap().requires_grad(), b.to_device(dev).unwrap().requires_grad());
+                let l = f(&a, &b).unwrap().mul(&w.to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+                let g = l.backward().unwrap();
+                [&a, &b].into_iter().filter_map(|t| g.get(t).cloned()).collect()
+            };
+            let (got, want) = (grads(&GPU), grads(&Device::Cpu));
+            assert_eq!(got.len(), want.len(), "{name} {dt:?}: gradients");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.device(), GPU, "{name} {dt:?}");
+                if exact {
+                    assert_eq!(bits(g), bits(w), "{name} {dt:?}");
+                } else {
+                    let (g, w) = (g.to_vec_f64().unwrap(), w.to_vec_f64().unwrap());
+                    let err = g.iter().zip(&w).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+                        / w.iter().map(|y| y * y).sum::<f64>().sqrt();
+                    assert!(err < tol, "{name} {dt:?}: rel L2 {err:e}");
+                }
+            }
+        }
+    }
+}
