@@ -108,7 +108,8 @@ impl Tensor {
     }
 
     /// A copy of `self` with `out[index[i][j]][j] = src[i][j]` for `dim = 0` (PyTorch `scatter`). With repeated
-    /// indices the last write in row-major order of `index` wins (deterministic).
+    /// indices the last write in row-major order of `index` wins (deterministic, also on CUDA, where the result is
+    /// the CPU's bit for bit).
     pub fn scatter(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         crate::autograd::op(
             "scatter",
@@ -119,6 +120,9 @@ impl Tensor {
     }
 
     /// Like [`Tensor::scatter`] but adds into the copy: `out[index[i][j]][j] += src[i][j]` (float dtypes).
+    ///
+    /// The sums run in row-major order of `index`, in f32 for f16/bf16 (rounded once) — on CUDA too, so the result
+    /// is the CPU's bit for bit (except the payload of a NaN sum) and does not change between runs.
     pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         crate::autograd::op(
             "scatter_add",
