@@ -469,3 +469,283 @@ fn quantized_gemv_matches_the_cpu_at_model_shapes() {
         }
     }
 }
+
+/// `where_cond` and `gather` run as kernels on the device (no host round trip): bitwise the CPU's results for every
+/// dtype, with broadcast operands, strided sources and indices, and the same typed error for an index out of range.
+#[test]
+fn where_cond_and_gather_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let rng = CounterRng::new(11, 0);
+    let mask: Vec<u8> = (0..8).map(|i| u8::from(rng.uniform_f64_at(i) < 0.5)).collect();
+    let mask = Tensor::from_vec(mask, &[2, 1, 4], &Device::Cpu).unwrap();
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32, DType::U8] {
+        let t = Tensor::randn(&[3, 4], DType::F32, &Device::Cpu, &rng, 100, 0.0, 4.0).unwrap().abs().unwrap();
+        let f = Tensor::randn(&[2, 3, 1], DType::F32, &Device::Cpu, &rng, 200, 0.0, 4.0).unwrap().abs().unwrap();
+        let (t, f) = (t.to_dtype(dt).unwrap(), f.to_dtype(dt).unwrap());
+        let want = mask.where_cond(&t, &f).unwrap();
+        let got =
+            mask.to_device(&GPU).unwrap().where_cond(&t.to_device(&GPU).unwrap(), &f.to_device(&GPU).unwrap()).unwrap();
+        assert_eq!(got.shape(), &[2, 3, 4]);
+        assert_eq!(got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "where_cond {dt:?}");
+        // gather along each dim of a transposed (strided) [5, 6] source, with a strided index.
+        let x = Tensor::randn(&[6, 5], DType::F32, &Device::Cpu, &rng, 300, 0.0, 4.0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap()
+            .t()
+            .unwrap();
+        for dim in 0..2 {
+            let size = x.shape()[dim] as u32;
+            let ids: Vec<u32> = (0..24).map(|i| (i * 7 + 3) % size).collect();
+            let idx = Tensor::from_vec(ids, &[6, 4], &Device::Cpu).unwrap().t().unwrap(); // [4, 6], strided
+            let want = x.gather(dim, &idx).unwrap();
+            let got = x.to_device(&GPU).unwrap().gather(dim, &idx.to_device(&GPU).unwrap()).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            assert_eq!(got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "gather {dt:?} dim {dim}");
+        }
+        let bad = Tensor::from_vec(vec![0u32, 9], &[1, 2], &GPU).unwrap();
+        let e = x.to_device(&GPU).unwrap().gather(0, &bad).unwrap_err();
+        assert!(matches!(e, Error::IndexOutOfBounds { op: "gather", index: 9, size: 5 }), "{e}");
+    }
+}
+
+/// Raw bit patterns of every element in row-major order, so that comparisons are bitwise (−0 ≠ +0, NaN payloads).
+fn bits(t: &Tensor) -> Vec<u64> {
+    match t.dtype() {
+        DType::F16 => t.to_vec::<half::f16>().unwrap().iter().map(|v| u64::from(v.to_bits())).collect(),
+        DType::BF16 => t.to_vec::<half::bf16>().unwrap().iter().map(|v| u64::from(v.to_bits())).collect(),
+        DType::F32 => t.to_vec::<f32>().unwrap().iter().map(|v| u64::from(v.to_bits())).collect(),
+        DType::F64 => t.to_vec::<f64>().unwrap().iter().map(|v| v.to_bits()).collect(),
+        DType::U8 => t.to_vec::<u8>().unwrap().into_iter().map(u64::from).collect(),
+        DType::U32 => t.to_vec::<u32>().unwrap().into_iter().map(u64::from).collect(),
+    }
+}
+
+const ALL_DTYPES: [DType; 6] = [DType::F32, DType::F64, DType::BF16, DType::F16, DType::U32, DType::U8];
+
+/// Host values of `shape` in `dt`: normal draws (σ = 4; absolute values for the unsigned dtypes).
+fn values(shape: &[usize], dt: DType, seed: u64) -> Tensor {
+    let x = Tensor::randn(shape, DType::F32, &Device::Cpu, &CounterRng::new(seed, 0), 0, 0.0, 4.0).unwrap();
+    let x = if dt.is_float() { x } else { x.abs().unwrap() };
+    x.to_dtype(dt).unwrap()
+}
+
+/// Host u32 ids in `0..size` of `shape`, uniform from the counter generator.
+fn ids(shape: &[usize], size: usize, seed: u64) -> Tensor {
+    let rng = CounterRng::new(seed, 1);
+    let n: usize = shape.iter().product();
+    let v: Vec<u32> =
+        (0..n).map(|i| ((rng.uniform_f64_at(i as u64) * size as f64) as u32).min(size as u32 - 1)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Runs `scatter` and `scatter_add` on the host and on the device and compares them bitwise (`scatter_add` on
+/// integer dtypes: the same typed error on both).
+fn same_scatter(what: &str, base: &Tensor, dim: usize, index: &Tensor, src: &Tensor) {
+    let up = |t: &Tensor| t.to_device(&GPU).unwrap();
+    let want = base.scatter(dim, index, src).unwrap();
+    let got = up(base).scatter(dim, &up(index), &up(src)).unwrap();
+    assert_eq!(got.device(), GPU);
+    assert_eq!(got.shape(), want.shape(), "{what}: scatter shape");
+    assert_eq!(bits(&got), bits(&want), "{what}: scatter");
+    let want = base.scatter_add(dim, index, src);
+    let got = up(base).scatter_add(dim, &up(index), &up(src));
+    if base.dtype().is_float() {
+        let (got, want) = (got.unwrap(), want.unwrap());
+        assert_eq!(got.dtype(), base.dtype());
+        assert_eq!(bits(&got), bits(&want), "{what}: scatter_add");
+    } else {
+        let (e, w) = (got.unwrap_err(), want.unwrap_err());
+        assert!(matches!(e, Error::UnsupportedDType { op: "scatter_add", .. }), "{what}: {e}");
+        assert!(matches!(w, Error::UnsupportedDType { op: "scatter_add", .. }), "{what}: {w}");
+    }
+}
+
+/// `scatter` / `scatter_add` run as kernels on the device: bitwise the CPU's results for every dtype, with repeated
+/// destinations (the last write in the index's row-major order wins; sums accumulate in the CPU's order, f16/bf16
+/// in f32 rounded once), strided base, index and source views, an offset source larger than the index, 1-D (one
+/// long lane) and 3-D cases; out-of-range ids give the CPU's typed error naming the first offender in row-major
+/// order.
+#[test]
+fn scatter_and_scatter_add_match_the_cpu_bitwise() {
+    if !gpu() {
+        return;
+    }
+    for dt in ALL_DTYPES {
+        // A [5, 6] base as the transpose of a [6, 5] tensor (strided).
+        let base = values(&[6, 5], dt, 1).t().unwrap();
+        for dim in 0..2 {
+            // Longer than the base along `dim` (repeats guaranteed), shorter elsewhere.
+            let ishape = if dim == 0 { [9, 4] } else { [3, 11] };
+            let index = ids(&[ishape[1], ishape[0]], base.shape()[dim], 10 + dim as u64).t().unwrap();
+            let src = values(&[ishape[1] + 2, ishape[0] + 1], dt, 20 + dim as u64)
+                .t()
+                .unwrap()
+                .narrow(1, 1, ishape[1] + 1)
+                .unwrap();
+            same_scatter(&format!("{dt:?} dim {dim}"), &base, dim, &index, &src);
+        }
+        // 1-D: a single lane of 3,000 writes into 700 slots (about four per slot).
+        let base = values(&[700], dt, 3);
+        same_scatter(&format!("{dt:?} 1-D"), &base, 0, &ids(&[3000], 700, 4), &values(&[3000], dt, 5));
+        // 3-D along the middle dimension, the index smaller than the base in the other dimensions.
+        let base = values(&[4, 6, 33], dt, 6);
+        let src = values(&[3, 20, 33], dt, 7);
+        same_scatter(&format!("{dt:?} 3-D"), &base, 1, &ids(&[3, 20, 31], 6, 8), &src);
+        // Out of range: the first bad id in row-major order of the (strided) index is 12, not 9.
+        let bad = Tensor::from_vec(vec![0u32, 9, 12, 0], &[2, 2], &Device::Cpu).unwrap().t().unwrap();
+        let base = values(&[5, 6], dt, 9);
+        let src = values(&[2, 2], dt, 10);
+        for (op, add) in [("scatter", false), ("scatter_add", true)] {
+            let run = |dev: &Device| {
+                let (b, i, s) =
+                    (base.to_device(dev).unwrap(), bad.to_device(dev).unwrap(), src.to_device(dev).unwrap());
+                if add { b.scatter_add(0, &i, &s).unwrap_err() } else { b.scatter(0, &i, &s).unwrap_err() }
+            };
+            let (e, w) = (run(&GPU), run(&Device::Cpu));
+            assert!(matches!(w, Error::IndexOutOfBounds { index: 12, size: 5, .. }), "{w}");
+            assert!(matches!(&e, Error::IndexOutOfBounds { op: o, index: 12, size: 5 } if *o == op), "{dt:?}: {e}");
+        }
+    }
+}
+
+/// Host f32 values of `shape` full of what ranks badly: NaNs of both signs with several payloads (one signalling),
+/// ±∞, ±0 and heavy ties (half-integers in [−8, 8]), with plain normal draws in between.
+fn tricky(shape: &[usize], seed: u64) -> Tensor {
+    let rng = CounterRng::new(seed, 2);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| match (rng.uniform_f64_at(i) * 40.0) as u32 {
+            0 => f32::from_bits(0x7FC0_0000),
+            1 => f32::from_bits(0xFFC0_0000),
+            2 => f32::from_bits(0x7FC0_1234),
+            3 => f32::from_bits(0x7F80_0001),
+            4 => f32::INFINITY,
+            5 => f32::NEG_INFINITY,
+            6 => 0.0,
+            7 => -0.0,
+            8..=25 => ((rng.normal_at(i) * 8.0).round() / 2.0).clamp(-8.0, 8.0) as f32,
+            _ => (rng.normal_at(i) * 3.0) as f32,
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// `top_k` of `x` on the host and on the device: values bitwise and indices equal.
+fn same_top_k(what: &str, x: &Tensor, k: usize) {
+    let (wv, wi) = x.top_k(k).unwrap();
+    let (gv, gi) = x.to_device(&GPU).unwrap().top_k(k).unwrap();
+    assert_eq!((gv.device(), gi.device()), (GPU, GPU));
+    assert_eq!(gv.shape(), wv.shape(), "{what} k = {k}: shape");
+    assert_eq!(gi.dtype(), DType::U32);
+    assert_eq!(gi.to_vec::<u32>().unwrap(), wi.to_vec::<u32>().unwrap(), "{what} k = {k}: indices");
+    assert_eq!(bits(&gv), bits(&wv), "{what} k = {k}: values");
+}
+
+/// `top_k` runs as a kernel on the device with the CPU's results: same indices and bitwise the same values for
+/// every float dtype, with ties (lower index first), NaNs of both signs and several payloads (ranked by IEEE total
+/// order: +NaN above +∞, −NaN below −∞), −0 == +0, k = 0, 1, …, n, rows of up to 49,152 elements, 70,000 short rows
+/// (more rows than blocks), strided and 3-D inputs; non-float dtypes and k > n give the CPU's typed errors.
+#[test]
+fn top_k_matches_the_cpu_bitwise() {
+    if !gpu() {
+        return;
+    }
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        for (rows, n, ks) in [
+            (3, 1, vec![0, 1]),
+            (5, 7, vec![0, 1, 3, 6, 7]),
+            (4, 1000, vec![1, 10, 999, 1000]),
+            (2, 49_152, vec![0, 50, 24_576, 49_151, 49_152]),
+            (70_000, 3, vec![2]),
+        ] {
+            let x = tricky(&[rows, n], 100 + n as u64).to_dtype(dt).unwrap();
+            for k in ks {
+                same_top_k(&format!("{dt:?} [{rows}, {n}]"), &x, k);
+            }
+        }
+        // A transposed (strided) input and a 3-D one.
+        let x = tricky(&[300, 6], 7).to_dtype(dt).unwrap().t().unwrap();
+        same_top_k(&format!("{dt:?} transposed"), &x, 33);
+        let x = tricky(&[2, 3, 100], 8).to_dtype(dt).unwrap();
+        same_top_k(&format!("{dt:?} 3-D"), &x, 17);
+        let e = x.to_device(&GPU).unwrap().top_k(101).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "top_k", .. }), "{e}");
+    }
+    // Signalling NaNs and payloads of the half formats, written bit by bit (f32 → f16/bf16 conversion would quiet them).
+    let h: Vec<half::f16> =
+        [0x7C01u16, 0xFC01, 0x3C00, 0x7E00, 0x7D55, 0x8000, 0x0000, 0x7C00].map(half::f16::from_bits).to_vec();
+    same_top_k("f16 NaN payloads", &Tensor::from_vec(h, &[1, 8], &Device::Cpu).unwrap(), 8);
+    let b: Vec<half::bf16> =
+        [0x7F81u16, 0xFF81, 0x3F80, 0x7FC0, 0x7FA5, 0x8000, 0x0000, 0x7F80].map(half::bf16::from_bits).to_vec();
+    same_top_k("bf16 NaN payloads", &Tensor::from_vec(b, &[1, 8], &Device::Cpu).unwrap(), 8);
+    for dt in [DType::U32, DType::U8] {
+        let x = values(&[2, 5], dt, 11);
+        let e = x.to_device(&GPU).unwrap().top_k(2).unwrap_err();
+        assert!(matches!(e, Error::UnsupportedDType { op: "top_k", .. }), "{e}");
+        assert!(matches!(x.top_k(2).unwrap_err(), Error::UnsupportedDType { op: "top_k", .. }));
+    }
+}
+
+/// Host f32 half-integers in [−4, 4] of `shape` (zeros of both signs, many ties), converted to `dt`.
+fn half_integers(shape: &[usize], dt: DType, seed: u64) -> Tensor {
+    let rng = CounterRng::new(seed, 3);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n as u64).map(|i| ((rng.normal_at(i) * 4.0).round() / 2.0).clamp(-4.0, 4.0) as f32).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+}
+
+type BinaryFn = fn(&Tensor, &Tensor) -> effllm_tensor::Result<Tensor>;
+
+/// The derivative kernels behind the backward of |x|, ReLU, clamp, maximum and minimum run on the device and give
+/// the CPU's gradients bit for bit (zeros of both signs, ties of the two operands, values on clamp's bounds), and
+/// those of GELU (tanh and erf forms) to the device's `exp`/`erfc` rounding; every float dtype.
+#[test]
+fn derivative_kernels_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let cases: [(&str, BinaryFn, bool); 7] = [
+        ("abs", |a, _| a.abs(), true),
+        ("relu", |a, _| a.relu(), true),
+        ("clamp", |a, _| a.clamp(-1.0, 1.5), true),
+        ("maximum", |a, b| a.maximum(b), true),
+        ("minimum", |a, b| a.minimum(b), true),
+        ("gelu", |a, _| a.gelu(), false),
+        ("gelu_erf", |a, _| a.gelu_erf(), false),
+    ];
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let (a, b, w) = (half_integers(&[6, 7], dt, 1), half_integers(&[6, 7], dt, 2), values(&[6, 7], dt, 3));
+        let tol = match dt {
+            DType::F64 => 1e-12,
+            DType::F32 => 1e-5,
+            _ => 1e-2,
+        };
+        for (name, f, exact) in cases {
+            // Gradients of Σ w ⊙ f(a, b): the incoming gradient of f is exactly w on both devices.
+            let grads = |dev: &Device| -> Vec<Tensor> {
+                let (a, b) = (a.to_device(dev).unwrap().requires_grad(), b.to_device(dev).unwrap().requires_grad());
+                let l = f(&a, &b).unwrap().mul(&w.to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+                let g = l.backward().unwrap();
+                [&a, &b].into_iter().filter_map(|t| g.get(t).cloned()).collect()
+            };
+            let (got, want) = (grads(&GPU), grads(&Device::Cpu));
+            assert_eq!(got.len(), want.len(), "{name} {dt:?}: gradients");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.device(), GPU, "{name} {dt:?}");
+                if exact {
+                    assert_eq!(bits(g), bits(w), "{name} {dt:?}");
+                } else {
+                    let (g, w) = (g.to_vec_f64().unwrap(), w.to_vec_f64().unwrap());
+                    let err = g.iter().zip(&w).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+                        / w.iter().map(|y| y * y).sum::<f64>().sqrt();
+                    assert!(err < tol, "{name} {dt:?}: rel L2 {err:e}");
+                }
+            }
+        }
+    }
+}

@@ -1,11 +1,12 @@
 //! Elementwise derivative kernels for the non-smooth and erf-based functions (|x|, ReLU, GELU, clamp,
-//! maximum/minimum), where a composition of existing ops would be awkward or lose accuracy. CPU kernels; CUDA
-//! tensors take an explicit host round trip.
+//! maximum/minimum), where a composition of existing ops would be awkward or lose accuracy. CPU kernels here; CUDA
+//! tensors run the same expressions as NVRTC kernels (`cuda::kernels::GRAD`): bitwise the CPU's results for |x|,
+//! ReLU, clamp and maximum/minimum, within a few ulps (the device's `exp`/`erfc`) for the two GELUs.
 
 use crate::cpu::Real;
 use crate::cpu::kernels::PAR_MIN_ELEMS;
 use crate::ops::elementwise::sigmoid;
-use crate::tensor::{Work, WorkOut, host_round_trip};
+use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{Error, Result, Tensor, UnaryOp};
 
 fn zip_map<R: Real>(x: &[R], g: &[R], f: impl Fn(R, R) -> R + Sync) -> Vec<R> {
@@ -59,13 +60,27 @@ fn deriv<R: Real>(op: UnaryOp, x: R) -> R {
 
 /// `g · f'(x)` elementwise for `op` in {Abs, Relu, Gelu, GeluErf}.
 pub(crate) fn unary_grad(op: UnaryOp, x: &Tensor, g: &Tensor) -> Result<Tensor> {
-    host_round_trip!(xx = x, gg = g => unary_grad(op, xx, gg));
+    #[cfg(feature = "cuda")]
+    if x.cuda_storage().is_some() {
+        use crate::cuda::ops as k;
+        let id = match op {
+            UnaryOp::Abs => k::GRAD_ABS,
+            UnaryOp::Relu => k::GRAD_RELU,
+            UnaryOp::Gelu => k::GRAD_GELU,
+            UnaryOp::GeluErf => k::GRAD_GELU_ERF,
+            _ => {
+                return Err(Error::InvalidArgument { op: "backward", msg: format!("no derivative kernel for {op:?}") });
+            }
+        };
+        check_pair(x, g)?;
+        return k::grad_zip(x, g, id, 0.0, 0.0);
+    }
     zip_kernel(x, g, |a: f64, b| b * deriv(op, a), |a: f32, b| b * deriv(op, a))
 }
 
 /// `g` where `lo ≤ x ≤ hi`, 0 elsewhere (PyTorch's clamp backward, boundaries included).
 pub(crate) fn clamp_grad(x: &Tensor, g: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
-    host_round_trip!(xx = x, gg = g => clamp_grad(xx, gg, lo, hi));
+    on_cuda!(x, check_pair(x, g).and_then(|()| crate::cuda::ops::grad_zip(x, g, crate::cuda::ops::GRAD_CLAMP, lo, hi)));
     let (lo32, hi32) = (lo as f32, hi as f32);
     zip_kernel(
         x,
@@ -73,6 +88,22 @@ pub(crate) fn clamp_grad(x: &Tensor, g: &Tensor, lo: f64, hi: f64) -> Result<Ten
         move |a: f64, b| if a >= lo && a <= hi { b } else { 0.0 },
         move |a: f32, b| if a >= lo32 && a <= hi32 { b } else { 0.0 },
     )
+}
+
+/// The checks of [`zip_kernel`] for the CUDA path: one device, one shape, float dtypes of one work precision.
+#[cfg(feature = "cuda")]
+fn check_pair(x: &Tensor, g: &Tensor) -> Result<()> {
+    const OP: &str = "backward";
+    x.check_same_device(OP, g)?;
+    if x.shape() != g.shape() {
+        return Err(Error::ShapeMismatch { op: OP, lhs: x.shape().to_vec(), rhs: g.shape().to_vec() });
+    }
+    x.check_float(OP)?;
+    g.check_float(OP)?;
+    if (x.dtype() == crate::DType::F64) != (g.dtype() == crate::DType::F64) {
+        return Err(Error::DTypeMismatch { op: OP, lhs: x.dtype(), rhs: g.dtype() });
+    }
+    Ok(())
 }
 
 fn zip_kernel(
@@ -96,7 +127,13 @@ fn zip_kernel(
 /// The share of the gradient of `maximum(a, b)` (or `minimum`) that goes to `a`, over the broadcast shape: 1 where
 /// `a` wins, 0 where `b` wins, ½ on ties (PyTorch's rule).
 pub(crate) fn extremum_weight(a: &Tensor, b: &Tensor, shape: &[usize], max: bool) -> Result<Tensor> {
-    host_round_trip!(aa = a, bb = b => extremum_weight(aa, bb, shape, max));
+    #[cfg(feature = "cuda")]
+    if a.cuda_storage().is_some() {
+        use crate::cuda::ops as k;
+        let (a, b) = (a.broadcast_as(shape)?, b.broadcast_as(shape)?);
+        check_pair(&a, &b)?;
+        return k::grad_zip(&a, &b, if max { k::GRAD_MAX_WEIGHT } else { k::GRAD_MIN_WEIGHT }, 0.0, 0.0);
+    }
     let a = a.broadcast_as(shape)?.contiguous()?;
     let b = b.broadcast_as(shape)?.contiguous()?;
     fn w<R: Real>(x: R, y: R, max: bool) -> R {

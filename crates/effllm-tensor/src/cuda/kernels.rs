@@ -647,6 +647,30 @@ extern "C" __global__ void index_select_any(const u8* x, u8* y, const u32* ids, 
     }
 }
 
+// PyTorch `gather` along `dim` for any element size: y (contiguous, the index's shape) at i takes the source element
+// whose coordinates are i's, with `dim`'s replaced by the index value. `ls`: the source's layout (strides, offset);
+// `li`: the index's. Ids were bounds-checked by the caller.
+extern "C" __global__ void gather_any(const u8* x, Lay ls, const u32* idx, Lay li, u8* y, i64 n, int dim, int esize) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 v = (i64)idx[lay_offset(li, i)], rem = i, so = ls.off;
+        for (int d = li.rank - 1; d >= 0; --d) {
+            i64 c = rem % li.shape[d];
+            rem /= li.shape[d];
+            so += ls.stride[d] * (d == dim ? v : c);
+        }
+        for (int e = 0; e < esize; ++e) y[i * esize + e] = x[so * esize + e];
+    }
+}
+
+// `mask ? t : f` over broadcast layouts for any element size (mask: u8, non-zero = true).
+extern "C" __global__ void where_any(const u8* m, Lay lm, const u8* t, Lay lt, const u8* f, Lay lf, u8* y, i64 n,
+                                     int esize) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const u8* src = m[lay_offset(lm, i)] ? t + lay_offset(lt, i) * esize : f + lay_offset(lf, i) * esize;
+        for (int e = 0; e < esize; ++e) y[i * esize + e] = src[e];
+    }
+}
+
 // Writes a contiguous part [outer, len, inner] into [outer, total, inner] at `at` along the middle axis.
 extern "C" __global__ void concat_part(const u8* x, u8* y, i64 outer, i64 len, i64 inner, i64 total, i64 at, int esize) {
     i64 count = outer * len * inner;
@@ -962,4 +986,279 @@ extern "C" __global__ void index_add_rows_f32(const float* g, const u32* ids, fl
         atomicAdd(&out[(i64)ids[p] * inner + c], g[i]);
     }
 }
+"#;
+
+/// Scatter, scatter-add and top-k with the CPU backend's results bit for bit: every destination element receives
+/// its writes in the CPU's order (one thread per lane), and top-k ranks by the CPU's order key with ties broken by
+/// the lower index (one block per row: radix select, then a bitonic sort of the winners).
+pub(crate) const INDEX: &str = r#"
+// Bounds check of a u32 index tensor (layout `li`, `n` elements) against `size`: `bad` (zeroed by the host) ends up
+// holding the complement of the lowest row-major position whose id is >= size, so 0 means "all in range" and the
+// host reports the same first offender as the CPU's scan.
+extern "C" __global__ void index_check(const u32* idx, Lay li, i64 n, u64 size, u64* bad) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        if ((u64)idx[lay_offset(li, i)] >= size) atomicMax(bad, ~(u64)i);
+}
+
+// A lane: the index positions that share every coordinate except `dim` (row-major over the other dimensions).
+// Writes to one destination element only ever come from one lane, so a thread that walks its lane along `dim` in
+// increasing order applies them in the CPU's row-major order of the index, and lanes never race. Sets the lane's
+// first element offsets in the index (`li`), the source (`ls`, read with the index's coordinates) and the
+// contiguous output (`lo`).
+__device__ __forceinline__ void lane_start(i64 lane, const Lay& li, const Lay& ls, const Lay& lo, int dim, i64& io,
+                                           i64& so, i64& oo) {
+    io = li.off; so = ls.off; oo = lo.off;
+    for (int d = li.rank - 1; d >= 0; --d) {
+        if (d == dim) continue;
+        i64 c = lane % li.shape[d];
+        lane /= li.shape[d];
+        io += c * li.stride[d]; so += c * ls.stride[d]; oo += c * lo.stride[d];
+    }
+}
+
+template <typename T> __device__ void scatter_body(const u32* idx, Lay li, const T* src, Lay ls, T* out, Lay lo,
+                                                   i64 lanes, int dim) {
+    i64 len = li.shape[dim];
+    for (i64 lane = blockIdx.x * (i64)blockDim.x + threadIdx.x; lane < lanes; lane += (i64)gridDim.x * blockDim.x) {
+        i64 io, so, oo;
+        lane_start(lane, li, ls, lo, dim, io, so, oo);
+        for (i64 i = 0; i < len; ++i)
+            out[oo + (i64)idx[io + i * li.stride[dim]] * lo.stride[dim]] = src[so + i * ls.stride[dim]];
+    }
+}
+
+// scatter for any element size (1, 2, 4 or 8 bytes): `out` is already a contiguous copy of the destination, and the
+// last write along each lane wins, as on the CPU. Ids were bounds-checked by `index_check`.
+extern "C" __global__ void scatter_any(const u32* idx, Lay li, const void* src, Lay ls, void* out, Lay lo, i64 lanes,
+                                       int dim, int esize) {
+    switch (esize) {
+        case 1: scatter_body(idx, li, (const u8*)src, ls, (u8*)out, lo, lanes, dim); break;
+        case 2: scatter_body(idx, li, (const u16*)src, ls, (u16*)out, lo, lanes, dim); break;
+        case 4: scatter_body(idx, li, (const u32*)src, ls, (u32*)out, lo, lanes, dim); break;
+        default: scatter_body(idx, li, (const u64*)src, ls, (u64*)out, lo, lanes, dim); break;
+    }
+}
+
+// scatter_add into an f32 copy of the destination (f32, or f16/bf16 widened by the host): each source element
+// (f32, f16 or bf16 by `sdt`) is widened to f32 and added in the lane's order, as the CPU accumulates.
+extern "C" __global__ void scatter_add_f32(const u32* idx, Lay li, const void* src, int sdt, Lay ls, float* out,
+                                           Lay lo, i64 lanes, int dim) {
+    i64 len = li.shape[dim];
+    for (i64 lane = blockIdx.x * (i64)blockDim.x + threadIdx.x; lane < lanes; lane += (i64)gridDim.x * blockDim.x) {
+        i64 io, so, oo;
+        lane_start(lane, li, ls, lo, dim, io, so, oo);
+        for (i64 i = 0; i < len; ++i) {
+            i64 s = so + i * ls.stride[dim];
+            float v = sdt == DT_F16    ? f16_to_f32(((const u16*)src)[s])
+                      : sdt == DT_BF16 ? bf16_to_f32(((const u16*)src)[s])
+                                       : ((const float*)src)[s];
+            i64 d = oo + (i64)idx[io + i * li.stride[dim]] * lo.stride[dim];
+            out[d] = out[d] + v;
+        }
+    }
+}
+
+extern "C" __global__ void scatter_add_f64(const u32* idx, Lay li, const double* src, Lay ls, double* out, Lay lo,
+                                           i64 lanes, int dim) {
+    i64 len = li.shape[dim];
+    for (i64 lane = blockIdx.x * (i64)blockDim.x + threadIdx.x; lane < lanes; lane += (i64)gridDim.x * blockDim.x) {
+        i64 io, so, oo;
+        lane_start(lane, li, ls, lo, dim, io, so, oo);
+        for (i64 i = 0; i < len; ++i) {
+            i64 d = oo + (i64)idx[io + i * li.stride[dim]] * lo.stride[dim];
+            out[d] = out[d] + src[so + i * ls.stride[dim]];
+        }
+    }
+}
+
+// Order key of element j of a top-k row, as an unsigned integer whose order is the CPU's `order_key` order: IEEE
+// totalOrder of the value widened to f64, with -0 == +0. Widening sets the quiet bit of a NaN (f16/bf16 through
+// the `half` conversion to f32, f32 through the conversion to f64) and keeps the payload, so a NaN is keyed with
+// its quiet bit set. Sign-magnitude to unsigned: negative patterns are complemented, positive ones get the sign bit.
+// f16/bf16 keys have 16 bits, f32 keys 32, f64 keys 64.
+__device__ __forceinline__ u64 topk_key(const void* row, i64 j, int dt) {
+    if (dt == DT_F64) {
+        u64 b = ((const u64*)row)[j];
+        if ((b << 1) == 0) b = 0;
+        return (b >> 63) ? ~b : (b | 0x8000000000000000ULL);
+    }
+    if (dt == DT_F32) {
+        u32 b = ((const u32*)row)[j];
+        if ((b & 0x7FFFFFFFu) > 0x7F800000u) b |= 0x00400000u;
+        if ((b << 1) == 0) b = 0;
+        return (b >> 31) ? (u64)(~b) : (u64)(b | 0x80000000u);
+    }
+    u32 h = ((const u16*)row)[j];
+    if (dt == DT_F16 && (h & 0x7FFFu) > 0x7C00u) h |= 0x0200u;
+    if (dt == DT_BF16 && (h & 0x7FFFu) > 0x7F80u) h |= 0x0040u;
+    if ((h & 0x7FFFu) == 0) h = 0;
+    return (h >> 15) ? (u64)(~h & 0xFFFFu) : (u64)(h | 0x8000u);
+}
+
+// Whether element a comes before element b in top-k order: larger key first, equal keys by the lower index.
+__device__ __forceinline__ bool topk_before(const void* row, u32 a, u32 b, int dt) {
+    u64 ka = topk_key(row, a, dt), kb = topk_key(row, b, dt);
+    return ka > kb || (ka == kb && a < b);
+}
+
+// Thread 0 of a radix-select step: the digit `b` whose bucket holds the `need`-th element counted from the top
+// (`from_top`) or from the bottom of the histogram; publishes b, the rank left inside it and the bucket's size.
+__device__ __forceinline__ void radix_pick(const u32* hist, i64 need, bool from_top, u32* s_digit, i64* s_need,
+                                           u32* s_size) {
+    i64 passed = 0;
+    int b = from_top ? 255 : 0;
+    for (int step = 0; step < 255; ++step, b += from_top ? -1 : 1) {
+        if (passed + hist[b] >= need) break;
+        passed += hist[b];
+    }
+    *s_digit = (u32)b; *s_need = need - passed; *s_size = hist[b];
+}
+
+// top_k of each contiguous row of `n` (< 2^32) elements (dtype `dt`: f16, bf16, f32 or f64), 0 < k <= n: one block
+// per row (grid-stride over rows). The winners are the k largest (key, -index) pairs, which are all distinct, so
+// they are exactly the elements with key > T, plus those with key == T and index <= I, where T (the k-th largest
+// key) comes from an MSB-first radix select over the keys and I from a second one over the indices of the elements
+// keyed T. The winners' indices land in `ids` in any order and are then sorted in place by a bitonic network over
+// the next power of two (the missing tail counts as -inf, and with every compare-exchange ordered low position to
+// high position such a pair never swaps, so it is skipped). `vals` gets the winners' values; f16/bf16 NaNs get their
+// quiet bit, as the CPU's round trip through f32 gives them.
+extern "C" __global__ void topk_rows(const void* x, int dt, i64 rows, i64 n, i64 k, void* vals, u32* ids) {
+    __shared__ u32 hist[256];
+    __shared__ u32 s_digit, s_size, s_count;
+    __shared__ i64 s_need;
+    int es = dt == DT_F64 ? 8 : dt == DT_F32 ? 4 : 2;
+    int kbits = dt == DT_F64 ? 64 : dt == DT_F32 ? 32 : 16;
+    for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        const void* row = (const u8*)x + r * n * es;
+        u32* rid = ids + r * k;
+        // T and I for k == n: every element wins.
+        u64 t_key = 0;
+        u32 i_lim = (u32)(n - 1);
+        if (k < n) {
+            u64 mask = 0;
+            i64 need = k;
+            u32 ties = 0;
+            for (int shift = kbits - 8; shift >= 0; shift -= 8) {
+                for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+                __syncthreads();
+                for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+                    u64 key = topk_key(row, j, dt);
+                    if ((key & mask) == t_key) atomicAdd(&hist[(key >> shift) & 255], 1u);
+                }
+                __syncthreads();
+                if (threadIdx.x == 0) radix_pick(hist, need, true, &s_digit, &s_need, &s_size);
+                __syncthreads();
+                t_key |= (u64)s_digit << shift;
+                need = s_need;
+                ties = s_size;
+                mask |= (u64)255 << shift;
+                __syncthreads();
+            }
+            // `need` of the `ties` elements keyed T win: the ones with the `need` lowest indices.
+            if (need < (i64)ties) {
+                int top = 0;
+                while (top + 8 < 32 && ((u64)(n - 1) >> (top + 8)) != 0) top += 8;
+                u32 ipre = 0, imask = 0;
+                for (int shift = top; shift >= 0; shift -= 8) {
+                    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+                    __syncthreads();
+                    for (i64 j = threadIdx.x; j < n; j += blockDim.x)
+                        if (((u32)j & imask) == ipre && topk_key(row, j, dt) == t_key)
+                            atomicAdd(&hist[((u32)j >> shift) & 255], 1u);
+                    __syncthreads();
+                    if (threadIdx.x == 0) radix_pick(hist, need, false, &s_digit, &s_need, &s_size);
+                    __syncthreads();
+                    ipre |= s_digit << shift;
+                    need = s_need;
+                    imask |= 255u << shift;
+                    __syncthreads();
+                }
+                i_lim = ipre;
+            }
+        }
+        if (threadIdx.x == 0) s_count = 0;
+        __syncthreads();
+        for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+            u64 key = topk_key(row, j, dt);
+            if (key > t_key || (key == t_key && (u32)j <= i_lim)) {
+                u32 slot = atomicAdd(&s_count, 1u);
+                if ((i64)slot < k) rid[slot] = (u32)j;
+            }
+        }
+        __syncthreads();
+        i64 p = 1;
+        while (p < k) p <<= 1;
+        for (i64 size = 2; size <= p; size <<= 1) {
+            for (i64 stride = size >> 1; stride > 0; stride >>= 1) {
+                for (i64 t = threadIdx.x; t < p / 2; t += blockDim.x) {
+                    i64 i, j;
+                    if (stride == size >> 1) {
+                        // The first step of a merge compares mirrored positions (so every block sorts descending).
+                        i64 blk = t / stride, pos = t % stride;
+                        i = blk * size + pos;
+                        j = blk * size + size - 1 - pos;
+                    } else {
+                        i = (t / stride) * 2 * stride + t % stride;
+                        j = i + stride;
+                    }
+                    if (j < k) {
+                        u32 a = rid[i], b = rid[j];
+                        if (topk_before(row, b, a, dt)) { rid[i] = b; rid[j] = a; }
+                    }
+                }
+                __syncthreads();
+            }
+        }
+        for (i64 t = threadIdx.x; t < k; t += blockDim.x) {
+            u32 j = rid[t];
+            i64 o = r * k + t;
+            if (dt == DT_F64) ((u64*)vals)[o] = ((const u64*)row)[j];
+            else if (dt == DT_F32) ((u32*)vals)[o] = ((const u32*)row)[j];
+            else {
+                u16 h = ((const u16*)row)[j];
+                if (dt == DT_F16 && (h & 0x7FFFu) > 0x7C00u) h |= 0x0200u;
+                if (dt == DT_BF16 && (h & 0x7FFFu) > 0x7F80u) h |= 0x0040u;
+                ((u16*)vals)[o] = h;
+            }
+        }
+        __syncthreads();
+    }
+}
+"#;
+
+/// The elementwise derivative kernels of `autograd::kernels` (ids match `GRAD_*` in `ops.rs`), in the CPU's
+/// expressions: `g·f'(x)` for |x|, ReLU, GELU (tanh) and GELU (erf), clamp's pass-through mask, and the share of a
+/// maximum's / minimum's gradient that goes to its first operand (1 where it wins, ½ on ties, 0 elsewhere).
+pub(crate) const GRAD: &str = r#"
+template <typename T> __device__ __forceinline__ T grad_sigm(T x) {
+    if (x >= (T)0) return (T)1 / ((T)1 + exp(-x));
+    T e = exp(x); return e / ((T)1 + e);
+}
+
+template <typename T> __device__ __forceinline__ T grad_apply(T x, T g, int op, T p0, T p1) {
+    switch (op) {
+        case 0: return g * (x > (T)0 ? (T)1 : x < (T)0 ? (T)-1 : x * (T)0);
+        case 1: return g * (x > (T)0 ? (T)1 : x * (T)0);
+        case 2: {
+            T k = (T)0.044715, a = sqrt((T)2 / (T)3.14159265358979323846);
+            T z = a * (x + k * x * x * x), s = grad_sigm(z + z);
+            return g * (s + x * s * ((T)1 - s) * (T)2 * a * ((T)1 + (T)3 * k * x * x));
+        }
+        case 3: {
+            T cdf = (T)0.5 * erfc(-x * (T)0.70710678118654752440);
+            T pdf = exp(-(x * x) * (T)0.5) / sqrt((T)2 * (T)3.14159265358979323846);
+            return g * (cdf + x * pdf);
+        }
+        case 4: return (x >= p0 && x <= p1) ? g : (T)0;
+        case 5: return x > g ? (T)1 : x == g ? (T)0.5 : (T)0;
+        default: return x < g ? (T)1 : x == g ? (T)0.5 : (T)0;
+    }
+}
+
+template <typename T> __device__ void grad_body(const T* x, const T* g, T* y, i64 n, int op, T p0, T p1) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] = grad_apply(x[i], g[i], op, p0, p1);
+}
+extern "C" __global__ void grad_f32(const float* x, const float* g, float* y, i64 n, int op, float p0, float p1) { grad_body(x, g, y, n, op, p0, p1); }
+extern "C" __global__ void grad_f64(const double* x, const double* g, double* y, i64 n, int op, double p0, double p1) { grad_body(x, g, y, n, op, p0, p1); }
 "#;

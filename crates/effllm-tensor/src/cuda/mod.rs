@@ -32,8 +32,8 @@ mod dummy;
 pub use dummy::*;
 
 /// Ops that run on CUDA tensors as a host round trip (download, CPU kernel, upload) until they get a kernel.
-pub const HOST_ROUND_TRIP_OPS: &[&str] =
-    &["top_k", "thin_svd", "singular_values", "qr", "gather", "scatter", "scatter_add", "where_cond"];
+/// (`top_k` also takes one for rows longer than `u32::MAX` elements, past its kernel's 32-bit ids.)
+pub const HOST_ROUND_TRIP_OPS: &[&str] = &["thin_svd", "singular_values", "qr"];
 
 /// Helpers every custom kernel source may start with: `u8/u16/u32/u64/i64` typedefs, header-free f16/bf16
 /// conversions (`f16_to_f32`, `f32_to_f16`, `bf16_to_f32`, `f32_to_bf16`) through PTX `cvt` instructions, and the two

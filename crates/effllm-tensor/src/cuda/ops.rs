@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::{CudaView, PushKernelArg};
+use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 
 use super::backend::{CudaDevice, CudaStorage, KLayout, dtype_id, grid, launch_err, rows_grid};
 use super::kernels;
+use crate::cpu::CpuStorage;
 use crate::layout::Layout;
 use crate::tensor::Storage;
 use crate::{DType, Error, Result, Tensor};
@@ -37,6 +38,12 @@ fn view(t: &Tensor) -> CudaView<'_, u8> {
 
 /// A contiguous copy of `t` converted to `dtype` (one strided-cast kernel).
 pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(Tensor::from_cuda(cast_storage(t, dtype)?, t.shape()))
+}
+
+/// [`cast`]'s buffer: always a fresh allocation (also when `t` is contiguous and already `dtype`), so a kernel may
+/// write into it in place.
+fn cast_storage(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
     let s = storage(t);
     let dev = Arc::clone(&s.dev);
     let n = t.elem_count();
@@ -57,7 +64,7 @@ pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
         // SAFETY: the layout addresses elements inside `s.buf` (checked by `Layout`), `out` holds `n` elements.
         unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
     }
-    Ok(Tensor::from_cuda(out, t.shape()))
+    Ok(out)
 }
 
 /// `t` as a contiguous f32 (for f16/bf16/f32) or f64 tensor: the precision kernels compute in.
@@ -529,6 +536,197 @@ pub(crate) fn index_select(x: &Tensor, dim: usize, ids: &Tensor) -> Result<Tenso
     let mut shape = x.shape().to_vec();
     shape[dim] = picks;
     Ok(Tensor::from_cuda(out, &shape))
+}
+
+/// `gather` along `dim` for any dtype (shapes checked and ids bounds-checked by `Tensor::gather`).
+pub(crate) fn gather(x: &Tensor, dim: usize, index: &Tensor) -> Result<Tensor> {
+    let dev = Arc::clone(&storage(x).dev);
+    let n = index.elem_count();
+    let mut out = dev.alloc(x.dtype(), n)?;
+    if n > 0 {
+        let ls = KLayout::new("gather", &x.layout)?;
+        let li = KLayout::new("gather", &index.layout)?;
+        let f = dev.builtin("model", kernels::MODEL, "gather_any")?;
+        let (nn, d, es) = (n as i64, dim as i32, x.dtype().size_in_bytes() as i32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&storage(x).buf).arg(&ls).arg(&storage(index).buf).arg(&li).arg(&mut out.buf).arg(&nn).arg(&d).arg(&es);
+        // SAFETY: the layouts address elements inside their buffers, ids < the source's size along `dim` (checked),
+        // the output holds `n` elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, index.shape()))
+}
+
+/// `mask ? on_true : on_false` over the broadcast `shape` for any dtype (checked by `Tensor::where_cond`).
+pub(crate) fn where_cond(mask: &Tensor, on_true: &Tensor, on_false: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let dev = Arc::clone(&storage(on_true).dev);
+    let n: usize = shape.iter().product();
+    let mut out = dev.alloc(on_true.dtype(), n)?;
+    if n > 0 {
+        let lm = KLayout::new("where_cond", &mask.layout.broadcast_as(shape)?)?;
+        let lt = KLayout::new("where_cond", &on_true.layout.broadcast_as(shape)?)?;
+        let lf = KLayout::new("where_cond", &on_false.layout.broadcast_as(shape)?)?;
+        let f = dev.builtin("model", kernels::MODEL, "where_any")?;
+        let (nn, es) = (n as i64, on_true.dtype().size_in_bytes() as i32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&storage(mask).buf).arg(&lm).arg(&storage(on_true).buf).arg(&lt);
+        l.arg(&storage(on_false).buf).arg(&lf).arg(&mut out.buf).arg(&nn).arg(&es);
+        // SAFETY: the broadcast layouts address elements inside their buffers; the output holds `n` elements.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    Ok(Tensor::from_cuda(out, shape))
+}
+
+/// The CPU backend's typed error when an id of `index` is `>= size`, naming the first offender in row-major order:
+/// one check kernel and one 8-byte read back (the offending id itself is read only on the error path).
+fn check_index_range(op: &'static str, index: &Tensor, size: usize) -> Result<()> {
+    let n = index.elem_count();
+    if n == 0 {
+        return Ok(());
+    }
+    let s = storage(index);
+    let dev = Arc::clone(&s.dev);
+    // One u64 (as two u32) that the kernel raises to the complement of the lowest bad position; 0 = none.
+    let mut bad = dev.alloc(DType::U32, 2)?;
+    dev.stream.memset_zeros(&mut bad.buf).map_err(launch_err)?;
+    let li = KLayout::new(op, &index.layout)?;
+    let f = dev.builtin("index", kernels::INDEX, "index_check")?;
+    let (nn, sz) = (n as i64, size as u64);
+    let mut l = dev.stream.launch_builder(&f);
+    l.arg(&s.buf).arg(&li).arg(&nn).arg(&sz).arg(&mut bad.buf);
+    // SAFETY: the layout addresses `n` elements inside the index buffer; `bad` holds 8 bytes (allocations are
+    // 256-byte aligned, as the 64-bit atomic needs).
+    unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    let CpuStorage::U32(flag) = bad.download_range(0, 2)? else { unreachable!("a u32 buffer downloads as u32") };
+    let flag = u64::from(flag[0]) | (u64::from(flag[1]) << 32);
+    if flag == 0 {
+        return Ok(());
+    }
+    let coord = crate::reference::unravel(!flag as usize, index.shape());
+    let off = index.layout.offset() + coord.iter().zip(index.layout.strides()).map(|(c, st)| c * st).sum::<usize>();
+    let CpuStorage::U32(id) = s.download_range(off, 1)? else { unreachable!("a u32 buffer downloads as u32") };
+    Err(Error::IndexOutOfBounds { op, index: id[0] as usize, size })
+}
+
+/// `scatter` (`add = false`) or `scatter_add` into a copy of `base` (dtypes, devices and shapes checked by
+/// `Tensor::scatter_impl`): ids are checked on the device first (the CPU's typed error, then its dtype error for a
+/// non-float `scatter_add`), then one thread per lane of the index applies the writes in the CPU's order, so the
+/// result is the CPU's bit for bit (for `scatter_add`, as long as no sum is NaN: the GPU's NaN payloads differ).
+/// `scatter_add` on f16/bf16 accumulates in an f32 copy and rounds once at the end, as the CPU does.
+pub(crate) fn scatter(
+    base: &Tensor,
+    op: &'static str,
+    dim: usize,
+    index: &Tensor,
+    src: &Tensor,
+    add: bool,
+) -> Result<Tensor> {
+    check_index_range(op, index, base.shape()[dim])?;
+    if add {
+        base.check_float(op)?;
+    }
+    let dev = Arc::clone(&storage(base).dev);
+    let wd = if add && matches!(base.dtype(), DType::F16 | DType::BF16) { DType::F32 } else { base.dtype() };
+    let mut out = cast_storage(base, wd)?;
+    let len = index.shape()[dim];
+    let lanes: usize = index.shape().iter().enumerate().filter(|&(d, _)| d != dim).map(|(_, &s)| s).product();
+    if lanes > 0 && len > 0 {
+        let li = KLayout::new(op, &index.layout)?;
+        let ls = KLayout::new(op, &src.layout)?;
+        let lo = KLayout::new(op, &Layout::contiguous(base.shape()))?;
+        let (nl, d) = (lanes as i64, dim as i32);
+        let (ib, sb) = (&storage(index).buf, &storage(src).buf);
+        let f = match (add, wd) {
+            (false, _) => dev.builtin("index", kernels::INDEX, "scatter_any")?,
+            (true, DType::F64) => dev.builtin("index", kernels::INDEX, "scatter_add_f64")?,
+            (true, _) => dev.builtin("index", kernels::INDEX, "scatter_add_f32")?,
+        };
+        let (es, sdt) = (base.dtype().size_in_bytes() as i32, dtype_id(src.dtype()));
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(ib).arg(&li).arg(sb);
+        if add && wd == DType::F32 {
+            l.arg(&sdt);
+        }
+        l.arg(&ls).arg(&mut out.buf).arg(&lo).arg(&nl).arg(&d);
+        if !add {
+            l.arg(&es);
+        }
+        // SAFETY: the index and source layouts address elements inside their buffers (the source is at least the
+        // index's size in every dimension), ids < the output's size along `dim` (checked above), and `out` is a
+        // fresh contiguous buffer of the output's shape in the work dtype `wd`.
+        unsafe { l.launch(grid(lanes)) }.map_err(launch_err)?;
+    }
+    let out = Tensor::from_cuda(out, base.shape());
+    if wd == base.dtype() { Ok(out) } else { cast(&out, base.dtype()) }
+}
+
+/// The `k` largest entries of each row along the last dimension with their u32 indices, in the CPU's order
+/// (`order_key` descending, ties by the lower index, NaN above +∞): one block per row. Rows must have at most
+/// `u32::MAX` elements (the kernel's ids and counters are 32-bit); `Tensor::top_k` checks `k <= n`.
+pub(crate) fn top_k(x: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
+    x.check_float("top_k")?;
+    let last = x.rank() - 1;
+    let n = x.shape()[last];
+    let rows: usize = x.shape()[..last].iter().product();
+    let mut shape = x.shape().to_vec();
+    shape[last] = k;
+    let dev = Arc::clone(&storage(x).dev);
+    let mut vals = dev.alloc(x.dtype(), rows * k)?;
+    let mut ids = dev.alloc(DType::U32, rows * k)?;
+    if rows * k > 0 {
+        let src = if x.is_contiguous() { x.clone() } else { cast(x, x.dtype())? };
+        let f = dev.builtin("index", kernels::INDEX, "topk_rows")?;
+        let (xv, dt, r, nn, kk) = (view(&src), dtype_id(x.dtype()), rows as i64, n as i64, k as i64);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv).arg(&dt).arg(&r).arg(&nn).arg(&kk).arg(&mut vals.buf).arg(&mut ids.buf);
+        // Up to 1024 threads per row (30 registers each); blocks loop over rows past the grid.
+        let threads = n.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let cfg =
+            LaunchConfig { grid_dim: (rows.min(65_535) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: `rows·n` contiguous inputs from the view's start, `rows·k` outputs in each buffer, 0 < k <= n.
+        unsafe { l.launch(cfg) }.map_err(launch_err)?;
+    }
+    Ok((Tensor::from_cuda(vals, &shape), Tensor::from_cuda(ids, &shape)))
+}
+
+/// Op ids of the derivative kernels (`kernels::GRAD`).
+pub(crate) const GRAD_ABS: i32 = 0;
+/// ReLU's `g·f'(x)`.
+pub(crate) const GRAD_RELU: i32 = 1;
+/// GELU's (tanh approximation) `g·f'(x)`.
+pub(crate) const GRAD_GELU: i32 = 2;
+/// GELU's (erf) `g·f'(x)`.
+pub(crate) const GRAD_GELU_ERF: i32 = 3;
+/// `g` where `p0 <= x <= p1`, else 0.
+pub(crate) const GRAD_CLAMP: i32 = 4;
+/// The maximum's weight of its first operand (`g` holds the second operand).
+pub(crate) const GRAD_MAX_WEIGHT: i32 = 5;
+/// The minimum's weight of its first operand (`g` holds the second operand).
+pub(crate) const GRAD_MIN_WEIGHT: i32 = 6;
+
+/// One derivative kernel over `x` and `g` (float tensors of one shape whose work dtypes agree, checked by the
+/// caller): computed in the work precision (f32 for f16/bf16) and rounded once to `x`'s dtype, as on the CPU.
+pub(crate) fn grad_zip(x: &Tensor, g: &Tensor, op: i32, p0: f64, p1: f64) -> Result<Tensor> {
+    let (xw, gw) = (work(x)?, work(g)?);
+    let dev = Arc::clone(&storage(&xw).dev);
+    let n = xw.elem_count();
+    let mut out = dev.alloc(xw.dtype(), n)?;
+    if n > 0 {
+        let f = dev.builtin("grad", kernels::GRAD, &format!("grad_{}", suffix(xw.dtype())))?;
+        let (nn, xv, gv) = (n as i64, view(&xw), view(&gw));
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv).arg(&gv).arg(&mut out.buf).arg(&nn).arg(&op);
+        // The CPU's f32 closures compare with the bounds rounded to f32 (`lo as f32`).
+        let (p0f, p1f) = (p0 as f32, p1 as f32);
+        if xw.dtype() == DType::F64 {
+            l.arg(&p0).arg(&p1);
+        } else {
+            l.arg(&p0f).arg(&p1f);
+        }
+        // SAFETY: three contiguous buffers of `n` elements of the work dtype.
+        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+    }
+    finish(Tensor::from_cuda(out, x.shape()), x.dtype())
 }
 
 /// Concatenation along `dim` (shapes and dtypes checked by `Tensor::concat`).

@@ -3,7 +3,7 @@
 use crate::cpu::kernels::{PAR_MIN_ELEMS, map};
 use crate::cpu::{CpuStorage, Real};
 use crate::layout::{Layout, broadcast_shape};
-use crate::tensor::{Work, WorkOut, host_round_trip, on_cuda, with_work};
+use crate::tensor::{Work, WorkOut, on_cuda, with_work};
 use crate::{DType, Error, Result, Tensor};
 
 /// A unary elementwise function.
@@ -457,9 +457,10 @@ impl Tensor {
         }
         on_true.check_same_dtype("where_cond", on_false)?;
         self.check_same_device("where_cond", on_true)?;
+        self.check_same_device("where_cond", on_false)?;
         let shape = broadcast_shape("where_cond", self.shape(), on_true.shape())?;
         let shape = broadcast_shape("where_cond", &shape, on_false.shape())?;
-        host_round_trip!(this = self, t = on_true, f = on_false => this.where_cond(t, f));
+        on_cuda!(self, crate::cuda::ops::where_cond(self, on_true, on_false, &shape));
         let m = self.broadcast_as(&shape)?.to_vec::<u8>()?;
         let t = on_true.broadcast_as(&shape)?.contiguous()?;
         let f = on_false.broadcast_as(&shape)?.contiguous()?;

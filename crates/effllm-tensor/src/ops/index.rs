@@ -2,7 +2,7 @@
 
 use crate::cpu::{CpuStorage, map_storage_same};
 use crate::ops::reduce::split_at_dim;
-use crate::tensor::{Work, WorkOut, host_round_trip};
+use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
 fn check_ids(op: &'static str, ids: &[u32], size: usize) -> Result<()> {
@@ -89,9 +89,9 @@ impl Tensor {
         {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: index.shape().to_vec() });
         }
-        host_round_trip!(this = self, i = index => this.gather(dim, i));
         let idx = index.to_vec::<u32>()?;
         check_ids(OP, &idx, self.shape()[dim])?;
+        on_cuda!(self, crate::cuda::ops::gather(self, dim, index));
         let strides = self.layout.strides().to_vec();
         let ishape = index.shape().to_vec();
         let base = self.layout.offset();
@@ -108,7 +108,8 @@ impl Tensor {
     }
 
     /// A copy of `self` with `out[index[i][j]][j] = src[i][j]` for `dim = 0` (PyTorch `scatter`). With repeated
-    /// indices the last write in row-major order of `index` wins (deterministic).
+    /// indices the last write in row-major order of `index` wins (deterministic, also on CUDA, where the result is
+    /// the CPU's bit for bit).
     pub fn scatter(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         crate::autograd::op(
             "scatter",
@@ -119,6 +120,9 @@ impl Tensor {
     }
 
     /// Like [`Tensor::scatter`] but adds into the copy: `out[index[i][j]][j] += src[i][j]` (float dtypes).
+    ///
+    /// The sums run in row-major order of `index`, in f32 for f16/bf16 (rounded once) — on CUDA too, so the result
+    /// is the CPU's bit for bit (except the payload of a NaN sum) and does not change between runs.
     pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         crate::autograd::op(
             "scatter_add",
@@ -132,6 +136,7 @@ impl Tensor {
         index.check_index_dtype(op)?;
         self.check_same_dtype(op, src)?;
         self.check_same_device(op, index)?;
+        self.check_same_device(op, src)?;
         self.layout.check_dim(op, dim)?;
         let ok_rank = index.rank() == self.rank() && src.rank() == self.rank();
         if !ok_rank
@@ -140,7 +145,7 @@ impl Tensor {
         {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().to_vec(), rhs: index.shape().to_vec() });
         }
-        host_round_trip!(this = self, i = index, s = src => this.scatter_impl(op, dim, i, s, add));
+        on_cuda!(self, crate::cuda::ops::scatter(self, op, dim, index, src, add));
         let idx = index.to_vec::<u32>()?;
         check_ids(op, &idx, self.shape()[dim])?;
         // Half-precision sources are widened once so that `scatter_add` accumulates in f32 and the positions below

@@ -236,7 +236,9 @@ impl Tensor {
     /// The `k` largest entries along the last dimension, in descending order, with their u32 indices.
     ///
     /// Deterministic: equal values come in ascending index order, and the IEEE total order ranks NaN above +∞,
-    /// so the result is a pure function of the input.
+    /// so the result is a pure function of the input. On CUDA one block per row finds the same values (bit for
+    /// bit) and indices with a radix select and a bitonic sort; rows longer than `u32::MAX` elements, past the
+    /// kernel's 32-bit ids, are ranked on the host.
     pub fn top_k(&self, k: usize) -> Result<(Tensor, Tensor)> {
         if !crate::autograd::tracking(&[self]) {
             return self.top_k_fwd(k);
@@ -257,6 +259,10 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if self.cuda_storage().is_some() {
+            // The kernel's ids and counters are 32-bit; a row longer than that (16 GiB of f32) is ranked on the host.
+            if n <= u32::MAX as usize {
+                return crate::cuda::ops::top_k(self, k);
+            }
             let dev = self.device();
             let (v, i) = self.to_device(&crate::Device::Cpu)?.top_k(k)?;
             return Ok((v.to_device(&dev)?, i.to_device(&dev)?));
