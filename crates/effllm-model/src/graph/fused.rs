@@ -101,35 +101,78 @@ template <bool BF> __device__ __forceinline__ float widen(u32 v, bool high) {
     return BF ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
-// Lane partials of R rows · x (x in shared memory). Dense rows take 16-byte loads when every row is 16-byte aligned.
-template <int F, int R> __device__ __forceinline__ void dot_dense(const u8* const* rows, const float* xs, int k,
-                                                                  int lane, float* a) {
-    constexpr int per = F == 0 ? 4 : 8;  // elements per 16-byte load
+// Up to PRELOAD 16-byte chunks per lane of a warp's first rows are loaded into registers before a kernel waits for
+// the previous one (the weights do not depend on it), so that after the wait only the activations are on the
+// critical path (an L2 prefetch still costs an L2 round trip after the wait). PRELOAD / R chunks per row: all of a
+// 576-wide bf16 row pair (QKV, gate/up: 3 chunks each) and of a 1536-wide bf16 row (W_down: 6).
+#define PRELOAD 6
+
+__device__ __forceinline__ bool dense_vec(const u8* const* rows, int R, int k, int per) {
     bool vec = (k % per) == 0;
+    for (int r = 0; r < R; ++r) vec = vec && (((size_t)rows[r]) & 15) == 0;
+    return vec;
+}
+
+template <int F, int R> __device__ __forceinline__ void dense_chunk(const uint4* w, const float4* x, int c, float* a) {
+    if (F == 0) {
+        float4 v = x[c];
+        #pragma unroll
+        for (int r = 0; r < R; ++r)
+            a[r] += __uint_as_float(w[r].x) * v.x + __uint_as_float(w[r].y) * v.y + __uint_as_float(w[r].z) * v.z +
+                    __uint_as_float(w[r].w) * v.w;
+    } else {
+        float4 u = x[2 * c], v = x[2 * c + 1];
+        #pragma unroll
+        for (int r = 0; r < R; ++r)
+            a[r] += widen<F == 1>(w[r].x, false) * u.x + widen<F == 1>(w[r].x, true) * u.y +
+                    widen<F == 1>(w[r].y, false) * u.z + widen<F == 1>(w[r].y, true) * u.w +
+                    widen<F == 1>(w[r].z, false) * v.x + widen<F == 1>(w[r].z, true) * v.y +
+                    widen<F == 1>(w[r].w, false) * v.z + widen<F == 1>(w[r].w, true) * v.w;
+    }
+}
+
+// Loads the chunks that dot_dense takes from `pre` (chunk t of row r at pre[r·(PRELOAD/R) + t]).
+template <int F, int R> __device__ __forceinline__ void preload_dense(const u8* const* rows, int k, int lane,
+                                                                      uint4* pre) {
+    constexpr int per = F == 0 ? 4 : 8, P = PRELOAD / R;
+    if (!dense_vec(rows, R, k, per)) return;
     #pragma unroll
-    for (int r = 0; r < R; ++r) { a[r] = 0.f; vec = vec && (((size_t)rows[r]) & 15) == 0; }
-    if (vec) {
+    for (int t = 0; t < P; ++t) {
+        int c = lane + 32 * t;
+        #pragma unroll
+        for (int r = 0; r < R; ++r) if (c < k / per) pre[r * P + t] = ((const uint4*)rows[r])[c];
+    }
+}
+
+// Lane partials of R rows · x (x in shared memory). Dense rows take 16-byte loads when every row is 16-byte aligned;
+// with `pre` the first PRELOAD / R chunks of each row come from registers (preload_dense). Either way the chunks are
+// added in the same order, so the result does not depend on where they came from.
+template <int F, int R> __device__ __forceinline__ void dot_dense(const u8* const* rows, const float* xs, int k,
+                                                                  int lane, float* a, const uint4* pre) {
+    constexpr int per = F == 0 ? 4 : 8;  // elements per 16-byte load
+    #pragma unroll
+    for (int r = 0; r < R; ++r) a[r] = 0.f;
+    if (dense_vec(rows, R, k, per)) {
         const float4* x = (const float4*)xs;
+        int c = lane;
+        if (pre) {
+            constexpr int P = PRELOAD / R;
+            #pragma unroll
+            for (int t = 0; t < P; ++t, c += 32) {
+                if (c < k / per) {
+                    uint4 w[R];
+                    #pragma unroll
+                    for (int r = 0; r < R; ++r) w[r] = pre[r * P + t];
+                    dense_chunk<F, R>(w, x, c, a);
+                }
+            }
+        }
         #pragma unroll 2
-        for (int c = lane; c < k / per; c += 32) {
+        for (; c < k / per; c += 32) {
             uint4 w[R];
             #pragma unroll
             for (int r = 0; r < R; ++r) w[r] = ((const uint4*)rows[r])[c];
-            if (F == 0) {
-                float4 v = x[c];
-                #pragma unroll
-                for (int r = 0; r < R; ++r)
-                    a[r] += __uint_as_float(w[r].x) * v.x + __uint_as_float(w[r].y) * v.y +
-                            __uint_as_float(w[r].z) * v.z + __uint_as_float(w[r].w) * v.w;
-            } else {
-                float4 u = x[2 * c], v = x[2 * c + 1];
-                #pragma unroll
-                for (int r = 0; r < R; ++r)
-                    a[r] += widen<F == 1>(w[r].x, false) * u.x + widen<F == 1>(w[r].x, true) * u.y +
-                            widen<F == 1>(w[r].y, false) * u.z + widen<F == 1>(w[r].y, true) * u.w +
-                            widen<F == 1>(w[r].z, false) * v.x + widen<F == 1>(w[r].z, true) * v.y +
-                            widen<F == 1>(w[r].w, false) * v.z + widen<F == 1>(w[r].w, true) * v.w;
-            }
+            dense_chunk<F, R>(w, x, c, a);
         }
     } else {
         for (int j = lane; j < k; j += 32) {
@@ -154,60 +197,94 @@ __device__ __forceinline__ float dot4_bytes(u32 w, const float* x, float bias) {
 }
 __device__ __forceinline__ u32 ld_u16_pair(const u8* p) { return (u32)((const u16*)p)[0] | ((u32)((const u16*)p)[1] << 16); }
 
+// A lane's words of block b of a row: the header (d, and m for Q4_1) and its 4 (Q4) or 8 (Q8_0) quant bytes.
+__device__ __forceinline__ void block_words(const u8* row, int b, int ty, int q4, u32* out) {
+    const u8* blk = row + (i64)b * block_bytes(ty);
+    if (ty == 1) {
+        out[0] = *(const u32*)blk;
+        out[1] = ((const u32*)(blk + 4))[q4];
+    } else if (ty == 0) {
+        out[0] = *(const u16*)blk;
+        out[1] = ld_u16_pair(blk + 2 + 4 * q4);
+    } else {
+        out[0] = *(const u16*)blk;
+        out[1] = ld_u16_pair(blk + 2 + 8 * q4);
+        out[2] = ld_u16_pair(blk + 6 + 8 * q4);
+    }
+}
+
+// One warp step of dot_blocks: the lane's 8 weights of block b of each row (words in wd[r·3..]) against x.
+template <int R> __device__ __forceinline__ void block_step(const u32* wd, const float* xs, int b, int ty, int o0,
+                                                            int o1, float* a) {
+    const float* xb = xs + b * 32;
+    float xa[8], sx = 0.f;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) { xa[j] = xb[o0 + j]; xa[4 + j] = xb[o1 + j]; sx += xa[j] + xa[4 + j]; }
+    #pragma unroll
+    for (int r = 0; r < R; ++r) {
+        u32 head = wd[3 * r], w0 = wd[3 * r + 1], w1 = wd[3 * r + 2];
+        float d = f16_to_f32((u16)(head & 0xffffu)), s;
+        if (ty == 2) {
+            s = dot4_bytes(w0 ^ 0x80808080u, xa, 8388736.f) + dot4_bytes(w1 ^ 0x80808080u, xa + 4, 8388736.f);
+            a[r] += d * s;
+        } else {
+            float bias = ty == 1 ? 8388608.f : 8388616.f;
+            s = dot4_bytes(w0 & 0x0F0F0F0Fu, xa, bias) + dot4_bytes((w0 >> 4) & 0x0F0F0F0Fu, xa + 4, bias);
+            a[r] += ty == 1 ? d * s + f16_to_f32((u16)(head >> 16)) * sx : d * s;
+        }
+    }
+}
+
+// Block rows keep their words of the first PRELOAD_STEPS / R warp steps in `pre` (read as 3 u32 per row and step).
+#define PRELOAD_STEPS 8
+template <int R> __device__ __forceinline__ void preload_blocks(const u8* const* rows, int k, int lane, int ty,
+                                                                uint4* pre) {
+    constexpr int S = PRELOAD_STEPS / R;
+    u32* p = (u32*)pre;
+    int nb = k >> 5, q4 = lane & 3;
+    #pragma unroll
+    for (int t = 0; t < S; ++t) {
+        int b = (lane >> 2) + 8 * t;
+        #pragma unroll
+        for (int r = 0; r < R; ++r) if (b < nb) block_words(rows[r], b, ty, q4, p + (t * R + r) * 3);
+    }
+}
+
 // Lane partials of R rows of ggml blocks · x: four lanes per 32-weight block, eight consecutive blocks per warp step,
 // each lane 8 weights of each row, read as 4-byte words (Q4_1's 20-byte blocks keep 4-byte alignment; Q4_0 and
-// Q8_0 as 2-byte halves) and turned into floats by the 2^23 mantissa trick.
+// Q8_0 as 2-byte halves) and turned into floats by the 2^23 mantissa trick. With `pre` the first steps' words come
+// from registers (preload_blocks); the steps are added in the same order either way.
 template <int R> __device__ __forceinline__ void dot_blocks(const u8* const* rows, const float* xs, int k, int lane,
-                                                            int ty, float* a) {
-    int nb = k >> 5, q4 = lane & 3, bsz = block_bytes(ty);
+                                                            int ty, float* a, const uint4* pre) {
+    int nb = k >> 5, q4 = lane & 3;
     int o0 = ty == 2 ? 8 * q4 : 4 * q4, o1 = ty == 2 ? 8 * q4 + 4 : 16 + 4 * q4;
     #pragma unroll
     for (int r = 0; r < R; ++r) a[r] = 0.f;
+    int b = lane >> 2;
+    if (pre) {
+        constexpr int S = PRELOAD_STEPS / R;
+        const u32* p = (const u32*)pre;
+        #pragma unroll
+        for (int t = 0; t < S; ++t, b += 8)
+            if (b < nb) block_step<R>(p + t * R * 3, xs, b, ty, o0, o1, a);
+    }
     #pragma unroll 2
-    for (int b = lane >> 2; b < nb; b += 8) {
-        const float* xb = xs + b * 32;
-        float xa[8], sx = 0.f;
+    for (; b < nb; b += 8) {
+        u32 wd[3 * R];
         #pragma unroll
-        for (int j = 0; j < 4; ++j) { xa[j] = xb[o0 + j]; xa[4 + j] = xb[o1 + j]; sx += xa[j] + xa[4 + j]; }
-        u32 head[R], w0[R], w1[R];
-        #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const u8* blk = rows[r] + (i64)b * bsz;
-            if (ty == 1) {
-                head[r] = *(const u32*)blk;
-                w0[r] = ((const u32*)(blk + 4))[q4];
-            } else if (ty == 0) {
-                head[r] = *(const u16*)blk;
-                w0[r] = ld_u16_pair(blk + 2 + 4 * q4);
-            } else {
-                head[r] = *(const u16*)blk;
-                w0[r] = ld_u16_pair(blk + 2 + 8 * q4);
-                w1[r] = ld_u16_pair(blk + 6 + 8 * q4);
-            }
-        }
-        #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            float d = f16_to_f32((u16)(head[r] & 0xffffu)), s;
-            if (ty == 2) {
-                s = dot4_bytes(w0[r] ^ 0x80808080u, xa, 8388736.f) + dot4_bytes(w1[r] ^ 0x80808080u, xa + 4, 8388736.f);
-                a[r] += d * s;
-            } else {
-                float bias = ty == 1 ? 8388608.f : 8388616.f;
-                s = dot4_bytes(w0[r] & 0x0F0F0F0Fu, xa, bias) + dot4_bytes((w0[r] >> 4) & 0x0F0F0F0Fu, xa + 4, bias);
-                a[r] += ty == 1 ? d * s + f16_to_f32((u16)(head[r] >> 16)) * sx : d * s;
-            }
-        }
+        for (int r = 0; r < R; ++r) block_words(rows[r], b, ty, q4, wd + 3 * r);
+        block_step<R>(wd, xs, b, ty, o0, o1, a);
     }
 }
 
 // The warp's full dot products of rows r[0..R) with x (every lane gets them).
 template <int F, int R> __device__ __forceinline__ void rows_dot(const void* w, const i64* r, int k, const float* xs,
-                                                                 int lane, int ty, float* out) {
+                                                                 int lane, int ty, float* out, const uint4* pre) {
     const u8* rows[R];
     #pragma unroll
     for (int i = 0; i < R; ++i) rows[i] = row_ptr<F>(w, r[i], k, ty);
-    if (F == 3) dot_blocks<R>(rows, xs, k, lane, ty, out);
-    else dot_dense<F, R>(rows, xs, k, lane, out);
+    if (F == 3) dot_blocks<R>(rows, xs, k, lane, ty, out, pre);
+    else dot_dense<F, R>(rows, xs, k, lane, out, pre);
     #pragma unroll
     for (int i = 0; i < R; ++i) out[i] = warp_sum(out[i]);
 }
@@ -217,13 +294,39 @@ extern __shared__ float4 fused_xs4[];
 
 // Runtime format dispatch (fmtty = format | ty << 8; warp-uniform, folded away where the format is a constant).
 template <int R> __device__ __forceinline__ void rows_dot_any(const void* w, int fmtty, const i64* r, int k,
-                                                              const float* xs, int lane, float* out) {
+                                                              const float* xs, int lane, float* out,
+                                                              const uint4* pre = nullptr) {
     int ty = fmtty >> 8;
     switch (fmtty & 0xff) {
-        case 0: rows_dot<0, R>(w, r, k, xs, lane, ty, out); break;
-        case 1: rows_dot<1, R>(w, r, k, xs, lane, ty, out); break;
-        case 2: rows_dot<2, R>(w, r, k, xs, lane, ty, out); break;
-        default: rows_dot<3, R>(w, r, k, xs, lane, ty, out); break;
+        case 0: rows_dot<0, R>(w, r, k, xs, lane, ty, out, pre); break;
+        case 1: rows_dot<1, R>(w, r, k, xs, lane, ty, out, pre); break;
+        case 2: rows_dot<2, R>(w, r, k, xs, lane, ty, out, pre); break;
+        default: rows_dot<3, R>(w, r, k, xs, lane, ty, out, pre); break;
+    }
+}
+
+// The first chunks (dense formats) or warp steps (block formats) of rows r[0..R) into `pre`.
+template <int R> __device__ __forceinline__ void preload_any(const void* w, int fmtty, const i64* r, int k, int lane,
+                                                             uint4* pre) {
+    int ty = fmtty >> 8;
+    const u8* rows[R];
+    switch (fmtty & 0xff) {
+        case 0:
+            for (int i = 0; i < R; ++i) rows[i] = row_ptr<0>(w, r[i], k, ty);
+            preload_dense<0, R>(rows, k, lane, pre);
+            break;
+        case 1:
+            for (int i = 0; i < R; ++i) rows[i] = row_ptr<1>(w, r[i], k, ty);
+            preload_dense<1, R>(rows, k, lane, pre);
+            break;
+        case 2:
+            for (int i = 0; i < R; ++i) rows[i] = row_ptr<2>(w, r[i], k, ty);
+            preload_dense<2, R>(rows, k, lane, pre);
+            break;
+        default:
+            for (int i = 0; i < R; ++i) rows[i] = row_ptr<3>(w, r[i], k, ty);
+            preload_blocks<R>(rows, k, lane, ty, pre);
+            break;
     }
 }
 
@@ -267,6 +370,17 @@ __device__ __forceinline__ float* load_vec(const float* x, int k) {
 
 #define WARP_LOOP(i, total) \
     for (int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); i < (total); i += gridDim.x * (blockDim.x >> 5))
+
+// The warp's items of WARP_LOOP, the first one with the chunks preloaded in `pre` (when given: the one-kernel-per-
+// phase entries) and the others without.
+template <typename Item> __device__ __forceinline__ void warp_items(int total, const uint4* pre, Item item) {
+    int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), stride = gridDim.x * (blockDim.x >> 5);
+    if (pre) {
+        if (i < total) item(i, pre);
+        i += stride;
+    }
+    for (; i < total; i += stride) item(i, (const uint4*)nullptr);
+}
 
 // An orderable key for the argmax: larger value first, then smaller index (the first of equal maxima).
 __device__ __forceinline__ unsigned long long argmax_key(float v, int r) {
@@ -321,13 +435,21 @@ __device__ __forceinline__ void embed_phase(const void* e, int fmtty, u32 t, u32
     }
 }
 
+// Before the wait: the warp's first item into `pre` (when given), the others into L2.
 __device__ __forceinline__ void qkv_prefetch(const void* w, int fmtty, int hq, int hkv, int hd, int rot, int neox,
-                                             int k) {
+                                             int k, uint4* pre) {
     int lane = threadIdx.x & 31;
+    bool first = pre != nullptr;
     WARP_LOOP(p, (hq + 2 * hkv) * (hd >> 1)) {
         QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
-        prefetch_any(w, fmtty, (i64)q.head * hd + q.da, k, lane);
-        prefetch_any(w, fmtty, (i64)q.head * hd + q.db, k, lane);
+        i64 r[2] = {(i64)q.head * hd + q.da, (i64)q.head * hd + q.db};
+        if (first) {
+            preload_any<2>(w, fmtty, r, k, lane, pre);
+            first = false;
+        } else {
+            prefetch_any(w, fmtty, r[0], k, lane);
+            prefetch_any(w, fmtty, r[1], k, lane);
+        }
     }
 }
 
@@ -335,10 +457,11 @@ __device__ __forceinline__ void qkv_prefetch(const void* w, int fmtty, int hq, i
 // stored in cache slot `slot`.
 __device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float* h, const float* g,
                                           const float* rope, u32 slot, float* qout, float* kc, float* vc, int hq,
-                                          int hkv, int hd, int rot, int neox, int cap, int k, float eps) {
+                                          int hkv, int hd, int rot, int neox, int cap, int k, float eps,
+                                          const uint4* pre) {
     int lane = threadIdx.x & 31, half = rot >> 1;
     float* xs = load_rms(h, g, eps, k);
-    WARP_LOOP(p, (hq + 2 * hkv) * (hd >> 1)) {
+    warp_items((hq + 2 * hkv) * (hd >> 1), pre, [&](int p, const uint4* pre_item) {
         QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
         float c = 1.f, s = 0.f;
         if (q.rotate && slot < (u32)cap) {
@@ -347,7 +470,7 @@ __device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float*
         }
         i64 r[2] = {(i64)q.head * hd + q.da, (i64)q.head * hd + q.db};
         float ab[2];
-        rows_dot_any<2>(w, fmtty, r, k, xs, lane, ab);
+        rows_dot_any<2>(w, fmtty, r, k, xs, lane, ab, pre_item);
         if (lane == 0) {
             float a = ab[0], b = ab[1];
             if (q.rotate) {
@@ -365,68 +488,85 @@ __device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float*
                 dst[q.db] = b;
             }
         }
-    }
+    });
 }
 
-__device__ __forceinline__ void swiglu_prefetch(const void* w, int fmtty, int dff, int k) {
+__device__ __forceinline__ void swiglu_prefetch(const void* w, int fmtty, int dff, int k, uint4* pre) {
     int lane = threadIdx.x & 31;
+    bool first = pre != nullptr;
     WARP_LOOP(i, dff) {
-        prefetch_any(w, fmtty, i, k, lane);
-        prefetch_any(w, fmtty, (i64)dff + i, k, lane);
+        i64 r[2] = {i, (i64)dff + i};
+        if (first) {
+            preload_any<2>(w, fmtty, r, k, lane, pre);
+            first = false;
+        } else {
+            prefetch_any(w, fmtty, r[0], k, lane);
+            prefetch_any(w, fmtty, r[1], k, lane);
+        }
     }
 }
 
 // z_i = silu(gate_i) · up_i with [gate; up] = [W_gate; W_up] · (rms_norm(h) ⊙ g).
 __device__ __forceinline__ void swiglu_phase(const void* w, int fmtty, const float* h, const float* g, float* z,
-                                             int dff, int k, float eps) {
+                                             int dff, int k, float eps, const uint4* pre) {
     int lane = threadIdx.x & 31;
     float* xs = load_rms(h, g, eps, k);
-    WARP_LOOP(i, dff) {
+    warp_items(dff, pre, [&](int i, const uint4* pre_item) {
         i64 r[2] = {i, (i64)dff + i};
         float gu[2];
-        rows_dot_any<2>(w, fmtty, r, k, xs, lane, gu);
+        rows_dot_any<2>(w, fmtty, r, k, xs, lane, gu, pre_item);
         if (lane == 0) {
             float gt = gu[0];
             float sg = gt >= 0.f ? 1.f / (1.f + expf(-gt)) : expf(gt) / (1.f + expf(gt));
             z[i] = gt * sg * gu[1];
         }
-    }
+    });
 }
 
-__device__ __forceinline__ void rows_prefetch(const void* w, int fmtty, int rows, int k) {
+__device__ __forceinline__ void rows_prefetch(const void* w, int fmtty, int rows, int k, uint4* pre) {
     int lane = threadIdx.x & 31;
-    WARP_LOOP(r, rows) prefetch_any(w, fmtty, r, k, lane);
+    bool first = pre != nullptr;
+    WARP_LOOP(r, rows) {
+        i64 rr = r;
+        if (first) {
+            preload_any<1>(w, fmtty, &rr, k, lane, pre);
+            first = false;
+        } else {
+            prefetch_any(w, fmtty, rr, k, lane);
+        }
+    }
 }
 
 // h[r] += W[r] · x.
-__device__ __forceinline__ void gemv_add_phase(const void* w, int fmtty, const float* x, float* h, int rows, int k) {
+__device__ __forceinline__ void gemv_add_phase(const void* w, int fmtty, const float* x, float* h, int rows, int k,
+                                               const uint4* pre) {
     int lane = threadIdx.x & 31;
     float* xs = load_vec(x, k);
-    WARP_LOOP(r, rows) {
+    warp_items(rows, pre, [&](int r, const uint4* pre_item) {
         i64 rr = r;
         float before = lane == 0 ? __ldcg(h + r) : 0.f, a;  // loaded now, not after the dot product
-        rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a);
+        rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a, pre_item);
         if (lane == 0) h[r] = before + a;
-    }
+    });
 }
 
 // logits[r] = W[r] · (rms_norm(h) ⊙ g) and best = max over rows of argmax_key(logit, r) (NaN never wins): one
 // atomicMax per block.
 __device__ __forceinline__ void head_phase(const void* w, int fmtty, const float* h, const float* g, float* y,
-                                           u32* best, int rows, int k, float eps) {
+                                           u32* best, int rows, int k, float eps, const uint4* pre) {
     __shared__ unsigned long long block_best[32];
     int lane = threadIdx.x & 31;
     float* xs = load_rms(h, g, eps, k);
     unsigned long long mine = 0ull;
-    WARP_LOOP(r, rows) {
+    warp_items(rows, pre, [&](int r, const uint4* pre_item) {
         i64 rr = r;
         float a;
-        rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a);
+        rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a, pre_item);
         if (lane == 0) {
             y[r] = a;
             if (a == a) { unsigned long long key = argmax_key(a, r); mine = key > mine ? key : mine; }
         }
-    }
+    });
     if (lane == 0) block_best[threadIdx.x >> 5] = mine;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -553,30 +693,34 @@ __device__ __forceinline__ void attention_item(const float* q, const float* kc, 
     extern "C" __global__ void rms_head_##SFX(const WT* w, const float* h, const float* g, float* y, u32* best,         \
                                               int rows, int k, float eps, int ty) {                                    \
         effllm_allow_next_kernel();                                                                                    \
-        rows_prefetch(w, F | ty << 8, rows, k);                                                                        \
+        uint4 pre[PRELOAD];                                                                                            \
+        rows_prefetch(w, F | ty << 8, rows, k, pre);                                                                   \
         effllm_wait_for_previous_kernel();                                                                             \
-        head_phase(w, F | ty << 8, h, g, y, best, rows, k, eps);                                                       \
+        head_phase(w, F | ty << 8, h, g, y, best, rows, k, eps, pre);                                                  \
     }                                                                                                                  \
     extern "C" __global__ void rms_qkv_##SFX(const WT* w, const float* h, const float* g, const float* rope,           \
                                              const u32* pos, float* qout, float* kc, float* vc, int hq, int hkv,       \
                                              int hd, int rot, int neox, int cap, int k, float eps, int ty) {           \
         effllm_allow_next_kernel();                                                                                    \
-        qkv_prefetch(w, F | ty << 8, hq, hkv, hd, rot, neox, k);                                                       \
+        uint4 pre[PRELOAD];                                                                                            \
+        qkv_prefetch(w, F | ty << 8, hq, hkv, hd, rot, neox, k, pre);                                                  \
         effllm_wait_for_previous_kernel();                                                                             \
-        qkv_phase(w, F | ty << 8, h, g, rope, pos[0], qout, kc, vc, hq, hkv, hd, rot, neox, cap, k, eps);              \
+        qkv_phase(w, F | ty << 8, h, g, rope, pos[0], qout, kc, vc, hq, hkv, hd, rot, neox, cap, k, eps, pre);         \
     }                                                                                                                  \
     extern "C" __global__ void rms_swiglu_##SFX(const WT* w, const float* h, const float* g, float* z, int dff, int k, \
                                                 float eps, int ty) {                                                   \
         effllm_allow_next_kernel();                                                                                    \
-        swiglu_prefetch(w, F | ty << 8, dff, k);                                                                       \
+        uint4 pre[PRELOAD];                                                                                            \
+        swiglu_prefetch(w, F | ty << 8, dff, k, pre);                                                                  \
         effllm_wait_for_previous_kernel();                                                                             \
-        swiglu_phase(w, F | ty << 8, h, g, z, dff, k, eps);                                                            \
+        swiglu_phase(w, F | ty << 8, h, g, z, dff, k, eps, pre);                                                       \
     }                                                                                                                  \
     extern "C" __global__ void gemv_add_##SFX(const WT* w, const float* x, float* h, int rows, int k, int ty) {        \
         effllm_allow_next_kernel();                                                                                    \
-        rows_prefetch(w, F | ty << 8, rows, k);                                                                        \
+        uint4 pre[PRELOAD];                                                                                            \
+        rows_prefetch(w, F | ty << 8, rows, k, pre);                                                                   \
         effllm_wait_for_previous_kernel();                                                                             \
-        gemv_add_phase(w, F | ty << 8, x, h, rows, k);                                                                 \
+        gemv_add_phase(w, F | ty << 8, x, h, rows, k, pre);                                                            \
     }
 
 FUSED_ENTRIES(f32, 0, float)
@@ -665,7 +809,7 @@ extern "C" __global__ void __launch_bounds__(512) decode_step(
     int n = (int)slot + 1 < cap ? (int)slot + 1 : cap;
     int gl = TABLE_STRIDE * n_layer;
     embed_phase(PTR(gl), (int)entry(table, gl + 1), token[0], slot, hidden, history, best, d, cap);
-    qkv_prefetch(PTR(1), (int)entry(table, 2), hq, hkv, hd, rot, neox, d);
+    qkv_prefetch(PTR(1), (int)entry(table, 2), hq, hkv, hd, rot, neox, d, nullptr);
     grid_barrier(bar);
     for (int l = 0; l < n_layer; ++l) {
         int b = TABLE_STRIDE * l;
@@ -673,26 +817,26 @@ extern "C" __global__ void __launch_bounds__(512) decode_step(
         float* kc = (float*)entry(table, b + 11);
         float* vc = (float*)entry(table, b + 12);
         qkv_phase(PTR(b + 1), (int)entry(table, b + 2), hidden, (const float*)PTR(b), rope, slot, qbuf, kc, vc, hq,
-                  hkv, hd, rot, neox, cap, d, eps);
+                  hkv, hd, rot, neox, cap, d, eps, nullptr);
         grid_barrier(bar);
         for (int item = blockIdx.x; item < hq * nchunks; item += gridDim.x) {
             int h = item / nchunks, c = item - h * nchunks;
             if (c * ACHUNK < n)
                 attention_item(qbuf, kc, vc, n, h, c, pm, pl, pacc, counter, attn, hq, hkv, hd, cap, nchunks, scale);
         }
-        rows_prefetch(PTR(b + 3), (int)entry(table, b + 4), d, hq * hd);
+        rows_prefetch(PTR(b + 3), (int)entry(table, b + 4), d, hq * hd, nullptr);
         grid_barrier(bar);
-        gemv_add_phase(PTR(b + 3), (int)entry(table, b + 4), attn, hidden, d, hq * hd);
-        swiglu_prefetch(PTR(b + 6), (int)entry(table, b + 7), dff, d);
+        gemv_add_phase(PTR(b + 3), (int)entry(table, b + 4), attn, hidden, d, hq * hd, nullptr);
+        swiglu_prefetch(PTR(b + 6), (int)entry(table, b + 7), dff, d, nullptr);
         grid_barrier(bar);
-        swiglu_phase(PTR(b + 6), (int)entry(table, b + 7), hidden, (const float*)PTR(b + 5), ffn, dff, d, eps);
-        rows_prefetch(PTR(b + 8), (int)entry(table, b + 9), d, dff);
+        swiglu_phase(PTR(b + 6), (int)entry(table, b + 7), hidden, (const float*)PTR(b + 5), ffn, dff, d, eps, nullptr);
+        rows_prefetch(PTR(b + 8), (int)entry(table, b + 9), d, dff, nullptr);
         grid_barrier(bar);
-        gemv_add_phase(PTR(b + 8), (int)entry(table, b + 9), ffn, hidden, d, dff);
-        if (l + 1 < n_layer) qkv_prefetch(PTR(b + TABLE_STRIDE + 1), (int)entry(table, b + TABLE_STRIDE + 2), hq, hkv, hd, rot, neox, d);
+        gemv_add_phase(PTR(b + 8), (int)entry(table, b + 9), ffn, hidden, d, dff, nullptr);
+        if (l + 1 < n_layer) qkv_prefetch(PTR(b + TABLE_STRIDE + 1), (int)entry(table, b + TABLE_STRIDE + 2), hq, hkv, hd, rot, neox, d, nullptr);
         grid_barrier(bar);
     }
-    head_phase(PTR(gl + 2), (int)entry(table, gl + 3), hidden, (const float*)PTR(gl + 4), logits, best, vocab, d, eps);
+    head_phase(PTR(gl + 2), (int)entry(table, gl + 3), hidden, (const float*)PTR(gl + 4), logits, best, vocab, d, eps, nullptr);
     grid_barrier(bar);
     finish_phase(best, token, pos);
 }
