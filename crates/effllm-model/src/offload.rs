@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use effllm_tensor::offload::{CopyStream, PinnedTensor};
+use effllm_tensor::offload::{CopyFence, CopyStream, PinnedTensor};
 use effllm_tensor::{Device, Tensor};
 
 use crate::batch::Batch;
@@ -223,22 +223,43 @@ impl LayeredLm for OffloadedLlama {
         cache: &mut KvCache,
         hooks: &mut dyn ForwardHooks,
     ) -> Result<Tensor> {
-        // `run_layers_from` checks the range before asking for any layer. Layers in flight, oldest first: the one about to compute, then up to `prefetch` more.
-        let mut in_flight: std::collections::VecDeque<(usize, LlamaLayer)> = Default::default();
+        // `run_layers_from` checks the range before asking for any layer. Layers in flight, oldest first: the one
+        // about to compute, then up to `prefetch` more, each with the fence after its uploads. `computed` keeps the
+        // layers whose kernels are queued alive until the copy stream has been ordered after those kernels (an
+        // uploaded buffer is freed on the copy stream, where the next upload could reuse it at once).
+        let mut in_flight: std::collections::VecDeque<(usize, LlamaLayer, CopyFence)> = Default::default();
+        let mut computed: Vec<LlamaLayer> = Vec::new();
         let mut next_upload = layers.start;
         let end = layers.end;
         let mut fetch = |li: usize| -> Result<Cow<'static, LlamaLayer>> {
+            if !computed.is_empty() {
+                self.copy.wait_for_compute()?;
+                computed.clear();
+            }
             while next_upload < end && next_upload <= li + self.prefetch {
-                in_flight.push_back((next_upload, self.layers[next_upload].upload(&self.copy)?));
+                let layer = self.layers[next_upload].upload(&self.copy)?;
+                in_flight.push_back((next_upload, layer, self.copy.fence()?));
                 self.uploaded.fetch_add(self.layers[next_upload].nbytes() as u64, Ordering::Relaxed);
                 next_upload += 1;
             }
             match in_flight.pop_front() {
-                Some((l, layer)) if l == li => Ok(Cow::Owned(layer)),
+                Some((l, layer, fence)) if l == li => {
+                    fence.wait()?;
+                    computed.push(layer.clone());
+                    Ok(Cow::Owned(layer))
+                }
                 _ => Err(invalid("offloaded layers", format!("layer {li} was not uploaded in order"))),
             }
         };
-        self.shell.run_layers_from(h, layers, batch, cache, hooks, &mut fetch)
+        let out = self.shell.run_layers_from(h, layers, batch, cache, hooks, &mut fetch);
+        // Whatever happened, no uploaded buffer drops before the kernels queued on it (and no upload still in
+        // flight is freed under its copy: the copy stream runs in order).
+        let ordered = self.copy.wait_for_compute();
+        drop(computed);
+        drop(in_flight);
+        let out = out?;
+        ordered?;
+        Ok(out)
     }
 
     fn final_norm(&self, h: &Tensor) -> Result<Tensor> {

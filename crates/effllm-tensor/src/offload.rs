@@ -10,9 +10,18 @@
 //! [`PinnedTensor`] holds a tensor's bytes in pinned host memory (the only kind of host memory a DMA engine copies
 //! from without a staging copy, and the only kind `cuMemcpyHtoDAsync` copies asynchronously). [`CopyStream`] is a
 //! second CUDA stream on the device; [`CopyStream::upload`] queues the copy and returns at once with a device
-//! tensor. Ordering is automatic: the first kernel that reads the tensor on the compute stream waits for the copy
-//! (an event recorded on the copy stream), and the buffer is freed only after the kernels queued on it have run.
-//! The host never blocks, so a loop that uploads layer `ℓ + 1` before queuing layer `ℓ` overlaps the two.
+//! tensor. The two streams are ordered by two explicit calls, both queued on the device (the host never blocks):
+//!
+//! - [`CopyStream::fence`] marks the copies queued so far; [`CopyFence::wait`] makes the compute stream wait for
+//!   them. Take it after the uploads of a layer and wait on it just before queuing that layer's kernels: uploads
+//!   queued later (the next layers) keep overlapping the computation.
+//! - [`CopyStream::wait_for_compute`] makes the copy stream wait for every kernel queued so far. An uploaded
+//!   buffer is freed on the copy stream when its tensor drops, and a later upload may reuse the memory at once:
+//!   call it before dropping uploaded tensors whose kernels may not have run yet.
+//!
+//! (The backend turns cudarc's per-buffer event tracking off on its compute stream, so the buffers themselves
+//! order nothing.) A loop that uploads layer `ℓ + 1` before queuing layer `ℓ` overlaps the two; `effllm-model`'s
+//! `OffloadedLlama` is one.
 //!
 //! Without the `cuda` feature every constructor returns [`Error::NotCompiledWithCuda`].
 
@@ -118,11 +127,9 @@ impl PinnedTensor {
     }
 }
 
-/// A second stream on one CUDA device for host→device copies that overlap kernels of the compute stream.
-///
-/// Creating the first `CopyStream` of a device switches its context to multi-stream mode: from then on every new
-/// device buffer carries read/write events, which is what orders a kernel after the copy that fills its input
-/// (about a microsecond per kernel argument; a process that never offloads pays nothing).
+/// A second stream on one CUDA device for host→device copies that overlap kernels of the compute stream. Its
+/// copies are ordered against the compute stream only through [`CopyStream::fence`] / [`CopyFence::wait`] and
+/// [`CopyStream::wait_for_compute`] (see the module documentation).
 pub struct CopyStream {
     device: Device,
     #[cfg(feature = "cuda")]
@@ -165,8 +172,47 @@ impl CopyStream {
         self.device
     }
 
-    /// Queues the upload of `src` and returns its device tensor without waiting: kernels that read it wait for the
-    /// copy on the device, not on the host.
+    /// A fence after every copy queued so far on this stream: [`CopyFence::wait`] orders the compute stream's
+    /// later kernels after those copies.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the driver cannot record the event.
+    pub fn fence(&self) -> Result<CopyFence> {
+        #[cfg(feature = "cuda")]
+        {
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+            let event = self
+                .stream
+                .record_event(flags)
+                .map_err(|e| Error::Cuda { op: "CopyStream::fence", msg: e.to_string() })?;
+            return Ok(CopyFence { device: self.device, dev: Arc::clone(&self.dev), event });
+        }
+        #[allow(unreachable_code)]
+        Err(Error::NotCompiledWithCuda { device: self.device })
+    }
+
+    /// Orders this stream's later work — copies, and the frees of uploaded buffers when their tensors drop — after
+    /// every kernel queued so far on the compute stream. Call it before dropping uploaded tensors that queued
+    /// kernels may still read.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the driver cannot record or wait for the event.
+    pub fn wait_for_compute(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            let err =
+                |e: cudarc::driver::DriverError| Error::Cuda { op: "CopyStream::wait_for_compute", msg: e.to_string() };
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+            let event = self.dev.stream.record_event(flags).map_err(err)?;
+            return self.stream.wait(&event).map_err(err);
+        }
+        #[allow(unreachable_code)]
+        Err(Error::NotCompiledWithCuda { device: self.device })
+    }
+
+    /// Queues the upload of `src` and returns its device tensor without waiting. Kernels that read it must be
+    /// queued after [`CopyFence::wait`] on a fence taken after this call, and the tensor must not drop while queued
+    /// kernels may still read it unless [`CopyStream::wait_for_compute`] was called after them.
     ///
     /// # Errors
     /// [`Error::DeviceMismatch`] if `src` was staged for another device, [`Error::CudaOutOfMemory`] if the device
@@ -179,11 +225,9 @@ impl CopyStream {
         {
             let n = src.nbytes();
             let oom = |msg: String| Error::CudaOutOfMemory { device: self.device, bytes: n, msg };
-            // SAFETY: the first `n` bytes are written by the copy queued right after, before any kernel can read
-            // them (cudarc orders readers after the buffer's write event).
-            let mut buf =
-                crate::cuda::with_event_tracking(&self.dev.ctx, || unsafe { self.stream.alloc::<u8>(n.max(1)) })
-                    .map_err(|e| oom(e.to_string()))?;
+            // SAFETY: the first `n` bytes are written by the copy queued right after on this stream, before any
+            // kernel can read them (readers wait on a fence taken after this call, see `CopyFence::wait`).
+            let mut buf = unsafe { self.stream.alloc::<u8>(n.max(1)) }.map_err(|e| oom(e.to_string()))?;
             // The pinned buffer and `buf` both hold max(n, 1) bytes.
             self.stream
                 .memcpy_htod(&src.host, &mut buf)
@@ -207,6 +251,41 @@ impl CopyStream {
                 .stream
                 .synchronize()
                 .map_err(|e| Error::Cuda { op: "CopyStream::synchronize", msg: e.to_string() });
+        }
+        #[allow(unreachable_code)]
+        Err(Error::NotCompiledWithCuda { device: self.device })
+    }
+}
+
+/// The copies a [`CopyStream`] had queued when [`CopyStream::fence`] was called.
+pub struct CopyFence {
+    device: Device,
+    #[cfg(feature = "cuda")]
+    dev: Arc<CudaDevice>,
+    #[cfg(feature = "cuda")]
+    event: cudarc::driver::CudaEvent,
+}
+
+impl std::fmt::Debug for CopyFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyFence").field("device", &self.device).finish()
+    }
+}
+
+impl CopyFence {
+    /// Makes the compute stream wait (on the device; the host does not block) until the fenced copies are done:
+    /// kernels queued after this call see the uploaded bytes.
+    ///
+    /// # Errors
+    /// [`Error::Cuda`] if the driver cannot queue the wait.
+    pub fn wait(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            return self
+                .dev
+                .stream
+                .wait(&self.event)
+                .map_err(|e| Error::Cuda { op: "CopyFence::wait", msg: e.to_string() });
         }
         #[allow(unreachable_code)]
         Err(Error::NotCompiledWithCuda { device: self.device })

@@ -301,6 +301,7 @@ fn pinned_uploads_round_trip_every_dtype_and_view() {
             assert_eq!((p.shape(), p.dtype()), (src.shape(), dt));
             assert_eq!(p.to_host().unwrap().to_vec_f64().unwrap(), src.to_vec_f64().unwrap(), "{dt} pinned");
             let d = copy.upload(&p).unwrap();
+            copy.fence().unwrap().wait().unwrap();
             assert_eq!(d.device(), GPU);
             assert_eq!(d.to_vec_f64().unwrap(), src.to_vec_f64().unwrap(), "{dt} uploaded");
         }
@@ -312,7 +313,8 @@ fn pinned_uploads_round_trip_every_dtype_and_view() {
 fn streamed_layers_compute_what_resident_layers_compute() {
     // Weights uploaded one step ahead on the copy stream while the previous step's matmul runs: every product
     // equals the one with resident weights bitwise (same kernels; the copy stream only changes when bytes arrive),
-    // and buffers dropped right after their kernels were queued are not reused before those kernels ran.
+    // and buffers dropped right after their kernels were queued (behind `wait_for_compute`) are not reused before
+    // those kernels ran.
     if !gpu() {
         return;
     }
@@ -328,13 +330,16 @@ fn streamed_layers_compute_what_resident_layers_compute() {
         resident = resident.matmul(&w.to_device(&GPU).unwrap()).unwrap().tanh().unwrap();
     }
     let mut streamed = x0.to_device(&GPU).unwrap();
-    let mut next = Some(copy.upload(&pinned[0]).unwrap());
+    let upload = |p: &PinnedTensor| (copy.upload(p).unwrap(), copy.fence().unwrap());
+    let mut next = Some(upload(&pinned[0]));
     for i in 0..layers.len() {
-        let w = next.take().unwrap();
+        let (w, fence) = next.take().unwrap();
         if i + 1 < layers.len() {
-            next = Some(copy.upload(&pinned[i + 1]).unwrap());
+            next = Some(upload(&pinned[i + 1]));
         }
+        fence.wait().unwrap();
         streamed = streamed.matmul(&w).unwrap().tanh().unwrap();
+        copy.wait_for_compute().unwrap();
         drop(w);
     }
     assert_eq!(streamed.to_vec::<f32>().unwrap(), resident.to_vec::<f32>().unwrap());
@@ -355,6 +360,7 @@ fn quantized_weights_take_uploaded_blocks() {
     let n = bytes.len();
     let blocks =
         copy.upload(&PinnedTensor::new(&Tensor::from_vec(bytes, &[n], &Device::Cpu).unwrap(), GPU).unwrap()).unwrap();
+    copy.fence().unwrap().wait().unwrap();
     let streamed = w.with_device_blocks(blocks).unwrap();
     let resident = w.to_device(&GPU).unwrap();
     let x = Tensor::randn(&[3, 96], DType::F32, &GPU, &CounterRng::new(2, 0), 0, 0.0, 1.0).unwrap();

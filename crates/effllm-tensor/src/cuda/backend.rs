@@ -115,9 +115,9 @@ pub(crate) fn get(device: Device) -> Result<Arc<CudaDevice>> {
     let ctx = CudaContext::new(ordinal).map_err(cuda_err("CudaContext::new"))?;
     // SAFETY: every tensor buffer is allocated, used and freed on the one compute stream, which orders them, so the
     // per-buffer read/write events cudarc would create (two per allocation, recorded at every launch once a second
-    // stream exists) are pure overhead. The only other streams are `offload::CopyStream`s, which turn tracking on
-    // for the buffers they allocate (see `with_event_tracking`): kernels on the compute stream then wait for those
-    // copies through the buffers' events, and their frees wait for the kernels.
+    // stream exists) are pure overhead. The only other streams are `offload::CopyStream`s, whose callers order them
+    // against this one explicitly (`CopyStream::fence` / `CopyFence::wait`, `CopyStream::wait_for_compute`): with
+    // tracking off, cudarc neither records nor waits for any buffer event, whatever stream made the buffer.
     unsafe { ctx.disable_event_tracking() };
     keep_freed_memory(&ctx);
     // A stream of its own, not the legacy default stream: CUDA graphs (`capture_graph`) cannot be captured on the
@@ -187,20 +187,6 @@ fn set_blas_workspace(blas: &CudaBlas, stream: &Arc<CudaStream>) -> Option<CudaS
         unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, BYTES) }
     };
     (status == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(ws)
-}
-
-/// Runs `f` (an allocation on a second stream) with cudarc's per-buffer event tracking on, so that the buffers it
-/// creates order their users on other streams; serialised so that concurrent callers cannot switch it off early.
-pub(crate) fn with_event_tracking<T>(ctx: &CudaContext, f: impl FnOnce() -> T) -> T {
-    static SWITCH: Mutex<()> = Mutex::new(());
-    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: turning tracking on only adds events to the buffers created meanwhile (a compute-stream allocation
-    // of another thread in this window merely carries unneeded events); it is switched off again before unlocking.
-    unsafe { ctx.enable_event_tracking() };
-    let out = f();
-    // SAFETY: as in `get`: buffers created from now on are used on the compute stream only.
-    unsafe { ctx.disable_event_tracking() };
-    out
 }
 
 impl CudaDevice {
