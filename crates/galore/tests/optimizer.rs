@@ -31,6 +31,11 @@ fn mat(t: &Tensor) -> Mat {
     Mat::from_f32(s[0], s[1], &t.to_vec::<f32>().unwrap())
 }
 
+/// `‖a − b‖_F`.
+fn frobenius_diff(a: &Mat, b: &Mat) -> f64 {
+    a.data.iter().zip(&b.data).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
+}
+
 fn ref_basis(b: &Basis) -> RefBasis {
     match b {
         Basis::Left(p) => RefBasis::Left(mat(p)),
@@ -140,8 +145,14 @@ proptest! {
             let st = opt.inner_state(id).unwrap();
             let mo = moments.as_ref().unwrap();
             prop_assert!(mat(&w).rel_err(&w_ref) < 1e-5, "step {}: W {}", s, mat(&w).rel_err(&w_ref));
-            prop_assert!(mat(&st.exp_avg).rel_err(&mo.m) < 1e-5, "step {}: M", s);
-            prop_assert!(mat(&st.exp_avg_sq).rel_err(&mo.v) < 1e-5, "step {}: V", s);
+            // The moments average projected gradients R = Pᵀ G, whose f32 rounding is relative to ‖G‖, not to R:
+            // a rank-1 R can nearly cancel (seen at m = 4, n = 3, β1 = 0.5), so the error is measured against
+            // ‖moment‖ plus the latest term's bound.
+            let g_norm = mat(&g).norm();
+            let m_scale = mo.m.norm() + (1.0 - cfg.beta1) * g_norm;
+            let v_scale = mo.v.norm() + (1.0 - cfg.beta2) * g_norm * g_norm;
+            prop_assert!(frobenius_diff(&mat(&st.exp_avg), &mo.m) < 1e-5 * m_scale, "step {}: M", s);
+            prop_assert!(frobenius_diff(&mat(&st.exp_avg_sq), &mo.v) < 1e-5 * v_scale, "step {}: V", s);
         }
     }
 
