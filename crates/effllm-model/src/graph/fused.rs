@@ -306,27 +306,22 @@ template <int R> __device__ __forceinline__ void rows_dot_any(const void* w, int
 }
 
 // The first chunks (dense formats) or warp steps (block formats) of rows r[0..R) into `pre`.
+template <int F, int R> __device__ __forceinline__ void preload_rows(const void* w, const i64* r, int k, int lane,
+                                                                     int ty, uint4* pre) {
+    const u8* rows[R];
+    #pragma unroll
+    for (int i = 0; i < R; ++i) rows[i] = row_ptr<F>(w, r[i], k, ty);
+    if (F == 3) preload_blocks<R>(rows, k, lane, ty, pre);
+    else preload_dense<F, R>(rows, k, lane, pre);
+}
 template <int R> __device__ __forceinline__ void preload_any(const void* w, int fmtty, const i64* r, int k, int lane,
                                                              uint4* pre) {
     int ty = fmtty >> 8;
-    const u8* rows[R];
     switch (fmtty & 0xff) {
-        case 0:
-            for (int i = 0; i < R; ++i) rows[i] = row_ptr<0>(w, r[i], k, ty);
-            preload_dense<0, R>(rows, k, lane, pre);
-            break;
-        case 1:
-            for (int i = 0; i < R; ++i) rows[i] = row_ptr<1>(w, r[i], k, ty);
-            preload_dense<1, R>(rows, k, lane, pre);
-            break;
-        case 2:
-            for (int i = 0; i < R; ++i) rows[i] = row_ptr<2>(w, r[i], k, ty);
-            preload_dense<2, R>(rows, k, lane, pre);
-            break;
-        default:
-            for (int i = 0; i < R; ++i) rows[i] = row_ptr<3>(w, r[i], k, ty);
-            preload_blocks<R>(rows, k, lane, ty, pre);
-            break;
+        case 0: preload_rows<0, R>(w, r, k, lane, ty, pre); break;
+        case 1: preload_rows<1, R>(w, r, k, lane, ty, pre); break;
+        case 2: preload_rows<2, R>(w, r, k, lane, ty, pre); break;
+        default: preload_rows<3, R>(w, r, k, lane, ty, pre); break;
     }
 }
 
@@ -382,6 +377,25 @@ template <typename Item> __device__ __forceinline__ void warp_items(int total, c
     for (; i < total; i += stride) item(i, (const uint4*)nullptr);
 }
 
+// Before the wait, over the same items as warp_items: the R rows (`rows_of(i, r)`) of the warp's first item into
+// `pre` (when given), the other items' rows into L2.
+template <int R, typename Rows> __device__ __forceinline__ void warp_prefetch(const void* w, int fmtty, int k,
+                                                                             int total, uint4* pre, Rows rows_of) {
+    int lane = threadIdx.x & 31;
+    bool first = pre != nullptr;
+    WARP_LOOP(i, total) {
+        i64 r[R];
+        rows_of(i, r);
+        if (first) {
+            preload_any<R>(w, fmtty, r, k, lane, pre);
+            first = false;
+        } else {
+            #pragma unroll
+            for (int j = 0; j < R; ++j) prefetch_any(w, fmtty, r[j], k, lane);
+        }
+    }
+}
+
 // An orderable key for the argmax: larger value first, then smaller index (the first of equal maxima).
 __device__ __forceinline__ unsigned long long argmax_key(float v, int r) {
     u32 b = __float_as_uint(v);
@@ -435,22 +449,17 @@ __device__ __forceinline__ void embed_phase(const void* e, int fmtty, u32 t, u32
     }
 }
 
-// Before the wait: the warp's first item into `pre` (when given), the others into L2.
+// The two stacked W_qkv rows of pair p (a rotation pair of q or k, or two columns of v).
+__device__ __forceinline__ void qkv_rows(int p, int hq, int hkv, int hd, int rot, int neox, i64* r) {
+    QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
+    r[0] = (i64)q.head * hd + q.da;
+    r[1] = (i64)q.head * hd + q.db;
+}
+
 __device__ __forceinline__ void qkv_prefetch(const void* w, int fmtty, int hq, int hkv, int hd, int rot, int neox,
                                              int k, uint4* pre) {
-    int lane = threadIdx.x & 31;
-    bool first = pre != nullptr;
-    WARP_LOOP(p, (hq + 2 * hkv) * (hd >> 1)) {
-        QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
-        i64 r[2] = {(i64)q.head * hd + q.da, (i64)q.head * hd + q.db};
-        if (first) {
-            preload_any<2>(w, fmtty, r, k, lane, pre);
-            first = false;
-        } else {
-            prefetch_any(w, fmtty, r[0], k, lane);
-            prefetch_any(w, fmtty, r[1], k, lane);
-        }
-    }
+    warp_prefetch<2>(w, fmtty, k, (hq + 2 * hkv) * (hd >> 1), pre,
+                     [&](int p, i64* r) { qkv_rows(p, hq, hkv, hd, rot, neox, r); });
 }
 
 // [q; k; v] = W_qkv · (rms_norm(h) ⊙ g), RoPE (cos/sin of position `slot` from the table) on q and k, k and v
@@ -468,7 +477,8 @@ __device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float*
             c = rope[((i64)slot * half + q.i) * 2];
             s = rope[((i64)slot * half + q.i) * 2 + 1];
         }
-        i64 r[2] = {(i64)q.head * hd + q.da, (i64)q.head * hd + q.db};
+        i64 r[2];
+        qkv_rows(p, hq, hkv, hd, rot, neox, r);
         float ab[2];
         rows_dot_any<2>(w, fmtty, r, k, xs, lane, ab, pre_item);
         if (lane == 0) {
@@ -492,18 +502,10 @@ __device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float*
 }
 
 __device__ __forceinline__ void swiglu_prefetch(const void* w, int fmtty, int dff, int k, uint4* pre) {
-    int lane = threadIdx.x & 31;
-    bool first = pre != nullptr;
-    WARP_LOOP(i, dff) {
-        i64 r[2] = {i, (i64)dff + i};
-        if (first) {
-            preload_any<2>(w, fmtty, r, k, lane, pre);
-            first = false;
-        } else {
-            prefetch_any(w, fmtty, r[0], k, lane);
-            prefetch_any(w, fmtty, r[1], k, lane);
-        }
-    }
+    warp_prefetch<2>(w, fmtty, k, dff, pre, [&](int i, i64* r) {
+        r[0] = i;
+        r[1] = (i64)dff + i;
+    });
 }
 
 // z_i = silu(gate_i) · up_i with [gate; up] = [W_gate; W_up] · (rms_norm(h) ⊙ g).
@@ -524,17 +526,7 @@ __device__ __forceinline__ void swiglu_phase(const void* w, int fmtty, const flo
 }
 
 __device__ __forceinline__ void rows_prefetch(const void* w, int fmtty, int rows, int k, uint4* pre) {
-    int lane = threadIdx.x & 31;
-    bool first = pre != nullptr;
-    WARP_LOOP(r, rows) {
-        i64 rr = r;
-        if (first) {
-            preload_any<1>(w, fmtty, &rr, k, lane, pre);
-            first = false;
-        } else {
-            prefetch_any(w, fmtty, rr, k, lane);
-        }
-    }
+    warp_prefetch<1>(w, fmtty, k, rows, pre, [](int i, i64* r) { r[0] = i; });
 }
 
 // h[r] += W[r] · x.

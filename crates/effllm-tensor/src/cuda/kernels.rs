@@ -248,37 +248,15 @@ template <typename T> __device__ void softmax_body(const T* x, T* y, i64 n, int 
     if (log_) { T l = mt + (T)log(s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = xr[j] - l; }
     else { T inv = (T)(1.0 / s); for (i64 j = threadIdx.x; j < n; j += blockDim.x) yr[j] = exp(xr[j] - mt) * inv; }
 }
-// f32 rows of up to blockDim·4·ROW_CACHE elements (16384 with 256 threads), 16-byte aligned, length a multiple of 4:
-// the row is read once into registers, reduced (max, then Σ e^(x−m)) and written, so the kernel moves the compulsory
-// bytes only. Per-thread partial sums in f32, the block reductions in f64 (as the general path).
+// Whether an f32 row of n values (in at `a`, out at `b`) fits a register cache of `cache` float4s per thread: 16-byte
+// aligned, a multiple of 4 long, at most blockDim·4·cache values. Such a row is read once into registers, reduced and
+// written, so the kernel moves the compulsory bytes only.
+__device__ __forceinline__ bool row_cacheable(const void* a, const void* b, i64 n, int cache) {
+    return (n & 3) == 0 && n <= (i64)blockDim.x * 4 * cache && ((((size_t)a) | ((size_t)b)) & 15) == 0;
+}
+// RMSNorm's register cache: 16 float4s per thread (16384 values with 256 threads); per-thread partial sums in f32,
+// the block reduction in f64 (as the general path).
 #define ROW_CACHE 16
-__device__ __forceinline__ bool row_cacheable(const void* a, const void* b, i64 n) {
-    return (n & 3) == 0 && n <= (i64)blockDim.x * 4 * ROW_CACHE && ((((size_t)a) | ((size_t)b)) & 15) == 0;
-}
-// Block-wide max (of non-NaN values: callers pass -inf for none) or sum of one f32 per thread: warp shuffles, then
-// one value per warp through shared memory. Every thread gets the result.
-__device__ __forceinline__ float block_reduce_f32(float v, bool want_max) {
-    __shared__ float part[32];
-    for (int o = 16; o > 0; o >>= 1) {
-        float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = want_max ? fmaxf(v, w) : v + w;
-    }
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-    __syncthreads();
-    int warps = blockDim.x >> 5;
-    v = threadIdx.x < warps ? part[threadIdx.x] : (want_max ? __int_as_float(0xff800000) : 0.f);
-    if (threadIdx.x < 32) {
-        for (int o = 16; o > 0; o >>= 1) {
-            float w = __shfl_xor_sync(0xffffffffu, v, o);
-            v = want_max ? fmaxf(v, w) : v + w;
-        }
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    float r = part[0];
-    __syncthreads();  // part is reused by the next call
-    return r;
-}
 // f32 softmax / log-softmax, one block per row (512 threads for rows that fit the register cache, 1024 beyond).
 // Each thread reduces its own elements to a pair (m, s) = (max, Σ e^(x−m)) and ONE block reduction of pairs gives
 // the row's (M, S) — a second reduction, with its barriers, is what kept the earlier max-then-sum version at half of
@@ -337,7 +315,7 @@ __device__ __forceinline__ void max_sum_add1(MaxSum& p, float x) {
 extern "C" __global__ void __launch_bounds__(1024) softmax_f32(const float* x, float* y, i64 n, int log_) {
     const float* xr = x + blockIdx.x * n; float* yr = y + blockIdx.x * n;
     const float ninf = __int_as_float(0xff800000), nan = __int_as_float(0x7fffffff);
-    bool cached = (n & 3) == 0 && n <= (i64)blockDim.x * 4 * SOFTMAX_CACHE && ((((size_t)xr) | ((size_t)yr)) & 15) == 0;
+    bool cached = row_cacheable(xr, yr, n, SOFTMAX_CACHE);
     if (cached) {
         int n4 = (int)(n / 4);
         float4 v[SOFTMAX_CACHE];
@@ -434,7 +412,7 @@ template <typename T> __device__ void rms_norm_body(const T* x, const T* w, T* y
 // f32 rows that fit the register cache (see softmax_f32): x is read once.
 extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, i64 d, double eps) {
     const float* xr = x + blockIdx.x * d; float* yr = y + blockIdx.x * d;
-    if (!row_cacheable(xr, yr, d) || (((size_t)w) & 15) != 0) { rms_norm_body(x, w, y, d, eps); return; }
+    if (!row_cacheable(xr, yr, d, ROW_CACHE) || (((size_t)w) & 15) != 0) { rms_norm_body(x, w, y, d, eps); return; }
     __shared__ double sh[BLOCK];
     int n4 = (int)(d / 4);
     float4 v[ROW_CACHE];
