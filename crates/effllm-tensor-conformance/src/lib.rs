@@ -732,8 +732,15 @@ macro_rules! conformance_suite {
                 __check($crate::norms(&__dev(), dtype, rows, d, seed))?;
             }
 
+            // Model widths: rows that span several register slots of a warp-per-row kernel, and rows past its limit.
             #[test]
-            fn rope(dtype in __dtype(), b in 1usize..3, h in 1usize..4, s in 1usize..6, half in 1usize..9, partial in any::<bool>(), per_batch in any::<bool>(), interleaved in any::<bool>(), seed in any::<u64>()) {
+            fn norms_model_widths(dtype in __dtype(), rows in 1usize..4, d in 100usize..1100, seed in any::<u64>()) {
+                if $crate::skip(&__dev()) { return Ok(()); }
+                __check($crate::norms(&__dev(), dtype, rows, d, seed))?;
+            }
+
+            #[test]
+            fn rope(dtype in __dtype(), b in 1usize..3, h in 1usize..12, s in 1usize..6, half in 1usize..9, partial in any::<bool>(), per_batch in any::<bool>(), interleaved in any::<bool>(), seed in any::<u64>()) {
                 let d = 2 * half;
                 let rot = if partial && half > 1 { 2 * (half / 2) } else { d };
                 if $crate::skip(&__dev()) { return Ok(()); }

@@ -178,3 +178,38 @@ fn long_query_attention_gradients_match_the_cpu() {
         }
     }
 }
+
+/// The row kernels at model widths, forward and backward: RMSNorm over rows of 514 (not a multiple of four), 576
+/// and 1030 values (past the warp-per-row limit), SwiGLU, RoPE over nine heads of one batch position set and of
+/// per-batch positions, and causal attention over 70 keys (several register slots per lane).
+#[test]
+fn model_width_row_kernels_match_the_cpu() {
+    for d in [514usize, 576, 1030] {
+        let inputs = [randn(&[7, d], 41), randn(&[d], 42), randn(&[7, d], 43)];
+        let loss = |w: &[Tensor], _: &Device| -> effllm_tensor::Result<Tensor> {
+            let y = w[0].rms_norm(&w[1], 1e-5)?;
+            y.swiglu(&w[2])?.mul(&y)?.sum_all()
+        };
+        same_gradients(&format!("rms_norm + swiglu, d = {d}"), &inputs, &loss);
+    }
+    let (b, h, s, hd) = (2, 9, 20, 16);
+    for per_batch in [false, true] {
+        let inputs = [randn(&[b, h, s, hd], 44), randn(&[b, h, s, hd], 45)];
+        let loss = move |w: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
+            let pos: Vec<u32> = (0..if per_batch { b * s } else { s } as u32).map(|p| 3 * p + 1).collect();
+            let shape = if per_batch { vec![b, s] } else { vec![s] };
+            let pos = Tensor::from_vec(pos, &shape, dev)?;
+            let cfg = RopeConfig { style: RopeStyle::NeoX, base: 10_000.0, rotary_dims: hd };
+            w[0].rope(&pos, &cfg)?.mul(&w[1])?.sum_all()
+        };
+        same_gradients(&format!("rope, per-batch positions: {per_batch}"), &inputs, &loss);
+    }
+    let (b, hkv, group, sq, d) = (1, 2, 2, 70, 16);
+    let inputs = [randn(&[b, hkv * group, sq, d], 46), randn(&[b, hkv, sq, d], 47), randn(&[b, hkv, sq, d], 48)];
+    let weights = randn(&[b, hkv * group, sq, d], 49);
+    let loss = move |x: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
+        let a = x[0].attention(&x[1], &x[2], &AttentionMask::Causal, None)?;
+        a.mul(&weights.to_device(dev)?)?.sum_all()
+    };
+    same_gradients("causal attention over 70 keys", &inputs, &loss);
+}

@@ -48,7 +48,20 @@ fn cast_storage(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
     let dev = Arc::clone(&s.dev);
     let n = t.elem_count();
     let mut out = dev.alloc(dtype, n)?;
-    if n > 0 && t.is_contiguous() {
+    let off_bytes = t.layout.offset() * s.dtype.size_in_bytes();
+    let bf16_pair = matches!((s.dtype, dtype), (DType::F32, DType::BF16) | (DType::BF16, DType::F32));
+    if n > 0 && n % 4 == 0 && t.is_contiguous() && bf16_pair && off_bytes % 16 == 0 {
+        // Mixed-precision training's casts: four elements per thread (the buffers' bases are 256-byte aligned, the
+        // source's offset is checked above).
+        let name = if s.dtype == DType::F32 { "cast_f32_bf16_x4" } else { "cast_bf16_f32_x4" };
+        let f = dev.builtin("cast", kernels::CAST, name)?;
+        let src = view(t);
+        let n4 = (n / 4) as i64;
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&src).arg(&mut out.buf).arg(&n4);
+        // SAFETY: `n` contiguous source elements from a 16-byte-aligned offset; `out` holds `n` elements.
+        unsafe { b.launch(grid(n / 4)) }.map_err(launch_err)?;
+    } else if n > 0 && t.is_contiguous() {
         let f = dev.builtin("cast", kernels::CAST, "cast_dense")?;
         let (sdt, ddt, nn, off) = (dtype_id(s.dtype), dtype_id(dtype), n as i64, t.layout.offset() as i64);
         let mut b = dev.stream.launch_builder(&f);
@@ -119,8 +132,10 @@ pub(crate) fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
         let (nn, gv, uv) = (n as i64, view(&gw), view(&uw));
         let mut b = dev.stream.launch_builder(&f);
         b.arg(&gv).arg(&uv).arg(&mut out.buf).arg(&nn);
+        // The f32 kernel handles four elements per thread (16-byte accesses; grid-stride otherwise).
+        let threads = if gw.dtype() == DType::F32 { n.div_ceil(4) } else { n };
         // SAFETY: three buffers of `n` contiguous elements.
-        unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+        unsafe { b.launch(grid(threads)) }.map_err(launch_err)?;
     }
     finish(Tensor::from_cuda(out, g.shape()), g.dtype())
 }
@@ -206,7 +221,15 @@ pub(crate) fn norm(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, eps: f64, rms:
     let bw = bias.map(work).transpose()?;
     let dev = Arc::clone(&storage(&xw).dev);
     let mut out = dev.alloc(xw.dtype(), rows * d)?;
-    if rows * d > 0 {
+    if rows * d > 0 && rms && xw.dtype() == DType::F32 && d <= WARP_ROW_MAX {
+        // Model widths: one warp per row (see `rms_norm_warp_f32`).
+        let f = dev.builtin("rows", kernels::ROWS, "rms_norm_warp_f32")?;
+        let (rr, dd, xv, wv) = (rows as i64, d as i64, view(&xw), view(&ww));
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&xv).arg(&wv).arg(&mut out.buf).arg(&rr).arg(&dd).arg(&eps);
+        // SAFETY: `rows` rows of `d` elements, weights of `d` elements.
+        unsafe { b.launch(warp_rows_grid(rows)) }.map_err(launch_err)?;
+    } else if rows * d > 0 {
         let sfx = suffix(xw.dtype());
         let name = if rms { format!("rms_norm_{sfx}") } else { format!("layer_norm_{sfx}") };
         let f = dev.builtin("rows", kernels::ROWS, &name)?;
@@ -465,8 +488,10 @@ pub(crate) fn rope(
             .arg(&pb)
             .arg(&cfg.base)
             .arg(&inv);
+        // One thread per (position slot, pair, chunk of 8 rows sharing the slot): see `rope_body`.
+        let (slots, share) = if per_batch { (b * s, h) } else { (s, b * h) };
         // SAFETY: shapes as checked by `Tensor::rope`; positions hold `s` or `b·s` entries.
-        unsafe { l.launch(grid(b * h * s * half)) }.map_err(launch_err)?;
+        unsafe { l.launch(grid(slots * share.div_ceil(8) * half)) }.map_err(launch_err)?;
     }
     finish(Tensor::from_cuda(out, x.shape()), x.dtype())
 }
@@ -775,12 +800,29 @@ pub(crate) fn arg_reduce(x: &Tensor, dim: usize, max: bool) -> Result<Tensor> {
     Ok(Tensor::from_cuda(out, &shape))
 }
 
+/// The widest row (in f32 values) the warp-per-row kernels (RMSNorm forward and backward, attention rows) keep in
+/// registers: 32 lanes × 8 float4s.
+const WARP_ROW_MAX: usize = 1024;
+
+/// One warp per row, eight rows per 256-thread block.
+fn warp_rows_grid(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// A device tensor of `shape` whose every element has the little-endian bit pattern `bits`.
 pub(crate) fn fill(device: crate::Device, shape: &[usize], dtype: DType, bits: u64) -> Result<Tensor> {
     let dev = super::backend::get(device)?;
     let n: usize = shape.iter().product();
     let mut out = dev.alloc(dtype, n)?;
-    if n > 0 {
+    if n > 0 && dtype.size_in_bytes() == 4 {
+        // A fresh allocation is 256-byte aligned: 16-byte stores of four elements per thread.
+        let f = dev.builtin("fill", kernels::FILL, "fill_u32_x4")?;
+        let (nn, b32) = (n as i64, bits as u32);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&mut out.buf).arg(&nn).arg(&b32);
+        // SAFETY: `n` elements of 4 bytes in a fresh (aligned) allocation.
+        unsafe { l.launch(grid(n.div_ceil(4))) }.map_err(launch_err)?;
+    } else if n > 0 {
         let f = dev.builtin("fill", kernels::FILL, "fill_any")?;
         let (nn, es) = (n as i64, dtype.size_in_bytes() as i32);
         let mut l = dev.stream.launch_builder(&f);
@@ -976,24 +1018,37 @@ fn attn_softmax(s: &mut Tensor, mask: Option<&Tensor>, sq: usize, skv: usize, ca
     if rows == 0 || skv == 0 {
         return Ok(());
     }
-    let f = dev.builtin("train", kernels::TRAIN, if f64_ { "attn_softmax_f64" } else { "attn_softmax_f32" })?;
+    // f32 rows up to 1024 keys: one warp per row (see `attn_softmax_warp_f32`).
+    let warp = !f64_ && skv <= WARP_ROW_MAX;
+    let name = if f64_ {
+        "attn_softmax_f64"
+    } else if warp {
+        "attn_softmax_warp_f32"
+    } else {
+        "attn_softmax_f32"
+    };
+    let f = dev.builtin("train", kernels::TRAIN, name)?;
     let mv = mask.map(view);
     let null: u64 = 0;
-    let (sqv, skvv, c, sc32) = (sq as i64, skv as i64, i32::from(causal), scale as f32);
+    let (rr, sqv, skvv, c, sc32) = (rows as i64, sq as i64, skv as i64, i32::from(causal), scale as f32);
     let mut l = dev.stream.launch_builder(&f);
     l.arg(&mut st.buf);
     match &mv {
         Some(m) => l.arg(m),
         None => l.arg(&null),
     };
+    if warp {
+        l.arg(&rr);
+    }
     l.arg(&sqv).arg(&skvv).arg(&c);
     if f64_ {
         l.arg(&scale);
     } else {
         l.arg(&sc32);
     }
+    let cfg = if warp { warp_rows_grid(rows) } else { rows_grid(rows) };
     // SAFETY: `s` holds `rows · skv` contiguous scores; the mask (if any) `rows · skv` bytes in the same row order.
-    unsafe { l.launch(rows_grid(rows)) }.map_err(launch_err)?;
+    unsafe { l.launch(cfg) }.map_err(launch_err)?;
     Ok(())
 }
 
@@ -1025,7 +1080,16 @@ pub(crate) fn attention_gemm_backward(
     if rows > 0 && skv > 0 {
         let f64_ = s.dtype() == DType::F64;
         let dev = Arc::clone(&storage(&s).dev);
-        let f = dev.builtin("train", kernels::TRAIN, if f64_ { "attn_grad_f64" } else { "attn_grad_f32" })?;
+        let warp = !f64_ && skv <= WARP_ROW_MAX;
+        let name = if f64_ {
+            "attn_grad_f64"
+        } else if warp {
+            "attn_grad_warp_f32"
+        } else {
+            "attn_grad_f32"
+        };
+        let f = dev.builtin("train", kernels::TRAIN, name)?;
+        let rr = rows as i64;
         let (gv, ov) = (view(&gw), view(&ow));
         let mv = mw.as_ref().map(view);
         let null: u64 = 0;
@@ -1038,6 +1102,9 @@ pub(crate) fn attention_gemm_backward(
             Some(m) => l.arg(m),
             None => l.arg(&null),
         };
+        if warp {
+            l.arg(&rr);
+        }
         l.arg(&sqv).arg(&skvv).arg(&dvv).arg(&c);
         if f64_ {
             l.arg(&scale);
@@ -1046,7 +1113,7 @@ pub(crate) fn attention_gemm_backward(
         }
         // SAFETY: `s` and `dp` hold `rows · skv` contiguous values, `go` and `o` `rows · dv`, the mask (if any)
         // `rows · skv` bytes, all in the same row order.
-        unsafe { l.launch(rows_grid(rows)) }.map_err(launch_err)?;
+        unsafe { l.launch(if warp { warp_rows_grid(rows) } else { rows_grid(rows) }) }.map_err(launch_err)?;
     }
     let (p, ds) = (s, dp);
     let dv_ = p.t()?.matmul(&go)?;
@@ -1064,7 +1131,14 @@ pub(crate) fn rms_norm_backward(x: &Tensor, w: &Tensor, g: &Tensor, eps: f64) ->
     let dev = Arc::clone(&storage(&xw).dev);
     let mut dx = dev.alloc(xw.dtype(), rows * d)?;
     let mut gxr = dev.alloc(xw.dtype(), rows * d)?;
-    if rows * d > 0 {
+    if rows * d > 0 && xw.dtype() == DType::F32 && d <= WARP_ROW_MAX {
+        let f = dev.builtin("train", kernels::TRAIN, "rms_norm_bwd_warp_f32")?;
+        let (xv, wv, gv, rr, dd) = (view(&xw), view(&ww), view(&gw), rows as i64, d as i64);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&xv).arg(&wv).arg(&gv).arg(&mut dx.buf).arg(&mut gxr.buf).arg(&rr).arg(&dd).arg(&eps);
+        // SAFETY: x, g, dx, gxr hold `rows · d` contiguous elements, w holds `d`.
+        unsafe { l.launch(warp_rows_grid(rows)) }.map_err(launch_err)?;
+    } else if rows * d > 0 {
         let f = dev.builtin("train", kernels::TRAIN, &format!("rms_norm_bwd_{}", suffix(xw.dtype())))?;
         let (xv, wv, gv, dd) = (view(&xw), view(&ww), view(&gw), d as i64);
         let mut l = dev.stream.launch_builder(&f);
@@ -1090,8 +1164,10 @@ pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<
         let (gv, av, uv, nn) = (view(&gw), view(&aw), view(&uw), n as i64);
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&gv).arg(&av).arg(&uv).arg(&mut da.buf).arg(&mut du.buf).arg(&nn);
+        // The f32 kernel handles four elements per thread (16-byte accesses; grid-stride otherwise).
+        let threads = if aw.dtype() == DType::F32 { n.div_ceil(4) } else { n };
         // SAFETY: five buffers of `n` contiguous elements.
-        unsafe { l.launch(grid(n)) }.map_err(launch_err)?;
+        unsafe { l.launch(grid(threads)) }.map_err(launch_err)?;
     }
     Ok((
         finish(Tensor::from_cuda(da, gate.shape()), gate.dtype())?,
