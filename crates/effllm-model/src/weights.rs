@@ -35,6 +35,13 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Linear::Dense(w) if w.dtype() == x.dtype() => x.linear(w)?,
+            // Training with 16-bit compute copies of f32 masters: one op that keeps the GEMM's f32 accumulator as the
+            // result (two casts fewer per map and step than the composite below, and one rounding fewer).
+            Linear::Dense(w)
+                if x.is_tracked() && x.dtype() == DType::F32 && matches!(w.dtype(), DType::BF16 | DType::F16) =>
+            {
+                x.linear_mixed(w)?
+            }
             Linear::Dense(w) => x.to_dtype(w.dtype())?.linear(w)?.to_dtype(x.dtype())?,
             Linear::Quant(q) if x.is_tracked() => effllm_tensor::autograd::linear_q(x, q)?,
             Linear::Quant(q) => x.linear_q(q)?,

@@ -240,8 +240,8 @@ mod cuda {
 
     /// The same f32 operation order as `fused_cpu_step`.
     const SOURCE: &str = r#"
-extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const float* m, const float* v,
-        float* p_out, float* m_out, float* v_out, unsigned long long n, float decay, int decays, float one_m_b1,
+extern "C" __global__ void adamw_step_f32(const float* p, const float* g, float* m, float* v,
+        float* p_out, unsigned long long n, float decay, int decays, float one_m_b1,
         float b2, float one_m_b2, float inv_bc2_sqrt, float eps, float step_size) {
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
             i += (unsigned long long)gridDim.x * blockDim.x) {
@@ -249,8 +249,8 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
         float pi = decays ? p[i] * decay : p[i];
         float mi = mp + (gi - mp) * one_m_b1;
         float vi = v[i] * b2 + (gi * gi) * one_m_b2;
-        m_out[i] = mi;
-        v_out[i] = vi;
+        m[i] = mi;
+        v[i] = vi;
         float denom = sqrtf(vi) * inv_bc2_sqrt + eps;
         p_out[i] = pi - (mi / denom) * step_size;
     }
@@ -260,12 +260,10 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
     /// Built once per process (the source is compiled once per device by the kernel cache).
     static KERNEL: std::sync::LazyLock<CustomKernel> = std::sync::LazyLock::new(|| {
         CustomKernel::new(
-            "effllm-optim::adamw_v1",
+            "effllm-optim::adamw_v2",
             SOURCE,
             "adamw_step_f32",
             &[
-                Param::In(DType::F32),
-                Param::In(DType::F32),
                 Param::In(DType::F32),
                 Param::In(DType::F32),
                 Param::Out(DType::F32),
@@ -292,19 +290,22 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
             return Ok(None);
         }
         let n = p.elem_count();
-        let (pc, gc, mc, vc) = (p.contiguous()?, g.contiguous()?, st.m.contiguous()?, st.v.contiguous()?);
+        let (pc, gc) = (p.contiguous()?, g.contiguous()?);
+        // The moments are the optimizer's own: updated in place (copied first only if a caller still holds them).
+        for t in [&mut st.m, &mut st.v] {
+            if !t.is_contiguous() {
+                *t = t.contiguous()?;
+            }
+            t.make_exclusive()?;
+        }
         let mut p_out = Tensor::zeros(p.shape(), DType::F32, &dev)?;
-        let mut m_out = Tensor::zeros(p.shape(), DType::F32, &dev)?;
-        let mut v_out = Tensor::zeros(p.shape(), DType::F32, &dev)?;
         let t = st.step as i32;
         let mut args = [
             Arg::In(&pc),
             Arg::In(&gc),
-            Arg::In(&mc),
-            Arg::In(&vc),
+            Arg::Out(&mut st.m),
+            Arg::Out(&mut st.v),
             Arg::Out(&mut p_out),
-            Arg::Out(&mut m_out),
-            Arg::Out(&mut v_out),
             Arg::U64(n as u64),
             Arg::F32((1.0 - c.lr * c.weight_decay) as f32),
             Arg::I32(i32::from(c.weight_decay != 0.0)),
@@ -316,8 +317,6 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, const 
             Arg::F32((c.lr / (1.0 - c.beta1.powi(t))) as f32),
         ];
         KERNEL.launch(dev, LaunchDims::linear(n), &mut args, n)?;
-        st.m = m_out;
-        st.v = v_out;
         Ok(Some(p_out))
     }
 }

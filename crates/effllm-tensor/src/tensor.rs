@@ -453,6 +453,25 @@ impl Tensor {
             .map_err(|e| Error::Layout { op: "as_ndarray", msg: e.to_string() })
     }
 
+    /// Makes this tensor the only owner of its storage (copying a shared buffer first, copy on write), so that a
+    /// custom CUDA kernel may update it in place through [`crate::cuda::Arg::Out`], which refuses shared storage.
+    /// Values, shape, dtype, device and graph identity stay; an exclusively owned tensor is left as it is.
+    pub fn make_exclusive(&mut self) -> Result<()> {
+        if Arc::get_mut(&mut self.storage).is_some() {
+            return Ok(());
+        }
+        let copy = match &*self.storage {
+            Storage::Cpu(s) => Tensor::from_storage(s.gather(&self.layout), self.shape()),
+            #[cfg(not(feature = "cuda"))]
+            Storage::Cuda(c) => match *c {},
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => crate::cuda::ops::cast(self, self.dtype())?,
+        };
+        let node = self.node.take();
+        *self = Tensor { node, ..copy };
+        Ok(())
+    }
+
     /// A zero-copy mutable ndarray view. The storage is copied first if another tensor shares it (copy on write),
     /// so writes never leak into other tensors.
     pub fn as_ndarray_mut<T: WithDType>(&mut self) -> Result<ndarray::ArrayViewMutD<'_, T>> {

@@ -537,3 +537,66 @@ fn deep_graphs_drop_and_differentiate_on_a_small_stack() {
     };
     std::thread::Builder::new().stack_size(256 * 1024).spawn(run).unwrap().join().unwrap();
 }
+
+/// `round(v)` to bf16 and back, in f64.
+fn bf16_round(v: &[f64]) -> Vec<f64> {
+    t64(v.to_vec(), &[v.len()]).to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap()
+}
+
+/// `a [m, k] · bᵀ` (`b` = `[n, k]`) in f64.
+fn times_t(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    (0..m).flat_map(|i| (0..n).map(move |j| (0..k).map(|c| a[i * k + c] * b[j * k + c]).sum::<f64>())).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// `linear_mixed`: the f32 result of the bf16-rounded input times the bf16 weight (f32 accumulation, no
+    /// rounding of the result), and its straight-through gradients: `∂x = round(g) · w` in f32, `∂w` the bf16
+    /// rounding of `round(g)ᵀ · round(x)`, carried back to an f32 master through `to_dtype`.
+    #[test]
+    fn linear_mixed_is_the_rounded_product_with_straight_through_gradients(
+        lead in 1usize..3, m in 1usize..5, k in 1usize..9, n in 1usize..6, seed in any::<u64>()
+    ) {
+        let rows = lead * m;
+        let x = randn(&[lead, m, k], seed, 1).to_dtype(DType::F32).unwrap().requires_grad();
+        let master = randn(&[n, k], seed, 2).to_dtype(DType::F32).unwrap().requires_grad();
+        let r = randn(&[lead, m, n], seed, 3).to_dtype(DType::F32).unwrap();
+        let w = master.to_dtype(DType::BF16).unwrap();
+        let y = x.linear_mixed(&w).unwrap();
+        prop_assert_eq!(y.dtype(), DType::F32);
+        prop_assert_eq!(y.shape(), &[lead, m, n][..]);
+        let (xs, ws, rs) = (x.to_vec_f64().unwrap(), w.to_vec_f64().unwrap(), r.to_vec_f64().unwrap());
+        let want = times_t(&bf16_round(&xs), &ws, rows, k, n);
+        let err = rel_l2(&y.to_vec_f64().unwrap(), &want);
+        prop_assert!(err < 1e-6, "forward rel L2 {:e}", err);
+        let grads = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let r16 = bf16_round(&rs);
+        // ∂x[i, c] = Σ_j round(r)[i, j] · w[j, c]: `times_t` against wᵀ.
+        let wt: Vec<f64> = (0..k).flat_map(|c| (0..n).map(|j| ws[j * k + c]).collect::<Vec<_>>()).collect();
+        let gx = grads.get(&x).unwrap();
+        prop_assert_eq!(gx.dtype(), DType::F32);
+        let err = rel_l2(&gx.to_vec_f64().unwrap(), &times_t(&r16, &wt, rows, n, k));
+        prop_assert!(err < 1e-6, "∂x rel L2 {:e}", err);
+        // ∂w[j, c] = Σ_i round(r)[i, j] · round(x)[i, c], rounded once to bf16.
+        let rt: Vec<f64> = (0..n).flat_map(|j| (0..rows).map(|i| r16[i * n + j]).collect::<Vec<_>>()).collect();
+        let x16 = bf16_round(&xs);
+        let xt: Vec<f64> = (0..k).flat_map(|c| (0..rows).map(|i| x16[i * k + c]).collect::<Vec<_>>()).collect();
+        let gw = grads.get(&master).unwrap();
+        prop_assert_eq!(gw.dtype(), DType::F32);
+        let err = rel_l2(&gw.to_vec_f64().unwrap(), &times_t(&rt, &xt, n, rows, k));
+        prop_assert!(err < 4e-3, "∂w rel L2 {:e}", err);
+    }
+}
+
+#[test]
+fn linear_mixed_takes_f32_activations_and_16_bit_weights() {
+    let x = randn(&[2, 3], 5, 0).to_dtype(DType::F32).unwrap();
+    let w = randn(&[4, 3], 5, 1).to_dtype(DType::F32).unwrap();
+    // Same dtypes: plain `linear`.
+    assert_eq!(x.linear_mixed(&w).unwrap().to_vec::<f32>().unwrap(), x.linear(&w).unwrap().to_vec::<f32>().unwrap());
+    let x64 = x.to_dtype(DType::F64).unwrap();
+    let w16 = w.to_dtype(DType::BF16).unwrap();
+    assert!(matches!(x64.linear_mixed(&w16), Err(Error::DTypeMismatch { .. })));
+    assert!(matches!(x.linear_mixed(&w16.t().unwrap()), Err(Error::ShapeMismatch { .. })));
+}

@@ -213,3 +213,14 @@ fn model_width_row_kernels_match_the_cpu() {
     };
     same_gradients("causal attention over 70 keys", &inputs, &loss);
 }
+
+/// The mixed-precision linear (bf16 GEMMs with the f32 accumulator as the result) over training-sized rows, through
+/// an f32 master weight; ∂w is rounded to bf16 on both devices, so its last bit may differ.
+#[test]
+fn mixed_precision_linear_matches_the_cpu() {
+    let inputs = [randn(&[2, 37, 96], 51), randn(&[80, 96], 52), randn(&[2, 37, 80], 53)];
+    let loss = |w: &[Tensor], _: &Device| -> effllm_tensor::Result<Tensor> {
+        w[0].linear_mixed(&w[1].to_dtype(DType::BF16)?)?.mul(&w[2])?.sum_all()
+    };
+    same_gradients_within("linear_mixed", &inputs, &loss, 1e-2);
+}

@@ -165,6 +165,18 @@ fn custom_kernel_runs_and_is_cached() {
         .launch(GPU, LaunchDims::linear(n), &mut [Arg::In(&x), Arg::Out(&mut shared), Arg::F32(1.0), Arg::I64(1)], n)
         .unwrap_err();
     assert!(e.to_string().contains("shares its storage"), "{e}");
+    // `make_exclusive` copies the shared buffer: the in-place update then leaves `y` as it was.
+    shared.make_exclusive().unwrap();
+    k.launch(
+        GPU,
+        LaunchDims::linear(n),
+        &mut [Arg::In(&x), Arg::Out(&mut shared), Arg::F32(1.0), Arg::I64(n as i64)],
+        n,
+    )
+    .unwrap();
+    assert_eq!(y.to_vec::<f32>().unwrap(), got);
+    let twice = shared.to_vec::<f32>().unwrap();
+    assert!(twice.iter().enumerate().all(|(i, &v)| v == 3.0 * i as f32 + 1.0));
 }
 
 /// A chain of programmatic dependent launches (`launch_overlapping`): each kernel lets the next start early and waits

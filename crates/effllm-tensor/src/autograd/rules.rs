@@ -313,6 +313,19 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<BackwardFn> {
     })
 }
 
+/// [`Tensor::linear_mixed`]: `∂x = round₁₆(g) · w` in f32, `∂w = round₁₆(g)ᵀ · x16` in `w`'s dtype (`x16` = the
+/// rounded input, `[rows, k]`).
+pub(crate) fn linear_mixed(x_shape: &[usize], x16: &Tensor, w: &Tensor) -> Result<BackwardFn> {
+    let (x_shape, x16, w) = (x_shape.to_vec(), x16.detach(), w.detach());
+    rule(move |g, needs| {
+        let n = w.shape()[0];
+        let g16 = g.reshape(&[g.elem_count() / n.max(1), n])?.to_dtype(w.dtype())?;
+        let gx = if needs[0] { Some(g16.matmul_wide(&w)?.reshape(&x_shape)?) } else { None };
+        let gw = if needs[1] { Some(g16.t()?.matmul(&x16)?) } else { None };
+        Ok(vec![gx, gw])
+    })
+}
+
 // ---------------------------------------------------------------------------------------------- nn
 
 /// `1/√(mean(x²) + ε)` over the last dimension, kept.

@@ -94,6 +94,17 @@ extern "C" __global__ void cast_strided(const void* src, int sdt, Lay lay, void*
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         cast_one(src, sdt, lay_offset(lay, i), dst, ddt, i);
 }
+// A same-dtype copy of a strided view whose innermost dimension is contiguous and a multiple of 4 long, with every
+// other stride and the offset multiples of 4 (a head transpose [b, s, h, d] → [b, h, s, d], a narrow along a middle
+// dim): four elements per thread, one index computation and one 16-byte (4-byte elements) or 8-byte (2-byte
+// elements) access each way. The host checks the layout; the buffers' bases are 256-byte aligned.
+extern "C" __global__ void copy_strided_x4(const u8* src, Lay lay, u8* dst, i64 n4, int esize) {
+    for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n4; t += (i64)gridDim.x * blockDim.x) {
+        i64 o = lay_offset(lay, 4 * t);
+        if (esize == 4) ((uint4*)dst)[t] = *(const uint4*)(src + 4 * o);
+        else ((uint2*)dst)[t] = *(const uint2*)(src + 2 * o);
+    }
+}
 // A contiguous source starting at element `off`: no index arithmetic.
 extern "C" __global__ void cast_dense(const void* src, int sdt, i64 off, void* dst, int ddt, i64 n) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)

@@ -68,6 +68,15 @@ fn cast_storage(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
         b.arg(&s.buf).arg(&sdt).arg(&off).arg(&mut out.buf).arg(&ddt).arg(&nn);
         // SAFETY: a contiguous tensor's `n` elements from `off` lie inside `s.buf`; `out` holds `n` elements.
         unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
+    } else if n > 0 && s.dtype == dtype && vec4_strided(&t.layout, dtype) {
+        let f = dev.builtin("cast", kernels::CAST, "copy_strided_x4")?;
+        let lay = KLayout::new("cast", &t.layout)?;
+        let (n4, es) = ((n / 4) as i64, dtype.size_in_bytes() as i32);
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&s.buf).arg(&lay).arg(&mut out.buf).arg(&n4).arg(&es);
+        // SAFETY: the layout addresses elements inside `s.buf` (checked by `Layout`) and groups of four along its
+        // contiguous last dimension start at multiples of four elements (checked by `vec4_strided`); `out` holds `n`.
+        unsafe { b.launch(grid(n / 4)) }.map_err(launch_err)?;
     } else if n > 0 {
         let f = dev.builtin("cast", kernels::CAST, "cast_strided")?;
         let lay = KLayout::new("cast", &t.layout)?;
@@ -78,6 +87,19 @@ fn cast_storage(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
         unsafe { b.launch(grid(n)) }.map_err(launch_err)?;
     }
     Ok(out)
+}
+
+/// Whether a strided copy of `l` can move four elements at a time (`copy_strided_x4`): 2- or 4-byte elements, a
+/// contiguous last dimension whose length is a multiple of 4, and the offset and every other stride multiples of 4
+/// (so each group of four is one aligned 8- or 16-byte access).
+fn vec4_strided(l: &Layout, dtype: DType) -> bool {
+    let r = l.rank();
+    r >= 2
+        && matches!(dtype.size_in_bytes(), 2 | 4)
+        && l.strides()[r - 1] == 1
+        && l.shape()[r - 1] % 4 == 0
+        && l.offset() % 4 == 0
+        && l.shape()[..r - 1].iter().zip(&l.strides()[..r - 1]).all(|(&d, &st)| d == 1 || st % 4 == 0)
 }
 
 /// `t` as a contiguous f32 (for f16/bf16/f32) or f64 tensor: the precision kernels compute in.
@@ -360,10 +382,28 @@ pub fn set_allow_tf32(allow: bool) {
 /// their layout allows it (row-major or transposed, uniform or broadcast batch stride) and copied otherwise.
 /// f32 computes in f32 (TF32 when allowed), f16/bf16 store 16-bit and accumulate in f32, f64 in f64.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch_shape: &[usize], m: usize, k: usize, n: usize) -> Result<Tensor> {
+    matmul_to(a, b, batch_shape, m, k, n, a.dtype())
+}
+
+/// [`matmul`] with the result in `out_dtype`: the operands' dtype, or f32 for f16/bf16 operands (cuBLAS keeps its
+/// f32 accumulator: no 16-bit rounding of the result).
+pub(crate) fn matmul_to(
+    a: &Tensor,
+    b: &Tensor,
+    batch_shape: &[usize],
+    m: usize,
+    k: usize,
+    n: usize,
+    out_dtype: DType,
+) -> Result<Tensor> {
     use cudarc::cublas::sys::{cublasComputeType_t as C, cublasGemmAlgo_t, cudaDataType as D};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     let batch: usize = batch_shape.iter().product();
     let dtype = a.dtype();
+    let wide_out = out_dtype != dtype;
+    if wide_out && !(out_dtype == DType::F32 && matches!(dtype, DType::F16 | DType::BF16)) {
+        return Err(Error::DTypeMismatch { op: "matmul", lhs: dtype, rhs: out_dtype });
+    }
     let mut ash = batch_shape.to_vec();
     ash.extend([m, k]);
     let mut bsh = batch_shape.to_vec();
@@ -380,7 +420,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch_shape: &[usize], m: usize, k:
     let (aw, (a_off, a_t, lda, a_bs)) = prep(a, &ash)?;
     let (bw, (b_off, b_t, ldb, b_bs)) = prep(b, &bsh)?;
     let dev = Arc::clone(&storage(&aw).dev);
-    let mut out = dev.alloc(dtype, batch * m * n)?;
+    let mut out = dev.alloc(out_dtype, batch * m * n)?;
     let mut shape = batch_shape.to_vec();
     shape.extend([m, n]);
     if batch * m * n == 0 {
@@ -431,7 +471,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch_shape: &[usize], m: usize, k:
                 a_bs as i64,
                 beta,
                 pc as *mut std::ffi::c_void,
-                data_type,
+                if wide_out { D::CUDA_R_32F } else { data_type },
                 n as i32,
                 (m * n) as i64,
                 batch as i32,

@@ -211,4 +211,56 @@ impl Tensor {
         shape[last] = w.shape()[0];
         y.reshape(&shape)
     }
+
+    /// The mixed-precision linear of training: `self · wᵀ` for an f32 `self` and an f16/bf16 weight `w` = `[n, k]`,
+    /// with `self` rounded to `w`'s dtype, the products accumulated in f32 and the result left in f32:
+    ///
+    /// `y = round₁₆(x) · wᵀ` (f32 accumulation, no rounding of `y`).
+    ///
+    /// It is `x.to_dtype(w.dtype())?.linear(w)?.to_dtype(F32)` minus the last rounding and minus two casts (the output's
+    /// forward, the input gradient's backward): the backward computes `∂x = round₁₆(∂y) · w` straight into f32 and
+    /// `∂w = round₁₆(∂y)ᵀ · round₁₆(x)` in `w`'s dtype. For `w` of `self`'s dtype it is [`Tensor::linear`].
+    pub fn linear_mixed(&self, w: &Tensor) -> Result<Tensor> {
+        const OP: &str = "linear_mixed";
+        if w.dtype() == self.dtype() {
+            return self.linear(w);
+        }
+        if self.dtype() != DType::F32 || !matches!(w.dtype(), DType::F16 | DType::BF16) {
+            return Err(Error::DTypeMismatch { op: OP, lhs: self.dtype(), rhs: w.dtype() });
+        }
+        if w.rank() != 2 || self.rank() == 0 || w.shape()[1] != self.shape()[self.rank() - 1] {
+            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: w.shape().to_vec() });
+        }
+        self.check_same_device(OP, w)?;
+        let k = w.shape()[1];
+        let rows = self.elem_count() / k.max(1);
+        let mut shape = self.shape().to_vec();
+        let last = shape.len() - 1;
+        shape[last] = w.shape()[0];
+        // The rounded input is what the backward's ∂w needs: kept instead of the f32 input (half the bytes).
+        let x16 = crate::autograd::no_grad(|| self.to_dtype(w.dtype()))?.reshape(&[rows, k])?;
+        crate::autograd::op(
+            OP,
+            &[self, w],
+            || x16.matmul_wide(&w.t()?)?.reshape(&shape),
+            |_| crate::autograd::rules::linear_mixed(self.shape(), &x16, w),
+        )
+    }
+
+    /// `[m, k] × [k, n]` of 16-bit operands with the f32 accumulator as the result (no 16-bit rounding); f32/f64
+    /// operands give [`Tensor::matmul`]'s result. Not differentiable (the building block of `linear_mixed`).
+    pub(crate) fn matmul_wide(&self, rhs: &Tensor) -> Result<Tensor> {
+        const OP: &str = "matmul_wide";
+        self.check_same_dtype(OP, rhs)?;
+        if !matches!(self.dtype(), DType::F16 | DType::BF16) {
+            return self.matmul_fwd(rhs);
+        }
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            let p = plan(&self.layout, &rhs.layout)?;
+            return crate::cuda::ops::matmul_to(self, rhs, &p.batch_shape, p.m, p.k, p.n, DType::F32);
+        }
+        // On the CPU 16-bit operands are computed in f32 anyway: widen them exactly and skip the final rounding.
+        self.to_dtype(DType::F32)?.matmul_fwd(&rhs.to_dtype(DType::F32)?)
+    }
 }
