@@ -1,28 +1,25 @@
 //! Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_` with the 2-norm).
 
-use effllm_tensor::{DType, Device, Gradients, Tensor, no_grad};
+use effllm_tensor::{Device, Gradients, Tensor, no_grad};
 
 use crate::{OptimError, Result, check};
 
 /// `‖(‖g₁‖₂, …, ‖gₙ‖₂)‖₂` over every gradient of `grads`, accumulated in f64 in id order.
 ///
-/// Each gradient's sum of squares is reduced on its own device; the partial sums of one device are gathered and
-/// downloaded together (one synchronisation per device rather than one per gradient).
+/// The gradients of one device are reduced together by [`Tensor::squared_norms`] (on CUDA two launches and one
+/// download for the whole set, rather than a few launches and a squared temporary per gradient).
 pub fn global_norm(grads: &Gradients) -> Result<f64> {
     no_grad(|| {
-        let mut partials: Vec<(Device, Vec<Tensor>)> = Vec::new();
+        let mut groups: Vec<(Device, Vec<&Tensor>)> = Vec::new();
         for (_, g) in grads.iter() {
-            let n = g.elem_count();
-            let s = g.sqr()?.reshape(&[n])?.sum(0, true)?.to_dtype(DType::F64)?;
-            match partials.iter_mut().find(|(d, _)| *d == g.device()) {
-                Some((_, v)) => v.push(s),
-                None => partials.push((g.device(), vec![s])),
+            match groups.iter_mut().find(|(d, _)| *d == g.device()) {
+                Some((_, v)) => v.push(g),
+                None => groups.push((g.device(), vec![g])),
             }
         }
         let mut sq = 0.0f64;
-        for (_, parts) in &partials {
-            let refs: Vec<&Tensor> = parts.iter().collect();
-            sq += Tensor::concat(&refs, 0)?.to_vec::<f64>()?.iter().sum::<f64>();
+        for (_, gs) in &groups {
+            sq += Tensor::squared_norms(gs)?.iter().sum::<f64>();
         }
         Ok(sq.sqrt())
     })

@@ -767,3 +767,32 @@ fn derivative_kernels_match_the_cpu() {
         }
     }
 }
+
+/// `Tensor::squared_norms` on the device (one pass over a pointer table) equals the CPU's per-tensor sums: empty,
+/// tiny, chunk-sized and ragged tensors, and a view at an odd offset (no 16-byte loads).
+#[test]
+fn squared_norms_of_many_tensors_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let sizes = [0usize, 1, 3, 8192, 8193, 20_011, 70_000];
+    let host: Vec<Tensor> = sizes.iter().enumerate().map(|(i, &n)| values(&[n], DType::F32, 90 + i as u64)).collect();
+    let odd = values(&[1001], DType::F32, 99).narrow(0, 1, 999).unwrap();
+    let mut all: Vec<&Tensor> = host.iter().collect();
+    all.push(&odd);
+    let cpu = Tensor::squared_norms(&all).unwrap();
+    let dev: Vec<Tensor> = all.iter().map(|t| t.to_device(&GPU).unwrap()).collect();
+    let refs: Vec<&Tensor> = dev.iter().collect();
+    let gpu_sums = Tensor::squared_norms(&refs).unwrap();
+    assert_eq!(gpu_sums.len(), all.len());
+    for (i, (g, c)) in gpu_sums.iter().zip(&cpu).enumerate() {
+        let exact: f64 = all[i].to_vec_f64().unwrap().iter().map(|v| v * v).sum();
+        // Both square and add in f64: only the order of the additions differs.
+        assert!((g - c).abs() <= 1e-10 * c.abs().max(1e-30), "tensor {i}: {g} vs CPU {c}");
+        assert!((g - exact).abs() <= 1e-10 * exact.abs().max(1e-30), "tensor {i}: {g} vs exact {exact}");
+    }
+    assert_eq!(gpu_sums[0], 0.0);
+    // Mixed devices are a typed error.
+    let mixed = [&dev[1], &host[2]];
+    assert!(matches!(Tensor::squared_norms(&mixed), Err(Error::DeviceMismatch { .. })));
+}

@@ -32,7 +32,9 @@ pub struct MemoryReport {
     pub step_peak: usize,
 }
 
-/// Wall-clock seconds of the parts of the last step (device work is synchronised at the loss readback).
+/// Wall-clock seconds of the parts of the last step as the host sees them: without synchronised timing the device
+/// is waited for at the loss readback (after the backward is queued, so `backward_s` holds most device time) and at
+/// the gradient norm (in `update_s`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTiming {
     /// Forward passes to the loss (all micro-batches).
@@ -313,15 +315,17 @@ impl Trainer {
             let loss = self.loss(model.as_ref(), &inputs, &targets)?;
             drop(model);
             activations = activations.max(memory::stats().live_on(&self.device).saturating_sub(live0));
+            self.sync_for_timing()?;
+            timing.forward_s += tf.elapsed().as_secs_f64();
+            let tb = Instant::now();
+            grads.accumulate(&loss.affine(1.0 / accum as f64, 0.0)?)?;
+            // The loss is read once the backward is queued: reading it first would drain the device and leave it idle
+            // while the host queues the backward. A non-finite loss still stops the step before any update.
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 return Err(TrainError::NonFinite { step: self.step + 1, what: format!("training loss {l}") });
             }
             loss_sum += l;
-            timing.forward_s += tf.elapsed().as_secs_f64();
-            let tb = Instant::now();
-            grads.accumulate(&loss.affine(1.0 / accum as f64, 0.0)?)?;
-            self.sync_for_timing()?;
             timing.backward_s += tb.elapsed().as_secs_f64();
         }
         let tu = Instant::now();

@@ -807,6 +807,57 @@ extern "C" __global__ void argreduce_f32(const float* x, u32* y, i64 n, i64 inne
 extern "C" __global__ void argreduce_f64(const double* x, u32* y, i64 n, i64 inner, int max_) { argreduce_body(x, y, n, inner, max_); }
 "#;
 
+/// Sums of squares of many f32 tensors at once (global gradient norms). `table` holds, per tensor, its device
+/// address, its element count and the index of its first chunk; chunk `c` of `NORM_CHUNK` elements belongs to the
+/// tensor whose first chunk is the largest not above `c`. Pass 1: one block per chunk writes the chunk's Σx² (squares
+/// and sums in f64);
+/// pass 2: one block per tensor adds its chunks' partial sums in a fixed order (no atomics: deterministic).
+pub(crate) const NORMS: &str = r#"
+#define NORM_BLOCK 256
+#define NORM_CHUNK 8192
+__device__ double norm_block_sum(double v, double* sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double r = 0.0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) r += sh[w];
+    return r;
+}
+extern "C" __global__ void sq_norm_chunks(const u64* table, i64 tensors, double* partials) {
+    __shared__ double sh[32];
+    i64 c = blockIdx.x, lo = 0, hi = tensors - 1;
+    while (lo < hi) { i64 mid = (lo + hi + 1) / 2; if ((i64)table[3 * mid + 2] <= c) lo = mid; else hi = mid - 1; }
+    const float* x = (const float*)table[3 * lo];
+    i64 n = (i64)table[3 * lo + 1], start = (c - (i64)table[3 * lo + 2]) * NORM_CHUNK;
+    i64 end = start + NORM_CHUNK < n ? start + NORM_CHUNK : n;
+    double s = 0.0;
+    bool vec = (((size_t)x) & 15) == 0;
+    if (vec) {
+        // 16-byte loads over the chunk (chunks start at multiples of 8192 elements, so stay aligned).
+        for (i64 i = start + 4 * threadIdx.x; i + 3 < end; i += 4 * NORM_BLOCK) {
+            float4 v = *(const float4*)(x + i);
+            double a = v.x, b = v.y, c2 = v.z, d = v.w;
+            s += a * a + b * b + c2 * c2 + d * d;
+        }
+        i64 tail = start + ((end - start) / 4) * 4;
+        for (i64 i = tail + threadIdx.x; i < end; i += NORM_BLOCK) { double v = x[i]; s += v * v; }
+    } else {
+        for (i64 i = start + threadIdx.x; i < end; i += NORM_BLOCK) { double v = x[i]; s += v * v; }
+    }
+    double r = norm_block_sum(s, sh);
+    if (threadIdx.x == 0) partials[c] = r;
+}
+extern "C" __global__ void sq_norm_totals(const u64* table, const double* partials, i64 tensors, i64 chunks, double* out) {
+    __shared__ double sh[32];
+    i64 t = blockIdx.x;
+    i64 first = (i64)table[3 * t + 2], last = t + 1 < tensors ? (i64)table[3 * (t + 1) + 2] : chunks;
+    double s = 0.0;
+    for (i64 c = first + threadIdx.x; c < last; c += NORM_BLOCK) s += partials[c];
+    double r = norm_block_sum(s, sh);
+    if (threadIdx.x == 0) out[t] = r;
+}
+"#;
+
 /// Fills a buffer with one element's bit pattern (any element size up to 8 bytes).
 pub(crate) const FILL: &str = r#"
 // One store of the element's width per element (a byte loop made gradient zeroing a visible share of a training

@@ -849,6 +849,49 @@ fn warp_rows_grid(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// `Σ x²` of each f32 tensor (one device), two launches and one download for the whole set (see `NORMS`).
+pub(crate) fn squared_norms_f32(tensors: &[&Tensor]) -> Result<Vec<f64>> {
+    use cudarc::driver::DevicePtr;
+    const CHUNK: usize = 8192;
+    let works: Vec<Tensor> = tensors.iter().map(|t| work(t)).collect::<Result<_>>()?;
+    let dev = Arc::clone(&storage(&works[0]).dev);
+    let mut table: Vec<u64> = Vec::with_capacity(3 * works.len());
+    let mut chunks = 0usize;
+    // Keep the views (and their pointer guards) alive until both kernels are queued.
+    let views: Vec<CudaView<'_, u8>> = works.iter().map(view).collect();
+    let mut guards = Vec::with_capacity(views.len());
+    for (w, v) in works.iter().zip(&views) {
+        let (ptr, g) = v.device_ptr(&dev.stream);
+        guards.push(g);
+        table.extend([ptr, w.elem_count() as u64, chunks as u64]);
+        chunks += w.elem_count().div_ceil(CHUNK);
+    }
+    let mut out = dev.alloc(DType::F64, works.len())?;
+    if chunks == 0 {
+        return Ok(vec![0.0; works.len()]);
+    }
+    let table_dev = dev.stream.clone_htod(&table).map_err(launch_err)?;
+    let mut partials = dev.alloc(DType::F64, chunks)?;
+    let (nt, nc) = (works.len() as i64, chunks as i64);
+    let f = dev.builtin("norms", kernels::NORMS, "sq_norm_chunks")?;
+    let mut l = dev.stream.launch_builder(&f);
+    l.arg(&table_dev).arg(&nt).arg(&mut partials.buf);
+    let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: the table holds each tensor's address (alive in `works`), element count and first chunk, in chunk
+    // order; `partials` holds one f64 per chunk.
+    unsafe { l.launch(cfg) }.map_err(launch_err)?;
+    let f = dev.builtin("norms", kernels::NORMS, "sq_norm_totals")?;
+    let mut l = dev.stream.launch_builder(&f);
+    l.arg(&table_dev).arg(&partials.buf).arg(&nt).arg(&nc).arg(&mut out.buf);
+    let cfg = LaunchConfig { grid_dim: (works.len() as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: `partials` holds `chunks` sums, `out` one f64 per tensor.
+    unsafe { l.launch(cfg) }.map_err(launch_err)?;
+    drop(guards);
+    let host = Tensor::from_cuda(out, &[works.len()]).to_vec::<f64>()?;
+    drop(works);
+    Ok(host)
+}
+
 /// A device tensor of `shape` whose every element has the little-endian bit pattern `bits`.
 pub(crate) fn fill(device: crate::Device, shape: &[usize], dtype: DType, bits: u64) -> Result<Tensor> {
     let dev = super::backend::get(device)?;

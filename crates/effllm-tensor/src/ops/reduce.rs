@@ -136,6 +136,35 @@ impl Tensor {
         self.reduce(dim, ReduceOp::LogSumExp, keepdim)
     }
 
+    /// `Σ x²` of each tensor (every element, any shape), squared and accumulated in f64 and returned to the host: what a global
+    /// gradient norm needs. All tensors must be float and on one device. On CUDA, f32 tensors are reduced by two
+    /// kernel launches for the whole set (a pointer table, per-chunk partial sums, then each tensor's partials
+    /// summed in a fixed order: deterministic) and one download, instead of several launches and a temporary per
+    /// tensor; elsewhere (and for other dtypes) each tensor is squared and summed on its device.
+    pub fn squared_norms(tensors: &[&Tensor]) -> Result<Vec<f64>> {
+        const OP: &str = "squared_norms";
+        let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+        for t in tensors {
+            t.check_float(OP)?;
+            first.check_same_device(OP, t)?;
+        }
+        #[cfg(feature = "cuda")]
+        if first.cuda_storage().is_some() && tensors.iter().all(|t| t.dtype() == crate::DType::F32) {
+            return crate::cuda::ops::squared_norms_f32(tensors);
+        }
+        let mut out = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let n = t.elem_count();
+            let s = if n == 0 {
+                0.0
+            } else {
+                t.to_dtype(crate::DType::F64)?.sqr()?.reshape(&[n])?.sum(0, false)?.to_scalar::<f64>()?
+            };
+            out.push(s);
+        }
+        Ok(out)
+    }
+
     /// Sum of all elements as a scalar tensor (accumulated in f64).
     pub fn sum_all(&self) -> Result<Tensor> {
         self.reshape(&[self.elem_count()])?.sum(0, false)
