@@ -181,7 +181,7 @@ fn long_query_attention_gradients_match_the_cpu() {
 
 /// The row kernels at model widths, forward and backward: RMSNorm over rows of 514 (not a multiple of four), 576
 /// and 1030 values (past the warp-per-row limit), SwiGLU, RoPE over nine heads of one batch position set and of
-/// per-batch positions, and causal attention over 70 keys (several register slots per lane).
+/// per-batch positions, and causal attention over 70 to 160 keys (several register slots per lane).
 #[test]
 fn model_width_row_kernels_match_the_cpu() {
     for d in [514usize, 576, 1030] {
@@ -204,14 +204,26 @@ fn model_width_row_kernels_match_the_cpu() {
         };
         same_gradients(&format!("rope, per-batch positions: {per_batch}"), &inputs, &loss);
     }
-    let (b, hkv, group, sq, d) = (1, 2, 2, 70, 16);
-    let inputs = [randn(&[b, hkv * group, sq, d], 46), randn(&[b, hkv, sq, d], 47), randn(&[b, hkv, sq, d], 48)];
-    let weights = randn(&[b, hkv * group, sq, d], 49);
-    let loss = move |x: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
-        let a = x[0].attention(&x[1], &x[2], &AttentionMask::Causal, None)?;
-        a.mul(&weights.to_device(dev)?)?.sum_all()
-    };
-    same_gradients("causal attention over 70 keys", &inputs, &loss);
+    // Square and with 30 cached keys before the queries (s_q < s_kv).
+    for (sq, skv) in [(70usize, 70usize), (150, 150), (130, 160)] {
+        let (b, hkv, group, d) = (1, 2, 2, 16);
+        let inputs =
+            [randn(&[b, hkv * group, sq, d], 46), randn(&[b, hkv, skv, d], 47), randn(&[b, hkv, skv, d], 48)];
+        let weights = randn(&[b, hkv * group, sq, d], 49);
+        let forward = |x: &[Tensor]| x[0].attention(&x[1], &x[2], &AttentionMask::Causal, None);
+        if gpu() {
+            let cpu = forward(&inputs).unwrap().to_vec_f64().unwrap();
+            let on_gpu: Vec<Tensor> = inputs.iter().map(|t| t.to_device(&GPU).unwrap()).collect();
+            let cuda = forward(&on_gpu).unwrap().to_vec_f64().unwrap();
+            let err = rel_l2(&cuda, &cpu);
+            assert!(err < 1e-5, "causal attention {sq}×{skv}: CUDA vs CPU output rel L2 {err:e}");
+        }
+        let loss = move |x: &[Tensor], dev: &Device| -> effllm_tensor::Result<Tensor> {
+            let a = x[0].attention(&x[1], &x[2], &AttentionMask::Causal, None)?;
+            a.mul(&weights.to_device(dev)?)?.sum_all()
+        };
+        same_gradients(&format!("causal attention, {sq} queries over {skv} keys"), &inputs, &loss);
+    }
 }
 
 /// The mixed-precision linear (bf16 GEMMs with the f32 accumulator as the result) over training-sized rows, through
