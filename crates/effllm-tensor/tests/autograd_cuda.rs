@@ -207,8 +207,7 @@ fn model_width_row_kernels_match_the_cpu() {
     // Square and with 30 cached keys before the queries (s_q < s_kv).
     for (sq, skv) in [(70usize, 70usize), (150, 150), (130, 160)] {
         let (b, hkv, group, d) = (1, 2, 2, 16);
-        let inputs =
-            [randn(&[b, hkv * group, sq, d], 46), randn(&[b, hkv, skv, d], 47), randn(&[b, hkv, skv, d], 48)];
+        let inputs = [randn(&[b, hkv * group, sq, d], 46), randn(&[b, hkv, skv, d], 47), randn(&[b, hkv, skv, d], 48)];
         let weights = randn(&[b, hkv * group, sq, d], 49);
         let forward = |x: &[Tensor]| x[0].attention(&x[1], &x[2], &AttentionMask::Causal, None);
         if gpu() {

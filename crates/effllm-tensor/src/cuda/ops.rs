@@ -50,7 +50,7 @@ fn cast_storage(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
     let mut out = dev.alloc(dtype, n)?;
     let off_bytes = t.layout.offset() * s.dtype.size_in_bytes();
     let bf16_pair = matches!((s.dtype, dtype), (DType::F32, DType::BF16) | (DType::BF16, DType::F32));
-    if n > 0 && n % 4 == 0 && t.is_contiguous() && bf16_pair && off_bytes % 16 == 0 {
+    if n > 0 && n.is_multiple_of(4) && t.is_contiguous() && bf16_pair && off_bytes.is_multiple_of(16) {
         // Mixed-precision training's casts: four elements per thread (the buffers' bases are 256-byte aligned, the
         // source's offset is checked above).
         let name = if s.dtype == DType::F32 { "cast_f32_bf16_x4" } else { "cast_bf16_f32_x4" };
@@ -97,9 +97,9 @@ fn vec4_strided(l: &Layout, dtype: DType) -> bool {
     r >= 2
         && matches!(dtype.size_in_bytes(), 2 | 4)
         && l.strides()[r - 1] == 1
-        && l.shape()[r - 1] % 4 == 0
-        && l.offset() % 4 == 0
-        && l.shape()[..r - 1].iter().zip(&l.strides()[..r - 1]).all(|(&d, &st)| d == 1 || st % 4 == 0)
+        && l.shape()[r - 1].is_multiple_of(4)
+        && l.offset().is_multiple_of(4)
+        && l.shape()[..r - 1].iter().zip(&l.strides()[..r - 1]).all(|(&d, &st)| d == 1 || st.is_multiple_of(4))
 }
 
 /// `t` as a contiguous f32 (for f16/bf16/f32) or f64 tensor: the precision kernels compute in.
