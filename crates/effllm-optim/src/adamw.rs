@@ -136,8 +136,10 @@ fn fused_cpu_step(c: &AdamWConfig, st: &mut State, p: &Tensor, g: &Tensor) -> Re
     Ok(Some(p))
 }
 
-impl Optimizer for AdamW {
-    fn step_param(&mut self, param: &mut Tensor, grad: &Tensor) -> Result<()> {
+impl AdamW {
+    /// One update with the gradient scaled by `grad_scale` (inside the fused CUDA kernel; by a scaled copy on the
+    /// other paths).
+    fn update(&mut self, param: &mut Tensor, grad: &Tensor, grad_scale: f64) -> Result<()> {
         let (id, p, g) = prepare("AdamW", param, grad)?;
         let c = self.cfg;
         let p = no_grad(|| -> Result<Tensor> {
@@ -150,11 +152,12 @@ impl Optimizer for AdamW {
             };
             st.step += 1;
             let t = st.step as i32;
-            if let Some(p) = fused_cpu_step(&c, st, &p, &g)? {
+            #[cfg(feature = "cuda")]
+            if let Some(p) = cuda::fused_step(&c, st, &p, &g, grad_scale)? {
                 return Ok(p);
             }
-            #[cfg(feature = "cuda")]
-            if let Some(p) = cuda::fused_step(&c, st, &p, &g)? {
+            let g = if grad_scale == 1.0 { g } else { g.affine(grad_scale, 0.0)? };
+            if let Some(p) = fused_cpu_step(&c, st, &p, &g)? {
                 return Ok(p);
             }
             let p = if c.weight_decay != 0.0 { p.affine(1.0 - c.lr * c.weight_decay, 0.0)? } else { p };
@@ -173,6 +176,16 @@ impl Optimizer for AdamW {
             Ok(p.sub(&st.m.div(&denom)?.affine(c.lr / bc1, 0.0)?)?)
         })?;
         write_back(param, &p)
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step_param(&mut self, param: &mut Tensor, grad: &Tensor) -> Result<()> {
+        self.update(param, grad, 1.0)
+    }
+
+    fn step_param_scaled(&mut self, param: &mut Tensor, grad: &Tensor, grad_scale: f64) -> Result<()> {
+        self.update(param, grad, grad_scale)
     }
 
     fn learning_rate(&self) -> f64 {
@@ -241,11 +254,11 @@ mod cuda {
     /// The same f32 operation order as `fused_cpu_step`.
     const SOURCE: &str = r#"
 extern "C" __global__ void adamw_step_f32(const float* p, const float* g, float* m, float* v,
-        float* p_out, unsigned long long n, float decay, int decays, float one_m_b1,
+        float* p_out, unsigned long long n, float grad_scale, float decay, int decays, float one_m_b1,
         float b2, float one_m_b2, float inv_bc2_sqrt, float eps, float step_size) {
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
             i += (unsigned long long)gridDim.x * blockDim.x) {
-        float gi = g[i], mp = m[i];
+        float gi = g[i] * grad_scale, mp = m[i];
         float pi = decays ? p[i] * decay : p[i];
         float mi = mp + (gi - mp) * one_m_b1;
         float vi = v[i] * b2 + (gi * gi) * one_m_b2;
@@ -260,7 +273,7 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, float*
     /// Built once per process (the source is compiled once per device by the kernel cache).
     static KERNEL: std::sync::LazyLock<CustomKernel> = std::sync::LazyLock::new(|| {
         CustomKernel::new(
-            "effllm-optim::adamw_v2",
+            "effllm-optim::adamw_v3",
             SOURCE,
             "adamw_step_f32",
             &[
@@ -270,6 +283,7 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, float*
                 Param::Out(DType::F32),
                 Param::Out(DType::F32),
                 Param::U64,
+                Param::F32,
                 Param::F32,
                 Param::I32,
                 Param::F32,
@@ -283,7 +297,13 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, float*
     });
 
     /// `None` unless every tensor is f32 on one CUDA device and AMSGrad is off (the composed path handles the rest).
-    pub(super) fn fused_step(c: &AdamWConfig, st: &mut State, p: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+    pub(super) fn fused_step(
+        c: &AdamWConfig,
+        st: &mut State,
+        p: &Tensor,
+        g: &Tensor,
+        grad_scale: f64,
+    ) -> Result<Option<Tensor>> {
         let dev = p.device();
         let on_gpu = matches!(dev, Device::Cuda(_));
         if !on_gpu || c.amsgrad || [p, g, &st.m, &st.v].iter().any(|t| t.dtype() != DType::F32 || t.device() != dev) {
@@ -307,6 +327,7 @@ extern "C" __global__ void adamw_step_f32(const float* p, const float* g, float*
             Arg::Out(&mut st.v),
             Arg::Out(&mut p_out),
             Arg::U64(n as u64),
+            Arg::F32(grad_scale as f32),
             Arg::F32((1.0 - c.lr * c.weight_decay) as f32),
             Arg::I32(i32::from(c.weight_decay != 0.0)),
             Arg::F32((1.0 - c.beta1) as f32),

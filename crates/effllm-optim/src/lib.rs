@@ -104,6 +104,17 @@ pub trait Optimizer {
     /// Updates `param` (a requires-grad leaf; its id and graph identity are kept) from `grad`.
     fn step_param(&mut self, param: &mut Tensor, grad: &Tensor) -> Result<()>;
 
+    /// [`Optimizer::step_param`] with `grad · grad_scale` (global-norm clipping's factor, applied per parameter).
+    /// The default scales a copy of the gradient first; an optimizer with a fused update applies the factor inside
+    /// it instead (AdamW on CUDA), which saves a kernel and a gradient-sized temporary per parameter.
+    fn step_param_scaled(&mut self, param: &mut Tensor, grad: &Tensor, grad_scale: f64) -> Result<()> {
+        if grad_scale == 1.0 {
+            return self.step_param(param, grad);
+        }
+        let scaled = effllm_tensor::no_grad(|| grad.affine(grad_scale, 0.0))?;
+        self.step_param(param, &scaled)
+    }
+
     /// Updates every parameter of `params` that has a gradient in `grads` (parameters without one are left alone,
     /// as PyTorch skips parameters whose `.grad` is `None`).
     fn step(&mut self, params: &mut [Tensor], grads: &Gradients) -> Result<()> {

@@ -30,13 +30,14 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     d / b.iter().map(|y| y * y).sum::<f64>().sqrt()
 }
 
-/// 20 AdamW steps on a 300×77 parameter with gradients of shrinking scale, on `dev`.
-fn run(cfg: AdamWConfig, dev: &Device) -> (Tensor, Tensor, Tensor) {
+/// 20 AdamW steps on a 300×77 parameter with gradients of shrinking scale, on `dev`, each gradient scaled by
+/// `grad_scale` (clipping's factor: inside the fused kernel on CUDA).
+fn run(cfg: AdamWConfig, dev: &Device, grad_scale: f64) -> (Tensor, Tensor, Tensor) {
     let mut opt = AdamW::new(cfg).unwrap();
     let mut p = randn(&[300, 77], 1, 1.0).to_device(dev).unwrap().requires_grad();
     for s in 0..20u64 {
         let g = randn(&[300, 77], 100 + s, 1.0 / (1.0 + s as f64)).to_device(dev).unwrap();
-        opt.step_param(&mut p, &g).unwrap();
+        opt.step_param_scaled(&mut p, &g, grad_scale).unwrap();
     }
     let st = opt.export_state(p.id().unwrap()).unwrap();
     (p.detach(), st.tensors["exp_avg"].clone(), st.tensors["exp_avg_sq"].clone())
@@ -45,14 +46,14 @@ fn run(cfg: AdamWConfig, dev: &Device) -> (Tensor, Tensor, Tensor) {
 #[test]
 fn fused_cuda_adamw_matches_the_cpu() {
     let Some(dev) = cuda() else { return };
-    for (wd, amsgrad) in [(0.0, false), (0.1, false), (0.1, true)] {
+    for (wd, amsgrad, scale) in [(0.0, false, 1.0), (0.1, false, 1.0), (0.1, true, 1.0), (0.1, false, 0.37)] {
         let cfg = AdamWConfig { lr: 3e-3, weight_decay: wd, amsgrad, ..AdamWConfig::default() };
-        let (pc, mc, vc) = run(cfg, &Device::Cpu);
-        let (pg, mg, vg) = run(cfg, &dev);
+        let (pc, mc, vc) = run(cfg, &Device::Cpu, scale);
+        let (pg, mg, vg) = run(cfg, &dev, scale);
         assert_eq!(pg.device(), dev, "the parameter stays on the device");
         for (what, a, b) in [("param", &pg, &pc), ("exp_avg", &mg, &mc), ("exp_avg_sq", &vg, &vc)] {
             let e = rel(a, b);
-            assert!(e < 1e-6, "wd {wd} amsgrad {amsgrad}: {what} rel L2 {e:e}");
+            assert!(e < 1e-6, "wd {wd} amsgrad {amsgrad} scale {scale}: {what} rel L2 {e:e}");
         }
     }
 }

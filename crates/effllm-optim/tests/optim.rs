@@ -293,3 +293,24 @@ fn fused_and_composed_adamw_agree() {
     let db: Vec<f64> = f32_as_f64(&b.contiguous().unwrap()).iter().zip(&init32).map(|(x, y)| x - y).collect();
     assert!(rel_l2(&db, &da) < 1e-5, "updates differ: {:e}", rel_l2(&db, &da));
 }
+
+/// A scaled step (global-norm clipping's factor handed to the optimizer) is the step on the scaled gradient, bit for
+/// bit, for AdamW (its own override) and SGD (the trait's default).
+#[test]
+fn scaled_steps_equal_steps_on_scaled_gradients() {
+    let makers: [fn() -> Box<dyn Optimizer>; 2] = [
+        || Box::new(AdamW::new(AdamWConfig { lr: 0.02, weight_decay: 0.1, ..AdamWConfig::default() }).unwrap()),
+        || Box::new(Sgd::new(SgdConfig { lr: 0.05, momentum: 0.9, ..SgdConfig::default() }).unwrap()),
+    ];
+    for make in makers {
+        let (mut oa, mut ob) = (make(), make());
+        let mut a = param(&normals(30, 8, 0, 1.0)).requires_grad();
+        let mut b = param(&normals(30, 8, 0, 1.0)).requires_grad();
+        for s in 0..3 {
+            let g = param(&normals(30, 8, 1 + s, 2.0));
+            oa.step_param_scaled(&mut a, &g, 0.3).unwrap();
+            ob.step_param(&mut b, &g.affine(0.3, 0.0).unwrap()).unwrap();
+        }
+        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap(), "{}", oa.name());
+    }
+}

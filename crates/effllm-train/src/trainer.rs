@@ -347,17 +347,21 @@ impl Trainer {
                 what: format!("gradient norm {grad_norm}: {n} entries of `{name}` ({} parameters affected)", bad.len()),
             });
         }
-        if self.cfg.optim.clip_norm > 0.0 {
-            // `torch.nn.utils.clip_grad_norm_` with the norm just computed.
-            clip::scale_to_norm(&mut grads, grad_norm, self.cfg.optim.clip_norm)?;
-        }
+        // `torch.nn.utils.clip_grad_norm_` with the norm just computed: its factor goes to the optimizer with each
+        // gradient (fused into AdamW's CUDA kernel) instead of a scaled copy of every gradient first.
+        let clip_scale = if self.cfg.optim.clip_norm > 0.0 {
+            clip::clip_coefficient(grad_norm, self.cfg.optim.clip_norm)
+        } else {
+            1.0
+        };
         let lr = self.schedule.lr(self.step as u64);
         self.decay.0.set_learning_rate(lr);
         self.no_decay.0.set_learning_rate(lr);
         let grad_bytes = grads.nbytes();
         for ((_, p), &decayed) in self.params.iter_mut().zip(&self.decayed) {
             let Some(g) = grads.take(p) else { continue };
-            if decayed { self.decay.0.step_param(p, &g)? } else { self.no_decay.0.step_param(p, &g)? }
+            let opt = if decayed { &mut self.decay.0 } else { &mut self.no_decay.0 };
+            opt.step_param_scaled(p, &g, clip_scale)?;
         }
         self.sync_for_timing()?;
         timing.update_s = tu.elapsed().as_secs_f64();
