@@ -27,9 +27,16 @@
 //! ```
 //!
 //! **Mixed precision** ([`Precision::Bf16`]): every step casts the f32 master matrices to bf16 through the
-//! differentiable `to_dtype`, so the GEMMs run in bf16 (f32 accumulation) while norms, softmax, the loss and the
-//! residual stream stay f32 — the split PyTorch's autocast makes — and the gradients arrive in f32 on the masters.
-//! Master weights, gradients and AdamW's moments are f32.
+//! differentiable `to_dtype`, and each linear map runs as [`Tensor::linear_mixed`](effllm_tensor::Tensor::linear_mixed):
+//! the f32 activation is rounded to bf16, the GEMM multiplies in bf16 and its f32 accumulator is the result (no
+//! bf16 rounding of the output, and `∂x` is written straight into f32). Norms, softmax, attention scores, the loss
+//! and the residual stream stay f32 — the split PyTorch's autocast makes, with one rounding fewer per linear — and
+//! the gradients arrive in f32 on the masters. Master weights, gradients and AdamW's moments are f32.
+//!
+//! **Clipping** hands its factor to the optimizer with each gradient
+//! ([`Optimizer::step_param_scaled`](effllm_optim::Optimizer::step_param_scaled); AdamW applies it inside its fused
+//! CUDA kernel), and the global norm is one multi-tensor reduction
+//! ([`Tensor::squared_norms`](effllm_tensor::Tensor::squared_norms)).
 //!
 //! **Activation checkpointing** ([`RunSettings::activation_checkpointing`](config::RunSettings)) wraps each layer
 //! in [`effllm_tensor::checkpoint`]: only layer inputs are kept, and the backward pass recomputes the rest.
