@@ -204,8 +204,8 @@ fn model_width_row_kernels_match_the_cpu() {
         };
         same_gradients(&format!("rope, per-batch positions: {per_batch}"), &inputs, &loss);
     }
-    // Square and with 30 cached keys before the queries (s_q < s_kv).
-    for (sq, skv) in [(70usize, 70usize), (150, 150), (130, 160)] {
+    // Square, and with cached keys before the queries (s_q < s_kv); rows of up to 256, 512 and 1024 keys.
+    for (sq, skv) in [(70usize, 70usize), (150, 150), (130, 160), (40, 300), (32, 600)] {
         let (b, hkv, group, d) = (1, 2, 2, 16);
         let inputs = [randn(&[b, hkv * group, sq, d], 46), randn(&[b, hkv, skv, d], 47), randn(&[b, hkv, skv, d], 48)];
         let weights = randn(&[b, hkv * group, sq, d], 49);

@@ -1104,11 +1104,11 @@ template <typename T> __device__ void attn_grad_body(T* s, T* dp, const T* go, c
 extern "C" __global__ void attn_grad_f32(float* s, float* dp, const float* go, const float* o, const u8* mask, i64 sq, i64 skv, i64 dv, int causal, float scale) { attn_grad_body(s, dp, go, o, mask, sq, skv, dv, causal, scale); }
 extern "C" __global__ void attn_grad_f64(double* s, double* dp, const double* go, const double* o, const u8* mask, i64 sq, i64 skv, i64 dv, int causal, double scale) { attn_grad_body(s, dp, go, o, mask, sq, skv, dv, causal, scale); }
 
-// f32 attention rows of at most 32·ATT_WARP_VALS keys (1024): one warp per row, eight rows per 256-thread block, the
-// row held in registers (read once, written once; keys past the causal limit are written without being read). A
-// block per row of 256 keys left most of its threads idle and paid two block reductions with barriers per row.
-// Same formulas as the block kernels above; the sums are taken in another order.
-#define ATT_WARP_VALS 32
+// f32 attention rows of at most 32·VALS keys: one warp per row, eight rows per 256-thread block, the row held in
+// registers (read once, written once; keys past the causal limit are written without being read). A block per row
+// of 256 keys left most of its threads idle and paid two block reductions with barriers per row. Same formulas as
+// the block kernels above; the sums are taken in another order. VALS (8, 16 or 32: up to 256, 512 or 1024 keys) is
+// the register slots per lane: the smallest that fits keeps registers, hence resident warps, up.
 __device__ __forceinline__ float warp_sum_f32(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -1117,7 +1117,7 @@ __device__ __forceinline__ float warp_max_f32(float v) {
     for (int o = 16; o > 0; o >>= 1) { float u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
     return v;
 }
-extern "C" __global__ void attn_softmax_warp_f32(float* s, const u8* mask, i64 rows, i64 sq, i64 skv, int causal, float scale) {
+template <int VALS> __device__ void attn_softmax_warp(float* s, const u8* mask, i64 rows, i64 sq, i64 skv, int causal, float scale) {
     i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     int lane = threadIdx.x & 31;
@@ -1126,11 +1126,11 @@ extern "C" __global__ void attn_softmax_warp_f32(float* s, const u8* mask, i64 r
     float* row = s + r * skv;
     const u8* mr = mask ? mask + r * skv : 0;
     i64 limit = causal ? skv - sq + i + 1 : skv;
-    float v[ATT_WARP_VALS];
+    float v[VALS];
     u32 allowed = 0;
     float m = NEG;
     #pragma unroll
-    for (int u = 0; u < ATT_WARP_VALS; ++u) {
+    for (int u = 0; u < VALS; ++u) {
         i64 j = lane + 32 * u;
         v[u] = 0.f;
         if (j < skv && attn_allowed<float>(mr, j, limit)) { v[u] = row[j] * scale; allowed |= 1u << u; m = v[u] > m ? v[u] : m; }
@@ -1139,17 +1139,17 @@ extern "C" __global__ void attn_softmax_warp_f32(float* s, const u8* mask, i64 r
     float z = 0.f;
     if (m != NEG) {
         #pragma unroll
-        for (int u = 0; u < ATT_WARP_VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
+        for (int u = 0; u < VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
     }
     float inv = m == NEG ? 0.f : 1.f / warp_sum_f32(z);
     #pragma unroll
-    for (int u = 0; u < ATT_WARP_VALS; ++u) {
+    for (int u = 0; u < VALS; ++u) {
         i64 j = lane + 32 * u;
         if (j < skv) row[j] = m == NEG ? 0.f : v[u] * inv;
     }
 }
 // Backward rows (see `attn_grad_body`): s ← P, dp ← scale · P ⊙ (dp − D); dp is read only where P can be non-zero.
-extern "C" __global__ void attn_grad_warp_f32(float* s, float* dp, const float* go, const float* o, const u8* mask, i64 rows, i64 sq, i64 skv, i64 dv, int causal, float scale) {
+template <int VALS> __device__ void attn_grad_warp(float* s, float* dp, const float* go, const float* o, const u8* mask, i64 rows, i64 sq, i64 skv, i64 dv, int causal, float scale) {
     i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     int lane = threadIdx.x & 31;
@@ -1161,11 +1161,11 @@ extern "C" __global__ void attn_grad_warp_f32(float* s, float* dp, const float* 
     float dsum = 0.f;
     for (i64 c = lane; c < dv; c += 32) dsum += go[r * dv + c] * o[r * dv + c];
     dsum = warp_sum_f32(dsum);
-    float v[ATT_WARP_VALS];
+    float v[VALS];
     u32 allowed = 0;
     float m = NEG;
     #pragma unroll
-    for (int u = 0; u < ATT_WARP_VALS; ++u) {
+    for (int u = 0; u < VALS; ++u) {
         i64 j = lane + 32 * u;
         v[u] = 0.f;
         if (j < skv && attn_allowed<float>(mr, j, limit)) { v[u] = row[j] * scale; allowed |= 1u << u; m = v[u] > m ? v[u] : m; }
@@ -1174,11 +1174,11 @@ extern "C" __global__ void attn_grad_warp_f32(float* s, float* dp, const float* 
     float z = 0.f;
     if (m != NEG) {
         #pragma unroll
-        for (int u = 0; u < ATT_WARP_VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
+        for (int u = 0; u < VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
     }
     float inv = m == NEG ? 0.f : 1.f / warp_sum_f32(z);
     #pragma unroll
-    for (int u = 0; u < ATT_WARP_VALS; ++u) {
+    for (int u = 0; u < VALS; ++u) {
         i64 j = lane + 32 * u;
         if (j < skv) {
             float p = m == NEG ? 0.f : v[u] * inv;
@@ -1187,6 +1187,13 @@ extern "C" __global__ void attn_grad_warp_f32(float* s, float* dp, const float* 
         }
     }
 }
+
+#define ATT_WARP_ENTRY(N) \
+extern "C" __global__ void attn_softmax_warp##N##_f32(float* s, const u8* mask, i64 rows, i64 sq, i64 skv, int causal, float scale) { attn_softmax_warp<N>(s, mask, rows, sq, skv, causal, scale); } \
+extern "C" __global__ void attn_grad_warp##N##_f32(float* s, float* dp, const float* go, const float* o, const u8* mask, i64 rows, i64 sq, i64 skv, i64 dv, int causal, float scale) { attn_grad_warp<N>(s, dp, go, o, mask, rows, sq, skv, dv, causal, scale); }
+ATT_WARP_ENTRY(8)
+ATT_WARP_ENTRY(16)
+ATT_WARP_ENTRY(32)
 
 // RMSNorm backward, one block per row of contiguous [rows, d]: with r = 1/√(mean(x²) + ε) and m = mean(g⊙w⊙x),
 // dx = r·g⊙w − r³·m·x; gxr = g⊙x·r (summed over rows afterwards for dw).

@@ -844,6 +844,18 @@ pub(crate) fn arg_reduce(x: &Tensor, dim: usize, max: bool) -> Result<Tensor> {
 /// registers: 32 lanes × 8 float4s.
 const WARP_ROW_MAX: usize = 1024;
 
+/// Register slots per lane of the warp-per-row attention kernels for rows of `skv ≤ WARP_ROW_MAX` keys: the
+/// smallest of 8, 16, 32 that holds the row (fewer registers, more resident warps).
+fn attn_warp_slots(skv: usize) -> usize {
+    if skv <= 256 {
+        8
+    } else if skv <= 512 {
+        16
+    } else {
+        32
+    }
+}
+
 /// One warp per row, eight rows per 256-thread block.
 fn warp_rows_grid(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -1101,16 +1113,16 @@ fn attn_softmax(s: &mut Tensor, mask: Option<&Tensor>, sq: usize, skv: usize, ca
     if rows == 0 || skv == 0 {
         return Ok(());
     }
-    // f32 rows up to 1024 keys: one warp per row (see `attn_softmax_warp_f32`).
+    // f32 rows up to 1024 keys: one warp per row (see `attn_softmax_warp`).
     let warp = !f64_ && skv <= WARP_ROW_MAX;
     let name = if f64_ {
-        "attn_softmax_f64"
+        "attn_softmax_f64".to_string()
     } else if warp {
-        "attn_softmax_warp_f32"
+        format!("attn_softmax_warp{}_f32", attn_warp_slots(skv))
     } else {
-        "attn_softmax_f32"
+        "attn_softmax_f32".to_string()
     };
-    let f = dev.builtin("train", kernels::TRAIN, name)?;
+    let f = dev.builtin("train", kernels::TRAIN, &name)?;
     let mv = mask.map(view);
     let null: u64 = 0;
     let (rr, sqv, skvv, c, sc32) = (rows as i64, sq as i64, skv as i64, i32::from(causal), scale as f32);
@@ -1165,13 +1177,13 @@ pub(crate) fn attention_gemm_backward(
         let dev = Arc::clone(&storage(&s).dev);
         let warp = !f64_ && skv <= WARP_ROW_MAX;
         let name = if f64_ {
-            "attn_grad_f64"
+            "attn_grad_f64".to_string()
         } else if warp {
-            "attn_grad_warp_f32"
+            format!("attn_grad_warp{}_f32", attn_warp_slots(skv))
         } else {
-            "attn_grad_f32"
+            "attn_grad_f32".to_string()
         };
-        let f = dev.builtin("train", kernels::TRAIN, name)?;
+        let f = dev.builtin("train", kernels::TRAIN, &name)?;
         let rr = rows as i64;
         let (gv, ov) = (view(&gw), view(&ow));
         let mv = mw.as_ref().map(view);
