@@ -146,8 +146,9 @@ impl AdamW {
             let st = match self.state.entry(id) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let z = Tensor::zeros(p.shape(), p.dtype(), &p.device())?;
-                    e.insert(State { step: 0, m: z.clone(), v: z.clone(), v_max: c.amsgrad.then_some(z) })
+                    // Separate buffers: the fused CUDA step updates the moments in place.
+                    let z = || Tensor::zeros(p.shape(), p.dtype(), &p.device());
+                    e.insert(State { step: 0, m: z()?, v: z()?, v_max: if c.amsgrad { Some(z()?) } else { None } })
                 }
             };
             st.step += 1;

@@ -313,6 +313,19 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<BackwardFn> {
     })
 }
 
+/// [`Tensor::linear`] `y = x wᵀ`: `∂x = g · w`, `∂w = gᵀ · x` (over the rows of `x` flattened to `[rows, k]`).
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<BackwardFn> {
+    let (x, w) = (x.detach(), w.detach());
+    rule(move |g, needs| {
+        let (n, k) = (w.shape()[0], w.shape()[1]);
+        let rows = x.elem_count() / k.max(1);
+        let g2 = g.reshape(&[rows, n])?;
+        let gx = if needs[0] { Some(g2.matmul(&w)?.reshape(x.shape())?) } else { None };
+        let gw = if needs[1] { Some(g2.t()?.matmul(&x.reshape(&[rows, k])?)?) } else { None };
+        Ok(vec![gx, gw])
+    })
+}
+
 /// [`Tensor::linear_mixed`]: `∂x = round₁₆(g) · w` in f32, `∂w = round₁₆(g)ᵀ · x16` in `w`'s dtype (`x16` = the
 /// rounded input, `[rows, k]`).
 pub(crate) fn linear_mixed(x_shape: &[usize], x16: &Tensor, w: &Tensor) -> Result<BackwardFn> {

@@ -204,12 +204,17 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op: OP, lhs: self.shape().to_vec(), rhs: w.shape().to_vec() });
         }
         let rows = self.elem_count() / k.max(1);
-        let x2 = self.reshape(&[rows, k])?;
-        let y = x2.matmul(&w.t()?)?;
         let mut shape = self.shape().to_vec();
         let last = shape.len() - 1;
         shape[last] = w.shape()[0];
-        y.reshape(&shape)
+        // Its own backward rule: the weight's gradient comes out in `w`'s `[n, k]` layout (as the transpose of
+        // ∂(wᵀ) it needed a strided copy per weight and step).
+        crate::autograd::op(
+            OP,
+            &[self, w],
+            || self.reshape(&[rows, k])?.matmul(&w.t()?)?.reshape(&shape),
+            |_| crate::autograd::rules::linear(self, w),
+        )
     }
 
     /// The mixed-precision linear of training: `self · wᵀ` for an f32 `self` and an f16/bf16 weight `w` = `[n, k]`,
