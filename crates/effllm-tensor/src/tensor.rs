@@ -173,8 +173,8 @@ impl Tensor {
         let n = checked_elem_count("full", shape)?;
         let one = Tensor::from_storage(
             match dtype {
-                DType::F16 => CpuStorage::F16(vec![half::f16::from_f64(value)]),
-                DType::BF16 => CpuStorage::BF16(vec![half::bf16::from_f64(value)]),
+                DType::F16 => CpuStorage::F16(vec![crate::dtype::f16_from_f64(value)]),
+                DType::BF16 => CpuStorage::BF16(vec![crate::dtype::bf16_from_f64(value)]),
                 DType::F32 => CpuStorage::F32(vec![value as f32]),
                 DType::F64 => CpuStorage::F64(vec![value]),
                 DType::U8 => CpuStorage::U8(vec![u8::from_f64(value)]),

@@ -126,8 +126,8 @@ impl CpuStorage {
         macro_rules! to {
             ($v:expr) => {
                 match dtype {
-                    DType::F16 => CpuStorage::F16(conv($v, layout, |x| f16::from_f64(x.to_f64()))),
-                    DType::BF16 => CpuStorage::BF16(conv($v, layout, |x| bf16::from_f64(x.to_f64()))),
+                    DType::F16 => CpuStorage::F16(conv($v, layout, |x| crate::dtype::f16_from_f64(x.to_f64()))),
+                    DType::BF16 => CpuStorage::BF16(conv($v, layout, |x| crate::dtype::bf16_from_f64(x.to_f64()))),
                     DType::F32 => CpuStorage::F32(conv($v, layout, |x| x.to_f64() as f32)),
                     DType::F64 => CpuStorage::F64(conv($v, layout, |x| x.to_f64())),
                     DType::U8 => CpuStorage::U8(conv($v, layout, |x| u8::from_f64(x.to_f64()))),

@@ -45,6 +45,12 @@ __device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 
 __device__ __forceinline__ u16 f64_to_f16(double f) { u16 h; asm("cvt.rn.f16.f64 %0, %1;" : "=h"(h) : "d"(f)); return h; }
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 __device__ __forceinline__ u16 f32_to_bf16(float f) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+// f64 → bf16 correctly rounded: to f32 rounding to odd (truncate, set the last bit when inexact), then to nearest.
+__device__ __forceinline__ u16 f64_to_bf16(double v) {
+    float t; asm("cvt.rz.f32.f64 %0, %1;" : "=f"(t) : "d"(v));
+    if ((double)t != v && v == v && t - t == 0.0f) t = __uint_as_float(__float_as_uint(t) | 1u);
+    return f32_to_bf16(t);
+}
 
 __device__ __forceinline__ double load_as_f64(const void* p, int dt, i64 i) {
     switch (dt) {
@@ -83,7 +89,7 @@ __device__ __forceinline__ void cast_one(const void* src, int sdt, i64 o, void* 
     double v = load_as_f64(src, sdt, o);
     switch (ddt) {
         case DT_F16: ((u16*)dst)[i] = f64_to_f16(v); break;
-        case DT_BF16: ((u16*)dst)[i] = f32_to_bf16((float)v); break;
+        case DT_BF16: ((u16*)dst)[i] = f64_to_bf16(v); break;
         case DT_F32: ((float*)dst)[i] = (float)v; break;
         case DT_F64: ((double*)dst)[i] = v; break;
         case DT_U8: ((u8*)dst)[i] = (u8)sat_u(v, 255.0); break;
