@@ -543,6 +543,11 @@ fn bf16_round(v: &[f64]) -> Vec<f64> {
     t64(v.to_vec(), &[v.len()]).to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap()
 }
 
+/// Row-major `[rows, cols]` → its transpose `[cols, rows]`.
+fn transposed(v: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| v[r * cols + c])).collect()
+}
+
 /// `a [m, k] · bᵀ` (`b` = `[n, k]`) in f64.
 fn times_t(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     (0..m).flat_map(|i| (0..n).map(move |j| (0..k).map(|c| a[i * k + c] * b[j * k + c]).sum::<f64>())).collect()
@@ -567,21 +572,20 @@ proptest! {
         prop_assert_eq!(y.dtype(), DType::F32);
         prop_assert_eq!(y.shape(), &[lead, m, n][..]);
         let (xs, ws, rs) = (x.to_vec_f64().unwrap(), w.to_vec_f64().unwrap(), r.to_vec_f64().unwrap());
-        let want = times_t(&bf16_round(&xs), &ws, rows, k, n);
+        let x16 = bf16_round(&xs);
+        let want = times_t(&x16, &ws, rows, k, n);
         let err = rel_l2(&y.to_vec_f64().unwrap(), &want);
         prop_assert!(err < 1e-6, "forward rel L2 {:e}", err);
         let grads = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
         let r16 = bf16_round(&rs);
         // ∂x[i, c] = Σ_j round(r)[i, j] · w[j, c]: `times_t` against wᵀ.
-        let wt: Vec<f64> = (0..k).flat_map(|c| (0..n).map(|j| ws[j * k + c]).collect::<Vec<_>>()).collect();
+        let wt = transposed(&ws, n, k);
         let gx = grads.get(&x).unwrap();
         prop_assert_eq!(gx.dtype(), DType::F32);
         let err = rel_l2(&gx.to_vec_f64().unwrap(), &times_t(&r16, &wt, rows, n, k));
         prop_assert!(err < 1e-6, "∂x rel L2 {:e}", err);
         // ∂w[j, c] = Σ_i round(r)[i, j] · round(x)[i, c], rounded once to bf16.
-        let rt: Vec<f64> = (0..n).flat_map(|j| (0..rows).map(|i| r16[i * n + j]).collect::<Vec<_>>()).collect();
-        let x16 = bf16_round(&xs);
-        let xt: Vec<f64> = (0..k).flat_map(|c| (0..rows).map(|i| x16[i * k + c]).collect::<Vec<_>>()).collect();
+        let (rt, xt) = (transposed(&r16, rows, n), transposed(&x16, rows, k));
         let gw = grads.get(&master).unwrap();
         prop_assert_eq!(gw.dtype(), DType::F32);
         let err = rel_l2(&gw.to_vec_f64().unwrap(), &times_t(&rt, &xt, n, rows, k));

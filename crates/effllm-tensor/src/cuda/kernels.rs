@@ -67,6 +67,16 @@ __device__ __forceinline__ double sat_u(double v, double hi) {
     if (v != v || v <= 0.0) return 0.0;
     return v >= hi ? hi : v;
 }
+// Warp-wide sum / maximum of one value per lane (every lane gets the result; the maximum ignores NaN as `u > v`
+// does): the shuffle trees of the row and block reductions.
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) { T u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
+    return v;
+}
 "#;
 
 /// Strided copy with dtype conversion: `contiguous`, `to_dtype` and every widening of half inputs.
@@ -501,10 +511,6 @@ extern "C" __global__ void rms_norm_f64(const double* x, const double* w, double
 // block per row spent most of its time in the block reduction's barriers at model widths (512–2048); a warp
 // reduces with shuffles alone. Per-lane partial sums in f32, the warp reduction in f64 (as the block kernels).
 #define RMS_WARP_CACHE 8
-__device__ __forceinline__ double warp_sum_f64(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 extern "C" __global__ void rms_norm_warp_f32(const float* x, const float* w, float* y, i64 rows, i64 d, double eps) {
     i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
@@ -523,7 +529,7 @@ extern "C" __global__ void rms_norm_warp_f32(const float* x, const float* w, flo
     } else {
         for (i64 j = lane; j < d; j += 32) { float t = xr[j]; s += t * t; }
     }
-    double total = warp_sum_f64((double)s);
+    double total = warp_sum((double)s);
     float inv = 1.f / sqrtf((float)(total / (double)d) + (float)eps);
     if (vec) {
         #pragma unroll
@@ -813,57 +819,6 @@ extern "C" __global__ void argreduce_f32(const float* x, u32* y, i64 n, i64 inne
 extern "C" __global__ void argreduce_f64(const double* x, u32* y, i64 n, i64 inner, int max_) { argreduce_body(x, y, n, inner, max_); }
 "#;
 
-/// Sums of squares of many f32 tensors at once (global gradient norms). `table` holds, per tensor, its device
-/// address, its element count and the index of its first chunk; chunk `c` of `NORM_CHUNK` elements belongs to the
-/// tensor whose first chunk is the largest not above `c`. Pass 1: one block per chunk writes the chunk's Σx² (squares
-/// and sums in f64);
-/// pass 2: one block per tensor adds its chunks' partial sums in a fixed order (no atomics: deterministic).
-pub(crate) const NORMS: &str = r#"
-#define NORM_BLOCK 256
-#define NORM_CHUNK 8192
-__device__ double norm_block_sum(double v, double* sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double r = 0.0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) r += sh[w];
-    return r;
-}
-extern "C" __global__ void sq_norm_chunks(const u64* table, i64 tensors, double* partials) {
-    __shared__ double sh[32];
-    i64 c = blockIdx.x, lo = 0, hi = tensors - 1;
-    while (lo < hi) { i64 mid = (lo + hi + 1) / 2; if ((i64)table[3 * mid + 2] <= c) lo = mid; else hi = mid - 1; }
-    const float* x = (const float*)table[3 * lo];
-    i64 n = (i64)table[3 * lo + 1], start = (c - (i64)table[3 * lo + 2]) * NORM_CHUNK;
-    i64 end = start + NORM_CHUNK < n ? start + NORM_CHUNK : n;
-    double s = 0.0;
-    bool vec = (((size_t)x) & 15) == 0;
-    if (vec) {
-        // 16-byte loads over the chunk (chunks start at multiples of 8192 elements, so stay aligned).
-        for (i64 i = start + 4 * threadIdx.x; i + 3 < end; i += 4 * NORM_BLOCK) {
-            float4 v = *(const float4*)(x + i);
-            double a = v.x, b = v.y, c2 = v.z, d = v.w;
-            s += a * a + b * b + c2 * c2 + d * d;
-        }
-        i64 tail = start + ((end - start) / 4) * 4;
-        for (i64 i = tail + threadIdx.x; i < end; i += NORM_BLOCK) { double v = x[i]; s += v * v; }
-    } else {
-        for (i64 i = start + threadIdx.x; i < end; i += NORM_BLOCK) { double v = x[i]; s += v * v; }
-    }
-    double r = norm_block_sum(s, sh);
-    if (threadIdx.x == 0) partials[c] = r;
-}
-extern "C" __global__ void sq_norm_totals(const u64* table, const double* partials, i64 tensors, i64 chunks, double* out) {
-    __shared__ double sh[32];
-    i64 t = blockIdx.x;
-    i64 first = (i64)table[3 * t + 2], last = t + 1 < tensors ? (i64)table[3 * (t + 1) + 2] : chunks;
-    double s = 0.0;
-    for (i64 c = first + threadIdx.x; c < last; c += NORM_BLOCK) s += partials[c];
-    double r = norm_block_sum(s, sh);
-    if (threadIdx.x == 0) out[t] = r;
-}
-"#;
-
 /// Fills a buffer with one element's bit pattern (any element size up to 8 bytes).
 pub(crate) const FILL: &str = r#"
 // One store of the element's width per element (a byte loop made gradient zeroing a visible share of a training
@@ -1038,7 +993,7 @@ extern "C" __global__ void ce_grad_f32(const float* x, const float* lse, const u
 // Block-wide sum / max of one value per thread (blockDim.x a multiple of 32, at most 1024), through warp
 // shuffles; every thread gets the result.
 template <typename T> __device__ T blk_sum(T v, T* sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(v);
     if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
     __syncthreads();
     T r = 0;
@@ -1047,7 +1002,7 @@ template <typename T> __device__ T blk_sum(T v, T* sh) {
     return r;
 }
 template <typename T> __device__ T blk_max(T v, T* sh) {
-    for (int o = 16; o > 0; o >>= 1) { T u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
+    v = warp_max(v);
     if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
     __syncthreads();
     T r = sh[0];
@@ -1115,25 +1070,13 @@ extern "C" __global__ void attn_grad_f64(double* s, double* dp, const double* go
 // of 256 keys left most of its threads idle and paid two block reductions with barriers per row. Same formulas as
 // the block kernels above; the sums are taken in another order. VALS (8, 16 or 32: up to 256, 512 or 1024 keys) is
 // the register slots per lane: the smallest that fits keeps registers, hence resident warps, up.
-__device__ __forceinline__ float warp_sum_f32(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max_f32(float v) {
-    for (int o = 16; o > 0; o >>= 1) { float u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
-    return v;
-}
-template <int VALS> __device__ void attn_softmax_warp(float* s, const u8* mask, i64 rows, i64 sq, i64 skv, int causal, float scale) {
-    i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    int lane = threadIdx.x & 31;
+// The part both warp-row kernels share: lane's slots of row `row` (key j = lane + 32·u) get e^(scale·s − m) for the
+// allowed keys (bit u of `allowed`) and 0 elsewhere, m the row's maximum over its allowed keys; returns 1/Σ, and
+// `any` says whether the row allows a key at all (if not, every slot is 0 and so is the result).
+template <int VALS> __device__ float attn_warp_exp(const float* row, const u8* mr, i64 skv, i64 limit, float scale,
+                                                  int lane, float* v, u32& allowed, bool& any) {
     const float NEG = -1.0f / 0.0f;
-    i64 i = r % sq;
-    float* row = s + r * skv;
-    const u8* mr = mask ? mask + r * skv : 0;
-    i64 limit = causal ? skv - sq + i + 1 : skv;
-    float v[VALS];
-    u32 allowed = 0;
+    allowed = 0;
     float m = NEG;
     #pragma unroll
     for (int u = 0; u < VALS; ++u) {
@@ -1141,17 +1084,28 @@ template <int VALS> __device__ void attn_softmax_warp(float* s, const u8* mask, 
         v[u] = 0.f;
         if (j < skv && attn_allowed<float>(mr, j, limit)) { v[u] = row[j] * scale; allowed |= 1u << u; m = v[u] > m ? v[u] : m; }
     }
-    m = warp_max_f32(m);
+    m = warp_max(m);
+    any = m != NEG;
+    if (!any) return 0.f;
     float z = 0.f;
-    if (m != NEG) {
-        #pragma unroll
-        for (int u = 0; u < VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
-    }
-    float inv = m == NEG ? 0.f : 1.f / warp_sum_f32(z);
+    #pragma unroll
+    for (int u = 0; u < VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
+    return 1.f / warp_sum(z);
+}
+template <int VALS> __device__ void attn_softmax_warp(float* s, const u8* mask, i64 rows, i64 sq, i64 skv, int causal, float scale) {
+    i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    int lane = threadIdx.x & 31;
+    float* row = s + r * skv;
+    i64 limit = causal ? skv - sq + r % sq + 1 : skv;
+    float v[VALS];
+    u32 allowed;
+    bool any;
+    float inv = attn_warp_exp<VALS>(row, mask ? mask + r * skv : 0, skv, limit, scale, lane, v, allowed, any);
     #pragma unroll
     for (int u = 0; u < VALS; ++u) {
         i64 j = lane + 32 * u;
-        if (j < skv) row[j] = m == NEG ? 0.f : v[u] * inv;
+        if (j < skv) row[j] = any ? v[u] * inv : 0.f;
     }
 }
 // Backward rows (see `attn_grad_body`): s ← P, dp ← scale · P ⊙ (dp − D); dp is read only where P can be non-zero.
@@ -1159,37 +1113,22 @@ template <int VALS> __device__ void attn_grad_warp(float* s, float* dp, const fl
     i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     int lane = threadIdx.x & 31;
-    const float NEG = -1.0f / 0.0f;
-    i64 i = r % sq;
     float* row = s + r * skv; float* drow = dp + r * skv;
-    const u8* mr = mask ? mask + r * skv : 0;
-    i64 limit = causal ? skv - sq + i + 1 : skv;
+    i64 limit = causal ? skv - sq + r % sq + 1 : skv;
     float dsum = 0.f;
     for (i64 c = lane; c < dv; c += 32) dsum += go[r * dv + c] * o[r * dv + c];
-    dsum = warp_sum_f32(dsum);
+    dsum = warp_sum(dsum);
     float v[VALS];
-    u32 allowed = 0;
-    float m = NEG;
-    #pragma unroll
-    for (int u = 0; u < VALS; ++u) {
-        i64 j = lane + 32 * u;
-        v[u] = 0.f;
-        if (j < skv && attn_allowed<float>(mr, j, limit)) { v[u] = row[j] * scale; allowed |= 1u << u; m = v[u] > m ? v[u] : m; }
-    }
-    m = warp_max_f32(m);
-    float z = 0.f;
-    if (m != NEG) {
-        #pragma unroll
-        for (int u = 0; u < VALS; ++u) { v[u] = (allowed >> u) & 1 ? exp(v[u] - m) : 0.f; z += v[u]; }
-    }
-    float inv = m == NEG ? 0.f : 1.f / warp_sum_f32(z);
+    u32 allowed;
+    bool any;
+    float inv = attn_warp_exp<VALS>(row, mask ? mask + r * skv : 0, skv, limit, scale, lane, v, allowed, any);
     #pragma unroll
     for (int u = 0; u < VALS; ++u) {
         i64 j = lane + 32 * u;
         if (j < skv) {
-            float p = m == NEG ? 0.f : v[u] * inv;
+            float p = any ? v[u] * inv : 0.f;
             row[j] = p;
-            drow[j] = (allowed >> u) & 1 && m != NEG ? p * (drow[j] - dsum) * scale : 0.f;
+            drow[j] = (allowed >> u) & 1 && any ? p * (drow[j] - dsum) * scale : 0.f;
         }
     }
 }
@@ -1249,8 +1188,8 @@ extern "C" __global__ void rms_norm_bwd_warp_f32(const float* x, const float* w,
     } else {
         for (i64 j = lane; j < d; j += 32) { float t = x[r0 + j]; ss += t * t; dot += g[r0 + j] * w[j] * t; }
     }
-    ss = warp_sum_f32(ss);
-    dot = warp_sum_f32(dot);
+    ss = warp_sum(ss);
+    dot = warp_sum(dot);
     float r = 1.f / sqrtf(ss / (float)d + (float)eps);
     float c = r * r * r * dot / (float)d;
     if (vec) {
@@ -1312,6 +1251,47 @@ extern "C" __global__ void index_add_rows_f32(const float* g, const u32* ids, fl
         i64 p = i / inner, c = i % inner;
         atomicAdd(&out[(i64)ids[p] * inner + c], g[i]);
     }
+}
+
+// Sums of squares of many f32 tensors at once (global gradient norms). `table` holds, per tensor, its device
+// address, its element count and the index of its first chunk; chunk `c` of `NORM_CHUNK` elements belongs to the
+// tensor whose first chunk is the largest not above `c`. Pass 1: one block per chunk writes the chunk's Σx² (squares
+// and sums in f64); pass 2: one block per tensor adds its chunks' partial sums in a fixed order (no atomics:
+// deterministic).
+#define NORM_BLOCK 256
+#define NORM_CHUNK 8192
+extern "C" __global__ void sq_norm_chunks(const u64* table, i64 tensors, double* partials) {
+    __shared__ double sh[32];
+    i64 c = blockIdx.x, lo = 0, hi = tensors - 1;
+    while (lo < hi) { i64 mid = (lo + hi + 1) / 2; if ((i64)table[3 * mid + 2] <= c) lo = mid; else hi = mid - 1; }
+    const float* x = (const float*)table[3 * lo];
+    i64 n = (i64)table[3 * lo + 1], start = (c - (i64)table[3 * lo + 2]) * NORM_CHUNK;
+    i64 end = start + NORM_CHUNK < n ? start + NORM_CHUNK : n;
+    double s = 0.0;
+    bool vec = (((size_t)x) & 15) == 0;
+    if (vec) {
+        // 16-byte loads over the chunk (chunks start at multiples of 8192 elements, so stay aligned).
+        for (i64 i = start + 4 * threadIdx.x; i + 3 < end; i += 4 * NORM_BLOCK) {
+            float4 v = *(const float4*)(x + i);
+            double a = v.x, b = v.y, c2 = v.z, d = v.w;
+            s += a * a + b * b + c2 * c2 + d * d;
+        }
+        i64 tail = start + ((end - start) / 4) * 4;
+        for (i64 i = tail + threadIdx.x; i < end; i += NORM_BLOCK) { double v = x[i]; s += v * v; }
+    } else {
+        for (i64 i = start + threadIdx.x; i < end; i += NORM_BLOCK) { double v = x[i]; s += v * v; }
+    }
+    double r = blk_sum(s, sh);
+    if (threadIdx.x == 0) partials[c] = r;
+}
+extern "C" __global__ void sq_norm_totals(const u64* table, const double* partials, i64 tensors, i64 chunks, double* out) {
+    __shared__ double sh[32];
+    i64 t = blockIdx.x;
+    i64 first = (i64)table[3 * t + 2], last = t + 1 < tensors ? (i64)table[3 * (t + 1) + 2] : chunks;
+    double s = 0.0;
+    for (i64 c = first + threadIdx.x; c < last; c += NORM_BLOCK) s += partials[c];
+    double r = blk_sum(s, sh);
+    if (threadIdx.x == 0) out[t] = r;
 }
 "#;
 

@@ -844,16 +844,25 @@ pub(crate) fn arg_reduce(x: &Tensor, dim: usize, max: bool) -> Result<Tensor> {
 /// registers: 32 lanes × 8 float4s.
 const WARP_ROW_MAX: usize = 1024;
 
-/// Register slots per lane of the warp-per-row attention kernels for rows of `skv ≤ WARP_ROW_MAX` keys: the
-/// smallest of 8, 16, 32 that holds the row (fewer registers, more resident warps).
-fn attn_warp_slots(skv: usize) -> usize {
-    if skv <= 256 {
+/// The attention row kernel `stem` (`attn_softmax`, `attn_grad`) for rows of `skv` keys, and whether it is the
+/// warp-per-row one (which takes the row count and [`warp_rows_grid`]): f64 rows and f32 rows past
+/// [`WARP_ROW_MAX`] keys take the block kernel; other f32 rows the warp kernel with the fewest register slots per
+/// lane (8, 16 or 32) that hold the row — fewer registers, more resident warps.
+fn attn_rows_kernel(stem: &str, f64_: bool, skv: usize) -> (String, bool) {
+    if f64_ {
+        return (format!("{stem}_f64"), false);
+    }
+    if skv > WARP_ROW_MAX {
+        return (format!("{stem}_f32"), false);
+    }
+    let slots = if skv <= 256 {
         8
     } else if skv <= 512 {
         16
     } else {
         32
-    }
+    };
+    (format!("{stem}_warp{slots}_f32"), true)
 }
 
 /// One warp per row, eight rows per 256-thread block.
@@ -861,7 +870,8 @@ fn warp_rows_grid(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// `Σ x²` of each f32 tensor (one device), two launches and one download for the whole set (see `NORMS`).
+/// `Σ x²` of each f32 tensor (one device), two launches and one download for the whole set (see `sq_norm_chunks` in
+/// `kernels::TRAIN`).
 pub(crate) fn squared_norms_f32(tensors: &[&Tensor]) -> Result<Vec<f64>> {
     use cudarc::driver::DevicePtr;
     const CHUNK: usize = 8192;
@@ -878,21 +888,21 @@ pub(crate) fn squared_norms_f32(tensors: &[&Tensor]) -> Result<Vec<f64>> {
         table.extend([ptr, w.elem_count() as u64, chunks as u64]);
         chunks += w.elem_count().div_ceil(CHUNK);
     }
-    let mut out = dev.alloc(DType::F64, works.len())?;
     if chunks == 0 {
         return Ok(vec![0.0; works.len()]);
     }
+    let mut out = dev.alloc(DType::F64, works.len())?;
     let table_dev = dev.stream.clone_htod(&table).map_err(launch_err)?;
     let mut partials = dev.alloc(DType::F64, chunks)?;
     let (nt, nc) = (works.len() as i64, chunks as i64);
-    let f = dev.builtin("norms", kernels::NORMS, "sq_norm_chunks")?;
+    let f = dev.builtin("train", kernels::TRAIN, "sq_norm_chunks")?;
     let mut l = dev.stream.launch_builder(&f);
     l.arg(&table_dev).arg(&nt).arg(&mut partials.buf);
     let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the table holds each tensor's address (alive in `works`), element count and first chunk, in chunk
     // order; `partials` holds one f64 per chunk.
     unsafe { l.launch(cfg) }.map_err(launch_err)?;
-    let f = dev.builtin("norms", kernels::NORMS, "sq_norm_totals")?;
+    let f = dev.builtin("train", kernels::TRAIN, "sq_norm_totals")?;
     let mut l = dev.stream.launch_builder(&f);
     l.arg(&table_dev).arg(&partials.buf).arg(&nt).arg(&nc).arg(&mut out.buf);
     let cfg = LaunchConfig { grid_dim: (works.len() as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -1113,15 +1123,7 @@ fn attn_softmax(s: &mut Tensor, mask: Option<&Tensor>, sq: usize, skv: usize, ca
     if rows == 0 || skv == 0 {
         return Ok(());
     }
-    // f32 rows up to 1024 keys: one warp per row (see `attn_softmax_warp`).
-    let warp = !f64_ && skv <= WARP_ROW_MAX;
-    let name = if f64_ {
-        "attn_softmax_f64".to_string()
-    } else if warp {
-        format!("attn_softmax_warp{}_f32", attn_warp_slots(skv))
-    } else {
-        "attn_softmax_f32".to_string()
-    };
+    let (name, warp) = attn_rows_kernel("attn_softmax", f64_, skv);
     let f = dev.builtin("train", kernels::TRAIN, &name)?;
     let mv = mask.map(view);
     let null: u64 = 0;
@@ -1175,14 +1177,7 @@ pub(crate) fn attention_gemm_backward(
     if rows > 0 && skv > 0 {
         let f64_ = s.dtype() == DType::F64;
         let dev = Arc::clone(&storage(&s).dev);
-        let warp = !f64_ && skv <= WARP_ROW_MAX;
-        let name = if f64_ {
-            "attn_grad_f64".to_string()
-        } else if warp {
-            format!("attn_grad_warp{}_f32", attn_warp_slots(skv))
-        } else {
-            "attn_grad_f32".to_string()
-        };
+        let (name, warp) = attn_rows_kernel("attn_grad", f64_, skv);
         let f = dev.builtin("train", kernels::TRAIN, &name)?;
         let rr = rows as i64;
         let (gv, ov) = (view(&gw), view(&ow));
