@@ -3,7 +3,8 @@
 //! - softmax, RMSNorm, SiLU, add over large buffers vs a device-to-device copy (bytes read + written);
 //! - quantized GEMV (Q4_1, Q8_0) at SmolLM2's shapes vs the same copy bandwidth.
 //!
-//! Run on a GPU machine: `cargo run --release --features cuda --example cuda_bench`.
+//! Run on a GPU machine: `cargo run --release --features cuda --example cuda_bench` (`-- qgemv [ROWS]`: only the
+//! quantized GEMVs, of ROWS output rows if given).
 
 use std::time::Instant;
 
@@ -60,159 +61,189 @@ fn main() {
     let copy_bw = 2.0 * (n_copy * 4) as f64 / t / 1e9;
     println!("| ceiling | value |\n|---|---:|\n| device-to-device copy | {copy_bw:.0} GB/s |");
 
-    // ---- GEMM 4096²: our matmul vs raw cublasGemmEx on preallocated buffers.
-    let nn = 4096usize;
-    let flops = 2.0 * (nn * nn * nn) as f64;
-    let blas = CudaBlas::new(stream.clone()).unwrap();
-    let mut rows = Vec::new();
-    for (name, dtype, tf32) in [("f32", DType::F32, false), ("TF32", DType::F32, true), ("bf16", DType::BF16, false)] {
-        effllm_tensor::cuda::set_allow_tf32(tf32);
-        let a = randn(&[nn, nn], dtype, 1);
-        let b = randn(&[nn, nn], dtype, 2);
-        let ours = time(10, || {
-            let _ = a.matmul(&b).unwrap();
-        });
-        // The ceiling: the same cuBLAS call without the Tensor layer.
-        let (dt, ct, esz) = match (dtype, tf32) {
-            (DType::BF16, _) => (D::CUDA_R_16BF, C::CUBLAS_COMPUTE_32F, 2),
-            (_, true) => (D::CUDA_R_32F, C::CUBLAS_COMPUTE_32F_FAST_TF32, 4),
-            _ => (D::CUDA_R_32F, C::CUBLAS_COMPUTE_32F, 4),
-        };
-        let ra = stream.alloc_zeros::<u8>(nn * nn * esz).unwrap();
-        let rb = stream.alloc_zeros::<u8>(nn * nn * esz).unwrap();
-        let mut rc = stream.alloc_zeros::<u8>(nn * nn * esz).unwrap();
-        // Random bytes would give NaN/denormals in bf16; fill through the Tensor API and copy.
-        let fill_a = a.to_dtype(dtype).unwrap().to_vec_f64().unwrap();
-        let host: Vec<u8> = match dtype {
-            DType::BF16 => fill_a.iter().flat_map(|&v| half::bf16::from_f64(v).to_le_bytes()).collect(),
-            _ => fill_a.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
-        };
-        let ra = {
-            let mut r = ra;
-            stream.memcpy_htod(&host, &mut r).unwrap();
-            r
-        };
-        let rb = {
-            let mut r = rb;
-            stream.memcpy_htod(&host, &mut r).unwrap();
-            r
-        };
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let raw = time(10, || {
-            let (pa, _g1) = ra.device_ptr(&stream);
-            let (pb, _g2) = rb.device_ptr(&stream);
-            let (pc, _g3) = rc.device_ptr_mut(&stream);
-            unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    *blas.handle(),
-                    cublasOperation_t::CUBLAS_OP_N,
-                    cublasOperation_t::CUBLAS_OP_N,
-                    nn as i32,
-                    nn as i32,
-                    nn as i32,
-                    (&alpha as *const f32).cast(),
-                    pb as *const _,
-                    dt,
-                    nn as i32,
-                    pa as *const _,
-                    dt,
-                    nn as i32,
-                    (&beta as *const f32).cast(),
-                    pc as *mut _,
-                    dt,
-                    nn as i32,
-                    ct,
-                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-                )
-                .unwrap();
-            }
-        });
-        rows.push(format!(
-            "| GEMM 4096² {name} | {:.3} ms | {:.1} TFLOP/s | {:.1} TFLOP/s | {:.1}% |",
-            ours * 1e3,
-            flops / ours / 1e12,
-            flops / raw / 1e12,
-            100.0 * raw / ours
-        ));
-    }
-    effllm_tensor::cuda::set_allow_tf32(false);
-    println!("\n| op | time | ours | raw cuBLAS | ours / cuBLAS rate |\n|---|---:|---:|---:|---:|");
-    for r in rows {
-        println!("{r}");
-    }
+    // `cuda_bench qgemv [ROWS]`: only the quantized GEMVs (of ROWS output rows), e.g. under a profiler.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only_qgemv = args.first().is_some_and(|a| a == "qgemv");
+    let rows_filter: Option<usize> = args.get(1).and_then(|a| a.parse().ok());
+    if !only_qgemv {
+        // ---- GEMM 4096²: our matmul vs raw cublasGemmEx on preallocated buffers.
+        let nn = 4096usize;
+        let flops = 2.0 * (nn * nn * nn) as f64;
+        let blas = CudaBlas::new(stream.clone()).unwrap();
+        let mut rows = Vec::new();
+        for (name, dtype, tf32) in
+            [("f32", DType::F32, false), ("TF32", DType::F32, true), ("bf16", DType::BF16, false)]
+        {
+            effllm_tensor::cuda::set_allow_tf32(tf32);
+            let a = randn(&[nn, nn], dtype, 1);
+            let b = randn(&[nn, nn], dtype, 2);
+            let ours = time(10, || {
+                let _ = a.matmul(&b).unwrap();
+            });
+            // The ceiling: the same cuBLAS call without the Tensor layer.
+            let (dt, ct, esz) = match (dtype, tf32) {
+                (DType::BF16, _) => (D::CUDA_R_16BF, C::CUBLAS_COMPUTE_32F, 2),
+                (_, true) => (D::CUDA_R_32F, C::CUBLAS_COMPUTE_32F_FAST_TF32, 4),
+                _ => (D::CUDA_R_32F, C::CUBLAS_COMPUTE_32F, 4),
+            };
+            let ra = stream.alloc_zeros::<u8>(nn * nn * esz).unwrap();
+            let rb = stream.alloc_zeros::<u8>(nn * nn * esz).unwrap();
+            let mut rc = stream.alloc_zeros::<u8>(nn * nn * esz).unwrap();
+            // Random bytes would give NaN/denormals in bf16; fill through the Tensor API and copy.
+            let fill_a = a.to_dtype(dtype).unwrap().to_vec_f64().unwrap();
+            let host: Vec<u8> = match dtype {
+                DType::BF16 => fill_a.iter().flat_map(|&v| half::bf16::from_f64(v).to_le_bytes()).collect(),
+                _ => fill_a.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+            };
+            let ra = {
+                let mut r = ra;
+                stream.memcpy_htod(&host, &mut r).unwrap();
+                r
+            };
+            let rb = {
+                let mut r = rb;
+                stream.memcpy_htod(&host, &mut r).unwrap();
+                r
+            };
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            let raw = time(10, || {
+                let (pa, _g1) = ra.device_ptr(&stream);
+                let (pb, _g2) = rb.device_ptr(&stream);
+                let (pc, _g3) = rc.device_ptr_mut(&stream);
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        *blas.handle(),
+                        cublasOperation_t::CUBLAS_OP_N,
+                        cublasOperation_t::CUBLAS_OP_N,
+                        nn as i32,
+                        nn as i32,
+                        nn as i32,
+                        (&alpha as *const f32).cast(),
+                        pb as *const _,
+                        dt,
+                        nn as i32,
+                        pa as *const _,
+                        dt,
+                        nn as i32,
+                        (&beta as *const f32).cast(),
+                        pc as *mut _,
+                        dt,
+                        nn as i32,
+                        ct,
+                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                    )
+                    .unwrap();
+                }
+            });
+            rows.push(format!(
+                "| GEMM 4096² {name} | {:.3} ms | {:.1} TFLOP/s | {:.1} TFLOP/s | {:.1}% |",
+                ours * 1e3,
+                flops / ours / 1e12,
+                flops / raw / 1e12,
+                100.0 * raw / ours
+            ));
+        }
+        effllm_tensor::cuda::set_allow_tf32(false);
+        println!("\n| op | time | ours | raw cuBLAS | ours / cuBLAS rate |\n|---|---:|---:|---:|---:|");
+        for r in rows {
+            println!("{r}");
+        }
 
-    // ---- memory-bound ops vs the copy ceiling (bytes: each input read once + output written once).
-    println!("\n| op | shape | time | GB/s | % of copy |\n|---|---|---:|---:|---:|");
-    let report = |name: &str, shape: &str, bytes: f64, t: f64| {
-        println!(
-            "| {name} | {shape} | {:.1} µs | {:.0} | {:.1}% |",
-            t * 1e6,
-            bytes / t / 1e9,
-            100.0 * bytes / t / 1e9 / copy_bw
+        // ---- memory-bound ops vs the copy ceiling (bytes: each input read once + output written once).
+        println!("\n| op | shape | time | GB/s | % of copy |\n|---|---|---:|---:|---:|");
+        let report = |name: &str, shape: &str, bytes: f64, t: f64| {
+            println!(
+                "| {name} | {shape} | {:.1} µs | {:.0} | {:.1}% |",
+                t * 1e6,
+                bytes / t / 1e9,
+                100.0 * bytes / t / 1e9 / copy_bw
+            );
+        };
+        let big = randn(&[4096, 16384], DType::F32, 3);
+        let bytes = 2.0 * (4096 * 16384 * 4) as f64;
+        report(
+            "softmax (last dim)",
+            "4096×16384 f32",
+            bytes,
+            time(20, || {
+                let _ = big.softmax(1).unwrap();
+            }),
         );
-    };
-    let big = randn(&[4096, 16384], DType::F32, 3);
-    let bytes = 2.0 * (4096 * 16384 * 4) as f64;
-    report(
-        "softmax (last dim)",
-        "4096×16384 f32",
-        bytes,
-        time(20, || {
-            let _ = big.softmax(1).unwrap();
-        }),
-    );
-    let w = randn(&[16384], DType::F32, 4);
-    report(
-        "RMSNorm",
-        "4096×16384 f32",
-        bytes,
-        time(20, || {
-            let _ = big.rms_norm(&w, 1e-5).unwrap();
-        }),
-    );
-    report(
-        "SiLU",
-        "4096×16384 f32",
-        bytes,
-        time(20, || {
-            let _ = big.silu().unwrap();
-        }),
-    );
-    let big2 = randn(&[4096, 16384], DType::F32, 5);
-    report(
-        "add",
-        "4096×16384 f32",
-        1.5 * bytes,
-        time(20, || {
-            let _ = big.add(&big2).unwrap();
-        }),
-    );
-    let vocab = randn(&[64, 49152], DType::F32, 6);
-    report(
-        "softmax (vocab rows)",
-        "64×49152 f32",
-        2.0 * (64 * 49152 * 4) as f64,
-        time(50, || {
-            let _ = vocab.softmax(1).unwrap();
-        }),
-    );
+        let w = randn(&[16384], DType::F32, 4);
+        report(
+            "RMSNorm",
+            "4096×16384 f32",
+            bytes,
+            time(20, || {
+                let _ = big.rms_norm(&w, 1e-5).unwrap();
+            }),
+        );
+        report(
+            "SiLU",
+            "4096×16384 f32",
+            bytes,
+            time(20, || {
+                let _ = big.silu().unwrap();
+            }),
+        );
+        let big2 = randn(&[4096, 16384], DType::F32, 5);
+        report(
+            "add",
+            "4096×16384 f32",
+            1.5 * bytes,
+            time(20, || {
+                let _ = big.add(&big2).unwrap();
+            }),
+        );
+        let vocab = randn(&[64, 49152], DType::F32, 6);
+        report(
+            "softmax (vocab rows)",
+            "64×49152 f32",
+            2.0 * (64 * 49152 * 4) as f64,
+            time(50, || {
+                let _ = vocab.softmax(1).unwrap();
+            }),
+        );
+    }
 
-    // ---- quantized GEMV at SmolLM2's shapes (bytes of W per call).
-    println!("\n| quantized GEMV | shape | time | GB/s of W | % of copy |\n|---|---|---:|---:|---:|");
+    // ---- quantized GEMV at SmolLM2's shapes (bytes of W per call). "resident": one W called again and again (the
+    // H100/H200 L2 of 50-60 MB holds even the LM head); "streamed": the calls rotate over copies of W covering at
+    // least 256 MiB, so W comes from DRAM as in a decode step, where a layer's weights are read once per token.
+    println!(
+        "\n| quantized GEMV | shape | resident | GB/s of W | % of copy | streamed (copies) | GB/s of W | % of copy |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    );
     for ty in [QuantType::Q4_1, QuantType::Q8_0] {
         for (n, k) in [(576usize, 576usize), (1536, 576), (576, 1536), (49152, 576)] {
-            let wdata: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-            let q = QWeight::new(QMatrix::quantize(ty, n, k, &wdata).unwrap()).to_device(&GPU).unwrap();
-            let x = randn(&[1, k], DType::F32, 7);
+            if rows_filter.is_some_and(|r| r != n) {
+                continue;
+            }
             let wbytes = (n * k) as f64 * ty.bytes_per_weight();
-            let t = time(100, || {
-                let _ = x.linear_q(&q).unwrap();
+            let copies = ((256.0 * 1024.0 * 1024.0 / wbytes).ceil() as usize).clamp(1, 256);
+            let qs: Vec<QWeight> = (0..copies)
+                .map(|c| {
+                    let wdata: Vec<f32> =
+                        (0..n * k).map(|i| (((i + 31 * c) * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+                    QWeight::new(QMatrix::quantize(ty, n, k, &wdata).unwrap()).to_device(&GPU).unwrap()
+                })
+                .collect();
+            let x = randn(&[1, k], DType::F32, 7);
+            let resident = time(100, || {
+                let _ = x.linear_q(&qs[0]).unwrap();
             });
+            let mut next = 0;
+            let streamed = time(copies.max(100), || {
+                let _ = x.linear_q(&qs[next % copies]).unwrap();
+                next += 1;
+            });
+            let pct = |t: f64| 100.0 * wbytes / t / 1e9 / copy_bw;
             println!(
-                "| {ty:?} | {n}×{k} | {:.1} µs | {:.0} | {:.1}% |",
-                t * 1e6,
-                wbytes / t / 1e9,
-                100.0 * wbytes / t / 1e9 / copy_bw
+                "| {ty:?} | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% |",
+                resident * 1e6,
+                wbytes / resident / 1e9,
+                pct(resident),
+                streamed * 1e6,
+                wbytes / streamed / 1e9,
+                pct(streamed)
             );
         }
     }
