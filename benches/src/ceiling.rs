@@ -1,10 +1,12 @@
 //! Roofline ceilings of this machine, measured in the same process as the kernels they judge.
 //!
-//! * **Compute**: [`fma_parallel`] runs a tight loop of [`FMA_CHAINS`] independent 8-lane f32 FMA chains per thread
-//!   (AVX2 + FMA selected at run time, scalar multiply-add otherwise) on every thread of effllm's pool, and counts
-//!   2 flops per FMA lane. With FMA latency 4 and two FMA pipes (Zen 2/3/4, Skylake and later), 8 chains are
+//! * **Compute**: [`fma_parallel`] runs a tight loop of [`FMA_CHAINS`] independent f32 FMA chains per thread on
+//!   every thread of effllm's pool, and counts 2 flops per FMA lane, once with 8-lane AVX2 registers and, where the
+//!   CPU has AVX-512, once with 16-lane ones; the ceiling is the faster of the two ([`measure_fma`]), since faer's
+//!   GEMM uses AVX-512 where it exists (a server core with two 512-bit FMA units doubles the AVX2 rate). Scalar
+//!   multiply-add without either. With FMA latency 4 and two FMA pipes (Zen 2/3/4, Skylake and later), 8 chains are
 //!   the minimum to fill the pipes; 12 leave headroom and still fit the 16 ymm registers.
-//! * **Memory**: over buffers of [`MemBuffers::DEFAULT_BYTES`] (256 MiB each, far beyond any L3), a copy
+//! * **Memory**: over buffers of [`stream_bytes`] (256 MiB each, or twice the L3 where that is larger), a copy
 //!   ([`MemBuffers::copy`], glibc `memcpy` per chunk) counted as bytes read + bytes written (the STREAM
 //!   convention: write-allocate traffic is not counted), and a read-only streaming sum ([`MemBuffers::read`])
 //!   counted as bytes read.
@@ -25,9 +27,54 @@ pub const FMA_CHAINS: usize = 12;
 /// f32 lanes of one AVX2 register.
 pub const LANES: usize = 8;
 
-/// Flops of one thread's call of the FMA kernel with `iters` iterations (2 per FMA lane).
+/// Flops of one thread's call of the AVX2 FMA kernel with `iters` iterations (2 per FMA lane).
 pub fn fma_flops_per_thread(iters: u64) -> u64 {
-    iters * (FMA_CHAINS * LANES * 2) as u64
+    fma_flops_per_thread_with(FmaIsa::Avx2, iters)
+}
+
+/// The instruction set of an FMA kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FmaIsa {
+    /// Scalar multiply-add (no AVX2/FMA).
+    Scalar,
+    /// 8-lane AVX2 FMA.
+    Avx2,
+    /// 16-lane AVX-512 FMA.
+    Avx512,
+}
+
+impl FmaIsa {
+    /// f32 lanes per instruction (8 for the scalar kernel, which runs 8 lanes per chain too).
+    pub fn lanes(self) -> usize {
+        match self {
+            FmaIsa::Scalar | FmaIsa::Avx2 => LANES,
+            FmaIsa::Avx512 => 2 * LANES,
+        }
+    }
+
+    /// How the report names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FmaIsa::Scalar => "scalar (no AVX2/FMA)",
+            FmaIsa::Avx2 => "8-lane AVX2",
+            FmaIsa::Avx512 => "16-lane AVX-512",
+        }
+    }
+
+    /// The kernels this CPU runs, in the order [`measure_fma`] tries them.
+    pub fn available() -> Vec<FmaIsa> {
+        let mut v = vec![if simd_available() { FmaIsa::Avx2 } else { FmaIsa::Scalar }];
+        #[cfg(target_arch = "x86_64")]
+        if simd_available() && std::is_x86_feature_detected!("avx512f") {
+            v.push(FmaIsa::Avx512);
+        }
+        v
+    }
+}
+
+/// Flops of one thread's call of the `isa` kernel with `iters` iterations.
+pub fn fma_flops_per_thread_with(isa: FmaIsa, iters: u64) -> u64 {
+    iters * (FMA_CHAINS * isa.lanes() * 2) as u64
 }
 
 /// Whether the AVX2 + FMA kernels run on this machine (run-time detection).
@@ -66,6 +113,26 @@ fn fma_avx2(iters: u64, seed: f32) -> f32 {
     lanes.iter().sum()
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_avx512(iters: u64, seed: f32) -> f32 {
+    use std::arch::x86_64::*;
+    // As fma_avx2, 16 lanes per register (32 zmm registers: the 12 chains fit with room to spare).
+    let a = _mm512_set1_ps(0.999_9);
+    let b = _mm512_set1_ps(1e-4 * seed);
+    let mut acc = [_mm512_set1_ps(seed); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut s = acc[0];
+    for v in &acc[1..] {
+        s = _mm512_add_ps(s, *v);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
 fn fma_scalar(iters: u64, seed: f32) -> f32 {
     let (a, b) = (0.999_9f32, 1e-4 * seed);
     let mut acc = [[seed; LANES]; FMA_CHAINS];
@@ -79,37 +146,51 @@ fn fma_scalar(iters: u64, seed: f32) -> f32 {
     acc.iter().flatten().sum()
 }
 
-/// One thread's FMA kernel: `iters` iterations of [`FMA_CHAINS`] × 8-lane FMAs. Returns a value that depends on
-/// every FMA (so the loop cannot be removed).
+/// One thread's FMA kernel: `iters` iterations of [`FMA_CHAINS`] × 8-lane FMAs (AVX2, or scalar without it).
+/// Returns a value that depends on every FMA (so the loop cannot be removed).
 pub fn fma_kernel(iters: u64) -> f32 {
+    fma_kernel_with(if simd_available() { FmaIsa::Avx2 } else { FmaIsa::Scalar }, iters)
+}
+
+/// [`fma_kernel`] with the given instruction set (one of [`FmaIsa::available`]; others fall back to scalar).
+pub fn fma_kernel_with(isa: FmaIsa, iters: u64) -> f32 {
     let seed = black_box(1.0f32);
     #[cfg(target_arch = "x86_64")]
-    if simd_available() {
+    match isa {
         // SAFETY: AVX2 and FMA were detected at run time.
-        return unsafe { fma_avx2(iters, seed) };
+        FmaIsa::Avx2 if simd_available() => return unsafe { fma_avx2(iters, seed) },
+        // SAFETY: AVX-512F was detected at run time.
+        FmaIsa::Avx512 if std::is_x86_feature_detected!("avx512f") => return unsafe { fma_avx512(iters, seed) },
+        _ => {}
     }
+    let _ = isa;
     fma_scalar(iters, seed)
 }
 
 /// Runs [`fma_kernel`] once on every thread of effllm's pool ([`effllm_tensor::threads`]) and returns the wall
 /// time and the total flops.
 pub fn fma_parallel(iters: u64) -> (Duration, u64) {
+    fma_parallel_with(if simd_available() { FmaIsa::Avx2 } else { FmaIsa::Scalar }, iters)
+}
+
+/// [`fma_parallel`] with the given instruction set.
+pub fn fma_parallel_with(isa: FmaIsa, iters: u64) -> (Duration, u64) {
     effllm_tensor::threads::install(|| {
         let n = rayon::current_num_threads();
         let t = Instant::now();
-        let r = rayon::broadcast(|_| fma_kernel(iters));
+        let r = rayon::broadcast(|_| fma_kernel_with(isa, iters));
         let dt = t.elapsed();
         black_box(r);
-        (dt, fma_flops_per_thread(iters) * n as u64)
+        (dt, fma_flops_per_thread_with(isa, iters) * n as u64)
     })
 }
 
-/// Iterations of [`fma_kernel`] that take about `target` on one thread.
-pub fn calibrate_fma(target: Duration) -> u64 {
+/// Iterations of the `isa` kernel that take about `target` on one thread.
+pub fn calibrate_fma(isa: FmaIsa, target: Duration) -> u64 {
     let mut iters = 1u64 << 14;
     loop {
         let t = Instant::now();
-        black_box(fma_kernel(iters));
+        black_box(fma_kernel_with(isa, iters));
         let dt = t.elapsed();
         if dt >= target / 8 || iters >= 1 << 40 {
             let scale = target.as_secs_f64() / dt.as_secs_f64().max(1e-9);
@@ -119,15 +200,51 @@ pub fn calibrate_fma(target: Duration) -> u64 {
     }
 }
 
-/// Measured compute ceiling: best GFLOP/s of `reps` runs of about `per_rep` each.
-pub fn measure_fma(reps: usize, per_rep: Duration) -> f64 {
-    let iters = calibrate_fma(per_rep);
-    (0..reps.max(1))
-        .map(|_| {
-            let (dt, flops) = fma_parallel(iters);
-            flops as f64 / dt.as_secs_f64() / 1e9
+/// Measured compute ceiling: best GFLOP/s of `reps` runs of about `per_rep` each, over every kernel of
+/// [`FmaIsa::available`], and the kernel that reached it.
+pub fn measure_fma(reps: usize, per_rep: Duration) -> (f64, FmaIsa) {
+    let mut best = (0.0, FmaIsa::Scalar);
+    for isa in FmaIsa::available() {
+        let iters = calibrate_fma(isa, per_rep);
+        let g = (0..reps.max(1))
+            .map(|_| {
+                let (dt, flops) = fma_parallel_with(isa, iters);
+                flops as f64 / dt.as_secs_f64() / 1e9
+            })
+            .fold(0.0, f64::max);
+        if g > best.0 {
+            best = (g, isa);
+        }
+    }
+    best
+}
+
+/// Bytes of the L3 cache of cpu0 as Linux reports it (`/sys/devices/system/cpu/cpu0/cache`), if it does.
+pub fn l3_bytes() -> Option<usize> {
+    (0..8).find_map(|i| {
+        let base = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let level = std::fs::read_to_string(format!("{base}/level")).ok()?;
+        if level.trim() != "3" {
+            return None;
+        }
+        let size = std::fs::read_to_string(format!("{base}/size")).ok()?;
+        let size = size.trim();
+        let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len()));
+        let n: usize = digits.parse().ok()?;
+        Some(match unit {
+            "K" => n << 10,
+            "M" => n << 20,
+            "G" => n << 30,
+            _ => n,
         })
-        .fold(0.0, f64::max)
+    })
+}
+
+/// Bytes of each memory-ceiling buffer and of the operands a "streamed" benchmark case rotates over:
+/// [`MemBuffers::DEFAULT_BYTES`], or twice the L3 where that is larger (some server CPUs report an L3 of
+/// hundreds of MiB), at most 2 GiB, so that the passes read DRAM, not cache.
+pub fn stream_bytes() -> usize {
+    l3_bytes().map_or(MemBuffers::DEFAULT_BYTES, |l3| (2 * l3).clamp(MemBuffers::DEFAULT_BYTES, 2 << 30))
 }
 
 /// Chunk of a parallel memory pass: big enough that `memcpy` uses streaming stores, small enough to balance.
@@ -264,6 +381,8 @@ pub struct Ceilings {
     pub buffer_bytes: usize,
     /// Whether the AVX2 + FMA kernels ran.
     pub simd: bool,
+    /// The FMA kernel that reached [`Ceilings::fma_gflops`].
+    pub fma_isa: FmaIsa,
 }
 
 /// How long the ceiling measurements run.
@@ -282,21 +401,17 @@ pub struct CeilingConfig {
 
 impl Default for CeilingConfig {
     fn default() -> Self {
-        CeilingConfig {
-            reps: 7,
-            mem_reps: 15,
-            fma_time: Duration::from_millis(150),
-            buffer_bytes: MemBuffers::DEFAULT_BYTES,
-        }
+        CeilingConfig { reps: 7, mem_reps: 15, fma_time: Duration::from_millis(150), buffer_bytes: stream_bytes() }
     }
 }
 
 /// Measures every ceiling on the current pool (its thread count is `threads`) and on one thread.
 pub fn measure(cfg: &CeilingConfig) -> Ceilings {
     let threads = effllm_tensor::threads::num_threads();
-    let fma_gflops = measure_fma(cfg.reps, cfg.fma_time);
-    let fma_gflops_1t = effllm_tensor::threads::with_num_threads(1, || measure_fma(cfg.reps.div_ceil(2), cfg.fma_time))
-        .unwrap_or(f64::NAN);
+    let (fma_gflops, fma_isa) = measure_fma(cfg.reps, cfg.fma_time);
+    let fma_gflops_1t =
+        effllm_tensor::threads::with_num_threads(1, || measure_fma(cfg.reps.div_ceil(2), cfg.fma_time).0)
+            .unwrap_or(f64::NAN);
     let mut bufs = MemBuffers::new(cfg.buffer_bytes);
     // One untimed pass of each to settle page tables and frequency.
     bufs.copy();
@@ -314,6 +429,7 @@ pub fn measure(cfg: &CeilingConfig) -> Ceilings {
         read_gbs_1t,
         buffer_bytes: bufs.bytes(),
         simd: simd_available(),
+        fma_isa,
     }
 }
 
@@ -329,6 +445,12 @@ mod tests {
         let f = fma_kernel(100);
         let s = fma_scalar(100, 1.0);
         assert!((f - s).abs() <= 1e-3 * s.abs(), "{f} vs {s}");
+        // Every kernel this CPU runs sums its lanes: twice the 8-lane sum for AVX-512's 16.
+        for isa in FmaIsa::available() {
+            let f = fma_kernel_with(isa, 100);
+            let want = s * (isa.lanes() / LANES) as f32;
+            assert!((f - want).abs() <= 1e-3 * want.abs(), "{isa:?}: {f} vs {want}");
+        }
     }
 
     #[test]

@@ -9,6 +9,26 @@ use half::f16;
 use super::QuantType;
 use super::blocks::{BlockQ8_1, f16_le};
 
+/// Asks the cache for the 64-byte lines of `base[from..from + len]` (clipped to nothing past the slice's end is
+/// required: a prefetch is only a hint and never faults, whatever the address). No-op off x86-64.
+#[inline]
+pub(crate) fn prefetch_span(base: &[u8], from: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = base.as_ptr();
+        let mut o = from;
+        while o < from.saturating_add(len) {
+            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults, so an address past the slice
+            // (wrapping_add, never dereferenced) is allowed.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o).cast()) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, from, len);
+}
+
 /// Whether the AVX2 kernels can run on this CPU (checked at run time; std caches the answer).
 pub(crate) fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
