@@ -50,20 +50,7 @@ pub(crate) fn rows_map<T: Send + Sync + Copy, U: Send + Default + Clone>(
 
 /// Numerically stable softmax of one row: `exp(x - max) / Σ exp(x - max)`.
 pub(crate) fn softmax_row<R: Real>(x: &[R], out: &mut [R]) {
-    let max = x.iter().copied().fold(R::neg_infinity(), R::max);
-    if max == R::neg_infinity() {
-        // Every entry is -inf: no finite mass anywhere; define the result as uniform zeros.
-        out.iter_mut().for_each(|o| *o = R::zero());
-        return;
-    }
-    let mut sum = R::zero();
-    for (o, &v) in out.iter_mut().zip(x) {
-        let e = (v - max).exp();
-        *o = e;
-        sum = sum + e;
-    }
-    let inv = R::one() / sum;
-    out.iter_mut().for_each(|o| *o = *o * inv);
+    R::softmax_row(x, out)
 }
 
 /// `log Σ exp(x)` of one row, stable.
