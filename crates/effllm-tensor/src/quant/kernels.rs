@@ -9,8 +9,8 @@ use half::f16;
 use super::QuantType;
 use super::blocks::{BlockQ8_1, f16_le};
 
-/// Asks the cache for the 64-byte lines of `base[from..from + len]` (clipped to nothing past the slice's end is
-/// required: a prefetch is only a hint and never faults, whatever the address). No-op off x86-64.
+/// Asks the cache for the 64-byte lines of `base[from..from + len]`. The range may run past the slice's end: a
+/// prefetch is only a hint and never faults, whatever the address. No-op off x86-64.
 #[inline]
 pub(crate) fn prefetch_span(base: &[u8], from: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
