@@ -52,12 +52,12 @@ impl FmaIsa {
         }
     }
 
-    /// How the report names it.
+    /// How the report names it ([`measure_fma`] keeps AVX-512 only where it beat AVX2).
     pub fn describe(self) -> &'static str {
         match self {
             FmaIsa::Scalar => "scalar (no AVX2/FMA)",
             FmaIsa::Avx2 => "8-lane AVX2",
-            FmaIsa::Avx512 => "16-lane AVX-512",
+            FmaIsa::Avx512 => "16-lane AVX-512 (faster here than 8-lane AVX2)",
         }
     }
 
@@ -219,32 +219,16 @@ pub fn measure_fma(reps: usize, per_rep: Duration) -> (f64, FmaIsa) {
     best
 }
 
-/// Bytes of the L3 cache of cpu0 as Linux reports it (`/sys/devices/system/cpu/cpu0/cache`), if it does.
-pub fn l3_bytes() -> Option<usize> {
-    (0..8).find_map(|i| {
-        let base = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-        let level = std::fs::read_to_string(format!("{base}/level")).ok()?;
-        if level.trim() != "3" {
-            return None;
-        }
-        let size = std::fs::read_to_string(format!("{base}/size")).ok()?;
-        let size = size.trim();
-        let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len()));
-        let n: usize = digits.parse().ok()?;
-        Some(match unit {
-            "K" => n << 10,
-            "M" => n << 20,
-            "G" => n << 30,
-            _ => n,
-        })
-    })
-}
-
 /// Bytes of each memory-ceiling buffer and of the operands a "streamed" benchmark case rotates over:
 /// [`MemBuffers::DEFAULT_BYTES`], or twice the L3 where that is larger (some server CPUs report an L3 of
 /// hundreds of MiB), at most 2 GiB, so that the passes read DRAM, not cache.
+/// Read from `/sys` once per process.
 pub fn stream_bytes() -> usize {
-    l3_bytes().map_or(MemBuffers::DEFAULT_BYTES, |l3| (2 * l3).clamp(MemBuffers::DEFAULT_BYTES, 2 << 30))
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let l3 = crate::machine::cpu0_caches().iter().find(|c| c.level == "3").and_then(|c| c.bytes());
+        l3.map_or(MemBuffers::DEFAULT_BYTES, |l3| (2 * l3).clamp(MemBuffers::DEFAULT_BYTES, 2 << 30))
+    })
 }
 
 /// Chunk of a parallel memory pass: big enough that `memcpy` uses streaming stores, small enough to balance.
@@ -379,9 +363,7 @@ pub struct Ceilings {
     pub read_gbs_1t: f64,
     /// Bytes of each buffer of the memory passes.
     pub buffer_bytes: usize,
-    /// Whether the AVX2 + FMA kernels ran.
-    pub simd: bool,
-    /// The FMA kernel that reached [`Ceilings::fma_gflops`].
+    /// The FMA kernel that reached [`Ceilings::fma_gflops`] ([`FmaIsa::Scalar`] where AVX2 + FMA are missing).
     pub fma_isa: FmaIsa,
 }
 
@@ -428,7 +410,6 @@ pub fn measure(cfg: &CeilingConfig) -> Ceilings {
         read_gbs,
         read_gbs_1t,
         buffer_bytes: bufs.bytes(),
-        simd: simd_available(),
         fma_isa,
     }
 }

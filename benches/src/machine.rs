@@ -39,6 +39,42 @@ fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
+/// One cache of cpu0 as Linux describes it under `/sys/devices/system/cpu/cpu0/cache`.
+pub(crate) struct CacheInfo {
+    /// 1, 2, 3, …
+    pub level: String,
+    /// "Data", "Instruction" or "Unified".
+    pub kind: String,
+    /// As Linux writes it, e.g. "32K", "480M".
+    pub size: String,
+}
+
+impl CacheInfo {
+    /// The size in bytes, if it parses.
+    pub fn bytes(&self) -> Option<usize> {
+        let s = self.size.as_str();
+        let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let n: usize = digits.parse().ok()?;
+        Some(match unit {
+            "K" => n << 10,
+            "M" => n << 20,
+            "G" => n << 30,
+            _ => n,
+        })
+    }
+}
+
+/// The caches of cpu0 (empty where Linux does not describe them).
+pub(crate) fn cpu0_caches() -> Vec<CacheInfo> {
+    (0..8)
+        .filter_map(|i| {
+            let base = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+            let field = |name: &str| read(&format!("{base}/{name}")).map(|v| v.trim().to_string());
+            Some(CacheInfo { level: field("level")?, kind: field("type")?, size: field("size")? })
+        })
+        .collect()
+}
+
 fn cpuinfo_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
     info.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -106,18 +142,15 @@ impl Machine {
         };
         let physical_cores =
             cpuinfo_field(&info, "cpu cores").and_then(|v| v.parse::<usize>().ok()).map(|c| c * sockets);
-        let caches = (0..8)
-            .filter_map(|i| {
-                let base = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-                let level = read(&format!("{base}/level"))?;
-                let ty = read(&format!("{base}/type"))?;
-                let size = read(&format!("{base}/size"))?;
-                let suffix = match ty.trim() {
+        let caches = cpu0_caches()
+            .iter()
+            .map(|c| {
+                let suffix = match c.kind.as_str() {
                     "Data" => "d",
                     "Instruction" => "i",
                     _ => "",
                 };
-                Some(format!("L{}{suffix} {}", level.trim(), size.trim()))
+                format!("L{}{suffix} {}", c.level, c.size)
             })
             .collect::<Vec<_>>()
             .join(", ");

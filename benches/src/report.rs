@@ -59,11 +59,7 @@ pub fn machine_section(machine: &Machine, ceilings: &Ceilings, end: Option<&Ceil
         format!(
             "{} independent {} FMA chains per thread, 2 flops per lane, best of reps",
             crate::ceiling::FMA_CHAINS,
-            if ceilings.fma_isa == crate::ceiling::FmaIsa::Avx512 {
-                "16-lane AVX-512 (faster here than 8-lane AVX2)"
-            } else {
-                ceilings.fma_isa.describe()
-            }
+            ceilings.fma_isa.describe()
         ),
     ]);
     c.row(vec![

@@ -12,19 +12,13 @@ use effllm_tensor::{Device, Tensor};
 
 use crate::Result;
 
-/// Total bytes a "streamed" case rotates over: as large as the memory-ceiling buffers ([`crate::ceiling::stream_bytes`]:
-/// 256 MiB, or twice the L3 where that is larger), so every call reads its operands from DRAM as a decode step does
-/// (a whole model never fits in cache).
-pub fn stream_bytes() -> usize {
-    crate::ceiling::stream_bytes()
-}
-
 /// Whether a case reuses one operand (cache-resident when it fits) or rotates over copies of it (DRAM-bound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Residency {
     /// One operand, called repeatedly: stays in L2/L3 if it fits.
     Resident,
-    /// Enough distinct copies to cover [`stream_bytes`], called round-robin.
+    /// Enough distinct copies to cover [`crate::ceiling::stream_bytes`] (as large as the memory-ceiling buffers, at
+    /// least twice the L3), called round-robin, so every call reads its operands from DRAM as a decode step does.
     Streamed,
 }
 
@@ -44,7 +38,7 @@ impl Residency {
     pub fn copies(self, bytes: usize) -> usize {
         match self {
             Residency::Resident => 1,
-            Residency::Streamed => crate::inputs::copies_for(bytes, stream_bytes()),
+            Residency::Streamed => crate::inputs::copies_for(bytes, crate::ceiling::stream_bytes()),
         }
     }
 }

@@ -238,7 +238,7 @@ impl Scenario for Gemv {
                      so W comes from DRAM as in a real decode step; this is the mode the target is judged on. \
                      **resident**: one W called repeatedly; it stays in L2/L3 when it fits, so the ratio can exceed \
                      100%.",
-                    mib(super::stream_bytes() as f64)
+                    mib(crate::ceiling::stream_bytes() as f64)
                 ),
                 "f32 goes through `Tensor::linear` with x of shape [1, k] (the parallel GEMV path); fused = \
                  `QMatrix::gemv_with(.., KernelPath::Auto, act)`; q8 act = activations quantized to Q8_1/Q8_0 per \
@@ -519,7 +519,7 @@ impl Scenario for AttentionDecode {
                  Ceiling: the read-stream figure ({} GB/s, {threads} threads). streamed = rotating over copies of the \
                  cache covering {}; resident = one cache (1.5 MiB at 1k, 12 MiB at 8k: L3-resident).",
                 num(read),
-                mib(super::stream_bytes() as f64)
+                mib(crate::ceiling::stream_bytes() as f64)
             )],
             tables: vec![table],
             plots: vec![PlotSpec {

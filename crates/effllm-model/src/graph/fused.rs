@@ -580,6 +580,30 @@ __device__ __forceinline__ void head_phase(const void* w, int fmtty, const float
 #define KPRE 4
 struct AttnPre { float4 v[VPRE]; float4 k[KPRE]; };
 
+// Where this thread's rows of chunk c of query head h lie (attention_item and attention_preload read the same ones):
+// the chunk's first slot j0 and live slots cnt, the KV head's key and value rows, the value-row layout (hd/4 threads
+// per slot row, 16 bytes at d4, slot groups g of `groups`) and the score layout (tps threads per slot i, w4 float4s
+// of the key row from sub·w4).
+struct AttnLayout { int j0, cnt, d4n, groups, d4, g, tps, i, sub, w4; const float* K; const float* V; };
+__device__ __forceinline__ AttnLayout attn_layout(const float* kc, const float* vc, int n, int h, int c, int hq,
+                                                  int hkv, int hd, int cap) {
+    AttnLayout L;
+    int t = threadIdx.x, nt = blockDim.x, kvh = h / (hq / hkv);
+    L.j0 = c * ACHUNK;
+    L.cnt = n - L.j0 < ACHUNK ? n - L.j0 : ACHUNK;
+    L.K = kc + (i64)kvh * cap * hd;
+    L.V = vc + (i64)kvh * cap * hd;
+    L.d4n = hd >> 2;
+    L.groups = nt / L.d4n;
+    L.d4 = t % L.d4n;
+    L.g = t / L.d4n;
+    L.tps = nt / ACHUNK;
+    L.i = t / L.tps;
+    L.sub = t % L.tps;
+    L.w4 = hd / (4 * L.tps);
+    return L;
+}
+
 __device__ __forceinline__ void attention_item(const float* q, const float* kc, const float* vc, int n, int h, int c,
                                                float* pm, float* pl, float* pacc, u32* counter, float* out,
                                                int hq, int hkv, int hd, int cap, int nchunks, float scale,
@@ -588,20 +612,19 @@ __device__ __forceinline__ void attention_item(const float* q, const float* kc, 
     __shared__ float4 part[512];
     __shared__ float stat[2];
     __shared__ int is_last;
-    int t = threadIdx.x, nt = blockDim.x;
-    int j0 = c * ACHUNK;
-    int cnt = n - j0 < ACHUNK ? n - j0 : ACHUNK;
+    int t = threadIdx.x;
+    AttnLayout L = attn_layout(kc, vc, n, h, c, hq, hkv, hd, cap);
+    int j0 = L.j0, cnt = L.cnt;
     int used = (n + ACHUNK - 1) / ACHUNK;
-    int kvh = h / (hq / hkv);
     const float* qh = q + (i64)h * hd;
-    const float* K = kc + (i64)kvh * cap * hd;
-    const float* V = vc + (i64)kvh * cap * hd;
+    const float* K = L.K;
+    const float* V = L.V;
     // This thread's first value rows (slot i = g + u·groups, 16 bytes at d4), loaded now so that their memory
     // latency overlaps the scores' and the softmax instead of following them; the sum below adds them in the same
     // order as the rows it loads itself. Four cover a 128-slot chunk at head size 64 (H200: bf16 decode at context
     // 128 1,640 -> 1,745 tok/s, at 2048 1,497 -> 1,616); eight were faster at context 128 but their registers
     // leave one 512-thread block per SM, slower at long contexts.
-    int d4n = hd >> 2, groups = nt / d4n, d4 = t % d4n, g = t / d4n;
+    int d4n = L.d4n, groups = L.groups, d4 = L.d4, g = L.g;
     float4 vpre[VPRE];
     #pragma unroll
     for (int u = 0; u < VPRE; ++u) {
@@ -610,7 +633,7 @@ __device__ __forceinline__ void attention_item(const float* q, const float* kc, 
             vpre[u] = pre && j0 + i != cur ? pre->v[u] : __ldcg((const float4*)(V + (i64)(j0 + i) * hd) + d4);
     }
     {
-        int tps = nt / ACHUNK, i = t / tps, sub = t % tps, w4 = hd / (4 * tps);
+        int tps = L.tps, i = L.i, sub = L.sub, w4 = L.w4;
         float a = 0.f;
         if (i < cnt) {
             const float4* kr = (const float4*)(K + (i64)(j0 + i) * hd) + sub * w4;
@@ -714,22 +737,17 @@ __device__ __forceinline__ void attention_item(const float* q, const float* kc, 
 // the cache (the earlier slots were written by earlier steps), so that the scores do not wait for memory.
 __device__ __forceinline__ void attention_preload(const float* kc, const float* vc, int n, int h, int c, int hq,
                                                   int hkv, int hd, int cap, int cur, AttnPre* pre) {
-    int t = threadIdx.x, nt = blockDim.x, j0 = c * ACHUNK;
-    int cnt = n - j0 < ACHUNK ? n - j0 : ACHUNK;
-    int kvh = h / (hq / hkv);
-    const float* K = kc + (i64)kvh * cap * hd;
-    const float* V = vc + (i64)kvh * cap * hd;
-    int d4n = hd >> 2, groups = nt / d4n, d4 = t % d4n, g = t / d4n;
+    AttnLayout L = attn_layout(kc, vc, n, h, c, hq, hkv, hd, cap);
     #pragma unroll
     for (int u = 0; u < VPRE; ++u) {
-        int i = g + u * groups;
-        if (g < groups && i < cnt && j0 + i != cur) pre->v[u] = __ldcg((const float4*)(V + (i64)(j0 + i) * hd) + d4);
+        int i = L.g + u * L.groups;
+        if (L.g < L.groups && i < L.cnt && L.j0 + i != cur)
+            pre->v[u] = __ldcg((const float4*)(L.V + (i64)(L.j0 + i) * hd) + L.d4);
     }
-    int tps = nt / ACHUNK, i = t / tps, sub = t % tps, w4 = hd / (4 * tps);
-    if (i < cnt && j0 + i != cur) {
-        const float4* kr = (const float4*)(K + (i64)(j0 + i) * hd) + sub * w4;
+    if (L.i < L.cnt && L.j0 + L.i != cur) {
+        const float4* kr = (const float4*)(L.K + (i64)(L.j0 + L.i) * hd) + L.sub * L.w4;
         #pragma unroll
-        for (int u = 0; u < KPRE; ++u) if (u < w4) pre->k[u] = __ldcg(kr + u);
+        for (int u = 0; u < KPRE; ++u) if (u < L.w4) pre->k[u] = __ldcg(kr + u);
     }
 }
 

@@ -342,10 +342,10 @@ impl Tensor {
             // One query position without a mask (decode): the `group` query heads that share a KV head are
             // consecutive rows, and they go through together, so each key and value row is read from memory once
             // for all of them instead of once per head. Per row, the same operations in the same order as below.
-            if sq == 1 && mask.is_none() && group > 1 && d > 0 && dv > 0 {
+            if sq == 1 && mask.is_none() && group > 1 && skv > 0 && d > 0 && dv > 0 {
                 crate::threads::install(|| {
                     out.par_chunks_mut(group * dv).enumerate().for_each_init(
-                        || (vec![R::zero(); group * skv], vec![R::zero(); skv]),
+                        || (vec![R::zero(); group * skv], vec![R::zero(); group * skv]),
                         |(scores, probs), (g, o)| {
                             let kvh = g; // (b·hkv + kv head): rows g·group .. of the [b·hq] query rows
                             let q0 = g * group;
@@ -356,14 +356,13 @@ impl Tensor {
                                     scores[gi * skv + j] = R::dot(qr, kr) * scale;
                                 }
                             }
-                            for gi in 0..group {
-                                softmax_row(&scores[gi * skv..(gi + 1) * skv], &mut probs[..]);
-                                scores[gi * skv..(gi + 1) * skv].copy_from_slice(probs);
+                            for (s, p) in scores.chunks_exact(skv).zip(probs.chunks_exact_mut(skv)) {
+                                softmax_row(s, p);
                             }
                             for j in 0..skv {
                                 let vr = &v[(kvh * skv + j) * dv..(kvh * skv + j + 1) * dv];
                                 for gi in 0..group {
-                                    let p = scores[gi * skv + j];
+                                    let p = probs[gi * skv + j];
                                     if p != R::zero() {
                                         R::axpy(&mut o[gi * dv..(gi + 1) * dv], p, vr);
                                     }
