@@ -339,6 +339,36 @@ pub fn attention(
     compare("attention", dtype, &got, &want, &[b, hq, sq, d], skv.max(d))
 }
 
+/// Attention of `dtype` queries (f32, f16 or bf16) over keys and values stored in f16 (an f16 KV cache), against
+/// the reference on the same f16-rounded keys and values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_f16_kv(
+    dev: &Device,
+    dtype: DType,
+    hkv: usize,
+    group: usize,
+    sq: usize,
+    skv: usize,
+    d: usize,
+    causal: bool,
+    seed: u64,
+) -> Outcome {
+    let hq = hkv * group;
+    let sq = if causal { sq.min(skv) } else { sq };
+    let (q, qs) = input(dev, dtype, &[1, hq, sq, d], &normals(seed, hq * sq * d))?;
+    let (k, ks) = input(dev, DType::F16, &[1, hkv, skv, d], &normals(seed ^ 1, hkv * skv * d))?;
+    let (v, vs) = input(dev, DType::F16, &[1, hkv, skv, d], &normals(seed ^ 2, hkv * skv * d))?;
+    let (m, allowed): (AttentionMask, Allowed) = if causal {
+        (AttentionMask::Causal, Box::new(move |_, _, i, j| j <= skv - sq + i))
+    } else {
+        (AttentionMask::None, Box::new(|_, _, _, _| true))
+    };
+    let scale = 1.0 / (d as f64).sqrt();
+    let got = q.attention(&k, &v, &m, None).map_err(err("attention, f16 KV"))?;
+    let want = r::attention(&qs, &ks, &vs, [1, hq, sq, d], hkv, skv, d, scale, allowed);
+    compare("attention, f16 KV", dtype, &got, &want, &[1, hq, sq, d], skv.max(d))
+}
+
 /// Batched matmul with broadcast batch dimensions; `transpose_b` reads B through a transposed view.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -760,6 +790,15 @@ macro_rules! conformance_suite {
                 let mask = [$crate::MaskKind::None, $crate::MaskKind::Causal, $crate::MaskKind::Random][mask];
                 if $crate::skip(&__dev()) { return Ok(()); }
                 __check($crate::attention(&__dev(), dtype, 1, hkv, group, sq, sq + extra, d, mask, seed))?;
+            }
+
+            // Keys and values in f16 (an f16 KV cache) for f32, f16 and bf16 queries; head sizes up to 72 reach the
+            // CPU's SIMD kernels (multiples of 8) and the one-query decode path.
+            #[test]
+            fn attention_f16_kv(dtype in prop_oneof![Just(::effllm_tensor::DType::F32), Just(::effllm_tensor::DType::F16), Just(::effllm_tensor::DType::BF16)], hkv in 1usize..3, group in 1usize..5, sq in 1usize..4, skv in 1usize..40, d8 in 1usize..10, odd in any::<bool>(), causal in any::<bool>(), seed in any::<u64>()) {
+                let d = 8 * d8 - usize::from(odd);
+                if $crate::skip(&__dev()) { return Ok(()); }
+                __check($crate::attention_f16_kv(&__dev(), dtype, hkv, group, sq, skv, d, causal, seed))?;
             }
 
             #[test]

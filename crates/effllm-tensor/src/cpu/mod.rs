@@ -10,6 +10,7 @@ use half::{bf16, f16};
 use crate::layout::Layout;
 use crate::{DType, WithDType};
 
+pub(crate) mod attention;
 pub(crate) mod gemv;
 pub(crate) mod kernels;
 pub(crate) mod vexp;

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::Real;
+use crate::cpu::attention::KvElem;
 use crate::cpu::kernels::{rows_map, softmax_row};
 use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
@@ -268,9 +269,14 @@ impl Tensor {
 
     fn attention_fwd(&self, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: Option<f64>) -> Result<Tensor> {
         const OP: &str = "attention";
-        self.check_same_dtype(OP, k)?;
-        self.check_same_dtype(OP, v)?;
         self.check_float(OP)?;
+        k.check_same_dtype(OP, v)?;
+        // An f16 KV cache may serve queries of any f32-precision dtype (f32, f16, bf16): the CPU reads it directly.
+        let f16_kv = k.dtype() == DType::F16 && self.dtype() != DType::F64;
+        if !f16_kv {
+            self.check_same_dtype(OP, k)?;
+        }
+        self.check_same_device(OP, k)?;
         let bad = |t: &Tensor, what: &str| Error::BadShape {
             op: OP,
             shape: t.shape().to_vec(),
@@ -308,10 +314,16 @@ impl Tensor {
                 _ => None,
             };
             let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+            // The CUDA kernels take keys and values in the query's dtype: an f16 cache is converted first.
+            let (k, v) = if k.dtype() == self.dtype() {
+                (k.clone(), v.clone())
+            } else {
+                (crate::cuda::ops::cast(k, self.dtype())?, crate::cuda::ops::cast(v, self.dtype())?)
+            };
             if sq >= ATTENTION_GEMM_MIN_QUERIES {
-                return crate::cuda::ops::attention_gemm(self, k, v, m.as_ref(), causal, scale);
+                return crate::cuda::ops::attention_gemm(self, &k, &v, m.as_ref(), causal, scale);
             }
-            return crate::cuda::ops::attention(self, k, v, m.as_ref(), causal, scale);
+            return crate::cuda::ops::attention(self, &k, &v, m.as_ref(), causal, scale);
         }
         let mask_data = match mask {
             AttentionMask::Mask(m) => {
@@ -326,10 +338,10 @@ impl Tensor {
         let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
         let group = hq / hkv;
         #[allow(clippy::too_many_arguments)]
-        fn run<R: Real>(
+        fn run<R: Real, E: KvElem<R>>(
             q: &[R],
-            k: &[R],
-            v: &[R],
+            k: &[E],
+            v: &[E],
             dims: [usize; 7],
             group: usize,
             scale: f64,
@@ -341,33 +353,19 @@ impl Tensor {
             let mut out = vec![R::zero(); dims[0] * hq * sq * dv];
             // One query position without a mask (decode): the `group` query heads that share a KV head are
             // consecutive rows, and they go through together, so each key and value row is read from memory once
-            // for all of them instead of once per head. Per row, the same operations in the same order as below.
+            // for all of them instead of once per head. The kernels compute each row exactly as for one row alone.
             if sq == 1 && mask.is_none() && group > 1 && skv > 0 && d > 0 && dv > 0 {
                 crate::threads::install(|| {
                     out.par_chunks_mut(group * dv).enumerate().for_each_init(
                         || (vec![R::zero(); group * skv], vec![R::zero(); group * skv]),
                         |(scores, probs), (g, o)| {
                             let kvh = g; // (b·hkv + kv head): rows g·group .. of the [b·hq] query rows
-                            let q0 = g * group;
-                            for j in 0..skv {
-                                let kr = &k[(kvh * skv + j) * d..(kvh * skv + j + 1) * d];
-                                for gi in 0..group {
-                                    let qr = &q[(q0 + gi) * d..(q0 + gi + 1) * d];
-                                    scores[gi * skv + j] = R::dot(qr, kr) * scale;
-                                }
-                            }
+                            let (kh, vh) = (&k[kvh * skv * d..][..skv * d], &v[kvh * skv * dv..][..skv * dv]);
+                            E::attention_scores(&q[g * group * d..][..group * d], group, kh, d, scale, scores);
                             for (s, p) in scores.chunks_exact(skv).zip(probs.chunks_exact_mut(skv)) {
                                 softmax_row(s, p);
                             }
-                            for j in 0..skv {
-                                let vr = &v[(kvh * skv + j) * dv..(kvh * skv + j + 1) * dv];
-                                for gi in 0..group {
-                                    let p = probs[gi * skv + j];
-                                    if p != R::zero() {
-                                        R::axpy(&mut o[gi * dv..(gi + 1) * dv], p, vr);
-                                    }
-                                }
-                            }
+                            E::attention_values(probs, group, vh, dv, o);
                         },
                     )
                 });
@@ -383,27 +381,19 @@ impl Tensor {
                         let qr = &q[row * d..(row + 1) * d];
                         let limit = if causal { skv - sq + i + 1 } else { skv };
                         let mrow = mask.map(|m| &m[row * skv..(row + 1) * skv]);
-                        let mut any = false;
-                        for j in 0..skv {
-                            let allowed = j < limit && mrow.is_none_or(|m| m[j] != 0);
-                            scores[j] = if allowed {
-                                any = true;
-                                let kr = &k[(kvh * skv + j) * d..(kvh * skv + j + 1) * d];
-                                R::dot(qr, kr) * scale
-                            } else {
-                                R::neg_infinity()
-                            };
+                        if limit == 0 || mrow.is_some_and(|m| m[..limit].iter().all(|&a| a == 0)) {
+                            return; // no key allowed: the row stays zero
                         }
-                        if !any {
-                            return; // row stays zero
+                        E::attention_scores(qr, 1, &k[kvh * skv * d..][..limit * d], d, scale, &mut scores[..limit]);
+                        if let Some(m) = mrow {
+                            for (sc, &a) in scores[..limit].iter_mut().zip(m) {
+                                if a == 0 {
+                                    *sc = R::neg_infinity();
+                                }
+                            }
                         }
                         softmax_row(&scores[..limit], &mut probs[..limit]);
-                        for (j, &p) in probs[..limit].iter().enumerate() {
-                            if p == R::zero() {
-                                continue;
-                            }
-                            R::axpy(o, p, &v[(kvh * skv + j) * dv..(kvh * skv + j + 1) * dv]);
-                        }
+                        E::attention_values(&probs[..limit], 1, &v[kvh * skv * dv..][..limit * dv], dv, o);
                     },
                 )
             });
@@ -411,14 +401,20 @@ impl Tensor {
         }
         let dims = [b, hq, sq, d, hkv, skv, dv];
         let m = mask_data.as_deref();
-        let out = match (self.work(OP)?, k.work(OP)?, v.work(OP)?) {
-            (Work::F32(q), Work::F32(kk), Work::F32(vv)) => {
+        let out = match (self.work(OP)?, f16_kv) {
+            (Work::F32(q), true) => {
+                let (kk, vv) = (k.data::<half::f16>(OP)?, v.data::<half::f16>(OP)?);
                 WorkOut::F32(run(&q, &kk, &vv, dims, group, scale, causal, m))
             }
-            (Work::F64(q), Work::F64(kk), Work::F64(vv)) => {
-                WorkOut::F64(run(&q, &kk, &vv, dims, group, scale, causal, m))
-            }
-            _ => unreachable!("same dtype gives the same work precision"),
+            (q, _) => match (q, k.work(OP)?, v.work(OP)?) {
+                (Work::F32(q), Work::F32(kk), Work::F32(vv)) => {
+                    WorkOut::F32(run(&q, &kk, &vv, dims, group, scale, causal, m))
+                }
+                (Work::F64(q), Work::F64(kk), Work::F64(vv)) => {
+                    WorkOut::F64(run(&q, &kk, &vv, dims, group, scale, causal, m))
+                }
+                _ => unreachable!("same dtype gives the same work precision"),
+            },
         };
         Ok(out.into_tensor(&[b, hq, sq, dv], self.dtype()))
     }
