@@ -1,6 +1,6 @@
 //! Prefill and greedy-decode speed of SmolLM2 on this machine: `cargo run --release -p effllm-model --example
-//! speed -- [prompt_len] [decode_tokens] [f32|bf16|q8|quantized] [device]` (device `cpu` or `cuda:N`; CUDA needs
-//! `--features cuda`). With `EFFLLM_SPEED_RANDOM=1` the model is SmolLM2-135M's shape with random dense weights
+//! speed -- [prompt_len] [decode_tokens] [f32|bf16|q8|quantized] [device] [f32|f16]` (device `cpu` or `cuda:N`;
+//! CUDA needs `--features cuda`; the last argument is the KV cache's storage dtype, f32 by default). With `EFFLLM_SPEED_RANDOM=1` the model is SmolLM2-135M's shape with random dense weights
 //! (f32 or bf16) instead of the GGUF file: speed does not depend on the values, and no model file is needed (for
 //! machines without network); `quantized` then quantizes the random weights to Q4_1 blocks.
 //!
@@ -34,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let path = effllm_gguf::model_cache::fetch_smollm2(|l| eprintln!("{l}"))?;
         LlamaModel::open_gguf(&path, &LoadOptions { format, activations, device })?
     };
+    let kv = match args.get(4).map(String::as_str) {
+        Some("f16") => DType::F16,
+        _ => DType::F32,
+    };
+    let model = model.with_kv_cache_dtype(kv)?;
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + (i * 37) % 20000).collect();
     // Warm-up (kernel compilation on a GPU, thread pools, first allocations): a short prefill and two decode steps.
     {
@@ -58,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let decode = t1.elapsed().as_secs_f64();
     println!(
-        "{device:?} {format:?} {activations:?}: prefill {prompt_len} tokens in {prefill:.3} s ({:.1} tok/s); decode {n_decode} tokens in {decode:.3} s ({:.1} tok/s)",
+        "{device:?} {format:?} {activations:?}, {kv} KV cache: prefill {prompt_len} tokens in {prefill:.3} s ({:.1} tok/s); decode {n_decode} tokens in {decode:.3} s ({:.1} tok/s)",
         prompt_len as f64 / prefill,
         n_decode as f64 / decode
     );

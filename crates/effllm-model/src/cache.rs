@@ -6,6 +6,11 @@
 //! with `Tensor::slice_assign`, and the capacity doubles when it runs out (amortised O(1) per token).
 //! Every KV head of a layer holds the same number of slots, but [`LayerKv::compact_heads`] may keep different
 //! slots per head (H2O, TriForce-style selection); positions are therefore tracked per head.
+//!
+//! Storage is f32 by default, or f16 ([`KvCache::with_dtype`], llama.cpp's default): half the bytes, which is what
+//! long-context decode on a CPU is bound by. Keys and values are rounded to f16 once, when written; attention reads
+//! the f16 rows directly on the CPU (widened in registers) and converts them on CUDA. Reads through
+//! [`LayerKv::keys`] and [`LayerKv::values`] are always f32.
 
 use effllm_tensor::{DType, Device, Tensor};
 
@@ -21,12 +26,13 @@ pub struct LayerKv {
     capacity: usize,
     head_dim: usize,
     device: Device,
+    dtype: DType,
 }
 
 const INITIAL_CAPACITY: usize = 64;
 
 impl LayerKv {
-    fn new(n_head_kv: usize, head_dim: usize, device: &Device) -> LayerKv {
+    fn new(n_head_kv: usize, head_dim: usize, device: &Device, dtype: DType) -> LayerKv {
         LayerKv {
             keys: Vec::new(),
             values: Vec::new(),
@@ -35,6 +41,7 @@ impl LayerKv {
             capacity: 0,
             head_dim,
             device: *device,
+            dtype,
         }
     }
 
@@ -58,17 +65,24 @@ impl LayerKv {
         self.positions.len()
     }
 
+    /// The storage dtype of keys and values (f32 or f16).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Absolute positions of the live slots of KV head `head`.
     pub fn positions(&self, head: usize) -> &[u32] {
         &self.positions[head]
     }
 
-    /// Post-RoPE keys of KV head `head`: a `[len, head_dim]` view (no copy).
+    /// Post-RoPE keys of KV head `head`, `[len, head_dim]` f32: a view (no copy) of an f32 cache, a widened copy of
+    /// an f16 one.
     pub fn keys(&self, head: usize) -> Result<Tensor> {
         self.view(&self.keys, head)
     }
 
-    /// Values of KV head `head`: a `[len, head_dim]` view (no copy).
+    /// Values of KV head `head`, `[len, head_dim]` f32: a view (no copy) of an f32 cache, a widened copy of an f16
+    /// one.
     pub fn values(&self, head: usize) -> Result<Tensor> {
         self.view(&self.values, head)
     }
@@ -80,10 +94,10 @@ impl LayerKv {
         if self.len == 0 {
             return Ok(Tensor::zeros(&[0, self.head_dim], DType::F32, &self.device)?);
         }
-        Ok(bufs[head].narrow(2, 0, self.len)?.reshape(&[self.len, self.head_dim])?)
+        Ok(bufs[head].narrow(2, 0, self.len)?.reshape(&[self.len, self.head_dim])?.to_dtype(DType::F32)?)
     }
 
-    /// `[1, 1, len, head_dim]` views for attention.
+    /// `[1, 1, len, head_dim]` views for attention, in the storage dtype.
     pub(crate) fn attention_views(&self, head: usize) -> Result<(Tensor, Tensor)> {
         Ok((self.keys[head].narrow(2, 0, self.len)?, self.values[head].narrow(2, 0, self.len)?))
     }
@@ -93,10 +107,11 @@ impl LayerKv {
             return Ok(());
         }
         let cap = needed.max(self.capacity * 2).max(INITIAL_CAPACITY);
+        let dtype = self.dtype;
         let grow = |old: &mut Vec<Tensor>, len: usize, hd: usize, dev: &Device, n: usize| -> Result<()> {
             let mut fresh = Vec::with_capacity(n);
             for h in 0..n {
-                let mut t = Tensor::zeros(&[1, 1, cap, hd], DType::F32, dev)?;
+                let mut t = Tensor::zeros(&[1, 1, cap, hd], dtype, dev)?;
                 if let Some(prev) = old.get(h).filter(|_| len > 0) {
                     t.slice_assign(2, 0, &prev.narrow(2, 0, len)?)?;
                 }
@@ -112,7 +127,8 @@ impl LayerKv {
         Ok(())
     }
 
-    /// Appends new slots: `k`, `v` = `[1, n_heads, T, head_dim]` f32, `positions` the T absolute positions.
+    /// Appends new slots: `k`, `v` = `[1, n_heads, T, head_dim]` f32, `positions` the T absolute positions (rounded
+    /// to the storage dtype).
     pub fn append(&mut self, k: &Tensor, v: &Tensor, positions: &[u32]) -> Result<()> {
         let t = positions.len();
         let want = [1, self.n_heads(), t, self.head_dim];
@@ -123,6 +139,7 @@ impl LayerKv {
             ));
         }
         self.reserve(self.len + t)?;
+        let (k, v) = (k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?);
         for h in 0..self.n_heads() {
             self.keys[h].slice_assign(2, self.len, &k.narrow(1, h, 1)?)?;
             self.values[h].slice_assign(2, self.len, &v.narrow(1, h, 1)?)?;
@@ -204,8 +221,8 @@ impl LayerKv {
             ));
         }
         self.reserve(n)?;
-        self.keys[head].slice_assign(2, 0, &keys.to_dtype(DType::F32)?.reshape(&[1, 1, n, self.head_dim])?)?;
-        self.values[head].slice_assign(2, 0, &values.to_dtype(DType::F32)?.reshape(&[1, 1, n, self.head_dim])?)?;
+        self.keys[head].slice_assign(2, 0, &keys.to_dtype(self.dtype)?.reshape(&[1, 1, n, self.head_dim])?)?;
+        self.values[head].slice_assign(2, 0, &values.to_dtype(self.dtype)?.reshape(&[1, 1, n, self.head_dim])?)?;
         self.positions[head] = positions.to_vec();
         self.len = n;
         Ok(())
@@ -258,6 +275,14 @@ impl KvCachePolicy for SinkWindowPolicy {
     }
 }
 
+/// Whether `dtype` can store a KV cache (f32 or f16).
+pub(crate) fn check_cache_dtype(dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 | DType::F16 => Ok(()),
+        other => Err(invalid("KV cache", format!("storage dtype {other}; f32 or f16 are supported"))),
+    }
+}
+
 /// The KV cache of a whole model: one [`LayerKv`] per layer, and an optional policy.
 #[derive(Debug)]
 pub struct KvCache {
@@ -266,9 +291,27 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `n_layer` layers of `n_head_kv` heads of size `head_dim` on `device`.
+    /// An empty f32 cache for `n_layer` layers of `n_head_kv` heads of size `head_dim` on `device`.
     pub fn new(n_layer: usize, n_head_kv: usize, head_dim: usize, device: &Device) -> KvCache {
-        KvCache { layers: (0..n_layer).map(|_| LayerKv::new(n_head_kv, head_dim, device)).collect(), policy: None }
+        KvCache::build(n_layer, n_head_kv, head_dim, device, DType::F32)
+    }
+
+    /// An empty cache storing keys and values in `dtype`: f32 (as [`KvCache::new`]) or f16 (half the bytes; each
+    /// value rounded once, when written). Any other dtype is an error.
+    pub fn with_dtype(
+        n_layer: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<KvCache> {
+        check_cache_dtype(dtype)?;
+        Ok(KvCache::build(n_layer, n_head_kv, head_dim, device, dtype))
+    }
+
+    pub(crate) fn build(n_layer: usize, n_head_kv: usize, head_dim: usize, device: &Device, dtype: DType) -> KvCache {
+        let layers = (0..n_layer).map(|_| LayerKv::new(n_head_kv, head_dim, device, dtype)).collect();
+        KvCache { layers, policy: None }
     }
 
     /// Installs a policy (replacing any previous one).
@@ -328,7 +371,7 @@ impl KvCache {
 
     /// Bytes held by the key/value buffers (capacity, not just live slots).
     pub fn nbytes(&self) -> usize {
-        self.layers.iter().map(|l| 2 * l.n_heads() * l.capacity() * l.head_dim * 4).sum()
+        self.layers.iter().map(|l| 2 * l.n_heads() * l.capacity() * l.head_dim * l.dtype.size_in_bytes()).sum()
     }
 
     pub(crate) fn parts_mut(&mut self, layer: usize) -> Result<(&mut LayerKv, Option<&mut Box<dyn KvCachePolicy>>)> {

@@ -72,7 +72,7 @@ use std::ops::Range;
 pub use batch::{Batch, BatchMask};
 pub use cache::{KvCache, KvCachePolicy, LayerKv, SinkWindowPolicy};
 pub use config::LlamaConfig;
-pub use effllm_tensor::{Device, Tensor};
+pub use effllm_tensor::{DType, Device, Tensor};
 pub use error::{ModelError, Result};
 pub use graph::GraphDecoder;
 pub use hooks::{CaptureHidden, ForwardHooks, NoHooks};

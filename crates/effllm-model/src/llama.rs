@@ -119,6 +119,8 @@ pub struct LlamaModel {
     norm: Tensor,
     lm_head: Linear,
     device: Device,
+    /// Storage dtype of the caches [`CausalLm::new_cache`] makes.
+    kv_dtype: DType,
 }
 
 fn f32_tensor(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor> {
@@ -170,7 +172,7 @@ impl LlamaModel {
         }
         let lm_head = if cfg.tied_embeddings { embedding.as_linear() } else { lin("output.weight", cfg.vocab, d)? };
         let norm = vec1("output_norm.weight")?;
-        Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev })
+        Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev, kv_dtype: DType::F32 })
     }
 
     /// Loads a Hugging Face checkpoint: `config.json` plus `*.safetensors` files in `dir` (f32, f16 or bf16
@@ -280,7 +282,7 @@ impl LlamaModel {
         } else {
             as_linear(take("lm_head.weight", &[cfg.vocab, d])?)?
         };
-        Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev })
+        Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev, kv_dtype: DType::F32 })
     }
 
     /// Assembles a model from parts (tests, converters, training).
@@ -296,7 +298,7 @@ impl LlamaModel {
             return Err(invalid("model parts", format!("{} layers, config says {}", layers.len(), config.n_layer)));
         }
         let device = norm.device();
-        Ok(LlamaModel { config, embedding, layers, norm, lm_head, device })
+        Ok(LlamaModel { config, embedding, layers, norm, lm_head, device, kv_dtype: DType::F32 })
     }
 
     /// The hyperparameters.
@@ -358,6 +360,7 @@ impl LlamaModel {
             norm: self.norm.clone().requires_grad(),
             lm_head,
             device: self.device,
+            kv_dtype: self.kv_dtype,
         })
     }
 
@@ -419,7 +422,15 @@ impl LlamaModel {
         };
         let lm_head =
             if self.config.tied_embeddings { embedding.as_linear() } else { lin("lm_head".into(), &self.lm_head)? };
-        Ok(LlamaModel { config: self.config.clone(), embedding, layers, norm, lm_head, device: self.device })
+        Ok(LlamaModel {
+            config: self.config.clone(),
+            embedding,
+            layers,
+            norm,
+            lm_head,
+            device: self.device,
+            kv_dtype: self.kv_dtype,
+        })
     }
 
     /// Every dense weight with a stable name (`embedding`, `layers.N.wq`, ..., `norm`, `lm_head` unless tied), in
@@ -478,6 +489,7 @@ impl LlamaModel {
             norm: self.norm.to_device(device)?,
             lm_head,
             device: *device,
+            kv_dtype: self.kv_dtype,
         })
     }
 
@@ -533,6 +545,20 @@ impl LlamaModel {
         })
     }
 
+    /// The model with caches ([`CausalLm::new_cache`]) that store keys and values in `dtype`: f32 (the default) or
+    /// f16, llama.cpp's default, which halves the bytes that long-context decode reads (each key and value rounded
+    /// once, when written; queries, scores and sums stay f32). Any other dtype is an error.
+    pub fn with_kv_cache_dtype(mut self, dtype: DType) -> Result<LlamaModel> {
+        crate::cache::check_cache_dtype(dtype)?;
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
+    /// The storage dtype of the caches this model makes.
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
     /// The model without its decoder layers (embedding, final norm and LM head only), for
     /// [`crate::OffloadedLlama`], which supplies the layers itself.
     pub(crate) fn without_layers(&self) -> LlamaModel {
@@ -543,6 +569,7 @@ impl LlamaModel {
             norm: self.norm.clone(),
             lm_head: self.lm_head.clone(),
             device: self.device,
+            kv_dtype: self.kv_dtype,
         }
     }
 
@@ -643,6 +670,13 @@ impl LlamaModel {
             let tracked_kv = k.is_tracked() || v.is_tracked();
             let per_group = |g: usize| -> Result<(Tensor, Option<Tensor>)> {
                 let (kk, vv) = kv_ref.attention_views(g)?;
+                // An f16 cache is read directly by `Tensor::attention`; the GEMM paths, the probabilities and the
+                // training concat work in f32.
+                let (kk, vv) = if (use_gemm || want_probs || tracked_kv) && kk.dtype() != DType::F32 {
+                    (kk.to_dtype(DType::F32)?, vv.to_dtype(DType::F32)?)
+                } else {
+                    (kk, vv)
+                };
                 let (kk, vv) = if tracked_kv {
                     let (nk, nv) = (k.narrow(1, g, 1)?, v.narrow(1, g, 1)?);
                     if cached == 0 {
@@ -786,7 +820,8 @@ impl CausalLm for LlamaModel {
     }
 
     fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layer, self.config.n_head_kv, self.config.head_dim, &self.device)
+        let c = &self.config;
+        KvCache::build(c.n_layer, c.n_head_kv, c.head_dim, &self.device, self.kv_dtype)
     }
 
     fn forward(&self, batch: &Batch, cache: &mut KvCache, rows: &LogitRows) -> Result<Tensor> {

@@ -121,6 +121,57 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// An f16 KV cache: chunked prefill plus token-by-token decode track a one-shot prefill, and the logits stay
+    /// within f16 rounding of the f32 cache's; layer 0's keys and values (which do not depend on the cache) read
+    /// back as exactly the f32 cache's rounded to f16.
+    #[test]
+    fn f16_cache_matches_itself_and_tracks_f32(t in tiny_strategy(), seed in any::<u64>(), n in 2usize..14, cut in 1usize..13) {
+        let m32 = load(&t, seed, WeightFormat::Quantized);
+        let m16 = m32.clone().with_kv_cache_dtype(effllm_model::DType::F16).unwrap();
+        prop_assert_eq!(m16.kv_cache_dtype(), effllm_model::DType::F16);
+        let toks = tokens(n, t.vocab, seed);
+        let mut full_cache = m16.new_cache();
+        let full = flat(&m16.forward(&Batch::causal(&toks, 0), &mut full_cache, &LogitRows::All).unwrap());
+        let cut = cut.min(n - 1);
+        let mut cache = m16.new_cache();
+        prop_assert_eq!(cache.layer(0).unwrap().dtype(), effllm_model::DType::F16);
+        let mut got = flat(&m16.forward(&Batch::causal(&toks[..cut], 0), &mut cache, &LogitRows::All).unwrap());
+        for (i, &tok) in toks.iter().enumerate().skip(cut) {
+            got.extend(flat(&m16.forward(&Batch::causal(&[tok], i), &mut cache, &LogitRows::Last).unwrap()));
+        }
+        // Not to f32 rounding: the paths differ in the last f32 bits of deeper layers' keys, which can move their
+        // f16 rounding by an ulp (2⁻¹¹ relative).
+        let full64: Vec<f64> = full.iter().map(|&x| x as f64).collect();
+        let err = rel_l2(&got, &full64);
+        prop_assert!(err < 2e-3, "incremental vs one-shot, f16 cache: rel L2 {err}");
+
+        let mut cache32 = m32.new_cache();
+        let wide = flat(&m32.forward(&Batch::causal(&toks, 0), &mut cache32, &LogitRows::All).unwrap());
+        let wide64: Vec<f64> = wide.iter().map(|&x| x as f64).collect();
+        let err = rel_l2(&full, &wide64);
+        prop_assert!(err < 5e-3, "f16 cache vs f32 cache: rel L2 {err}");
+        // The same one-shot prefill in both, so layer 0 computed the same f32 keys and values before storing them.
+        let (l16, l32) = (full_cache.layer(0).unwrap(), cache32.layer(0).unwrap());
+        for h in 0..l16.n_heads() {
+            for (a, b) in [(l16.keys(h).unwrap(), l32.keys(h).unwrap()), (l16.values(h).unwrap(), l32.values(h).unwrap())] {
+                prop_assert_eq!(a.dtype(), effllm_model::DType::F32);
+                let rounded: Vec<f32> = flat(&b).iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+                prop_assert_eq!(flat(&a), rounded);
+            }
+        }
+    }
+}
+
+#[test]
+fn kv_cache_dtype_other_than_f32_or_f16_is_an_error() {
+    let m = load(&Tiny::default_f32(), 5, WeightFormat::F32);
+    let err = m.with_kv_cache_dtype(effllm_model::DType::BF16).unwrap_err().to_string();
+    assert!(err.contains("bf16") && err.contains("f16"), "{err}");
+}
+
 #[test]
 fn truncate_then_continue_equals_fresh() {
     let t = Tiny { weights: GgmlType::Q4_1, ..Tiny::default_f32() };

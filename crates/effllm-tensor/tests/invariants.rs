@@ -309,34 +309,83 @@ fn rng_golden_values() {
 }
 
 /// One query position without a mask (decode) takes a path that reads each key and value row once for the query heads
-/// that share it; it gives, bit for bit, what the general path gives (forced here by an all-ones explicit mask), in
-/// f32 and f64, with and without causality, for several group sizes, batches and key counts.
+/// that share it, with long caches split into key chunks that run in parallel; it gives, bit for bit, what the
+/// general path gives (forced here by an all-ones explicit mask), in f32 and f64 and over an f16 cache, with and
+/// without causality, for several group sizes, batches and key counts (one chunk and several).
 #[test]
 fn decode_attention_shares_kv_rows_bitwise() {
     let rng = CounterRng::new(91, 0);
-    for (dt, b, hkv, group, skv, d) in [
-        (DType::F32, 1, 3, 3, 77, 64),
-        (DType::F32, 2, 2, 4, 9, 16),
-        (DType::F64, 1, 1, 5, 33, 8),
-        (DType::F32, 1, 2, 2, 1, 24),
+    for (dt, kv_dt, b, hkv, group, skv, d) in [
+        (DType::F32, DType::F32, 1, 3, 3, 77, 64),
+        (DType::F32, DType::F32, 2, 2, 4, 9, 16),
+        (DType::F64, DType::F64, 1, 1, 5, 33, 8),
+        (DType::F32, DType::F32, 1, 2, 2, 1, 24),
+        (DType::F32, DType::F32, 1, 3, 3, 2500, 64),
+        (DType::F32, DType::F16, 1, 3, 3, 3073, 64),
+        (DType::F64, DType::F64, 1, 1, 2, 1100, 8),
     ] {
         let hq = hkv * group;
         let q =
             Tensor::randn(&[b, hq, 1, d], DType::F64, &Device::Cpu, &rng, 0, 0.0, 1.0).unwrap().to_dtype(dt).unwrap();
         let k = Tensor::randn(&[b, hkv, skv, d], DType::F64, &Device::Cpu, &rng, 1 << 20, 0.0, 1.0)
             .unwrap()
-            .to_dtype(dt)
+            .to_dtype(kv_dt)
             .unwrap();
         let v = Tensor::randn(&[b, hkv, skv, d], DType::F64, &Device::Cpu, &rng, 2 << 20, 0.0, 1.0)
             .unwrap()
-            .to_dtype(dt)
+            .to_dtype(kv_dt)
             .unwrap();
         let ones = Tensor::from_vec(vec![1u8; skv], &[1, 1, 1, skv], &Device::Cpu).unwrap();
         let general = q.attention(&k, &v, &AttentionMask::Mask(ones), None).unwrap().to_vec_f64().unwrap();
         for mask in [AttentionMask::None, AttentionMask::Causal] {
             let shared = q.attention(&k, &v, &mask, None).unwrap().to_vec_f64().unwrap();
             let same = shared.iter().zip(&general).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{dt:?} b {b} hkv {hkv} group {group} skv {skv} d {d} {mask:?}");
+            assert!(same, "{dt:?} / {kv_dt:?} b {b} hkv {hkv} group {group} skv {skv} d {d} {mask:?}");
         }
+    }
+}
+
+/// Attention over caches longer than one key chunk (partial softmaxes merged) against the f64 reference, for f32 and
+/// f16 keys and values, decode and short query blocks, no mask, causal and a random mask; bitwise the same on 1 and
+/// 2 threads.
+#[test]
+fn long_cache_attention_matches_reference_on_any_thread_count() {
+    use effllm_tensor::reference as r;
+    let rng = CounterRng::new(17, 0);
+    for (kv_dt, sq, skv, mask_kind) in
+        [(DType::F32, 1, 2600, 0), (DType::F16, 1, 4100, 1), (DType::F32, 3, 2049, 1), (DType::F16, 2, 1500, 2)]
+    {
+        let (hkv, group, d) = (2, 3, 64);
+        let hq = hkv * group;
+        let q = Tensor::randn(&[1, hq, sq, d], DType::F32, &CPU, &rng, 0, 0.0, 1.0).unwrap();
+        let k = Tensor::randn(&[1, hkv, skv, d], DType::F32, &CPU, &rng, 1 << 24, 0.0, 1.0)
+            .unwrap()
+            .to_dtype(kv_dt)
+            .unwrap();
+        let v = Tensor::randn(&[1, hkv, skv, d], DType::F32, &CPU, &rng, 2 << 24, 0.0, 1.0)
+            .unwrap()
+            .to_dtype(kv_dt)
+            .unwrap();
+        let bits_m: Vec<u8> = (0..sq * skv).map(|i| u8::from((i * 7919) % 5 != 0)).collect();
+        let mask = match mask_kind {
+            0 => AttentionMask::None,
+            1 => AttentionMask::Causal,
+            _ => AttentionMask::Mask(Tensor::from_vec(bits_m.clone(), &[1, 1, sq, skv], &CPU).unwrap()),
+        };
+        let got = |threads: usize| with_num_threads(threads, || q.attention(&k, &v, &mask, None)).unwrap().unwrap();
+        let (one, two) = (got(1), got(2));
+        assert_eq!(bits(&one), bits(&two), "{kv_dt:?} sq {sq} skv {skv}: thread count changed the result");
+        let allowed = |_: usize, _: usize, i: usize, j: usize| match mask_kind {
+            0 => true,
+            1 => j <= skv - sq + i,
+            _ => bits_m[i * skv + j] != 0,
+        };
+        let scale = 1.0 / (d as f64).sqrt();
+        let (qs, ks, vs) = (q.to_vec_f64().unwrap(), k.to_vec_f64().unwrap(), v.to_vec_f64().unwrap());
+        let want = r::attention(&qs, &ks, &vs, [1, hq, sq, d], hkv, skv, d, scale, allowed);
+        let g = one.to_vec_f64().unwrap();
+        let num: f64 = g.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+        let den: f64 = want.iter().map(|b| b * b).sum::<f64>().sqrt();
+        assert!(num / den < 1e-5, "{kv_dt:?} sq {sq} skv {skv} mask {mask_kind}: rel L2 {}", num / den);
     }
 }

@@ -102,12 +102,7 @@ impl UnaryOp {
 
 /// `σ(x)`, written to stay finite for large |x|.
 pub(crate) fn sigmoid<R: Real>(x: R) -> R {
-    if x >= R::zero() {
-        R::one() / (R::one() + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (R::one() + e)
-    }
+    crate::cpu::sigmoid_portable(x)
 }
 
 /// A binary elementwise function.
@@ -475,12 +470,19 @@ impl Tensor {
 }
 
 fn swiglu_kernel<R: Real>(g: &[R], u: &[R]) -> Vec<R> {
-    let f = |(&a, &b): (&R, &R)| a * sigmoid(a) * b;
-    if g.len() >= PAR_MIN_ELEMS {
+    let mut out = vec![R::zero(); g.len().min(u.len())];
+    if out.len() >= PAR_MIN_ELEMS {
         use rayon::prelude::*;
-        return crate::threads::install(|| g.par_iter().zip(u.par_iter()).with_min_len(4096).map(f).collect());
+        const CHUNK: usize = 4096;
+        crate::threads::install(|| {
+            out.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+                .for_each(|(o, (a, b))| R::swiglu(a, b, o))
+        });
+    } else {
+        R::swiglu(g, u, &mut out);
     }
-    g.iter().zip(u).map(f).collect()
+    out
 }
 
 /// `v` converted to the element type of `_d` (lets macro bodies name the kernel precision).

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::cpu::Real;
 use crate::cpu::attention::KvElem;
-use crate::cpu::kernels::{rows_map, softmax_row};
+use crate::cpu::kernels::rows_map;
 use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{DType, Error, Result, Tensor, WithDType};
 
@@ -351,51 +351,31 @@ impl Tensor {
             let [_b, hq, sq, d, hkv, skv, dv] = dims;
             let scale = R::from(scale).unwrap_or_else(R::nan);
             let mut out = vec![R::zero(); dims[0] * hq * sq * dv];
+            let head =
+                |kvh: usize, limit: usize| (&k[kvh * skv * d..][..limit * d], &v[kvh * skv * dv..][..limit * dv]);
             // One query position without a mask (decode): the `group` query heads that share a KV head are
             // consecutive rows, and they go through together, so each key and value row is read from memory once
-            // for all of them instead of once per head. The kernels compute each row exactly as for one row alone.
+            // for all of them instead of once per head; long caches split into key chunks that run in parallel.
+            // Per row, the same operations in the same order as the per-row path below.
             if sq == 1 && mask.is_none() && group > 1 && skv > 0 && d > 0 && dv > 0 {
                 crate::threads::install(|| {
-                    out.par_chunks_mut(group * dv).enumerate().for_each_init(
-                        || (vec![R::zero(); group * skv], vec![R::zero(); group * skv]),
-                        |(scores, probs), (g, o)| {
-                            let kvh = g; // (b·hkv + kv head): rows g·group .. of the [b·hq] query rows
-                            let (kh, vh) = (&k[kvh * skv * d..][..skv * d], &v[kvh * skv * dv..][..skv * dv]);
-                            E::attention_scores(&q[g * group * d..][..group * d], group, kh, d, scale, scores);
-                            for (s, p) in scores.chunks_exact(skv).zip(probs.chunks_exact_mut(skv)) {
-                                softmax_row(s, p);
-                            }
-                            E::attention_values(probs, group, vh, dv, o);
-                        },
-                    )
+                    out.par_chunks_mut(group * dv).enumerate().for_each(|(kvh, o)| {
+                        let (kh, vh) = head(kvh, skv);
+                        let rows = KeyRows { q: &q[kvh * group * d..][..group * d], rows: group, d, dv, scale };
+                        rows.attend(kh, vh, None, true, o);
+                    })
                 });
                 return out;
             }
             crate::threads::install(|| {
-                out.par_chunks_mut(dv.max(1)).enumerate().with_min_len(4).for_each_init(
-                    || (vec![R::zero(); skv], vec![R::zero(); skv]),
-                    |(scores, probs), (row, o)| {
-                        let (bh, i) = (row / sq, row % sq);
-                        let (bi, h) = (bh / hq, bh % hq);
-                        let kvh = bi * hkv + h / group;
-                        let qr = &q[row * d..(row + 1) * d];
-                        let limit = if causal { skv - sq + i + 1 } else { skv };
-                        let mrow = mask.map(|m| &m[row * skv..(row + 1) * skv]);
-                        if limit == 0 || mrow.is_some_and(|m| m[..limit].iter().all(|&a| a == 0)) {
-                            return; // no key allowed: the row stays zero
-                        }
-                        E::attention_scores(qr, 1, &k[kvh * skv * d..][..limit * d], d, scale, &mut scores[..limit]);
-                        if let Some(m) = mrow {
-                            for (sc, &a) in scores[..limit].iter_mut().zip(m) {
-                                if a == 0 {
-                                    *sc = R::neg_infinity();
-                                }
-                            }
-                        }
-                        softmax_row(&scores[..limit], &mut probs[..limit]);
-                        E::attention_values(&probs[..limit], 1, &v[kvh * skv * dv..][..limit * dv], dv, o);
-                    },
-                )
+                out.par_chunks_mut(dv.max(1)).enumerate().with_min_len(4).for_each(|(row, o)| {
+                    let (bh, i) = (row / sq, row % sq);
+                    let (bi, h) = (bh / hq, bh % hq);
+                    let limit = if causal { skv - sq + i + 1 } else { skv };
+                    let mrow = mask.map(|m| &m[row * skv..][..limit]);
+                    let (kh, vh) = head(bi * hkv + h / group, limit);
+                    KeyRows { q: &q[row * d..][..d], rows: 1, d, dv, scale }.attend(kh, vh, mrow, false, o);
+                })
             });
             out
         }
@@ -417,5 +397,84 @@ impl Tensor {
             },
         };
         Ok(out.into_tensor(&[b, hq, sq, dv], self.dtype()))
+    }
+}
+
+/// Keys per chunk of CPU attention: longer caches are processed chunk by chunk (in parallel in decode), each chunk
+/// with its own softmax maximum and sum, merged at the end (flash-decoding). Fixed, so results do not depend on the
+/// thread count.
+const ATTENTION_KEY_CHUNK: usize = 1024;
+
+/// Query rows that share their keys and values: the `rows` rows of `q` (`[rows, d]`), one KV head.
+struct KeyRows<'a, R> {
+    q: &'a [R],
+    rows: usize,
+    d: usize,
+    dv: usize,
+    scale: R,
+}
+
+/// One key chunk's contribution to each row: the scores' maximum `m`, `l = Σ e^(s − m)` and `o = Σ e^(s − m) v`.
+struct ChunkPart<R> {
+    m: Vec<R>,
+    l: Vec<R>,
+    o: Vec<R>,
+}
+
+impl<R: Real> KeyRows<'_, R> {
+    /// Writes `softmax(q kᵀ · scale + mask) v` for the rows into `out` (`[rows, dv]`), over the keys `k`
+    /// (`[s, d]`) and values `v` (`[s, dv]`); `mask` (one row only) zeroes keys out. A row that may attend to no
+    /// key gets zeros. With `parallel`, the key chunks run on the thread pool.
+    fn attend<E: KvElem<R>>(&self, k: &[E], v: &[E], mask: Option<&[u8]>, parallel: bool, out: &mut [R]) {
+        let s = k.len() / self.d.max(1);
+        let chunks = s.div_ceil(ATTENTION_KEY_CHUNK);
+        let part = |c: usize| {
+            let (j0, n) = (c * ATTENTION_KEY_CHUNK, (s - c * ATTENTION_KEY_CHUNK).min(ATTENTION_KEY_CHUNK));
+            let (kc, vc) = (&k[j0 * self.d..][..n * self.d], &v[j0 * self.dv..][..n * self.dv]);
+            self.chunk(kc, vc, mask.map(|m| &m[j0..j0 + n]))
+        };
+        let parts: Vec<ChunkPart<R>> = if parallel && chunks > 1 {
+            (0..chunks).into_par_iter().map(part).collect()
+        } else {
+            (0..chunks).map(part).collect()
+        };
+        out.iter_mut().for_each(|o| *o = R::zero());
+        for (r, orow) in out.chunks_exact_mut(self.dv.max(1)).take(self.rows).enumerate() {
+            let top = parts.iter().map(|p| p.m[r]).fold(R::neg_infinity(), R::max);
+            if top == R::neg_infinity() {
+                continue; // no key allowed: the row stays zero
+            }
+            let mut l = R::zero();
+            for p in parts.iter().filter(|p| p.m[r] != R::neg_infinity()) {
+                // A lone chunk has weight e⁰ = 1 exactly, so its sums pass through unchanged.
+                let w = (p.m[r] - top).exp();
+                l = l + w * p.l[r];
+                R::axpy(orow, w, &p.o[r * self.dv..][..self.dv]);
+            }
+            let inv = R::one() / l;
+            orow.iter_mut().for_each(|o| *o = *o * inv);
+        }
+    }
+
+    /// One chunk of keys: scores, masked keys set to −∞, unnormalised exponentials, and the weighted value sum.
+    fn chunk<E: KvElem<R>>(&self, k: &[E], v: &[E], mask: Option<&[u8]>) -> ChunkPart<R> {
+        let n = k.len() / self.d.max(1);
+        let mut scores = vec![R::zero(); self.rows * n];
+        E::attention_scores(self.q, self.rows, k, self.d, self.scale, &mut scores);
+        if let Some(m) = mask {
+            for row in scores.chunks_exact_mut(n.max(1)) {
+                row.iter_mut().zip(m).filter(|(_, a)| **a == 0).for_each(|(sc, _)| *sc = R::neg_infinity());
+            }
+        }
+        let mut probs = vec![R::zero(); self.rows * n];
+        let (mut m, mut l) = (vec![R::neg_infinity(); self.rows], vec![R::zero(); self.rows]);
+        if n > 0 {
+            for (r, (sr, pr)) in scores.chunks_exact(n).zip(probs.chunks_exact_mut(n)).enumerate() {
+                (m[r], l[r]) = R::exp_row(sr, pr);
+            }
+        }
+        let mut o = vec![R::zero(); self.rows * self.dv];
+        E::attention_values(&probs, self.rows, v, self.dv, &mut o);
+        ChunkPart { m, l, o }
     }
 }
