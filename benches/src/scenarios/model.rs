@@ -185,7 +185,8 @@ impl Scenario for SmolLm2 {
     }
 
     fn description(&self) -> &'static str {
-        "SmolLM2-135M prefill (512, 4096) and decode (ctx 128, 4096) tokens/s: CPU (Q4_1, f32) vs llama.cpp; GPU \
+        "SmolLM2-135M prefill (512, 4096) and decode (ctx 128, 4096) tokens/s: CPU (Q4_1 with f32 and f16 KV cache, \
+         f32) vs llama.cpp; GPU \
          (Q4_1, bf16; launch by launch and fused graph) with EFFLLM_DEVICE=cuda:N"
     }
 
@@ -221,13 +222,27 @@ fn cpu_part(ctx: &mut Context, path: &std::path::Path) -> Result<ScenarioReport>
     let threads = ctx.options.threads;
     let mut table = Table::new(
         format!("SmolLM2-135M-Instruct, {threads} CPU threads (tokens/s; ratio = effllm ÷ llama.cpp)"),
-        &["case", "effllm Q4_1", "effllm Q4_1, Q8 acts", "effllm f32", "llama.cpp Q4_1", "Q4_1 ratio", "Q8-acts ratio"],
+        &[
+            "case",
+            "effllm Q4_1",
+            "effllm Q4_1, f16 KV",
+            "effllm Q4_1, Q8 acts",
+            "effllm f32",
+            "llama.cpp Q4_1",
+            "Q4_1 ratio",
+            "f16-KV ratio",
+            "Q8-acts ratio",
+        ],
     );
     ctx.status("smollm2: Q4_1 weights");
     reset_peak_rss();
     let q = LlamaModel::open_gguf(path, &LoadOptions::default())?;
     let ours_q = ours(&q, true)?;
     let rss_q = peak_rss_mib();
+    // llama.cpp's KV cache is f16 by default: the same storage here (queries, scores and sums stay f32).
+    ctx.status("smollm2: Q4_1 weights, f16 KV cache");
+    let q = q.with_kv_cache_dtype(effllm_model::DType::F16)?;
+    let ours_q16 = ours(&q, true)?;
     drop(q);
     // llama.cpp's numerics: activations quantised to Q8 per 32-block, integer dot products (decode only; prefill
     // keeps the f32 panel GEMM, which is faster for long prompts).
@@ -265,10 +280,22 @@ fn cpu_part(ctx: &mut Context, path: &std::path::Path) -> Result<ScenarioReport>
             let v = if is_prefill { &s.prefill } else { &s.decode };
             v.iter().find(|(k, _)| *k == n).map(|(_, x)| *x)
         };
-        let (a, a8, b) = (get(&ours_q), get(&ours_q8), get(&ours_f));
+        let (a, a16, a8, b) = (get(&ours_q), get(&ours_q16), get(&ours_q8), get(&ours_f));
         let p = peer_speeds.and_then(get);
         let ratio = a.zip(p).map(|(a, p)| a / p);
+        let ratio16 = a16.zip(p).map(|(a, p)| a / p);
         let ratio8 = a8.zip(p).map(|(a, p)| a / p);
+        if !is_prefill && n != 128 {
+            for (r, what) in [(ratio, "f32 KV cache"), (ratio16, "f16 KV cache, as llama.cpp's")] {
+                if let Some(r) = r {
+                    targets.push(Target {
+                        what: format!("SmolLM2 Q4_1 CPU decode @ ctx {n}, {what}, vs llama.cpp"),
+                        ratio: r,
+                        goal: DECODE_GOAL,
+                    });
+                }
+            }
+        }
         if !is_prefill
             && n == 128
             && let Some(r) = ratio
@@ -289,7 +316,7 @@ fn cpu_part(ctx: &mut Context, path: &std::path::Path) -> Result<ScenarioReport>
         }
         let cell = |x: Option<f64>| x.map_or("—".into(), num);
         let r = |x: Option<f64>| x.map_or("—".into(), |r| format!("{r:.2}"));
-        table.row(vec![label, cell(a), cell(a8), cell(b), cell(p), r(ratio), r(ratio8)]);
+        table.row(vec![label, cell(a), cell(a16), cell(a8), cell(b), cell(p), r(ratio), r(ratio16), r(ratio8)]);
     }
     Ok(ScenarioReport { title: "SmolLM2 end to end (CPU)".into(), notes, tables: vec![table], plots: vec![], targets })
 }
