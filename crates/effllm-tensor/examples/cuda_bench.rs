@@ -11,7 +11,7 @@ use std::time::Instant;
 use cudarc::cublas::CudaBlas;
 use cudarc::cublas::sys::{cublasComputeType_t as C, cublasGemmAlgo_t, cublasOperation_t, cudaDataType as D};
 use cudarc::driver::{CudaContext, DevicePtr, DevicePtrMut};
-use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+use effllm_tensor::quant::{ActivationQuant, QMatrix, QWeight, QuantType};
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, Tensor};
 
@@ -212,7 +212,11 @@ fn main() {
     println!(
         "\n| quantized GEMV | shape | resident | GB/s of W | % of copy | streamed (copies) | GB/s of W | % of copy |\n|---|---|---:|---:|---:|---:|---:|---:|"
     );
-    for ty in [QuantType::Q4_1, QuantType::Q8_0] {
+    // Activations f32 (exact) or quantised to Q8 per 32-block (`dp4a` kernels, llama.cpp's numerics).
+    for (ty, act) in [QuantType::Q4_1, QuantType::Q8_0]
+        .into_iter()
+        .flat_map(|ty| [(ty, ActivationQuant::F32), (ty, ActivationQuant::Q8)])
+    {
         for (n, k) in [(576usize, 576usize), (1536, 576), (576, 1536), (49152, 576)] {
             if rows_filter.is_some_and(|r| r != n) {
                 continue;
@@ -223,7 +227,10 @@ fn main() {
                 .map(|c| {
                     let wdata: Vec<f32> =
                         (0..n * k).map(|i| (((i + 31 * c) * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-                    QWeight::new(QMatrix::quantize(ty, n, k, &wdata).unwrap()).to_device(&GPU).unwrap()
+                    QWeight::new(QMatrix::quantize(ty, n, k, &wdata).unwrap())
+                        .with_activation_quant(act)
+                        .to_device(&GPU)
+                        .unwrap()
                 })
                 .collect();
             let x = randn(&[1, k], DType::F32, 7);
@@ -237,7 +244,7 @@ fn main() {
             });
             let pct = |t: f64| 100.0 * wbytes / t / 1e9 / copy_bw;
             println!(
-                "| {ty:?} | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% |",
+                "| {ty:?}, {act:?} acts | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% |",
                 resident * 1e6,
                 wbytes / resident / 1e9,
                 pct(resident),

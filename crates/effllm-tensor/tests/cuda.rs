@@ -450,20 +450,25 @@ fn softmax_rows_of_every_length_match_the_cpu() {
     }
 }
 
-/// The fused quantized GEMV (four rows per warp, one lane per block) against the CPU's fused kernel at SmolLM2's
-/// shapes and awkward ones: row counts that leave a warp's last rows empty, 1 to 8 activation rows, a misaligned
-/// activation view, every block format.
+/// The fused quantized GEMV (four rows per half-warp, four lanes per block) against the CPU's fused kernel at
+/// SmolLM2's shapes and awkward ones: row counts that leave a warp's last rows empty, 1 to 8 activation rows, a
+/// misaligned activation view, every block format; with f32 activations and with Q8 activations (the `dp4a`
+/// kernels, against the CPU's Q8 path: the same activation quants, so only the float sums' order differs).
 #[test]
 fn quantized_gemv_matches_the_cpu_at_model_shapes() {
-    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    use effllm_tensor::quant::{ActivationQuant, QMatrix, QWeight, QuantType};
     if !gpu() {
         return;
     }
-    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+    for (ty, act) in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0]
+        .into_iter()
+        .flat_map(|ty| [(ty, ActivationQuant::F32), (ty, ActivationQuant::Q8)])
+    {
         for (n, k) in [(576usize, 576usize), (1537, 576), (577, 1536), (49_152, 576), (3, 32), (70, 2048)] {
             let data: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1999) as f32 / 999.0) - 1.0).collect();
-            let w = QWeight::new(QMatrix::quantize(ty, n, k, &data).unwrap());
+            let w = QWeight::new(QMatrix::quantize(ty, n, k, &data).unwrap()).with_activation_quant(act);
             let wd = w.to_device(&GPU).unwrap();
+            assert_eq!(wd.activation_quant(), act);
             for m in [1usize, 2, 5, 8] {
                 let x = Tensor::randn(
                     &[m, k + 1],
@@ -481,11 +486,24 @@ fn quantized_gemv_matches_the_cpu_at_model_shapes() {
                     let xg = x.to_device(&GPU).unwrap().narrow(1, off, k).unwrap();
                     let got = xg.linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
                     let err = rel_l2(&got, &want);
-                    assert!(err < 1e-5, "{ty:?} {n}x{k}, m {m}, offset {off}: rel error {err:e}");
+                    assert!(err < 1e-5, "{ty:?} {act:?} {n}x{k}, m {m}, offset {off}: rel error {err:e}");
                 }
             }
         }
     }
+    // Rows whose quants would not fit the kernel's shared memory take f32 activations (documented fallback): the
+    // GPU's Q8 result is then bitwise its f32 result, and close to the CPU's Q8 one.
+    let (n, k) = (5usize, 40_000usize);
+    let data: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1999) as f32 / 999.0) - 1.0).collect();
+    let w = QWeight::new(QMatrix::quantize(QuantType::Q4_1, n, k, &data).unwrap());
+    let x = Tensor::randn(&[1, k], DType::F32, &Device::Cpu, &CounterRng::new(3, 3), 0, 0.0, 1.0).unwrap();
+    let xg = x.to_device(&GPU).unwrap();
+    let f32_gpu = xg.linear_q(&w.to_device(&GPU).unwrap()).unwrap().to_vec::<f32>().unwrap();
+    let q8 = w.clone().with_activation_quant(ActivationQuant::Q8);
+    let q8_gpu = xg.linear_q(&q8.to_device(&GPU).unwrap()).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(q8_gpu, f32_gpu, "long rows: Q8 falls back to f32 activations");
+    let q8_cpu = x.linear_q(&q8).unwrap().to_vec::<f32>().unwrap();
+    assert!(rel_l2(&q8_gpu, &q8_cpu) < 2e-2, "long rows: f32 vs Q8 activations");
 }
 
 /// `where_cond` and `gather` run as kernels on the device (no host round trip): bitwise the CPU's results for every

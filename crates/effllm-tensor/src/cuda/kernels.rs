@@ -935,6 +935,114 @@ template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const 
         }
     }
 }
+// The same GEMV with activations quantised to Q8 (ActivationQuant::Q8, llama.cpp's numerics, as the CPU's Q8 path):
+// each CTA quantises the activation rows (one at a time) into shared memory per 32-block as ggml's Q8_1 (d = amax/127,
+// q = roundf(x/d) with the unrounded d, then d and s = d·Σq rounded to f16 and widened), one warp per block; the
+// rows then go through the f32 kernel's layout (4 lanes per block, QG_ROWS rows per half-warp) with integer dot
+// products: two dp4a per lane and row per block instead of 8 byte→float conversions, subtractions and FMAs (the f32
+// kernel issues ~6.6 instructions per weight and is bound by issue, not by memory). Per block and row:
+// d_w·d_x·Σ q_w q_x, plus m_w·s_x for Q4_1 (added by the block's first lane); Q4_0's nibbles are re-centred to
+// −8..7 by a byte-wise subtraction. One activation row at a time in shared memory: k bytes of quants (16-byte
+// padded), then d and s per block (launch with qgemv_q8a_smem(k) bytes).
+template <int TY> __device__ __forceinline__ void qgemv_q8a_body(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) {
+    constexpr int BS = TY == 0 ? 18 : TY == 1 ? 20 : 34;
+    extern __shared__ __align__(16) unsigned char qg_smem[];
+    const i64 nb = k >> 5;
+    signed char* xq = (signed char*)qg_smem;
+    float* xd = (float*)(qg_smem + ((k + 15) & ~(i64)15));
+    float* xs = xd + nb;
+    int l = threadIdx.x & 15, half = threadIdx.x >> 4, halves = blockDim.x >> 4;
+    int word = l & 3, sub = l >> 2;
+    i64 rows_cta = (i64)halves * QG_ROWS, row0 = (i64)blockIdx.x * rows_cta;
+    const bool active = row0 + half < n_rows;  // whole half-warps: their shuffles name only their own 16 lanes
+    const unsigned lanes = 0xffffu << (threadIdx.x & 16);
+    const u8* rows[QG_ROWS];
+    #pragma unroll
+    for (int j = 0; j < QG_ROWS; ++j) {
+        i64 r = row0 + j * halves + half;
+        rows[j] = w + (r < n_rows ? r : n_rows - 1) * nb * BS;
+    }
+    int e0 = TY == 2 ? 8 * word : 4 * word, e1 = TY == 2 ? 8 * word + 4 : 16 + 4 * word;
+    for (i64 i = 0; i < m; ++i) {
+        __syncthreads();  // the previous row's quants are no longer read
+        {
+            const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+            for (i64 blk = threadIdx.x >> 5; blk < nb; blk += warps) {
+                float v = x[i * k + blk * 32 + lane], a = fabsf(v);
+                #pragma unroll
+                for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+                float d = a / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+                int q = (int)roundf(v * id);
+                q = q < -128 ? -128 : q > 127 ? 127 : q;
+                xq[blk * 32 + lane] = (signed char)q;
+                int sum = q;
+                #pragma unroll
+                for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (lane == 0) {
+                    xd[blk] = f16_to_f32(f32_to_f16(d));
+                    xs[blk] = f16_to_f32(f32_to_f16((float)sum * d));
+                }
+            }
+        }
+        __syncthreads();
+        if (!active) continue;
+        float acc[QG_ROWS];
+        #pragma unroll
+        for (int j = 0; j < QG_ROWS; ++j) acc[j] = 0.f;
+        #pragma unroll 2
+        for (i64 b = sub; b < nb; b += 4) {
+            u32 head[QG_ROWS], q0[QG_ROWS], q1[QG_ROWS];
+            #pragma unroll
+            for (int j = 0; j < QG_ROWS; ++j) {
+                const u8* blk = rows[j] + b * BS;
+                if (TY == 1) {
+                    head[j] = __ldg((const u32*)blk);
+                    q0[j] = __ldg((const u32*)(blk + 4) + word);
+                } else if (TY == 0) {
+                    head[j] = __ldg((const u16*)blk);
+                    q0[j] = ld_u16x2(blk + 2 + 4 * word);
+                } else {
+                    head[j] = __ldg((const u16*)blk);
+                    q0[j] = ld_u16x2(blk + 2 + 8 * word);
+                    q1[j] = ld_u16x2(blk + 6 + 8 * word);
+                }
+            }
+            const int xa = *(const int*)(xq + b * 32 + e0), xc = *(const int*)(xq + b * 32 + e1);
+            const float dx = xd[b], sx = TY == 1 && word == 0 ? xs[b] : 0.f;
+            #pragma unroll
+            for (int j = 0; j < QG_ROWS; ++j) {
+                float d = f16_to_f32((u16)(head[j] & 0xffffu));
+                int s;
+                if (TY == 2) {
+                    s = __dp4a((int)q0[j], xa, __dp4a((int)q1[j], xc, 0));
+                } else if (TY == 1) {
+                    s = __dp4a((int)(q0[j] & 0x0F0F0F0Fu), xa, __dp4a((int)((q0[j] >> 4) & 0x0F0F0F0Fu), xc, 0));
+                } else {
+                    s = __dp4a((int)__vsub4(q0[j] & 0x0F0F0F0Fu, 0x08080808u), xa,
+                               __dp4a((int)__vsub4((q0[j] >> 4) & 0x0F0F0F0Fu, 0x08080808u), xc, 0));
+                }
+                acc[j] += (d * dx) * (float)s;
+                if (TY == 1) acc[j] += f16_to_f32((u16)(head[j] >> 16)) * sx;
+            }
+        }
+        #pragma unroll
+        for (int j = 0; j < QG_ROWS; ++j) {
+            #pragma unroll
+            for (int o = 8; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(lanes, acc[j], o, 16);
+        }
+        if (l == 0) {
+            #pragma unroll
+            for (int j = 0; j < QG_ROWS; ++j) {
+                i64 r = row0 + j * halves + half;
+                if (r < n_rows) y[i * n_rows + r] = acc[j];
+            }
+        }
+    }
+}
+extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8a_q4_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_q8a_body<0>(w, x, y, n_rows, k, m); }
+extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8a_q4_1(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_q8a_body<1>(w, x, y, n_rows, k, m); }
+extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8a_q8_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_q8a_body<2>(w, x, y, n_rows, k, m); }
+
 // One kernel per format (each gets its own register allocation). Launch 256 threads and
 // ceil(n_rows / (16 · QG_ROWS)) CTAs. Q4_1 reads 4-byte words (its 20-byte blocks keep 4-byte alignment), the
 // others 2-byte halves; `qlinear` passes 4-byte-aligned blocks.

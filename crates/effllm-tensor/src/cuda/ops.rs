@@ -947,8 +947,20 @@ fn quant_id(ty: crate::quant::QuantType) -> i32 {
 }
 
 /// `Y[m × n] = X[m × k] · Wᵀ` with W's blocks (a u8 tensor on the device): the fused GEMV for `m ≤ 8`, else
-/// dequantize to f32 and cuBLAS.
-pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, n: usize, k: usize) -> Result<Tensor> {
+/// dequantize to f32 and cuBLAS. With [`crate::quant::ActivationQuant::Q8`] the GEMV quantises the activations per
+/// 32-block (ggml's Q8_1, as the CPU's Q8 path) and uses integer dot products, for rows up to
+/// `QGEMV_Q8A_MAX_SMEM` bytes of quants (k ≤ 39,000 or so); longer rows and prefill take f32 activations.
+/// Dynamic shared memory the Q8-activation GEMV may ask for without raising the kernel's limit (48 KiB).
+const QGEMV_Q8A_MAX_SMEM: usize = 48 * 1024;
+
+pub(crate) fn qlinear(
+    x: &Tensor,
+    blocks: &Tensor,
+    ty: crate::quant::QuantType,
+    n: usize,
+    k: usize,
+    act: crate::quant::ActivationQuant,
+) -> Result<Tensor> {
     let m = x.elem_count() / k;
     let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
     let dev = Arc::clone(&storage(&xw).dev);
@@ -966,10 +978,16 @@ pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, 
     if m <= crate::SKINNY_MAX_ROWS {
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {
-            let name = match ty {
-                crate::quant::QuantType::Q4_0 => "qgemv_q4_0",
-                crate::quant::QuantType::Q4_1 => "qgemv_q4_1",
-                crate::quant::QuantType::Q8_0 => "qgemv_q8_0",
+            // Q8 activations: one row of quants, d and s in shared memory (k bytes padded to 16, 8 bytes a block).
+            let smem = k.next_multiple_of(16) + 8 * (k / 32);
+            let q8 = act == crate::quant::ActivationQuant::Q8 && smem <= QGEMV_Q8A_MAX_SMEM;
+            let name = match (ty, q8) {
+                (crate::quant::QuantType::Q4_0, false) => "qgemv_q4_0",
+                (crate::quant::QuantType::Q4_1, false) => "qgemv_q4_1",
+                (crate::quant::QuantType::Q8_0, false) => "qgemv_q8_0",
+                (crate::quant::QuantType::Q4_0, true) => "qgemv_q8a_q4_0",
+                (crate::quant::QuantType::Q4_1, true) => "qgemv_q8a_q4_1",
+                (crate::quant::QuantType::Q8_0, true) => "qgemv_q8a_q8_0",
             };
             let f = dev.builtin("quant", kernels::QUANT, name)?;
             let (xv, nn, kk, mm) = (view(&xw), n as i64, k as i64, m as i64);
@@ -980,9 +998,10 @@ pub(crate) fn qlinear(x: &Tensor, blocks: &Tensor, ty: crate::quant::QuantType, 
             let cfg = cudarc::driver::LaunchConfig {
                 grid_dim: (n.div_ceil(rows_per_cta) as u32, 1, 1),
                 block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: if q8 { smem as u32 } else { 0 },
             };
-            // SAFETY: `blocks` holds n·k/32 blocks of the type's size (checked by QWeight), x holds m·k floats.
+            // SAFETY: `blocks` holds n·k/32 blocks of the type's size (checked by QWeight), x holds m·k floats; the
+            // Q8 kernel gets the shared memory it indexes (k + 8·k/32 bytes, within the default limit).
             unsafe { l.launch(cfg) }.map_err(launch_err)?;
         }
         return Ok(Tensor::from_cuda(out, &[m, n]));

@@ -20,16 +20,16 @@ impl QWeight {
         QWeight { matrix, device_blocks: None, activation: ActivationQuant::F32 }
     }
 
-    /// The same weight, multiplied on the CPU with activations treated as `act`: [`ActivationQuant::Q8`]
-    /// quantises each activation row per 32-block and uses integer dot products, as llama.cpp does (faster, and
-    /// llama.cpp's numerics); [`ActivationQuant::F32`] (the default) keeps activations exact. CUDA kernels
-    /// always take f32 activations.
+    /// The same weight, multiplied with activations treated as `act`: [`ActivationQuant::Q8`] quantises each
+    /// activation row per 32-block and uses integer dot products, as llama.cpp does (faster, and llama.cpp's
+    /// numerics); [`ActivationQuant::F32`] (the default) keeps activations exact. On CUDA, Q8 applies to the
+    /// GEMV (at most [`crate::SKINNY_MAX_ROWS`] rows; `dp4a` kernels); longer inputs take f32 activations.
     pub fn with_activation_quant(mut self, act: ActivationQuant) -> QWeight {
         self.activation = act;
         self
     }
 
-    /// How the CPU kernels treat activations.
+    /// How the kernels treat activations.
     pub fn activation_quant(&self) -> ActivationQuant {
         self.activation
     }
@@ -143,7 +143,7 @@ impl Tensor {
         shape[last] = n;
         #[cfg(feature = "cuda")]
         if let Some(blocks) = &w.device_blocks {
-            let y = crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k)?;
+            let y = crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k, w.activation)?;
             return y.reshape(&shape)?.to_dtype(self.dtype());
         }
         let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
