@@ -63,9 +63,12 @@ struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Quantize activations to Q8 blocks in the quantized CPU kernels (llama.cpp's numerics) instead of f32.
+    /// Quantize activations to Q8 blocks in the quantized kernels (llama.cpp's numerics) instead of f32.
     #[arg(long)]
     q8_activations: bool,
+    /// KV cache storage: f32 (exact) or f16 (llama.cpp's default; half the bytes that long-context decode reads).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv_cache: String,
 }
 
 #[derive(Args, Debug)]
@@ -217,7 +220,12 @@ fn load(args: &ModelArgs) -> AnyResult<Loaded> {
             device: parse_device(&args.device)?,
             activations: if args.q8_activations { ActivationQuant::Q8 } else { ActivationQuant::F32 },
         },
-    )?;
+    )?
+    .with_kv_cache_dtype(if args.kv_cache == "f16" {
+        effllm_model::DType::F16
+    } else {
+        effllm_model::DType::F32
+    })?;
     Ok(Loaded { model, tokenizer, load_s: t0.elapsed().as_secs_f64() })
 }
 
