@@ -254,7 +254,10 @@ impl Tensor {
     /// `[batch, heads_kv, s_kv, d_v]`, `heads_q` a multiple of `heads_kv`; query head `h` reads KV head
     /// `h / (heads_q / heads_kv)`. Returns `[batch, heads_q, s_q, d_v]` =
     /// `softmax(q kᵀ · scale + mask) v`, with `scale` defaulting to `1/√d`. A query that may attend to no key
-    /// gets a zero output row.
+    /// gets a zero output row. `k` and `v` share a dtype: `q`'s, or f16 for f32/f16/bf16 queries (an f16 KV cache:
+    /// read directly on the CPU, converted to `q`'s dtype first on CUDA); the output has `q`'s dtype. On the CPU,
+    /// more than 1,024 keys are processed in fixed chunks whose partial softmaxes are merged (in parallel for one
+    /// query position), so results do not depend on the thread count.
     pub fn attention(&self, k: &Tensor, v: &Tensor, mask: &AttentionMask, scale: Option<f64>) -> Result<Tensor> {
         crate::autograd::op(
             "attention",
