@@ -186,6 +186,14 @@ impl KernelPath {
     pub fn uses_avx2(self) -> bool {
         matches!(self, KernelPath::Auto) && kernels::avx2_available()
     }
+
+    /// The kernels this choice runs on this machine (detected once).
+    pub(crate) fn isa(self) -> kernels::Isa {
+        match self {
+            KernelPath::Auto => kernels::Isa::detect(),
+            KernelPath::Scalar => kernels::Isa::Scalar,
+        }
+    }
 }
 
 /// How the fused kernels treat the activations.
