@@ -43,6 +43,54 @@ pub(crate) fn avx2_available() -> bool {
     }
 }
 
+/// Which SIMD kernels the fused GEMV runs: decided once per machine ([`Isa::detect`]), never per call, so every
+/// call on a machine takes the same path and the bitwise invariants (one-row = four-row kernel, GEMM = GEMVs,
+/// any thread count) hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// The portable kernels.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 + FMA + F16C, and AVX-512F for the Q4_1 kernels with f32 activations (the other formats and Q8
+    /// activations stay on the AVX2 kernels).
+    Avx512,
+}
+
+impl Isa {
+    /// The best kernels of this CPU (cached). `EFFLLM_QGEMV_AVX512=0` keeps a machine with AVX-512 on the AVX2
+    /// kernels (read once).
+    pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if !avx2_available() {
+                Isa::Scalar
+            } else if avx512_available() && std::env::var("EFFLLM_QGEMV_AVX512").map_or(true, |v| v != "0") {
+                Isa::Avx512
+            } else {
+                Isa::Avx2
+            }
+        })
+    }
+
+    /// Whether the AVX2 kernels may run (true for [`Isa::Avx512`] too).
+    pub fn avx2(self) -> bool {
+        self != Isa::Scalar
+    }
+}
+
+/// Whether the AVX-512 kernels can run on this CPU (std caches the answer). They also use AVX2, FMA and F16C.
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_available() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// One activation vector prepared for the f32-activation kernels.
 pub(crate) struct F32Act<'a> {
     /// The activations, in blocks of 32.
@@ -107,14 +155,18 @@ impl Acts<'_> {
     /// otherwise). Bitwise equal to four `dot::<1>` calls. `ahead` is the prefetch distance in bytes (the next
     /// group of rows when rows are contiguous; only a hint).
     #[inline]
-    pub fn dot4_single(&self, ty: QuantType, avx2: bool, rows: [&[u8]; 4], ahead: usize) -> Option<[f32; 4]> {
+    pub fn dot4_single(&self, ty: QuantType, isa: Isa, rows: [&[u8]; 4], ahead: usize) -> Option<[f32; 4]> {
         // Q8_0 rows (the 612-byte rows of SmolLM2's LM head) measured 15–25% slower through the 4-row kernels than
         // through the one-row kernel, which reads them as one sequential stream.
         #[cfg(target_arch = "x86_64")]
-        if avx2 && self.len() == 1 && ty != QuantType::Q8_0 {
+        if isa.avx2() && self.len() == 1 && ty != QuantType::Q8_0 {
             let nb = rows[0].len() / ty.block_bytes();
-            // SAFETY (both calls): `avx2` is true only when `avx2_available()` returned true.
+            // SAFETY (all calls): `isa` is `Avx2` or `Avx512` only when `avx2_available()` returned true, and
+            // `Avx512` only when `avx512_available()` did too.
             return Some(match self {
+                Acts::F32(v) if isa == Isa::Avx512 && ty == QuantType::Q4_1 => unsafe {
+                    avx512::dot4_q4_1_f32(rows, ahead, &v[0].x[..nb], &v[0].sums[..nb])
+                },
                 Acts::F32(v) => {
                     let sums = if ty == QuantType::Q4_1 { &v[0].sums[..nb] } else { &v[0].sums[..0] };
                     unsafe { avx2::dot4_f32(ty, rows, ahead, &v[0].x[..nb], sums) }
@@ -125,7 +177,7 @@ impl Acts<'_> {
                 }
             });
         }
-        let _ = (ty, avx2, rows, ahead);
+        let _ = (ty, isa, rows, ahead);
         None
     }
 
@@ -133,19 +185,24 @@ impl Acts<'_> {
     ///
     /// Panics (an internal invariant, never user-reachable) if an activation vector is shorter than the row.
     #[inline]
-    pub fn dot<const M: usize>(&self, ty: QuantType, avx2: bool, row: &[u8], first: usize) -> [f32; M] {
+    pub fn dot<const M: usize>(&self, ty: QuantType, isa: Isa, row: &[u8], first: usize) -> [f32; M] {
         let nb = row.len() / ty.block_bytes();
+        let avx2 = isa.avx2();
         match self {
             Acts::F32(v) => {
                 let a: [&F32Act<'_>; M] = std::array::from_fn(|i| &v[first + i]);
                 let xs = a.map(|a| &a.x[..nb]);
                 let sums = a.map(|a| if ty == QuantType::Q4_1 { &a.sums[..nb] } else { &a.sums[..0] });
                 #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 && ty == QuantType::Q4_1 {
+                    // SAFETY: `Avx512` only when `avx512_available()` returned true.
+                    return unsafe { avx512::dot_q4_1_f32::<M>(row, xs, sums) };
+                }
+                #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: `avx2` is true only when `avx2_available()` returned true.
                     return unsafe { avx2::dot_f32::<M>(ty, row, xs, sums) };
                 }
-                let _ = avx2;
                 scalar::dot_f32::<M>(ty, row, xs, sums)
             }
             Acts::Q8(v) => {
@@ -340,7 +397,7 @@ pub(crate) mod avx2 {
     /// The f16 at `b[at..at + 2]` widened to f32, in lane 0 (lane 1 holds the f16 at `at + 2`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn f16x2(b: &[u8], at: usize) -> __m128 {
+    pub(super) fn f16x2(b: &[u8], at: usize) -> __m128 {
         let v = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         _mm_cvtph_ps(_mm_cvtsi32_si128(v as i32))
     }
@@ -359,7 +416,7 @@ pub(crate) mod avx2 {
     /// callers pass the distance to the same position in the next group of four rows.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn prefetch_ahead(row: &[u8], at: usize, ahead: usize) {
+    pub(super) fn prefetch_ahead(row: &[u8], at: usize, ahead: usize) {
         let p = row.as_ptr().wrapping_add(at.wrapping_add(ahead));
         // A prefetch is only a hint: it never faults, so any address (here possibly past the slice) is allowed.
         _mm_prefetch::<_MM_HINT_T0>(p.cast());
@@ -368,7 +425,7 @@ pub(crate) mod avx2 {
     /// Fixed-order horizontal sum of 8 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -691,5 +748,165 @@ pub(crate) mod avx2 {
             out[i] = hsum(acc[i]) + summs[i];
         }
         out
+    }
+}
+
+/// AVX-512F kernels for Q4_1 weights with f32 activations: a whole block in two 16-lane vectors (one byte load
+/// widened once, instead of two 8-byte loads, four widenings and twice the arithmetic of the AVX2 kernel). Callers
+/// must have checked [`avx512_available`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::{f16x2, hsum, prefetch_ahead};
+
+    /// `$v[$b]` without a bounds check, where the kernel has asserted `$b < $v.len()` for every block up front.
+    macro_rules! at {
+        ($v:expr, $b:expr) => {{
+            let (v, b) = ($v, $b);
+            debug_assert!(b < v.len());
+            // SAFETY: `b < nb <= v.len()`, asserted at the top of the kernel.
+            unsafe { v.get_unchecked(b) }
+        }};
+    }
+
+    /// Fixed-order horizontal sum of 16 lanes: the two 8-lane halves added, then the AVX2 tree.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn hsum16(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        hsum(_mm256_add_ps(lo, hi))
+    }
+
+    /// One Q4_1 block against 32 activations: `acc += d · (Σ_{j<16} q_j x_j + Σ_{j≥16} q_j x_j)` lane-wise,
+    /// `corr += m · S_b`. The one-row and four-row kernels run exactly this, so they agree bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn q4_1_step(blk: &[u8; 20], x: &[f32; 32], sb: f32, acc: &mut __m512, corr: &mut f32) {
+        let dm = f16x2(blk, 0);
+        let qs = &blk[4..20];
+        // SAFETY: `qs` holds 16 bytes and `x` 32 f32; unaligned loads.
+        let (v, x0, x1) = unsafe {
+            (
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(qs.as_ptr().cast())),
+                _mm512_loadu_ps(x.as_ptr()),
+                _mm512_loadu_ps(x.as_ptr().add(16)),
+            )
+        };
+        let lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF)));
+        let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v));
+        let t = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+        *acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dm), t, *acc);
+        *corr += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sb;
+    }
+
+    /// Four Q4_1 rows against one f32 activation vector, interleaved block by block (shared activation loads,
+    /// four accumulator chains), prefetching each row `ahead` bytes ahead. Bitwise equal to four
+    /// `dot_q4_1_f32::<1>` calls.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(crate) unsafe fn dot4_q4_1_f32(rows: [&[u8]; 4], ahead: usize, x: &[[f32; 32]], sums: &[f32]) -> [f32; 4] {
+        let blocks = rows.map(|r| r.as_chunks::<20>().0);
+        let nb = blocks[0].len();
+        assert!(blocks.iter().all(|b| b.len() == nb), "rows of different lengths");
+        assert!(x.len() >= nb && sums.len() >= nb, "activations shorter than the row");
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut corr = [0f32; 4];
+        for b in 0..nb {
+            let xb = at!(x, b);
+            let sb = *at!(sums, b);
+            for r in 0..4 {
+                prefetch_ahead(rows[r], b * 20, ahead);
+                q4_1_step(at!(blocks[r], b), xb, sb, &mut acc[r], &mut corr[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum16(acc[r]) + corr[r])
+    }
+
+    /// One Q4_1 row against `M` f32 activation vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_q4_1_f32<const M: usize>(
+        row: &[u8],
+        xs: [&[[f32; 32]]; M],
+        sums: [&[f32]; M],
+    ) -> [f32; M] {
+        let blocks = row.as_chunks::<20>().0;
+        let nb = blocks.len();
+        assert!(xs.iter().all(|x| x.len() >= nb), "activations shorter than the row");
+        assert!(sums.iter().all(|s| s.len() >= nb), "block sums shorter than the row");
+        let mut acc = [_mm512_setzero_ps(); M];
+        let mut corr = [0f32; M];
+        for (b, blk) in blocks.iter().enumerate() {
+            for i in 0..M {
+                q4_1_step(blk, at!(xs[i], b), *at!(sums[i], b), &mut acc[i], &mut corr[i]);
+            }
+        }
+        std::array::from_fn(|i| hsum16(acc[i]) + corr[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::quantize_row;
+
+    fn vals(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 8_388_608.0 - 1.0)
+            .collect()
+    }
+
+    /// The AVX-512 Q4_1 kernels (one row with 1..=4 activation vectors, four rows) against the AVX2 and scalar
+    /// kernels: equal within f32 summation-order error; the AVX-512 one-row and four-row kernels bitwise equal.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_q4_1_matches_avx2_and_scalar() {
+        if !avx512_available() {
+            eprintln!("no AVX-512F on this CPU: skipped");
+            return;
+        }
+        let (rows, k) = (4, 576);
+        let nb = k / 32;
+        let w = vals(rows * k, 7);
+        let mut bytes = vec![0u8; rows * nb * 20];
+        for (x, o) in w.chunks_exact(k).zip(bytes.chunks_exact_mut(nb * 20)) {
+            quantize_row(QuantType::Q4_1, x, o).unwrap();
+        }
+        let xv: Vec<Vec<f32>> = (0..4).map(|i| vals(k, 100 + i).iter().map(|v| v * 3.0).collect()).collect();
+        let acts: Vec<F32Act<'_>> = xv.iter().map(|x| F32Act::new(QuantType::Q4_1, x)).collect();
+        let xs: [&[[f32; 32]]; 4] = std::array::from_fn(|i| acts[i].x);
+        let sums: [&[f32]; 4] = std::array::from_fn(|i| &acts[i].sums[..]);
+        let row = |r: usize| &bytes[r * nb * 20..(r + 1) * nb * 20];
+        for r in 0..rows {
+            // SAFETY: AVX-512F (and so, here, AVX2, FMA, F16C) checked above.
+            let (v512, v2) = unsafe {
+                (avx512::dot_q4_1_f32::<4>(row(r), xs, sums), avx2::dot_f32::<4>(QuantType::Q4_1, row(r), xs, sums))
+            };
+            let vs = scalar::dot_f32::<4>(QuantType::Q4_1, row(r), xs, sums);
+            for i in 0..4 {
+                // A bound of a few ulps of Σ (|d q| + |m|)·|x| (see the module docs).
+                let mut wq = vec![0f32; k];
+                crate::quant::dequantize_row(QuantType::Q4_1, row(r), &mut wq).unwrap();
+                let mag: f32 = wq.iter().zip(&xv[i]).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1.0;
+                assert!((v512[i] - v2[i]).abs() <= 1e-5 * mag, "row {r} act {i}: {} vs avx2 {}", v512[i], v2[i]);
+                assert!((v512[i] - vs[i]).abs() <= 1e-5 * mag, "row {r} act {i}: {} vs scalar {}", v512[i], vs[i]);
+                // SAFETY: as above.
+                let one = unsafe { avx512::dot_q4_1_f32::<1>(row(r), [xs[i]], [sums[i]]) };
+                assert_eq!(one[0].to_bits(), v512[i].to_bits(), "M = 1 vs M = 4");
+            }
+        }
+        // SAFETY: as above.
+        let four = unsafe { avx512::dot4_q4_1_f32([row(0), row(1), row(2), row(3)], 4096, xs[0], sums[0]) };
+        for (r, v) in four.iter().enumerate() {
+            // SAFETY: as above.
+            let one = unsafe { avx512::dot_q4_1_f32::<1>(row(r), [xs[0]], [sums[0]]) };
+            assert_eq!(v.to_bits(), one[0].to_bits(), "four-row vs one-row kernel, row {r}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::blocks::dequantize_unchecked;
-use super::kernels::{Acts, F32Act, Q8Act};
+use super::kernels::{Acts, F32Act, Isa, Q8Act};
 use super::{ActivationQuant, KernelPath, QuantType};
 use crate::{Error, Result};
 
@@ -269,7 +269,7 @@ impl QMatrix {
         }
         let bytes = self.bytes(OP)?;
         let acts = self.prepare(&[x], act);
-        self.skinny(bytes, &acts, path.uses_avx2(), y);
+        self.skinny(bytes, &acts, path.isa(), y);
         Ok(())
     }
 
@@ -322,14 +322,14 @@ impl QMatrix {
             self.matmul_panels(bytes, x, m, y);
             return Ok(());
         }
-        let avx2 = path.uses_avx2();
+        let isa = path.isa();
         let mut yt = vec![0f32; SKINNY_MAX_M.min(m) * n];
         for (g, xg) in x.chunks(SKINNY_MAX_M * k).enumerate() {
             let mg = xg.len() / k;
             let rows: Vec<&[f32]> = xg.chunks_exact(k).collect();
             let acts = self.prepare(&rows, act);
             let yt = &mut yt[..mg * n];
-            self.skinny(bytes, &acts, avx2, yt);
+            self.skinny(bytes, &acts, isa, yt);
             // yt is n × mg (row r holds the mg outputs of W row r); scatter into Y (m × n).
             for (r, outs) in yt.chunks_exact(mg).enumerate() {
                 for (i, &v) in outs.iter().enumerate() {
@@ -366,7 +366,7 @@ impl QMatrix {
         }
         let rows: Vec<&[f32]> = x.chunks_exact(k).collect();
         let acts = first.prepare(&rows, act);
-        let avx2 = path.uses_avx2();
+        let isa = path.isa();
         // Row-major n × m scratch per matrix, as in `skinny`.
         let mut scratch: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; w.n_rows * m]).collect();
         let total_rows: usize = mats.iter().map(|w| w.n_rows).sum();
@@ -383,7 +383,7 @@ impl QMatrix {
                 tasks.push((w, wb, o));
             }
         }
-        let run = |(w, wb, o): (&QMatrix, &[u8], &mut [f32])| w.rows_outputs(wb, &acts, avx2, o);
+        let run = |(w, wb, o): (&QMatrix, &[u8], &mut [f32])| w.rows_outputs(wb, &acts, isa, o);
         let bytes_total: usize = mats.iter().map(|w| w.nbytes).sum();
         if bytes_total.saturating_mul(m) < SEQ_THRESHOLD_BYTES {
             tasks.into_iter().for_each(run);
@@ -416,7 +416,7 @@ impl QMatrix {
     /// The outputs of consecutive W rows (`rows`, whole rows) against `acts`, row r's outputs at
     /// `out[r·m..(r + 1)·m]`. With one activation vector, four rows go through a 4-row kernel where one exists
     /// (bitwise equal to the one-row kernel).
-    fn rows_outputs(&self, rows: &[u8], acts: &Acts<'_>, avx2: bool, out: &mut [f32]) {
+    fn rows_outputs(&self, rows: &[u8], acts: &Acts<'_>, isa: Isa, out: &mut [f32]) {
         let (rb, mv) = (self.row_bytes, acts.len());
         let (mut rows, mut out) = (rows, out);
         if mv == 1 {
@@ -426,7 +426,7 @@ impl QMatrix {
             let ahead4 = group * (prefetch_distance() / group).max(1);
             while rows.len() >= 4 * rb {
                 let r4 = [&rows[..rb], &rows[rb..2 * rb], &rows[2 * rb..3 * rb], &rows[3 * rb..4 * rb]];
-                let Some(y) = acts.dot4_single(self.ty, avx2, r4, ahead4) else { break };
+                let Some(y) = acts.dot4_single(self.ty, isa, r4, ahead4) else { break };
                 out[..4].copy_from_slice(&y);
                 rows = &rows[4 * rb..];
                 out = &mut out[4..];
@@ -438,17 +438,17 @@ impl QMatrix {
         let ahead = prefetch_distance();
         for (i, (row, o)) in rows.chunks_exact(rb).zip(out.chunks_exact_mut(mv)).enumerate() {
             super::kernels::prefetch_span(rows, i * rb + ahead, rb);
-            self.row_outputs(row, acts, avx2, o);
+            self.row_outputs(row, acts, isa, o);
         }
     }
 
     /// The outputs of one W row against every activation vector of `acts` (at most 8), in `out`.
     #[inline]
-    fn row_outputs(&self, row: &[u8], acts: &Acts<'_>, avx2: bool, out: &mut [f32]) {
+    fn row_outputs(&self, row: &[u8], acts: &Acts<'_>, isa: Isa, out: &mut [f32]) {
         let ty = self.ty;
         macro_rules! put {
             ($m:literal, $first:expr, $at:expr) => {{
-                let v = acts.dot::<$m>(ty, avx2, row, $first);
+                let v = acts.dot::<$m>(ty, isa, row, $first);
                 out[$at..$at + $m].copy_from_slice(&v);
             }};
         }
@@ -479,7 +479,7 @@ impl QMatrix {
     /// Fused kernel over all rows: `out` is `n_rows × acts.len()` (row r's outputs contiguous). Parallel over
     /// chunks of rows above a size threshold; each output is computed by one call of the same row kernel, so the
     /// result does not depend on the thread count or chunking.
-    fn skinny(&self, bytes: &[u8], acts: &Acts<'_>, avx2: bool, out: &mut [f32]) {
+    fn skinny(&self, bytes: &[u8], acts: &Acts<'_>, isa: Isa, out: &mut [f32]) {
         let mv = acts.len();
         debug_assert!((1..=SKINNY_MAX_M).contains(&mv) && out.len() == self.n_rows * mv);
         if self.n_rows == 0 {
@@ -490,7 +490,7 @@ impl QMatrix {
             return;
         }
         let rb = self.row_bytes;
-        let run = |rows: &[u8], out: &mut [f32]| self.rows_outputs(rows, acts, avx2, out);
+        let run = |rows: &[u8], out: &mut [f32]| self.rows_outputs(rows, acts, isa, out);
         if self.nbytes.saturating_mul(mv) < SEQ_THRESHOLD_BYTES {
             run(bytes, out);
             return;

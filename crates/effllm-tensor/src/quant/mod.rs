@@ -61,7 +61,9 @@
 //! # Kernels
 //!
 //! Every hand-written SIMD kernel is selected at run time (`is_x86_feature_detected!("avx2")`, `"fma"`,
-//! `"f16c"`); there is no compile-time gating. The portable scalar kernels are the test oracle and can be forced
+//! `"f16c"`, and `"avx512f"` for the Q4_1 kernels with f32 activations), once per machine; there is no
+//! compile-time gating and no per-call choice (`EFFLLM_QGEMV_AVX512=0` keeps an AVX-512 machine on the AVX2
+//! kernels). The portable scalar kernels are the test oracle and can be forced
 //! with [`KernelPath::Scalar`]. Output rows are split into chunks that run in parallel on the crate's thread pool
 //! ([`crate::threads`]); each output is reduced by one thread in a fixed order, so results are bitwise independent
 //! of the thread count, and the skinny kernel of [`QMatrix::matmul_t`] (m ≤ 8) equals m separate GEMVs bitwise.
@@ -185,6 +187,14 @@ impl KernelPath {
     /// Whether this choice runs the AVX2 kernels on this machine.
     pub fn uses_avx2(self) -> bool {
         matches!(self, KernelPath::Auto) && kernels::avx2_available()
+    }
+
+    /// The kernels this choice runs on this machine (detected once).
+    pub(crate) fn isa(self) -> kernels::Isa {
+        match self {
+            KernelPath::Auto => kernels::Isa::detect(),
+            KernelPath::Scalar => kernels::Isa::Scalar,
+        }
     }
 }
 
