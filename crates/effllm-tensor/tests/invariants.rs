@@ -389,3 +389,21 @@ fn long_cache_attention_matches_reference_on_any_thread_count() {
         assert!(num / den < 1e-5, "{kv_dt:?} sq {sq} skv {skv} mask {mask_kind}: rel L2 {}", num / den);
     }
 }
+
+/// Large products run in fixed 256-row blocks of C (one sequential faer GEMM each, spread over the pool): bitwise the
+/// same on 1 and 2 threads, including a last partial block, and within f32 rounding of the f64 reference.
+#[test]
+fn large_matmul_row_blocks_are_thread_independent() {
+    let (m, k, n) = (600, 300, 200);
+    let a = randn(&[m, k], 5);
+    let b = randn(&[k, n], 6);
+    let run = |t: usize| with_num_threads(t, || a.matmul(&b)).unwrap().unwrap();
+    let (one, two) = (run(1), run(2));
+    assert_eq!(bits(&one), bits(&two), "thread count changed a large matmul");
+    let (av, bv) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    let want = effllm_tensor::reference::matmul(&av, &bv, m, k, n);
+    let got = one.to_vec_f64().unwrap();
+    let num: f64 = got.iter().zip(&want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
+    assert!(num / den < 1e-6, "rel L2 {}", num / den);
+}

@@ -56,6 +56,9 @@ fn plan(a: &Layout, b: &Layout) -> Result<Plan> {
     Ok(Plan { batch_shape, m, k, n, a_batch, b_batch })
 }
 
+/// Rows of C per task in a large product (see `batched`).
+const GEMM_ROW_BLOCK: usize = 256;
+
 /// One product `C = A·B` into a contiguous `m × n` output.
 fn gemm_one<R: Real + faer::traits::ComplexField>(
     a: Operand<'_, R>,
@@ -116,8 +119,23 @@ fn batched<R: Real + faer::traits::ComplexField>(
             // Many small products: parallel over batches, each sequential.
             out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, Par::Seq));
         } else if m * n > 0 {
-            let par = if flops < (1 << 16) { Par::Seq } else { Par::rayon(0) };
-            out.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, par));
+            if m >= 2 * GEMM_ROW_BLOCK && flops >= (1 << 24) {
+                // Large products: C in fixed blocks of GEMM_ROW_BLOCK rows, one sequential faer GEMM per block, the
+                // blocks spread over the pool. On the 2-core Xeon slice this beat faer's own parallel split by 8-10
+                // points of the FMA ceiling (alternating runs, n = 1024: 57.9-67.0 % against 53.6-60.0 %; n = 2048:
+                // 53.7-61.2 % against 48.1-50.6 %); the blocks do not
+                // depend on the thread count, so neither do the results.
+                for (i, c) in out.chunks_mut(m * n).enumerate() {
+                    c.par_chunks_mut(GEMM_ROW_BLOCK * n).enumerate().for_each(|(t, cb)| {
+                        let ao = Operand { data: a, off: a_offs[i] + t * GEMM_ROW_BLOCK * a_rs, rs: a_rs, cs: a_cs };
+                        let bo = Operand { data: b, off: b_offs[i], rs: b_rs, cs: b_cs };
+                        gemm_one(ao, bo, cb, cb.len() / n, k, n, Par::Seq);
+                    });
+                }
+            } else {
+                let par = if flops < (1 << 16) { Par::Seq } else { Par::rayon(0) };
+                out.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, par));
+            }
         }
     });
     out
