@@ -121,10 +121,10 @@ fn batched<R: Real + faer::traits::ComplexField>(
         } else if m * n > 0 {
             if m >= 2 * GEMM_ROW_BLOCK && flops >= (1 << 24) {
                 // Large products: C in fixed blocks of GEMM_ROW_BLOCK rows, one sequential faer GEMM per block, the
-                // blocks spread over the pool. On the 2-core Xeon slice this beat faer's own parallel split by 8-10
+                // blocks spread over the pool. On the 2-core Xeon slice this beat faer's own parallel split by 4-11
                 // points of the FMA ceiling (alternating runs, n = 1024: 57.9-67.0 % against 53.6-60.0 %; n = 2048:
-                // 53.7-61.2 % against 48.1-50.6 %); the blocks do not
-                // depend on the thread count, so neither do the results.
+                // 53.7-61.2 % against 48.1-50.6 %). The blocks do not depend on the thread count, so neither do the
+                // results.
                 for (i, c) in out.chunks_mut(m * n).enumerate() {
                     c.par_chunks_mut(GEMM_ROW_BLOCK * n).enumerate().for_each(|(t, cb)| {
                         let ao = Operand { data: a, off: a_offs[i] + t * GEMM_ROW_BLOCK * a_rs, rs: a_rs, cs: a_cs };
