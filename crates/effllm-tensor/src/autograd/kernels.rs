@@ -5,7 +5,7 @@
 
 use crate::cpu::Real;
 use crate::cpu::kernels::PAR_MIN_ELEMS;
-use crate::ops::elementwise::sigmoid;
+use crate::cpu::sigmoid_portable;
 use crate::tensor::{Work, WorkOut, on_cuda};
 use crate::{Error, Result, Tensor, UnaryOp};
 
@@ -44,7 +44,7 @@ fn deriv<R: Real>(op: UnaryOp, x: R) -> R {
             let k = c(0.044715);
             let a = (c(2.0) / R::PI()).sqrt();
             let z = a * (x + k * x * x * x);
-            let s = sigmoid(z + z);
+            let s = sigmoid_portable(z + z);
             s + x * s * (R::one() - s) * c(2.0) * a * (R::one() + c(3.0) * k * x * x)
         }
         UnaryOp::GeluErf => {

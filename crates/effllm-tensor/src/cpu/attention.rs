@@ -9,6 +9,8 @@
 use half::f16;
 
 use super::Real;
+#[cfg(target_arch = "x86_64")]
+use super::avx2_available;
 
 /// Element types of key and value rows that queries of precision `R` read directly.
 pub(crate) trait KvElem<R: Real>: Copy + Send + Sync + 'static {
@@ -102,21 +104,6 @@ fn values_portable<R: Real, E: Copy>(
     }
 }
 
-/// Whether the SIMD kernels can run (AVX2, FMA and F16C, checked once).
-fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 impl KvElem<f64> for f64 {
     fn attention_scores(q: &[f64], group: usize, k: &[f64], d: usize, scale: f64, out: &mut [f64]) {
         scores_portable(q, group, k, d, scale, out, |x| x)
@@ -133,7 +120,7 @@ macro_rules! kv_elem_f32 {
         impl KvElem<f32> for $t {
             fn attention_scores(q: &[f32], group: usize, k: &[$t], d: usize, scale: f32, out: &mut [f32]) {
                 #[cfg(target_arch = "x86_64")]
-                if simd_available() && d > 0 && d.is_multiple_of(8) {
+                if avx2_available() && d > 0 && d.is_multiple_of(8) {
                     if scores_keys(q.len(), group, k.len(), d, out.len()) > 0 {
                         // SAFETY: AVX2, FMA and F16C were detected; d % 8 == 0; the lengths were checked.
                         unsafe { simd::attention_scores(q, group, k, d, scale, out) };
@@ -145,7 +132,7 @@ macro_rules! kv_elem_f32 {
 
             fn attention_values(probs: &[f32], group: usize, v: &[$t], dv: usize, out: &mut [f32]) {
                 #[cfg(target_arch = "x86_64")]
-                if simd_available() && dv > 0 && dv.is_multiple_of(8) {
+                if avx2_available() && dv > 0 && dv.is_multiple_of(8) {
                     values_keys(probs.len(), group, v.len(), dv, out.len());
                     // SAFETY: AVX2, FMA and F16C were detected; dv % 8 == 0; the lengths were checked.
                     unsafe { simd::attention_values(probs, group, v, dv, out) };
@@ -165,6 +152,8 @@ mod simd {
     use std::arch::x86_64::*;
 
     use half::f16;
+
+    use crate::cpu::prefetch_span;
 
     /// Element types loaded eight at a time into f32 lanes.
     pub(super) trait Load8: Copy {
@@ -200,18 +189,6 @@ mod simd {
         *D.get_or_init(|| std::env::var("EFFLLM_ATTN_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4096))
     }
 
-    /// Prefetch hints for the 64-byte lines of `len` bytes at `base + from` (an address, never dereferenced; a
-    /// prefetch never faults).
-    #[inline(always)]
-    fn prefetch_bytes(base: *const u8, from: usize, len: usize) {
-        let mut o = from;
-        while o < from.saturating_add(len) {
-            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(o).cast()) };
-            o += 64;
-        }
-    }
-
     /// Sums each of eight vectors across its lanes: lane `i` of the result is `Σ a[i]`, added as
     /// `((a₀ + a₁) + (a₂ + a₃)) + ((a₄ + a₅) + (a₆ + a₇))`.
     #[inline]
@@ -245,7 +222,7 @@ mod simd {
         for j0 in (0..s).step_by(8) {
             let n = (s - j0).min(8);
             let rows: [&[E]; 8] = std::array::from_fn(|jj| &k[(j0 + jj.min(n - 1)) * d..][..d]);
-            prefetch_bytes(k.as_ptr().cast(), (j0 * d * elem).saturating_add(ahead), 8 * d * elem);
+            prefetch_span(k, (j0 * d * elem).saturating_add(ahead), 8 * d * elem);
             for g in 0..group {
                 let qr = &q[g * d..][..d];
                 let mut acc = [_mm256_setzero_ps(); 8];
@@ -298,7 +275,7 @@ mod simd {
         let prow: [&[f32]; G] = std::array::from_fn(|g| &probs[(g0 + g) * s..][..s]);
         let (ahead, elem) = (prefetch_distance(), size_of::<E>());
         for j in 0..s {
-            prefetch_bytes(v.as_ptr().cast(), ((j * dv + c0) * elem).saturating_add(ahead), 8 * C * elem);
+            prefetch_span(v, ((j * dv + c0) * elem).saturating_add(ahead), 8 * C * elem);
             let p: [f32; G] = std::array::from_fn(|g| prow[g][j]);
             if p.iter().all(|&x| x == 0.0) {
                 continue;
@@ -378,10 +355,7 @@ mod tests {
     use super::*;
 
     fn xorshift(seed: &mut u64) -> f32 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        crate::cpu::test_uniform(seed) - 0.5
     }
 
     /// Both kernels for keys and values of type `E` against f64 sums of the same (widened) numbers, on shapes that

@@ -230,13 +230,19 @@ pub trait Real:
     /// uses AVX2 + FMA when the CPU has them: `σ(x) = 1 / (1 + e^(−x))` with the vectorised `exp` of
     /// [`Real::softmax_row`] (libm's scalar `expf` behind a data-dependent branch was a third of a SmolLM2 prefill).
     fn swiglu(g: &[Self], u: &[Self], out: &mut [Self]) {
-        for ((o, &a), &b) in out.iter_mut().zip(g).zip(u) {
-            *o = a * sigmoid_portable(a) * b;
-        }
+        swiglu_portable(g, u, out)
     }
 }
 
-/// The logistic function `1 / (1 + e^(−x))`, through `e^x` for negative `x` so that nothing overflows.
+/// The portable [`Real::swiglu`] (also the SIMD version's tail).
+pub(crate) fn swiglu_portable<R: num_traits::Float>(g: &[R], u: &[R], out: &mut [R]) {
+    for ((o, &a), &b) in out.iter_mut().zip(g).zip(u) {
+        *o = a * sigmoid_portable(a) * b;
+    }
+}
+
+/// The logistic function `σ(x) = 1 / (1 + e^(−x))`, through `e^x` for negative `x` so that it stays finite for large
+/// |x| (the CPU ops and their derivatives use it).
 pub(crate) fn sigmoid_portable<R: num_traits::Float>(x: R) -> R {
     if x >= R::zero() {
         R::one() / (R::one() + (-x).exp())
@@ -411,9 +417,7 @@ mod simd_f32 {
             }
             i += 8;
         }
-        for j in i..n {
-            out[j] = g[j] * super::sigmoid_portable(g[j]) * u[j];
-        }
+        super::swiglu_portable(&g[i..n], &u[i..n], &mut out[i..n]);
     }
 
     /// [`super::Real::exp_row`] for f32: max, then `e^(x − max)` and its sum (two accumulators), 8 lanes at a
@@ -465,6 +469,41 @@ mod simd_f32 {
     }
 }
 
+/// Whether the AVX2 + FMA + F16C kernels (quantized GEMV, attention) can run on this CPU (checked at run time; std
+/// caches the answer).
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Asks the cache for the 64-byte lines of the `len` bytes at byte offset `from` of `base`. The range may run past
+/// the slice's end: a prefetch is only a hint and never faults, whatever the address. No-op off x86-64.
+#[inline]
+pub(crate) fn prefetch_span<T>(base: &[T], from: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = base.as_ptr().cast::<u8>();
+        let mut o = from;
+        while o < from.saturating_add(len) {
+            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults, so an address past the slice
+            // (wrapping_add, never dereferenced) is allowed.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o).cast()) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, from, len);
+}
+
 fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -506,9 +545,7 @@ impl Real for f32 {
             // SAFETY: AVX2 and FMA were detected at run time.
             return unsafe { simd_f32::swiglu(g, u, out) };
         }
-        for ((o, &a), &b) in out.iter_mut().zip(g).zip(u) {
-            *o = a * sigmoid_portable(a) * b;
-        }
+        swiglu_portable(g, u, out)
     }
 
     fn exp_row(x: &[f32], out: &mut [f32]) -> (f32, f32) {
@@ -538,6 +575,15 @@ impl Real for f64 {
     }
 }
 
+/// A uniform f32 in [0, 1) from a xorshift state: the CPU kernels' unit tests' input generator.
+#[cfg(test)]
+pub(crate) fn test_uniform(seed: &mut u64) -> f32 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    (*seed >> 40) as f32 / (1u64 << 24) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,12 +593,7 @@ mod tests {
     #[test]
     fn f32_swiglu_matches_f64() {
         let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut next = || test_uniform(&mut seed) - 0.5;
         for n in (0..=40).chain([5000]) {
             for scale in [2.0f32, 20.0, 240.0] {
                 let g: Vec<f32> = (0..n).map(|_| next() * scale).collect();
@@ -574,12 +615,7 @@ mod tests {
     #[test]
     fn f32_softmax_rows_match_f64() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut next = || test_uniform(&mut seed);
         for n in (0..=40).chain([49_152]) {
             for scale in [1.0f32, 30.0, 200.0] {
                 let x: Vec<f32> =

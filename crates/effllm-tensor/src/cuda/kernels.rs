@@ -864,19 +864,56 @@ __device__ __forceinline__ float dot4_bytes(u32 w, float4 x, float bias) {
 }
 __device__ __forceinline__ u32 ld_u16x2(const u8* p) { return (u32)__ldg((const u16*)p) | ((u32)__ldg((const u16*)p + 1) << 16); }
 // TY: 0 = Q4_0 (18-byte blocks: d, 16 bytes of nibble pairs), 1 = Q4_1 (20: d, m, 16 bytes), 2 = Q8_0 (34: d, 32 int8).
+template <int TY> struct QgBlock { static constexpr int BYTES = TY == 0 ? 18 : TY == 1 ? 20 : 34; };
+// The QG_ROWS rows of half-warp `half` (rows past the end read the last row; their results are not stored).
+template <int TY> __device__ __forceinline__ void qg_rows(const u8* w, i64 row0, int halves, int half, i64 n_rows, i64 nb, const u8* rows[QG_ROWS]) {
+    #pragma unroll
+    for (int j = 0; j < QG_ROWS; ++j) {
+        i64 r = row0 + j * halves + half;
+        rows[j] = w + (r < n_rows ? r : n_rows - 1) * nb * QgBlock<TY>::BYTES;
+    }
+}
+// Lane `word`'s share of block b in each row: the header (d, and m for Q4_1) and 4 quant bytes (8 for Q8_0, in q1).
+template <int TY> __device__ __forceinline__ void qg_load(const u8* const rows[QG_ROWS], i64 b, int word, u32 head[QG_ROWS], u32 q0[QG_ROWS], u32 q1[QG_ROWS]) {
+    #pragma unroll
+    for (int j = 0; j < QG_ROWS; ++j) {
+        const u8* blk = rows[j] + b * QgBlock<TY>::BYTES;
+        if (TY == 1) {
+            head[j] = __ldg((const u32*)blk);
+            q0[j] = __ldg((const u32*)(blk + 4) + word);
+        } else if (TY == 0) {
+            head[j] = __ldg((const u16*)blk);
+            q0[j] = ld_u16x2(blk + 2 + 4 * word);
+        } else {
+            head[j] = __ldg((const u16*)blk);
+            q0[j] = ld_u16x2(blk + 2 + 8 * word);
+            q1[j] = ld_u16x2(blk + 6 + 8 * word);
+        }
+    }
+}
+// Sums each row's lane partials over the half-warp in a fixed order; lane 0 writes the rows that exist to yi.
+__device__ __forceinline__ void qg_store(float acc[QG_ROWS], unsigned lanes, int l, i64 row0, int halves, int half, i64 n_rows, float* yi) {
+    #pragma unroll
+    for (int j = 0; j < QG_ROWS; ++j) {
+        #pragma unroll
+        for (int o = 8; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(lanes, acc[j], o, 16);
+    }
+    if (l == 0) {
+        #pragma unroll
+        for (int j = 0; j < QG_ROWS; ++j) {
+            i64 r = row0 + j * halves + half;
+            if (r < n_rows) yi[r] = acc[j];
+        }
+    }
+}
 template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) {
-    constexpr int BS = TY == 0 ? 18 : TY == 1 ? 20 : 34;
     int l = threadIdx.x & 15, half = threadIdx.x >> 4, halves = blockDim.x >> 4;
     int word = l & 3, sub = l >> 2;
     i64 nb = k >> 5, rows_cta = (i64)halves * QG_ROWS, row0 = (i64)blockIdx.x * rows_cta;
     if (row0 + half >= n_rows) return;  // a whole half-warp at once: its shuffles name only its own 16 lanes
     const unsigned lanes = 0xffffu << (threadIdx.x & 16);
     const u8* rows[QG_ROWS];
-    #pragma unroll
-    for (int j = 0; j < QG_ROWS; ++j) {
-        i64 r = row0 + j * halves + half;
-        rows[j] = w + (r < n_rows ? r : n_rows - 1) * nb * BS;
-    }
+    qg_rows<TY>(w, row0, halves, half, n_rows, nb, rows);
     // Element offsets of this lane's two runs of 4 within a block (Q4: low nibbles 4w.., high 16+4w..; Q8_0: 8w..).
     int e0 = TY == 2 ? 8 * word : 4 * word, e1 = TY == 2 ? 8 * word + 4 : 16 + 4 * word;
     bool xvec = ((((size_t)x) | ((size_t)k << 2)) & 15) == 0;
@@ -888,21 +925,7 @@ template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const 
         #pragma unroll 2
         for (i64 b = sub; b < nb; b += 4) {
             u32 head[QG_ROWS], q0[QG_ROWS], q1[QG_ROWS];
-            #pragma unroll
-            for (int j = 0; j < QG_ROWS; ++j) {
-                const u8* blk = rows[j] + b * BS;
-                if (TY == 1) {
-                    head[j] = __ldg((const u32*)blk);
-                    q0[j] = __ldg((const u32*)(blk + 4) + word);
-                } else if (TY == 0) {
-                    head[j] = __ldg((const u16*)blk);
-                    q0[j] = ld_u16x2(blk + 2 + 4 * word);
-                } else {
-                    head[j] = __ldg((const u16*)blk);
-                    q0[j] = ld_u16x2(blk + 2 + 8 * word);
-                    q1[j] = ld_u16x2(blk + 6 + 8 * word);
-                }
-            }
+            qg_load<TY>(rows, b, word, head, q0, q1);
             const float* xb = xi + b * 32;
             float4 xa, xc;
             if (xvec) { xa = __ldg((const float4*)(xb + e0)); xc = __ldg((const float4*)(xb + e1)); }
@@ -921,18 +944,7 @@ template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const 
                 }
             }
         }
-        #pragma unroll
-        for (int j = 0; j < QG_ROWS; ++j) {
-            #pragma unroll
-            for (int o = 8; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(lanes, acc[j], o, 16);
-        }
-        if (l == 0) {
-            #pragma unroll
-            for (int j = 0; j < QG_ROWS; ++j) {
-                i64 r = row0 + j * halves + half;
-                if (r < n_rows) y[i * n_rows + r] = acc[j];
-            }
-        }
+        qg_store(acc, lanes, l, row0, halves, half, n_rows, y + i * n_rows);
     }
 }
 // The same GEMV with activations quantised to Q8 (ActivationQuant::Q8, llama.cpp's numerics, as the CPU's Q8 path):
@@ -943,9 +955,8 @@ template <int TY> __device__ __forceinline__ void qgemv_body(const u8* w, const 
 // kernel issues ~6.6 instructions per weight and is bound by issue, not by memory). Per block and row:
 // d_w·d_x·Σ q_w q_x, plus m_w·s_x for Q4_1 (added by the block's first lane); Q4_0's nibbles are re-centred to
 // −8..7 by a byte-wise subtraction. One activation row at a time in shared memory: k bytes of quants (16-byte
-// padded), then d and s per block (launch with qgemv_q8a_smem(k) bytes).
+// padded), then d and s per block (`qlinear` passes that size at launch).
 template <int TY> __device__ __forceinline__ void qgemv_q8a_body(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) {
-    constexpr int BS = TY == 0 ? 18 : TY == 1 ? 20 : 34;
     extern __shared__ __align__(16) unsigned char qg_smem[];
     const i64 nb = k >> 5;
     signed char* xq = (signed char*)qg_smem;
@@ -957,11 +968,7 @@ template <int TY> __device__ __forceinline__ void qgemv_q8a_body(const u8* w, co
     const bool active = row0 + half < n_rows;  // whole half-warps: their shuffles name only their own 16 lanes
     const unsigned lanes = 0xffffu << (threadIdx.x & 16);
     const u8* rows[QG_ROWS];
-    #pragma unroll
-    for (int j = 0; j < QG_ROWS; ++j) {
-        i64 r = row0 + j * halves + half;
-        rows[j] = w + (r < n_rows ? r : n_rows - 1) * nb * BS;
-    }
+    qg_rows<TY>(w, row0, halves, half, n_rows, nb, rows);
     int e0 = TY == 2 ? 8 * word : 4 * word, e1 = TY == 2 ? 8 * word + 4 : 16 + 4 * word;
     for (i64 i = 0; i < m; ++i) {
         __syncthreads();  // the previous row's quants are no longer read
@@ -992,21 +999,7 @@ template <int TY> __device__ __forceinline__ void qgemv_q8a_body(const u8* w, co
         #pragma unroll 2
         for (i64 b = sub; b < nb; b += 4) {
             u32 head[QG_ROWS], q0[QG_ROWS], q1[QG_ROWS];
-            #pragma unroll
-            for (int j = 0; j < QG_ROWS; ++j) {
-                const u8* blk = rows[j] + b * BS;
-                if (TY == 1) {
-                    head[j] = __ldg((const u32*)blk);
-                    q0[j] = __ldg((const u32*)(blk + 4) + word);
-                } else if (TY == 0) {
-                    head[j] = __ldg((const u16*)blk);
-                    q0[j] = ld_u16x2(blk + 2 + 4 * word);
-                } else {
-                    head[j] = __ldg((const u16*)blk);
-                    q0[j] = ld_u16x2(blk + 2 + 8 * word);
-                    q1[j] = ld_u16x2(blk + 6 + 8 * word);
-                }
-            }
+            qg_load<TY>(rows, b, word, head, q0, q1);
             const int xa = *(const int*)(xq + b * 32 + e0), xc = *(const int*)(xq + b * 32 + e1);
             const float dx = xd[b], sx = TY == 1 && word == 0 ? xs[b] : 0.f;
             #pragma unroll
@@ -1025,18 +1018,7 @@ template <int TY> __device__ __forceinline__ void qgemv_q8a_body(const u8* w, co
                 if (TY == 1) acc[j] += f16_to_f32((u16)(head[j] >> 16)) * sx;
             }
         }
-        #pragma unroll
-        for (int j = 0; j < QG_ROWS; ++j) {
-            #pragma unroll
-            for (int o = 8; o > 0; o >>= 1) acc[j] += __shfl_xor_sync(lanes, acc[j], o, 16);
-        }
-        if (l == 0) {
-            #pragma unroll
-            for (int j = 0; j < QG_ROWS; ++j) {
-                i64 r = row0 + j * halves + half;
-                if (r < n_rows) y[i * n_rows + r] = acc[j];
-            }
-        }
+        qg_store(acc, lanes, l, row0, halves, half, n_rows, y + i * n_rows);
     }
 }
 extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8a_q4_0(const u8* w, const float* x, float* y, i64 n_rows, i64 k, i64 m) { qgemv_q8a_body<0>(w, x, y, n_rows, k, m); }

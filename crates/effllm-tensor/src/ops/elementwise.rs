@@ -1,7 +1,7 @@
 //! Elementwise unary and binary ops (with numpy broadcasting), activations and `where_cond`.
 
 use crate::cpu::kernels::{PAR_MIN_ELEMS, map};
-use crate::cpu::{CpuStorage, Real};
+use crate::cpu::{CpuStorage, Real, sigmoid_portable};
 use crate::layout::{Layout, broadcast_shape};
 use crate::tensor::{Work, WorkOut, on_cuda, with_work};
 use crate::{DType, Error, Result, Tensor};
@@ -54,7 +54,7 @@ impl UnaryOp {
             UnaryOp::Sqr => x * x,
             UnaryOp::Recip => x.recip(),
             UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Sigmoid => sigmoid(x),
+            UnaryOp::Sigmoid => sigmoid_portable(x),
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
             // NaN propagates (as in PyTorch).
@@ -65,13 +65,13 @@ impl UnaryOp {
                     R::zero()
                 }
             }
-            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::Silu => x * sigmoid_portable(x),
             UnaryOp::Gelu => {
                 // ½x(1 + tanh z) = x·σ(2z): the same function without the cancellation of 1 + tanh z for x ≪ 0.
                 let c = (R::from(2.0).unwrap_or_else(R::one) / R::PI()).sqrt();
                 let k = R::from(0.044715).unwrap_or_else(R::zero);
                 let z = c * (x + k * x * x * x);
-                x * sigmoid(z + z)
+                x * sigmoid_portable(z + z)
             }
             // ½x(1 + erf(x/√2)) = ½x·erfc(−x/√2), which stays accurate for x ≪ 0.
             UnaryOp::GeluErf => half * x * (-x * R::FRAC_1_SQRT_2()).erfc(),
@@ -98,11 +98,6 @@ impl UnaryOp {
             UnaryOp::GeluErf => "gelu_erf",
         }
     }
-}
-
-/// `σ(x)`, written to stay finite for large |x|.
-pub(crate) fn sigmoid<R: Real>(x: R) -> R {
-    crate::cpu::sigmoid_portable(x)
 }
 
 /// A binary elementwise function.

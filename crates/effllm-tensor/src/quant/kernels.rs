@@ -9,39 +9,7 @@ use half::f16;
 use super::QuantType;
 use super::blocks::{BlockQ8_1, f16_le};
 
-/// Asks the cache for the 64-byte lines of `base[from..from + len]`. The range may run past the slice's end: a
-/// prefetch is only a hint and never faults, whatever the address. No-op off x86-64.
-#[inline]
-pub(crate) fn prefetch_span(base: &[u8], from: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = base.as_ptr();
-        let mut o = from;
-        while o < from.saturating_add(len) {
-            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults, so an address past the slice
-            // (wrapping_add, never dereferenced) is allowed.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o).cast()) };
-            o += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (base, from, len);
-}
-
-/// Whether the AVX2 kernels can run on this CPU (checked at run time; std caches the answer).
-pub(crate) fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub(crate) use crate::cpu::avx2_available;
 
 /// Which SIMD kernels the fused GEMV runs: decided once per machine ([`Isa::detect`]), never per call, so every
 /// call on a machine takes the same path and the bitwise invariants (one-row = four-row kernel, GEMM = GEMVs,
@@ -350,23 +318,24 @@ pub(crate) mod scalar {
     }
 }
 
+/// `$v[$b]` without a bounds check, for the SIMD kernels (`avx2`, `avx512`). Used only where the kernel has asserted
+/// up front that `$v` holds at least as many blocks as the row, with `$b` running over the row's blocks.
+#[cfg(target_arch = "x86_64")]
+macro_rules! at {
+    ($v:expr, $b:expr) => {{
+        let (v, b) = ($v, $b);
+        debug_assert!(b < v.len());
+        // SAFETY: `b < nb <= v.len()`, asserted at the top of the kernel.
+        unsafe { v.get_unchecked(b) }
+    }};
+}
+
 /// AVX2 + FMA + F16C kernels. Callers must have checked [`avx2_available`].
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::QuantType;
-
-    /// `$v[$b]` without a bounds check. Used only where the kernel has asserted up front that `$v` holds at
-    /// least as many blocks as the row, with `$b` running over the row's blocks.
-    macro_rules! at {
-        ($v:expr, $b:expr) => {{
-            let (v, b) = ($v, $b);
-            debug_assert!(b < v.len());
-            // SAFETY: `b < nb <= v.len()`, asserted at the top of the kernel.
-            unsafe { v.get_unchecked(b) }
-        }};
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -759,16 +728,6 @@ pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::avx2::{f16x2, hsum, prefetch_ahead};
-
-    /// `$v[$b]` without a bounds check, where the kernel has asserted `$b < $v.len()` for every block up front.
-    macro_rules! at {
-        ($v:expr, $b:expr) => {{
-            let (v, b) = ($v, $b);
-            debug_assert!(b < v.len());
-            // SAFETY: `b < nb <= v.len()`, asserted at the top of the kernel.
-            unsafe { v.get_unchecked(b) }
-        }};
-    }
 
     /// Fixed-order horizontal sum of 16 lanes: the two 8-lane halves added, then the AVX2 tree.
     #[inline]

@@ -437,7 +437,7 @@ impl QMatrix {
         // the stream prefetched 4-8 KiB ahead), so the stream is also prefetched in software.
         let ahead = prefetch_distance();
         for (i, (row, o)) in rows.chunks_exact(rb).zip(out.chunks_exact_mut(mv)).enumerate() {
-            super::kernels::prefetch_span(rows, i * rb + ahead, rb);
+            crate::cpu::prefetch_span(rows, i * rb + ahead, rb);
             self.row_outputs(row, acts, isa, o);
         }
     }
