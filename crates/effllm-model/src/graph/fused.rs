@@ -335,12 +335,46 @@ __device__ __forceinline__ void prefetch_any(const void* w, int fmtty, i64 r, in
     }
 }
 
-// xs = rms_norm(h) ⊙ g in shared memory (every thread of the block takes part): h and g are read in one pass.
-__device__ __forceinline__ float* load_rms(const float* h, const float* g, float eps, int k) {
+// Input vectors of up to VEC_PER_THREAD · blockDim values are read with every thread's loads issued before any is
+// used: one memory round trip instead of one per `blockDim` values (the loops these replace stored each value
+// before loading the next, so a 1,536-wide input took three dependent round trips). Longer inputs take the loop.
+#define VEC_PER_THREAD 4
+
+// This thread's values of the RMSNorm weight g (indices threadIdx.x + u·blockDim), loaded before the kernel waits
+// for the previous one: g is a weight, never written by the step.
+__device__ __forceinline__ void preload_norm(const float* g, int k, float* gpre) {
+    #pragma unroll
+    for (int u = 0; u < VEC_PER_THREAD; ++u) {
+        int j = threadIdx.x + u * blockDim.x;
+        gpre[u] = j < k ? g[j] : 0.f;
+    }
+}
+
+// xs = rms_norm(h) ⊙ g in shared memory (every thread of the block takes part): h and g are read in one pass. With
+// `gpre` (preload_norm's registers) g is not read again. The sum of squares is accumulated in the same order either
+// way (each thread's values in increasing index, then the block reduction).
+__device__ __forceinline__ float* load_rms(const float* h, const float* g, float eps, int k, const float* gpre) {
     __shared__ float red[32];
     float* xs = (float*)fused_xs4;
     float s = 0.f;
-    for (int j = threadIdx.x; j < k; j += blockDim.x) { float v = __ldcg(h + j); xs[j] = v * g[j]; s += v * v; }
+    if (k <= VEC_PER_THREAD * (int)blockDim.x) {
+        float v[VEC_PER_THREAD];
+        #pragma unroll
+        for (int u = 0; u < VEC_PER_THREAD; ++u) {
+            int j = threadIdx.x + u * blockDim.x;
+            v[u] = j < k ? __ldcg(h + j) : 0.f;
+        }
+        #pragma unroll
+        for (int u = 0; u < VEC_PER_THREAD; ++u) {
+            int j = threadIdx.x + u * blockDim.x;
+            if (j < k) {
+                xs[j] = v[u] * (gpre ? gpre[u] : g[j]);
+                s += v[u] * v[u];
+            }
+        }
+    } else {
+        for (int j = threadIdx.x; j < k; j += blockDim.x) { float v = __ldcg(h + j); xs[j] = v * g[j]; s += v * v; }
+    }
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
     __syncthreads();
@@ -358,7 +392,21 @@ __device__ __forceinline__ float* load_rms(const float* h, const float* g, float
 
 __device__ __forceinline__ float* load_vec(const float* x, int k) {
     float* xs = (float*)fused_xs4;
-    for (int j = threadIdx.x; j < k; j += blockDim.x) xs[j] = __ldcg(x + j);
+    if (k <= VEC_PER_THREAD * (int)blockDim.x) {
+        float v[VEC_PER_THREAD];
+        #pragma unroll
+        for (int u = 0; u < VEC_PER_THREAD; ++u) {
+            int j = threadIdx.x + u * blockDim.x;
+            v[u] = j < k ? __ldcg(x + j) : 0.f;
+        }
+        #pragma unroll
+        for (int u = 0; u < VEC_PER_THREAD; ++u) {
+            int j = threadIdx.x + u * blockDim.x;
+            if (j < k) xs[j] = v[u];
+        }
+    } else {
+        for (int j = threadIdx.x; j < k; j += blockDim.x) xs[j] = __ldcg(x + j);
+    }
     __syncthreads();
     return xs;
 }
@@ -467,9 +515,9 @@ __device__ __forceinline__ void qkv_prefetch(const void* w, int fmtty, int hq, i
 __device__ __forceinline__ void qkv_phase(const void* w, int fmtty, const float* h, const float* g,
                                           const float* rope, u32 slot, float* qout, float* kc, float* vc, int hq,
                                           int hkv, int hd, int rot, int neox, int cap, int k, float eps,
-                                          const uint4* pre) {
+                                          const uint4* pre, const float* gpre) {
     int lane = threadIdx.x & 31, half = rot >> 1;
-    float* xs = load_rms(h, g, eps, k);
+    float* xs = load_rms(h, g, eps, k, gpre);
     warp_items((hq + 2 * hkv) * (hd >> 1), pre, [&](int p, const uint4* pre_item) {
         QkvPair q = qkv_pair(p, hq, hkv, hd, rot, neox);
         float c = 1.f, s = 0.f;
@@ -510,9 +558,9 @@ __device__ __forceinline__ void swiglu_prefetch(const void* w, int fmtty, int df
 
 // z_i = silu(gate_i) · up_i with [gate; up] = [W_gate; W_up] · (rms_norm(h) ⊙ g).
 __device__ __forceinline__ void swiglu_phase(const void* w, int fmtty, const float* h, const float* g, float* z,
-                                             int dff, int k, float eps, const uint4* pre) {
+                                             int dff, int k, float eps, const uint4* pre, const float* gpre) {
     int lane = threadIdx.x & 31;
-    float* xs = load_rms(h, g, eps, k);
+    float* xs = load_rms(h, g, eps, k, gpre);
     warp_items(dff, pre, [&](int i, const uint4* pre_item) {
         i64 r[2] = {i, (i64)dff + i};
         float gu[2];
@@ -533,10 +581,14 @@ __device__ __forceinline__ void rows_prefetch(const void* w, int fmtty, int rows
 __device__ __forceinline__ void gemv_add_phase(const void* w, int fmtty, const float* x, float* h, int rows, int k,
                                                const uint4* pre) {
     int lane = threadIdx.x & 31;
+    // h of the warp's first row is loaded with the input (the same round trip), the others' before their dot
+    // products.
+    int first = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    float first_before = lane == 0 && first < rows ? __ldcg(h + first) : 0.f;
     float* xs = load_vec(x, k);
     warp_items(rows, pre, [&](int r, const uint4* pre_item) {
         i64 rr = r;
-        float before = lane == 0 ? __ldcg(h + r) : 0.f, a;  // loaded now, not after the dot product
+        float before = lane == 0 ? (r == first ? first_before : __ldcg(h + r)) : 0.f, a;
         rows_dot_any<1>(w, fmtty, &rr, k, xs, lane, &a, pre_item);
         if (lane == 0) h[r] = before + a;
     });
@@ -545,10 +597,11 @@ __device__ __forceinline__ void gemv_add_phase(const void* w, int fmtty, const f
 // logits[r] = W[r] · (rms_norm(h) ⊙ g) and best = max over rows of argmax_key(logit, r) (NaN never wins): one
 // atomicMax per block.
 __device__ __forceinline__ void head_phase(const void* w, int fmtty, const float* h, const float* g, float* y,
-                                           u32* best, int rows, int k, float eps, const uint4* pre) {
+                                           u32* best, int rows, int k, float eps, const uint4* pre,
+                                           const float* gpre) {
     __shared__ unsigned long long block_best[32];
     int lane = threadIdx.x & 31;
-    float* xs = load_rms(h, g, eps, k);
+    float* xs = load_rms(h, g, eps, k, gpre);
     unsigned long long mine = 0ull;
     warp_items(rows, pre, [&](int r, const uint4* pre_item) {
         i64 rr = r;
@@ -764,26 +817,32 @@ __device__ __forceinline__ void attention_preload(const float* kc, const float* 
                                               int rows, int k, float eps, int ty) {                                    \
         effllm_allow_next_kernel();                                                                                    \
         uint4 pre[PRELOAD];                                                                                            \
+        float gpre[VEC_PER_THREAD];                                                                                    \
         rows_prefetch(w, F | ty << 8, rows, k, pre);                                                                   \
+        preload_norm(g, k, gpre);                                                                                      \
         effllm_wait_for_previous_kernel();                                                                             \
-        head_phase(w, F | ty << 8, h, g, y, best, rows, k, eps, pre);                                                  \
+        head_phase(w, F | ty << 8, h, g, y, best, rows, k, eps, pre, gpre);                                            \
     }                                                                                                                  \
     extern "C" __global__ void rms_qkv_##SFX(const WT* w, const float* h, const float* g, const float* rope,           \
                                              const u32* pos, float* qout, float* kc, float* vc, int hq, int hkv,       \
                                              int hd, int rot, int neox, int cap, int k, float eps, int ty) {           \
         effllm_allow_next_kernel();                                                                                    \
         uint4 pre[PRELOAD];                                                                                            \
+        float gpre[VEC_PER_THREAD];                                                                                    \
         qkv_prefetch(w, F | ty << 8, hq, hkv, hd, rot, neox, k, pre);                                                  \
+        preload_norm(g, k, gpre);                                                                                      \
         effllm_wait_for_previous_kernel();                                                                             \
-        qkv_phase(w, F | ty << 8, h, g, rope, pos[0], qout, kc, vc, hq, hkv, hd, rot, neox, cap, k, eps, pre);         \
+        qkv_phase(w, F | ty << 8, h, g, rope, pos[0], qout, kc, vc, hq, hkv, hd, rot, neox, cap, k, eps, pre, gpre);   \
     }                                                                                                                  \
     extern "C" __global__ void rms_swiglu_##SFX(const WT* w, const float* h, const float* g, float* z, int dff, int k, \
                                                 float eps, int ty) {                                                   \
         effllm_allow_next_kernel();                                                                                    \
         uint4 pre[PRELOAD];                                                                                            \
+        float gpre[VEC_PER_THREAD];                                                                                    \
         swiglu_prefetch(w, F | ty << 8, dff, k, pre);                                                                  \
+        preload_norm(g, k, gpre);                                                                                      \
         effllm_wait_for_previous_kernel();                                                                             \
-        swiglu_phase(w, F | ty << 8, h, g, z, dff, k, eps, pre);                                                       \
+        swiglu_phase(w, F | ty << 8, h, g, z, dff, k, eps, pre, gpre);                                                 \
     }                                                                                                                  \
     extern "C" __global__ void gemv_add_##SFX(const WT* w, const float* x, float* h, int rows, int k, int ty) {        \
         effllm_allow_next_kernel();                                                                                    \
@@ -893,7 +952,7 @@ extern "C" __global__ void __launch_bounds__(512) decode_step(
         float* kc = (float*)entry(table, b + 11);
         float* vc = (float*)entry(table, b + 12);
         qkv_phase(PTR(b + 1), (int)entry(table, b + 2), hidden, (const float*)PTR(b), rope, slot, qbuf, kc, vc, hq,
-                  hkv, hd, rot, neox, cap, d, eps, nullptr);
+                  hkv, hd, rot, neox, cap, d, eps, nullptr, nullptr);
         grid_barrier(bar);
         for (int item = blockIdx.x; item < hq * nchunks; item += gridDim.x) {
             int h = item / nchunks, c = item - h * nchunks;
@@ -906,14 +965,14 @@ extern "C" __global__ void __launch_bounds__(512) decode_step(
         gemv_add_phase(PTR(b + 3), (int)entry(table, b + 4), attn, hidden, d, hq * hd, nullptr);
         swiglu_prefetch(PTR(b + 6), (int)entry(table, b + 7), dff, d, nullptr);
         grid_barrier(bar);
-        swiglu_phase(PTR(b + 6), (int)entry(table, b + 7), hidden, (const float*)PTR(b + 5), ffn, dff, d, eps, nullptr);
+        swiglu_phase(PTR(b + 6), (int)entry(table, b + 7), hidden, (const float*)PTR(b + 5), ffn, dff, d, eps, nullptr, nullptr);
         rows_prefetch(PTR(b + 8), (int)entry(table, b + 9), d, dff, nullptr);
         grid_barrier(bar);
         gemv_add_phase(PTR(b + 8), (int)entry(table, b + 9), ffn, hidden, d, dff, nullptr);
         if (l + 1 < n_layer) qkv_prefetch(PTR(b + TABLE_STRIDE + 1), (int)entry(table, b + TABLE_STRIDE + 2), hq, hkv, hd, rot, neox, d, nullptr);
         grid_barrier(bar);
     }
-    head_phase(PTR(gl + 2), (int)entry(table, gl + 3), hidden, (const float*)PTR(gl + 4), logits, best, vocab, d, eps, nullptr);
+    head_phase(PTR(gl + 2), (int)entry(table, gl + 3), hidden, (const float*)PTR(gl + 4), logits, best, vocab, d, eps, nullptr, nullptr);
     grid_barrier(bar);
     finish_phase(best, token, pos);
 }
