@@ -17,9 +17,23 @@ pub(crate) trait KvElem<R: Real>: Copy + Send + Sync + 'static {
     /// `out[g·s + j] = dot(q_g, k_j) · scale` for `q` = `[group, d]`, `k` = `[s, d]`, `s = out.len() / group`.
     /// Keys are taken eight at a time where SIMD applies (AVX2 + FMA + F16C, `d` a multiple of 8).
     ///
+    /// `values` (`[s, dv]`, the value rows of the same keys, or empty) is prefetched into L2 as the keys are read,
+    /// so that [`KvElem::attention_values`] finds it there: while the keys stream from memory the values stream
+    /// beside them, two streams in flight instead of one (SIMD path only; a hint, no effect on results).
+    ///
     /// # Panics
     /// If `group` is zero, `out.len()` is not a multiple of `group`, or `q` or `k` is too short.
-    fn attention_scores(q: &[R], group: usize, k: &[Self], d: usize, scale: R, out: &mut [R]);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_scores(
+        q: &[R],
+        group: usize,
+        k: &[Self],
+        d: usize,
+        scale: R,
+        out: &mut [R],
+        values: &[Self],
+        dv: usize,
+    );
 
     /// `out[g] += Σ_j probs[g·s + j] · v_j` in key order, for `probs` = `[group, s]`, `v` = `[s, dv]`, `out` =
     /// `[group, dv]`. A key whose probability is zero in all the rows handled together is not read at all (a
@@ -105,7 +119,16 @@ fn values_portable<R: Real, E: Copy>(
 }
 
 impl KvElem<f64> for f64 {
-    fn attention_scores(q: &[f64], group: usize, k: &[f64], d: usize, scale: f64, out: &mut [f64]) {
+    fn attention_scores(
+        q: &[f64],
+        group: usize,
+        k: &[f64],
+        d: usize,
+        scale: f64,
+        out: &mut [f64],
+        _: &[f64],
+        _: usize,
+    ) {
         scores_portable(q, group, k, d, scale, out, |x| x)
     }
 
@@ -118,15 +141,25 @@ impl KvElem<f64> for f64 {
 macro_rules! kv_elem_f32 {
     ($t:ty, $widen:expr) => {
         impl KvElem<f32> for $t {
-            fn attention_scores(q: &[f32], group: usize, k: &[$t], d: usize, scale: f32, out: &mut [f32]) {
+            fn attention_scores(
+                q: &[f32],
+                group: usize,
+                k: &[$t],
+                d: usize,
+                scale: f32,
+                out: &mut [f32],
+                values: &[$t],
+                dv: usize,
+            ) {
                 #[cfg(target_arch = "x86_64")]
                 if avx2_available() && d > 0 && d.is_multiple_of(8) {
                     if scores_keys(q.len(), group, k.len(), d, out.len()) > 0 {
                         // SAFETY: AVX2, FMA and F16C were detected; d % 8 == 0; the lengths were checked.
-                        unsafe { simd::attention_scores(q, group, k, d, scale, out) };
+                        unsafe { simd::attention_scores(q, group, k, d, scale, out, values, dv) };
                     }
                     return;
                 }
+                let _ = (values, dv);
                 scores_portable(q, group, k, d, scale, out, $widen)
             }
 
@@ -153,7 +186,7 @@ mod simd {
 
     use half::f16;
 
-    use crate::cpu::prefetch_span;
+    use crate::cpu::{prefetch_span, prefetch_span_l2};
 
     /// Element types loaded eight at a time into f32 lanes.
     pub(super) trait Load8: Copy {
@@ -206,6 +239,7 @@ mod simd {
     /// # Safety
     /// The CPU supports AVX2, FMA and F16C; `d % 8 == 0`; the slices passed [`super::scores_keys`] with `s > 0`.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn attention_scores<E: Load8>(
         q: &[f32],
         group: usize,
@@ -213,6 +247,8 @@ mod simd {
         d: usize,
         scale: f32,
         out: &mut [f32],
+        values: &[E],
+        dv: usize,
     ) {
         let s = out.len() / group;
         let sc = _mm256_set1_ps(scale);
@@ -223,6 +259,9 @@ mod simd {
             let n = (s - j0).min(8);
             let rows: [&[E]; 8] = std::array::from_fn(|jj| &k[(j0 + jj.min(n - 1)) * d..][..d]);
             prefetch_span(k, (j0 * d * elem).saturating_add(ahead), 8 * d * elem);
+            if !values.is_empty() {
+                prefetch_span_l2(values, j0 * dv * elem, 8 * dv * elem);
+            }
             for g in 0..group {
                 let qr = &q[g * d..][..d];
                 let mut acc = [_mm256_setzero_ps(); 8];
@@ -370,10 +409,10 @@ mod tests {
             let k: Vec<E> = (0..s * d).map(|_| narrow(xorshift(&mut seed))).collect();
             let mut v: Vec<E> = (0..s * dv).map(|_| narrow(xorshift(&mut seed))).collect();
             let mut scores = vec![0f32; group * s];
-            E::attention_scores(&q, group, &k, d, 0.125, &mut scores);
+            E::attention_scores(&q, group, &k, d, 0.125, &mut scores, &v, dv);
             for g in 0..group {
                 let mut alone = vec![0f32; s];
-                E::attention_scores(&q[g * d..(g + 1) * d], 1, &k, d, 0.125, &mut alone);
+                E::attention_scores(&q[g * d..(g + 1) * d], 1, &k, d, 0.125, &mut alone, &[], dv);
                 assert!(alone.iter().zip(&scores[g * s..]).all(|(a, b)| a.to_bits() == b.to_bits()), "scores row {g}");
                 for j in 0..s {
                     let qd: Vec<f64> = q[g * d..(g + 1) * d].iter().map(|&x| f64::from(x)).collect();

@@ -498,8 +498,9 @@ pub(crate) fn prefetch_span<T>(base: &[T], from: usize, len: usize) {
 /// [`prefetch_span`] into the L2 only (`prefetcht2`; Intel cores fill L2 for `prefetcht1` and `prefetcht2` alike).
 /// A line requested into L1 holds one of the core's few L1 miss buffers until it arrives; requested into L2 it
 /// waits in the L2's deeper queue, so more of a sequential stream is in flight. On the Xeon slice the Q8_0 LM-head
-/// GEMV streamed from DRAM went from 14.3-15.1 to 17.1-17.9 GB/s (2 threads, `qgemv_stream`); the decode
-/// attention, which reads its rows right after prefetching them, did not gain and keeps [`prefetch_span`].
+/// GEMV streamed from DRAM went from 14.3-15.1 to 17.1-17.9 GB/s (2 threads, `qgemv_stream`). The decode
+/// attention uses it for its value rows while it reads the keys (the values are read only after the softmax); its
+/// own look-ahead on the rows it is reading stays [`prefetch_span`] (an L2 hint there did not help).
 #[inline]
 pub(crate) fn prefetch_span_l2<T>(base: &[T], from: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]

@@ -463,7 +463,7 @@ impl<R: Real> KeyRows<'_, R> {
     fn chunk<E: KvElem<R>>(&self, k: &[E], v: &[E], mask: Option<&[u8]>) -> ChunkPart<R> {
         let n = k.len() / self.d.max(1);
         let mut scores = vec![R::zero(); self.rows * n];
-        E::attention_scores(self.q, self.rows, k, self.d, self.scale, &mut scores);
+        E::attention_scores(self.q, self.rows, k, self.d, self.scale, &mut scores, v, self.dv);
         if let Some(m) = mask {
             for row in scores.chunks_exact_mut(n.max(1)) {
                 row.iter_mut().zip(m).filter(|(_, a)| **a == 0).for_each(|(sc, _)| *sc = R::neg_infinity());
