@@ -162,15 +162,19 @@ proptest! {
         let a = randn(sa, seed, 0);
         let b = away_from_zero(sb, seed, 1, 0.3);
         let xs = [a.clone(), b.clone()];
-        check("add", &|xs| xs[0].add(&xs[1]), &xs, seed);
-        check("sub", &|xs| xs[0].sub(&xs[1]), &xs, seed);
-        check("mul", &|xs| xs[0].mul(&xs[1]), &xs, seed);
-        check("div", &|xs| xs[0].div(&xs[1]), &xs, seed);
+        // The gradient of a broadcast input sums the upstream terms (each of order 1) over the broadcast elements; a
+        // sum that nearly cancels has a small norm but carries f32 rounding of order 1, so the f32 comparison is made
+        // against max(‖g‖, 1) (seen: maximum, [3, 2] vs [1], rel L2 2.04e-4 against the plain norm).
+        let floor = Some(1.0);
+        check_with("add", &|xs| xs[0].add(&xs[1]), &xs, seed, floor);
+        check_with("sub", &|xs| xs[0].sub(&xs[1]), &xs, seed, floor);
+        check_with("mul", &|xs| xs[0].mul(&xs[1]), &xs, seed, floor);
+        check_with("div", &|xs| xs[0].div(&xs[1]), &xs, seed, floor);
         // maximum/minimum: ties are measure-zero for random normals; keep |a − b| > h for the differences.
         let diff = autograd::no_grad(|| a.sub(&b).unwrap().abs().unwrap().to_vec_f64().unwrap());
         prop_assume!(diff.iter().all(|&d| d > 1e-3));
-        check("maximum", &|xs| xs[0].maximum(&xs[1]), &xs, seed);
-        check("minimum", &|xs| xs[0].minimum(&xs[1]), &xs, seed);
+        check_with("maximum", &|xs| xs[0].maximum(&xs[1]), &xs, seed, floor);
+        check_with("minimum", &|xs| xs[0].minimum(&xs[1]), &xs, seed, floor);
     }
 
     #[test]
