@@ -1,6 +1,7 @@
 //! One fused GEMV streamed from DRAM, for profiling: `cargo run --release -p effllm-tensor --example qgemv_stream --
-//! [Q4_1|Q8_0] [seconds] [threads] [f32|q8]` (the last: activations). Rotates over copies of SmolLM2's 49152×576 LM head covering 1 GiB (twice
-//! the L3 of the Xeon slice it was written on), as `bench-all`'s streamed GEMV does, and prints GB/s.
+//! [Q4_1|Q8_0] [seconds] [threads] [f32|q8]` (the last: the activations' format). Rotates over copies of SmolLM2's
+//! 49152×576 LM head covering 1 GiB (twice the L3 of the Xeon slice it was written on), as `bench-all`'s streamed
+//! GEMV does, and prints GB/s.
 
 use std::time::Instant;
 
