@@ -1,7 +1,8 @@
 //! GPU benchmarks of effllm-tensor, each beside a ceiling measured in the same run:
 //! - GEMM 4096² (f32, TF32, bf16) through `Tensor::matmul` vs the same `cublasGemmEx` call on preallocated buffers;
 //! - softmax, RMSNorm, SiLU, add over large buffers vs a device-to-device copy (bytes read + written);
-//! - quantized GEMV (Q4_1, Q8_0) at SmolLM2's shapes vs the same copy bandwidth.
+//! - quantized GEMV (Q4_1, Q8_0) at SmolLM2's shapes vs the same copy bandwidth, and beside a plain read of the same
+//!   bytes (one launch of 16-byte loads: the ceiling of a single call at that size).
 //!
 //! Run on a GPU machine: `cargo run --release --features cuda --example cuda_bench` (`-- qgemv [ROWS]`: only the
 //! quantized GEMVs, of ROWS output rows if given).
@@ -11,6 +12,7 @@ use std::time::Instant;
 use cudarc::cublas::CudaBlas;
 use cudarc::cublas::sys::{cublasComputeType_t as C, cublasGemmAlgo_t, cublasOperation_t, cudaDataType as D};
 use cudarc::driver::{CudaContext, DevicePtr, DevicePtrMut};
+use effllm_tensor::cuda::{Arg, CustomKernel, KERNEL_PRELUDE, LaunchDims, Param};
 use effllm_tensor::quant::{ActivationQuant, QMatrix, QWeight, QuantType};
 use effllm_tensor::rng::CounterRng;
 use effllm_tensor::{DType, Device, Tensor};
@@ -41,6 +43,25 @@ fn time(iters: usize, mut f: impl FnMut()) -> f64 {
     rounds.sort_by(f64::total_cmp);
     rounds[2]
 }
+
+/// The read ceiling of a quantized GEMV at its own size: every byte of W read once with 16-byte loads (four in flight
+/// per thread, a grid of 8 CTAs per SM), one launch per call like the GEMV's. A GEMV cannot read W faster than this;
+/// at the layer shapes both are bound by the launch, not by DRAM.
+const READ_ONCE: &str = r#"
+extern "C" __global__ void __launch_bounds__(256) read_once(const u8* w, float* sink, int n16) {
+    const uint4* p = (const uint4*)w;
+    u32 acc = 0;
+    const int stride = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += 4 * stride) {
+        uint4 v[4];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = i + u * stride < n16 ? __ldg(p + i + u * stride) : make_uint4(0, 0, 0, 0);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    if (acc == 0x9e3779b9u) sink[0] = (float)acc;  // keeps the loads
+}
+"#;
 
 fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
     Tensor::randn(shape, dtype, &GPU, &CounterRng::new(seed, 0), 0, 0.0, 1.0).unwrap()
@@ -210,7 +231,7 @@ fn main() {
     // H100/H200 L2 of 50-60 MB holds even the LM head); "streamed": the calls rotate over copies of W covering at
     // least 256 MiB, so W comes from DRAM as in a decode step, where a layer's weights are read once per token.
     println!(
-        "\n| quantized GEMV | shape | resident | GB/s of W | % of copy | streamed (copies) | GB/s of W | % of copy |\n|---|---|---:|---:|---:|---:|---:|---:|"
+        "\n| quantized GEMV | shape | resident | GB/s of W | % of copy | streamed (copies) | GB/s of W | % of copy | plain read of W, streamed | % of copy | GEMV / read |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     // Activations f32 (exact) or quantised to Q8 per 32-block (`dp4a` kernels, llama.cpp's numerics).
     for (ty, act) in [QuantType::Q4_1, QuantType::Q8_0]
@@ -223,17 +244,37 @@ fn main() {
             }
             let wbytes = (n * k) as f64 * ty.bytes_per_weight();
             let copies = ((256.0 * 1024.0 * 1024.0 / wbytes).ceil() as usize).clamp(1, 256);
-            let qs: Vec<QWeight> = (0..copies)
+            // Each copy as a QWeight and as plain u8 bytes (for the read ceiling at this size).
+            let (qs, raw): (Vec<QWeight>, Vec<Tensor>) = (0..copies)
                 .map(|c| {
                     let wdata: Vec<f32> =
                         (0..n * k).map(|i| (((i + 31 * c) * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-                    QWeight::new(QMatrix::quantize(ty, n, k, &wdata).unwrap())
-                        .with_activation_quant(act)
-                        .to_device(&GPU)
-                        .unwrap()
+                    let q = QMatrix::quantize(ty, n, k, &wdata).unwrap();
+                    let bytes = Tensor::from_slice(q.as_bytes(), &[q.nbytes()], &GPU).unwrap();
+                    (QWeight::new(q).with_activation_quant(act).to_device(&GPU).unwrap(), bytes)
                 })
-                .collect();
+                .unzip();
             let x = randn(&[1, k], DType::F32, 7);
+            let read_kernel = CustomKernel::new(
+                "cuda_bench::read_once",
+                &format!("{KERNEL_PRELUDE}{READ_ONCE}"),
+                "read_once",
+                &[Param::In(DType::U8), Param::Out(DType::F32), Param::I32],
+            );
+            let read_dims = LaunchDims {
+                grid: (8 * dev.multiprocessor_count() as u32, 1, 1),
+                block: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut sink = Tensor::zeros(&[1], DType::F32, &GPU).unwrap();
+            let n16 = raw[0].elem_count() / 16;
+            let mut next_raw = 0;
+            let read = time(copies.max(100), || {
+                let mut a = [Arg::In(&raw[next_raw % copies]), Arg::Out(&mut sink), Arg::I32(n16 as i32)];
+                read_kernel.launch(GPU, read_dims, &mut a, 0).unwrap();
+                next_raw += 1;
+            });
+            drop(raw);
             let resident = time(100, || {
                 let _ = x.linear_q(&qs[0]).unwrap();
             });
@@ -244,13 +285,16 @@ fn main() {
             });
             let pct = |t: f64| 100.0 * wbytes / t / 1e9 / copy_bw;
             println!(
-                "| {ty:?}, {act:?} acts | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% |",
+                "| {ty:?}, {act:?} acts | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% | {:.1} µs | {:.1}% | {:.0}% |",
                 resident * 1e6,
                 wbytes / resident / 1e9,
                 pct(resident),
                 streamed * 1e6,
                 wbytes / streamed / 1e9,
-                pct(streamed)
+                pct(streamed),
+                read * 1e6,
+                pct(read),
+                100.0 * read / streamed
             );
         }
     }

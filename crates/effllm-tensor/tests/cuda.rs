@@ -506,6 +506,47 @@ fn quantized_gemv_matches_the_cpu_at_model_shapes() {
     assert!(rel_l2(&q8_gpu, &q8_cpu) < 2e-2, "long rows: f32 vs Q8 activations");
 }
 
+/// The single-row Q4_1 GEMV (`qgemv1_q4_1`: subnormal nibble floats against activations pre-scaled by the exponent of
+/// max|x|) keeps f32 precision at any activation scale: against the f64 product of the dequantized matrix for
+/// activations from subnormal (1e-40) to 1e36, a vector mixing 1e-30 and 1e30, and rows of 1 to 70 blocks; a NaN
+/// activation makes every output NaN, as on the CPU.
+#[test]
+fn single_row_q4_1_gemv_is_exact_to_f32_at_any_activation_scale() {
+    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    if !gpu() {
+        return;
+    }
+    for (n, k) in [(577usize, 576usize), (130, 32), (64, 2240), (1, 96)] {
+        let data: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1999) as f32 / 999.0) - 1.0).collect();
+        let qm = QMatrix::quantize(QuantType::Q4_1, n, k, &data).unwrap();
+        let wf = qm.dequantize();
+        let wd = QWeight::new(qm).to_device(&GPU).unwrap();
+        let base = Tensor::randn(&[1, k], DType::F32, &Device::Cpu, &CounterRng::new(5, k as u64), 0, 0.0, 1.0)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let mixed: Vec<f32> = base.iter().enumerate().map(|(i, v)| v * if i % 2 == 0 { 1e-30 } else { 1e30 }).collect();
+        let mut cases: Vec<(String, Vec<f32>)> = [1e-40f32, 1e-30, 1.0, 1e30, 1e36]
+            .iter()
+            .map(|&s| (format!("scale {s:e}"), base.iter().map(|v| v * s).collect()))
+            .collect();
+        cases.push(("mixed 1e-30 / 1e30".into(), mixed));
+        for (what, x) in cases {
+            let want: Vec<f64> =
+                (0..n).map(|r| (0..k).map(|c| wf[r * k + c] as f64 * x[c] as f64).sum::<f64>()).collect();
+            let got = Tensor::from_vec(x, &[1, k], &GPU).unwrap().linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
+            let num: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
+            let den: f64 = want.iter().map(|w| w * w).sum();
+            let err = (num / den).sqrt();
+            assert!(err < 1e-5, "{n}x{k}, {what}: rel error {err:e} against f64");
+        }
+        let mut x = base.clone();
+        x[k / 2] = f32::NAN;
+        let got = Tensor::from_vec(x, &[1, k], &GPU).unwrap().linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
+        assert!(got.iter().all(|v| v.is_nan()), "{n}x{k}: a NaN activation reaches every output");
+    }
+}
+
 /// `where_cond` and `gather` run as kernels on the device (no host round trip): bitwise the CPU's results for every
 /// dtype, with broadcast operands, strided sources and indices, and the same typed error for an index out of range.
 #[test]

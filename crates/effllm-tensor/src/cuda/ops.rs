@@ -946,8 +946,8 @@ fn quant_id(ty: crate::quant::QuantType) -> i32 {
     }
 }
 
-/// `Y[m × n] = X[m × k] · Wᵀ` with W's blocks (a u8 tensor on the device): the fused GEMV for `m ≤ 8`, else
-/// dequantize to f32 and cuBLAS. With [`crate::quant::ActivationQuant::Q8`] the GEMV quantises the activations per
+/// `Y[m × n] = X[m × k] · Wᵀ` with W's blocks (a u8 tensor on the device): the fused GEMV for `m ≤ 8` (one f32
+/// activation row against Q4_1 blocks takes the single-row kernel `qgemv1_q4_1`), else dequantize to f32 and cuBLAS. With [`crate::quant::ActivationQuant::Q8`] the GEMV quantises the activations per
 /// 32-block (ggml's Q8_1, as the CPU's Q8 path) and uses integer dot products, for rows up to
 /// `QGEMV_Q8A_MAX_SMEM` bytes of quants (k ≤ 39,000 or so); longer rows and prefill take f32 activations.
 /// Dynamic shared memory the Q8-activation GEMV may ask for without raising the kernel's limit (48 KiB).
@@ -975,6 +975,31 @@ pub(crate) fn qlinear(
     };
     let wv = view(blocks);
     let tid = quant_id(ty);
+    // One activation row of f32 against Q4_1 blocks: the single-row kernel (the LM head of a decode step).
+    let single_smem = 4 * (k + 4 * (k / 32) + 32);
+    if m == 1
+        && n > 0
+        && ty == crate::quant::QuantType::Q4_1
+        && act == crate::quant::ActivationQuant::F32
+        && single_smem <= QGEMV_Q8A_MAX_SMEM
+    {
+        let mut out = dev.alloc(DType::F32, n)?;
+        let f = dev.builtin("quant", kernels::QUANT, "qgemv1_q4_1")?;
+        let (xv, nn, kk) = (view(&xw), n as i64, k as i64);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);
+        // Persistent CTAs: 3 per SM (the kernel's register bound), each taking tiles of 64 rows. (Smaller CTAs for
+        // matrices of few rows measured slower: each CTA builds the whole activation table first.)
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: ((dev.multiprocessor_count() * 3).min(n.div_ceil(64)) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: single_smem as u32,
+        };
+        // SAFETY: `blocks` holds n·k/32 Q4_1 blocks (checked by QWeight), x holds k floats; the shared memory covers
+        // the kernel's table (k + 4·k/32 floats and one per warp).
+        unsafe { l.launch(cfg) }.map_err(launch_err)?;
+        return Ok(Tensor::from_cuda(out, &[1, n]));
+    }
     if m <= crate::SKINNY_MAX_ROWS {
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {
