@@ -167,6 +167,11 @@ impl Acts<'_> {
                     return unsafe { avx512::dot_q4_1_f32::<M>(row, xs, sums) };
                 }
                 #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512 && ty == QuantType::Q8_0 {
+                    // SAFETY: as above.
+                    return unsafe { avx512::dot_q8_0_f32::<M>(row, xs) };
+                }
+                #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: `avx2` is true only when `avx2_available()` returned true.
                     return unsafe { avx2::dot_f32::<M>(ty, row, xs, sums) };
@@ -373,7 +378,7 @@ pub(crate) mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn f16x1(b: &[u8], at: usize) -> __m128 {
+    pub(super) fn f16x1(b: &[u8], at: usize) -> __m128 {
         let v = u16::from_le_bytes([b[at], b[at + 1]]);
         _mm_cvtph_ps(_mm_cvtsi32_si128(v as i32))
     }
@@ -720,14 +725,14 @@ pub(crate) mod avx2 {
     }
 }
 
-/// AVX-512F kernels for Q4_1 weights with f32 activations: a whole block in two 16-lane vectors (one byte load
-/// widened once, instead of two 8-byte loads, four widenings and twice the arithmetic of the AVX2 kernel). Callers
-/// must have checked [`avx512_available`].
+/// AVX-512F kernels for Q4_1 and Q8_0 weights with f32 activations: a whole block in two 16-lane vectors (Q4_1: one
+/// byte load widened once, instead of two 8-byte loads, four widenings and twice the arithmetic of the AVX2 kernel;
+/// Q8_0: two 16-byte loads widened, instead of four 8-byte ones). Callers must have checked [`avx512_available`].
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::{f16x2, hsum, prefetch_ahead};
+    use super::avx2::{f16x1, f16x2, hsum, prefetch_ahead};
 
     /// Fixed-order horizontal sum of 16 lanes: the two 8-lane halves added, then the AVX2 tree.
     #[inline]
@@ -758,6 +763,42 @@ pub(crate) mod avx512 {
         let t = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
         *acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dm), t, *acc);
         *corr += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sb;
+    }
+
+    /// One Q8_0 block against 32 activations: `acc += d · (Σ_{j<16} q_j x_j + Σ_{j≥16} q_j x_j)` lane-wise.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn q8_0_step(blk: &[u8; 34], x: &[f32; 32], acc: &mut __m512) {
+        let d = f16x1(blk, 0);
+        // SAFETY: `blk` holds 32 quant bytes from offset 2 and `x` 32 f32; unaligned loads.
+        let (v0, v1, x0, x1) = unsafe {
+            (
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.as_ptr().add(2).cast())),
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.as_ptr().add(18).cast())),
+                _mm512_loadu_ps(x.as_ptr()),
+                _mm512_loadu_ps(x.as_ptr().add(16)),
+            )
+        };
+        let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v1), x1, _mm512_mul_ps(_mm512_cvtepi32_ps(v0), x0));
+        *acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(d), t, *acc);
+    }
+
+    /// One Q8_0 row against `M` f32 activation vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(crate) unsafe fn dot_q8_0_f32<const M: usize>(row: &[u8], xs: [&[[f32; 32]]; M]) -> [f32; M] {
+        let blocks = row.as_chunks::<34>().0;
+        let nb = blocks.len();
+        assert!(xs.iter().all(|x| x.len() >= nb), "activations shorter than the row");
+        let mut acc = [_mm512_setzero_ps(); M];
+        for (b, blk) in blocks.iter().enumerate() {
+            for i in 0..M {
+                q8_0_step(blk, at!(xs[i], b), &mut acc[i]);
+            }
+        }
+        std::array::from_fn(|i| hsum16(acc[i]))
     }
 
     /// Four Q4_1 rows against one f32 activation vector, interleaved block by block (shared activation loads,
@@ -866,6 +907,45 @@ mod tests {
             // SAFETY: as above.
             let one = unsafe { avx512::dot_q4_1_f32::<1>(row(r), [xs[0]], [sums[0]]) };
             assert_eq!(v.to_bits(), one[0].to_bits(), "four-row vs one-row kernel, row {r}");
+        }
+    }
+
+    /// The AVX-512 Q8_0 one-row kernel (1..=4 activation vectors) against the AVX2 and scalar kernels, within f32
+    /// summation-order error, and the M = 1 and M = 4 forms bitwise equal.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_q8_0_matches_avx2_and_scalar() {
+        if !avx512_available() {
+            eprintln!("no AVX-512F on this CPU: skipped");
+            return;
+        }
+        let (rows, k) = (3, 1536);
+        let nb = k / 32;
+        let w = vals(rows * k, 11);
+        let mut bytes = vec![0u8; rows * nb * 34];
+        for (x, o) in w.chunks_exact(k).zip(bytes.chunks_exact_mut(nb * 34)) {
+            quantize_row(QuantType::Q8_0, x, o).unwrap();
+        }
+        let xv: Vec<Vec<f32>> = (0..4).map(|i| vals(k, 200 + i).iter().map(|v| v * 5.0).collect()).collect();
+        let acts: Vec<F32Act<'_>> = xv.iter().map(|x| F32Act::new(QuantType::Q8_0, x)).collect();
+        let xs: [&[[f32; 32]]; 4] = std::array::from_fn(|i| acts[i].x);
+        let none: [&[f32]; 4] = [&[]; 4];
+        for r in 0..rows {
+            let row = &bytes[r * nb * 34..(r + 1) * nb * 34];
+            // SAFETY: AVX-512F (and so, here, AVX2, FMA, F16C) checked above.
+            let (v512, v2) =
+                unsafe { (avx512::dot_q8_0_f32::<4>(row, xs), avx2::dot_f32::<4>(QuantType::Q8_0, row, xs, none)) };
+            let vs = scalar::dot_f32::<4>(QuantType::Q8_0, row, xs, none);
+            let mut wq = vec![0f32; k];
+            crate::quant::dequantize_row(QuantType::Q8_0, row, &mut wq).unwrap();
+            for i in 0..4 {
+                let mag: f32 = wq.iter().zip(&xv[i]).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1.0;
+                assert!((v512[i] - v2[i]).abs() <= 1e-5 * mag, "row {r} act {i}: {} vs avx2 {}", v512[i], v2[i]);
+                assert!((v512[i] - vs[i]).abs() <= 1e-5 * mag, "row {r} act {i}: {} vs scalar {}", v512[i], vs[i]);
+                // SAFETY: as above.
+                let one = unsafe { avx512::dot_q8_0_f32::<1>(row, [xs[i]]) };
+                assert_eq!(one[0].to_bits(), v512[i].to_bits(), "M = 1 vs M = 4");
+            }
         }
     }
 }
