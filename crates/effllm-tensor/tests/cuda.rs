@@ -506,19 +506,25 @@ fn quantized_gemv_matches_the_cpu_at_model_shapes() {
     assert!(rel_l2(&q8_gpu, &q8_cpu) < 2e-2, "long rows: f32 vs Q8 activations");
 }
 
-/// The single-row Q4_1 GEMV (`qgemv1_q4_1`: subnormal nibble floats against activations pre-scaled by the exponent of
-/// max|x|) keeps f32 precision at any activation scale: against the f64 product of the dequantized matrix for
-/// activations from subnormal (1e-40) to 1e36, a vector mixing 1e-30 and 1e30, and rows of 1 to 70 blocks; a NaN
-/// activation makes every output NaN, as on the CPU.
+/// The single-row GEMVs (`qgemv1_q4_1`, `qgemv1_q8_0`: quants read as subnormal floats against activations
+/// pre-scaled by the exponent of max|x|) keep f32 precision at any activation scale: against the f64 product of the
+/// dequantized matrix for activations from subnormal (1e-40) to 1e36, a vector mixing 1e-30 and 1e30, and rows of 1
+/// to 70 blocks (Q8_0: even counts up to 18, the rows its kernel takes); a NaN activation makes every output NaN, as on
+/// the CPU.
 #[test]
-fn single_row_q4_1_gemv_is_exact_to_f32_at_any_activation_scale() {
+fn single_row_gemvs_are_exact_to_f32_at_any_activation_scale() {
     use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
     if !gpu() {
         return;
     }
-    for (n, k) in [(577usize, 576usize), (130, 32), (64, 2240), (1, 96)] {
+    // Q8_0 only at the shapes its single-row kernel takes (the half-warp kernel's products of subnormal activations
+    // round to subnormals).
+    let q4_1 = [(577usize, 576usize), (130, 32), (64, 2240), (1, 96), (33, 64), (71, 320)];
+    let q8_0 = [(577usize, 576usize), (33, 64), (71, 320)];
+    let cases = q4_1.map(|s| (QuantType::Q4_1, s)).into_iter().chain(q8_0.map(|s| (QuantType::Q8_0, s)));
+    for (ty, (n, k)) in cases {
         let data: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1999) as f32 / 999.0) - 1.0).collect();
-        let qm = QMatrix::quantize(QuantType::Q4_1, n, k, &data).unwrap();
+        let qm = QMatrix::quantize(ty, n, k, &data).unwrap();
         let wf = qm.dequantize();
         let wd = QWeight::new(qm).to_device(&GPU).unwrap();
         let base = Tensor::randn(&[1, k], DType::F32, &Device::Cpu, &CounterRng::new(5, k as u64), 0, 0.0, 1.0)
@@ -538,12 +544,12 @@ fn single_row_q4_1_gemv_is_exact_to_f32_at_any_activation_scale() {
             let num: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
             let den: f64 = want.iter().map(|w| w * w).sum();
             let err = (num / den).sqrt();
-            assert!(err < 1e-5, "{n}x{k}, {what}: rel error {err:e} against f64");
+            assert!(err < 1e-5, "{ty:?} {n}x{k}, {what}: rel error {err:e} against f64");
         }
         let mut x = base.clone();
         x[k / 2] = f32::NAN;
         let got = Tensor::from_vec(x, &[1, k], &GPU).unwrap().linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
-        assert!(got.iter().all(|v| v.is_nan()), "{n}x{k}: a NaN activation reaches every output");
+        assert!(got.iter().all(|v| v.is_nan()), "{ty:?} {n}x{k}: a NaN activation reaches every output");
     }
 }
 

@@ -841,8 +841,8 @@ extern "C" __global__ void fill_u32_x4(u32* y, i64 n, u32 bits) {
 "#;
 
 /// Quantized (ggml Q4_0 / Q4_1 / Q8_0) matrix kernels reading the blocks directly: a fused GEMV for up to a few
-/// activation rows (one warp per four output rows, one lane per block, shuffle reduction), a single-row Q4_1 GEMV
-/// (`qgemv1_q4_1`, subnormal nibble floats) and a dequantizer for prefill-sized inputs (then cuBLAS). Type ids:
+/// activation rows (one warp per four output rows, one lane per block, shuffle reduction), single-row Q4_1 and Q8_0 GEMVs
+/// (`qgemv1_q4_1`, `qgemv1_q8_0`: subnormal floats) and a dequantizer for prefill-sized inputs (then cuBLAS). Type ids:
 /// 0 = Q4_0, 1 = Q4_1, 2 = Q8_0.
 pub(crate) const QUANT: &str = r#"
 __device__ __forceinline__ float ld_f16(const u8* p) { return f16_to_f32((u16)p[0] | ((u16)p[1] << 8)); }
@@ -1144,6 +1144,79 @@ extern "C" __global__ void __launch_bounds__(256, 3) qgemv1_q4_1(const u8* __res
         if (gl == 0) {
             #pragma unroll
             for (int j = 0; j < QG1_R; ++j) if (rbase + j < n_rows) y[rbase + j] = mul_pow2(acc[j], 49 + e);
+        }
+    }
+}
+
+// Single-row Q8_0 GEMV (m = 1, f32 activations, rows of at most 18 blocks with an even count, so that rows stay
+// 4-byte aligned: SmolLM2's LM head). The same subnormal conversion on offset-binary bytes: a byte masked in place
+// at bit 0, 8 or 16 of its word (the 4th shifted down by 8 first) and XORed with 0x80 is (q + 128)·2^(p−149); the
+// −128·Σx of each word's activations starts its sum. Here the loads are coalesced instead: a warp owns 4 rows at a
+// time and lane l reads the row's 32-bit words l, l + 32, ... (every load instruction reads 128 contiguous bytes), then
+// the f16 scale of the word's block (a word's quant bytes never span two blocks: the 2 header bytes lie between any
+// two blocks' quants, and a header never straddles a word since blocks start at even offsets). Each lane keeps the
+// pre-scaled activations of its word positions in registers for all its rows (the exponent e of max|x| from a
+// warp-wide reduction). 5 xor shuffles per row, in a fixed order. On an H100 the LM head streams at ~59 % of copy
+// bandwidth against ~52 % for the half-warp kernel (`docs/benchmarks-gpu.md`).
+#define QG8_R 4
+#define QG8_SLOTS 5
+extern "C" __global__ void __launch_bounds__(256, 2) qgemv1_q8_0(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, i64 n_rows, i64 k) {
+    // 32-bit row indices (the host passes n_rows < 2^31): the loop's arithmetic is part of the issue budget.
+    const int lane = threadIdx.x & 31, nr = (int)n_rows;
+    const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, nw = (gridDim.x * blockDim.x) >> 5;
+    const int nb = (int)(k >> 5), row_words = nb * 34 / 4;
+    float mx = 0.f;
+    for (i64 i = lane; i < k; i += 32) mx = fmaxf(mx, fabsf(x[i]));
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    int e = (int)((__float_as_uint(mx) >> 23) & 0xff) - 126;
+    e = e > 128 ? 128 : e;
+    float tb[QG8_SLOTS][4], bias[QG8_SLOTS];
+    int hoff[QG8_SLOTS];
+    #pragma unroll
+    for (int t = 0; t < QG8_SLOTS; ++t) {
+        const int W = lane + 32 * t;
+        float sum = 0.f;
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int p = 4 * W + i, blk = p / 34, o = p - 34 * blk;
+            const float xv = (W < row_words && o >= 2) ? x[blk * 32 + o - 2] : 0.f;
+            tb[t][i] = mul_pow2(xv, 100 - e - (i == 3 ? 16 : 8 * i));
+            sum += xv;
+        }
+        bias[t] = mul_pow2(-sum, -42 - e);  // −128·Σx·2^(−49−e), scaled before it could overflow
+        hoff[t] = W < row_words ? 34 * ((4 * W) / 34) : 0;
+    }
+    for (int r0 = gw * QG8_R; r0 < nr; r0 += nw * QG8_R) {
+        u32 wv[QG8_R][QG8_SLOTS];
+        u16 dh[QG8_R][QG8_SLOTS];
+        #pragma unroll
+        for (int j = 0; j < QG8_R; ++j) {
+            const int row = r0 + j < nr ? r0 + j : nr - 1;
+            const u8* rp = w + (i64)row * (row_words * 4);
+            #pragma unroll
+            for (int t = 0; t < QG8_SLOTS; ++t) {
+                const bool ok = lane + 32 * t < row_words;
+                wv[j][t] = ok ? __ldg((const u32*)rp + lane + 32 * t) : 0u;
+                dh[j][t] = ok ? __ldg((const u16*)(rp + hoff[t])) : (u16)0;
+            }
+        }
+        #pragma unroll
+        for (int j = 0; j < QG8_R; ++j) {
+            float acc = 0.f;
+            #pragma unroll
+            for (int t = 0; t < QG8_SLOTS; ++t) {
+                const u32 q = wv[j][t], h = q >> 8;
+                float sq = bias[t];
+                sq = fmaf(__uint_as_float((q & 0xFFu) ^ 0x80u), tb[t][0], sq);
+                sq = fmaf(__uint_as_float((q & 0xFF00u) ^ 0x8000u), tb[t][1], sq);
+                sq = fmaf(__uint_as_float((q & 0xFF0000u) ^ 0x800000u), tb[t][2], sq);
+                sq = fmaf(__uint_as_float((h & 0xFF0000u) ^ 0x800000u), tb[t][3], sq);
+                acc = fmaf(f16_to_f32(dh[j][t]), sq, acc);
+            }
+            #pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            if (lane == 0 && r0 + j < nr) y[r0 + j] = mul_pow2(acc, 49 + e);
         }
     }
 }

@@ -946,13 +946,17 @@ fn quant_id(ty: crate::quant::QuantType) -> i32 {
     }
 }
 
-/// `Y[m × n] = X[m × k] · Wᵀ` with W's blocks (a u8 tensor on the device): the fused GEMV for `m ≤ 8` (one f32
-/// activation row against Q4_1 blocks takes the single-row kernel `qgemv1_q4_1`), else dequantize to f32 and cuBLAS. With [`crate::quant::ActivationQuant::Q8`] the GEMV quantises the activations per
-/// 32-block (ggml's Q8_1, as the CPU's Q8 path) and uses integer dot products, for rows up to
-/// `QGEMV_Q8A_MAX_SMEM` bytes of quants (k ≤ 39,000 or so); longer rows and prefill take f32 activations.
 /// Dynamic shared memory the Q8-activation GEMV may ask for without raising the kernel's limit (48 KiB).
 const QGEMV_Q8A_MAX_SMEM: usize = 48 * 1024;
 
+/// The longest Q8_0 row (in blocks) of the coalesced single-row kernel: its lanes hold 5 words of a row each.
+const QGEMV1_Q8_0_MAX_BLOCKS: usize = 18;
+
+/// `Y[m × n] = X[m × k] · Wᵀ` with W's blocks (a u8 tensor on the device): the fused GEMV for `m ≤ 8` (one f32
+/// activation row against Q4_1 blocks, or against Q8_0 rows of up to 18 blocks, takes a single-row kernel), else
+/// dequantize to f32 and cuBLAS. With [`crate::quant::ActivationQuant::Q8`] the GEMV quantises the activations per
+/// 32-block (ggml's Q8_1, as the CPU's Q8 path) and uses integer dot products, for rows up to
+/// `QGEMV_Q8A_MAX_SMEM` bytes of quants (k ≤ 39,000 or so); longer rows and prefill take f32 activations.
 pub(crate) fn qlinear(
     x: &Tensor,
     blocks: &Tensor,
@@ -997,6 +1001,33 @@ pub(crate) fn qlinear(
         };
         // SAFETY: `blocks` holds n·k/32 Q4_1 blocks (checked by QWeight), x holds k floats; the shared memory covers
         // the kernel's table (k + 4·k/32 floats and one per warp).
+        unsafe { l.launch(cfg) }.map_err(launch_err)?;
+        return Ok(Tensor::from_cuda(out, &[1, n]));
+    }
+    // One activation row of f32 against Q8_0 rows of at most 18 blocks, an even count (4-byte aligned rows): the
+    // coalesced single-row kernel (the LM head of a decode step).
+    let nb = k / 32;
+    if m == 1
+        && n > 0
+        && ty == crate::quant::QuantType::Q8_0
+        && act == crate::quant::ActivationQuant::F32
+        && nb.is_multiple_of(2)
+        && nb <= QGEMV1_Q8_0_MAX_BLOCKS
+        && n < 1 << 30
+    {
+        let mut out = dev.alloc(DType::F32, n)?;
+        let f = dev.builtin("quant", kernels::QUANT, "qgemv1_q8_0")?;
+        let (xv, nn, kk) = (view(&xw), n as i64, k as i64);
+        let mut l = dev.stream.launch_builder(&f);
+        l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);
+        // Persistent CTAs of 8 warps, 2 per SM (the kernel's register bound); a warp takes 4 rows at a time.
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: ((dev.multiprocessor_count() * 2).min(n.div_ceil(32)) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `blocks` holds n rows of k/32 Q8_0 blocks (checked by QWeight), 4-byte aligned (above) with rows of
+        // an even block count, so every word the kernel reads lies in its row; x holds k floats.
         unsafe { l.launch(cfg) }.map_err(launch_err)?;
         return Ok(Tensor::from_cuda(out, &[1, n]));
     }
