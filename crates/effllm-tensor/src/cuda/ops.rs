@@ -979,55 +979,38 @@ pub(crate) fn qlinear(
     };
     let wv = view(blocks);
     let tid = quant_id(ty);
-    // One activation row of f32 against Q4_1 blocks: the single-row kernel (the LM head of a decode step).
-    let single_smem = 4 * (k + 4 * (k / 32) + 32);
-    if m == 1
-        && n > 0
-        && ty == crate::quant::QuantType::Q4_1
-        && act == crate::quant::ActivationQuant::F32
-        && single_smem <= QGEMV_Q8A_MAX_SMEM
-    {
-        let mut out = dev.alloc(DType::F32, n)?;
-        let f = dev.builtin("quant", kernels::QUANT, "qgemv1_q4_1")?;
-        let (xv, nn, kk) = (view(&xw), n as i64, k as i64);
-        let mut l = dev.stream.launch_builder(&f);
-        l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);
-        // Persistent CTAs: 3 per SM (the kernel's register bound), each taking tiles of 64 rows. (Smaller CTAs for
-        // matrices of few rows measured slower: each CTA builds the whole activation table first.)
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: ((dev.multiprocessor_count() * 3).min(n.div_ceil(64)) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: single_smem as u32,
-        };
-        // SAFETY: `blocks` holds n·k/32 Q4_1 blocks (checked by QWeight), x holds k floats; the shared memory covers
-        // the kernel's table (k + 4·k/32 floats and one per warp).
-        unsafe { l.launch(cfg) }.map_err(launch_err)?;
-        return Ok(Tensor::from_cuda(out, &[1, n]));
-    }
-    // One activation row of f32 against Q8_0 rows of at most 18 blocks, an even count (4-byte aligned rows): the
-    // coalesced single-row kernel (the LM head of a decode step).
+    // One f32 activation row (the LM head of a decode step) takes a single-row kernel where one applies: (name,
+    // CTAs, dynamic shared memory). Both run persistent CTAs of 256 threads.
     let nb = k / 32;
-    if m == 1
-        && n > 0
-        && ty == crate::quant::QuantType::Q8_0
-        && act == crate::quant::ActivationQuant::F32
-        && nb.is_multiple_of(2)
-        && nb <= QGEMV1_Q8_0_MAX_BLOCKS
-        && n < 1 << 30
-    {
+    let table_smem = 4 * (k + 4 * nb + 32);
+    let single = match ty {
+        _ if m != 1 || n == 0 || act != crate::quant::ActivationQuant::F32 => None,
+        // 3 CTAs per SM (the kernel's register bound), tiles of 64 rows; the shared memory holds the activation table
+        // (k + 4·k/32 floats and one per warp). Smaller CTAs for matrices of few rows measured slower: each CTA
+        // builds the whole table first.
+        crate::quant::QuantType::Q4_1 if table_smem <= QGEMV_Q8A_MAX_SMEM => {
+            Some(("qgemv1_q4_1", (dev.multiprocessor_count() * 3).min(n.div_ceil(64)), table_smem))
+        }
+        // Rows of an even block count stay 4-byte aligned, so every word the kernel reads lies in its row; 2 CTAs
+        // per SM (the register bound), 4 rows per warp at a time; 32-bit row indices.
+        crate::quant::QuantType::Q8_0 if nb.is_multiple_of(2) && nb <= QGEMV1_Q8_0_MAX_BLOCKS && n < 1 << 30 => {
+            Some(("qgemv1_q8_0", (dev.multiprocessor_count() * 2).min(n.div_ceil(32)), 0))
+        }
+        _ => None,
+    };
+    if let Some((name, ctas, smem)) = single {
         let mut out = dev.alloc(DType::F32, n)?;
-        let f = dev.builtin("quant", kernels::QUANT, "qgemv1_q8_0")?;
+        let f = dev.builtin("quant", kernels::QUANT, name)?;
         let (xv, nn, kk) = (view(&xw), n as i64, k as i64);
         let mut l = dev.stream.launch_builder(&f);
         l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);
-        // Persistent CTAs of 8 warps, 2 per SM (the kernel's register bound); a warp takes 4 rows at a time.
         let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: ((dev.multiprocessor_count() * 2).min(n.div_ceil(32)) as u32, 1, 1),
+            grid_dim: (ctas as u32, 1, 1),
             block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem as u32,
         };
-        // SAFETY: `blocks` holds n rows of k/32 Q8_0 blocks (checked by QWeight), 4-byte aligned (above) with rows of
-        // an even block count, so every word the kernel reads lies in its row; x holds k floats.
+        // SAFETY: `blocks` holds n rows of k/32 blocks of `ty` (checked by QWeight), 4-byte aligned (above); x holds
+        // k floats; the shared memory is what the kernel indexes (above).
         unsafe { l.launch(cfg) }.map_err(launch_err)?;
         return Ok(Tensor::from_cuda(out, &[1, n]));
     }
