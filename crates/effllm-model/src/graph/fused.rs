@@ -352,6 +352,16 @@ __device__ __forceinline__ void preload_norm(const float* g, int k, float* gpre)
     }
 }
 
+// This thread's values of an input vector of k ≤ VEC_PER_THREAD · blockDim values (indices threadIdx.x + u·blockDim,
+// zeros past k), every load issued before any is used.
+__device__ __forceinline__ void load_strided(const float* src, int k, float* v) {
+    #pragma unroll
+    for (int u = 0; u < VEC_PER_THREAD; ++u) {
+        int j = threadIdx.x + u * blockDim.x;
+        v[u] = j < k ? __ldcg(src + j) : 0.f;
+    }
+}
+
 // xs = rms_norm(h) ⊙ g in shared memory (every thread of the block takes part): h and g are read in one pass. With
 // `gpre` (preload_norm's registers) g is not read again. The sum of squares is accumulated in the same order either
 // way (each thread's values in increasing index, then the block reduction).
@@ -361,11 +371,7 @@ __device__ __forceinline__ float* load_rms(const float* h, const float* g, float
     float s = 0.f;
     if (k <= VEC_PER_THREAD * (int)blockDim.x) {
         float v[VEC_PER_THREAD];
-        #pragma unroll
-        for (int u = 0; u < VEC_PER_THREAD; ++u) {
-            int j = threadIdx.x + u * blockDim.x;
-            v[u] = j < k ? __ldcg(h + j) : 0.f;
-        }
+        load_strided(h, k, v);
         #pragma unroll
         for (int u = 0; u < VEC_PER_THREAD; ++u) {
             int j = threadIdx.x + u * blockDim.x;
@@ -396,11 +402,7 @@ __device__ __forceinline__ float* load_vec(const float* x, int k) {
     float* xs = (float*)fused_xs4;
     if (k <= VEC_PER_THREAD * (int)blockDim.x) {
         float v[VEC_PER_THREAD];
-        #pragma unroll
-        for (int u = 0; u < VEC_PER_THREAD; ++u) {
-            int j = threadIdx.x + u * blockDim.x;
-            v[u] = j < k ? __ldcg(x + j) : 0.f;
-        }
+        load_strided(x, k, v);
         #pragma unroll
         for (int u = 0; u < VEC_PER_THREAD; ++u) {
             int j = threadIdx.x + u * blockDim.x;

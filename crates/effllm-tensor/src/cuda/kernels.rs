@@ -1047,6 +1047,12 @@ extern "C" __global__ void __launch_bounds__(256, 4) qgemv_q8_0(const u8* w, con
 // order: deterministic.
 #define QG1_R 2
 #define QG1_U 5
+// The binary exponent e of mx ≥ 0 (mx < 2^e): -126 for zero or subnormal mx, clamped to 128 for inf or NaN (which
+// then propagate through the products). The single-row kernels pre-scale activations by powers of two around it.
+__device__ __forceinline__ int scale_exponent(float mx) {
+    const int e = (int)((__float_as_uint(mx) >> 23) & 0xff) - 126;
+    return e > 128 ? 128 : e;
+}
 // v·2^a for -252 <= a <= 254, exactly unless the result leaves the float range (two power-of-two factors).
 __device__ __forceinline__ float mul_pow2(float v, int a) {
     const int a1 = a < -126 ? -126 : a > 127 ? 127 : a;
@@ -1058,17 +1064,15 @@ extern "C" __global__ void __launch_bounds__(256, 3) qgemv1_q4_1(const u8* __res
     float* tab = qg1_smem;          // 2 · nb·4 float4s
     float* sums = qg1_smem + 8 * nb * 4;  // nb·4
     float* red = sums + nb * 4;     // one per warp
-    // e: max|x| < 2^e (-126 for zero or subnormal inputs; clamped to 128 for inf or NaN, which then propagate).
+    // e from max|x| over the CTA (fmaxf skips NaN, so no lane's value is NaN).
     float mx = 0.f;
     for (i64 i = threadIdx.x; i < k; i += blockDim.x) mx = fmaxf(mx, fabsf(x[i]));
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    mx = warp_max(mx);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
     __syncthreads();
     mx = 0.f;
     for (int i = 0; i < (int)(blockDim.x >> 5); ++i) mx = fmaxf(mx, red[i]);
-    int e = (int)((__float_as_uint(mx) >> 23) & 0xff) - 126;
-    e = e > 128 ? 128 : e;
+    const int e = scale_exponent(mx);
     for (int t = threadIdx.x; t < nb * 4; t += blockDim.x) {
         const float* xb = x + (i64)(t >> 2) * 32;
         const int w4 = 4 * (t & 3);
@@ -1165,12 +1169,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) qgemv1_q8_0(const u8* __res
     const int lane = threadIdx.x & 31, nr = (int)n_rows;
     const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, nw = (gridDim.x * blockDim.x) >> 5;
     const int nb = (int)(k >> 5), row_words = nb * 34 / 4;
+    // e from max|x| over the warp (fmaxf skips NaN, so no lane's value is NaN).
     float mx = 0.f;
     for (i64 i = lane; i < k; i += 32) mx = fmaxf(mx, fabsf(x[i]));
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    int e = (int)((__float_as_uint(mx) >> 23) & 0xff) - 126;
-    e = e > 128 ? 128 : e;
+    const int e = scale_exponent(warp_max(mx));
     float tb[QG8_SLOTS][4], bias[QG8_SLOTS];
     int hoff[QG8_SLOTS];
     #pragma unroll
