@@ -865,6 +865,16 @@ mod tests {
             .collect()
     }
 
+    /// `rows` rows of k pseudo-random weights quantized to `ty`, row after row.
+    fn quantized_rows(ty: QuantType, rows: usize, k: usize, seed: u32) -> Vec<u8> {
+        let rb = k / 32 * ty.block_bytes();
+        let mut bytes = vec![0u8; rows * rb];
+        for (x, o) in vals(rows * k, seed).chunks_exact(k).zip(bytes.chunks_exact_mut(rb)) {
+            quantize_row(ty, x, o).unwrap();
+        }
+        bytes
+    }
+
     /// The AVX-512 Q4_1 kernels (one row with 1..=4 activation vectors, four rows) against the AVX2 and scalar
     /// kernels: equal within f32 summation-order error; the AVX-512 one-row and four-row kernels bitwise equal.
     #[cfg(target_arch = "x86_64")]
@@ -876,11 +886,7 @@ mod tests {
         }
         let (rows, k) = (4, 576);
         let nb = k / 32;
-        let w = vals(rows * k, 7);
-        let mut bytes = vec![0u8; rows * nb * 20];
-        for (x, o) in w.chunks_exact(k).zip(bytes.chunks_exact_mut(nb * 20)) {
-            quantize_row(QuantType::Q4_1, x, o).unwrap();
-        }
+        let bytes = quantized_rows(QuantType::Q4_1, rows, k, 7);
         let xv: Vec<Vec<f32>> = (0..4).map(|i| vals(k, 100 + i).iter().map(|v| v * 3.0).collect()).collect();
         let acts: Vec<F32Act<'_>> = xv.iter().map(|x| F32Act::new(QuantType::Q4_1, x)).collect();
         let xs: [&[[f32; 32]]; 4] = std::array::from_fn(|i| acts[i].x);
@@ -924,11 +930,7 @@ mod tests {
         }
         let (rows, k) = (3, 1536);
         let nb = k / 32;
-        let w = vals(rows * k, 11);
-        let mut bytes = vec![0u8; rows * nb * 34];
-        for (x, o) in w.chunks_exact(k).zip(bytes.chunks_exact_mut(nb * 34)) {
-            quantize_row(QuantType::Q8_0, x, o).unwrap();
-        }
+        let bytes = quantized_rows(QuantType::Q8_0, rows, k, 11);
         let xv: Vec<Vec<f32>> = (0..4).map(|i| vals(k, 200 + i).iter().map(|v| v * 5.0).collect()).collect();
         let acts: Vec<F32Act<'_>> = xv.iter().map(|x| F32Act::new(QuantType::Q8_0, x)).collect();
         let xs: [&[[f32; 32]]; 4] = std::array::from_fn(|i| acts[i].x);
