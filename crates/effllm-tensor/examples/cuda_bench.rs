@@ -233,11 +233,11 @@ fn main() {
     println!(
         "\n| quantized GEMV | shape | resident | GB/s of W | % of copy | streamed (copies) | GB/s of W | % of copy | plain read of W, streamed | % of copy | GEMV / read |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    // Activations f32 (exact) or quantised to Q8 per 32-block (`dp4a` kernels, llama.cpp's numerics).
-    for (ty, act) in [QuantType::Q4_1, QuantType::Q8_0]
-        .into_iter()
-        .flat_map(|ty| [(ty, ActivationQuant::F32), (ty, ActivationQuant::Q8)])
-    {
+    // Activations f32 (exact) or quantised to Q8 per 32-block (`dp4a` kernels, llama.cpp's numerics); W in the ggml
+    // rows or in the GEMV tile layout (`QWeight::with_gemv_layout`, f32 activations).
+    for (ty, act, tiles) in [QuantType::Q4_1, QuantType::Q8_0].into_iter().flat_map(|ty| {
+        [(ty, ActivationQuant::F32, false), (ty, ActivationQuant::F32, true), (ty, ActivationQuant::Q8, false)]
+    }) {
         for (n, k) in [(576usize, 576usize), (1536, 576), (576, 1536), (49152, 576)] {
             if rows_filter.is_some_and(|r| r != n) {
                 continue;
@@ -251,7 +251,8 @@ fn main() {
                         (0..n * k).map(|i| (((i + 31 * c) * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
                     let q = QMatrix::quantize(ty, n, k, &wdata).unwrap();
                     let bytes = Tensor::from_slice(q.as_bytes(), &[q.nbytes()], &GPU).unwrap();
-                    (QWeight::new(q).with_activation_quant(act).to_device(&GPU).unwrap(), bytes)
+                    let w = QWeight::new(q).with_activation_quant(act).to_device(&GPU).unwrap();
+                    (if tiles { w.with_gemv_layout().unwrap() } else { w }, bytes)
                 })
                 .unzip();
             let x = randn(&[1, k], DType::F32, 7);
@@ -285,7 +286,8 @@ fn main() {
             });
             let pct = |t: f64| 100.0 * wbytes / t / 1e9 / copy_bw;
             println!(
-                "| {ty:?}, {act:?} acts | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% | {:.1} µs | {:.1}% | {:.0}% |",
+                "| {ty:?}, {act:?} acts{} | {n}×{k} | {:.1} µs | {:.0} | {:.1}% | {:.1} µs ({copies}) | {:.0} | {:.1}% | {:.1} µs | {:.1}% | {:.0}% |",
+                if tiles { ", tiles" } else { "" },
                 resident * 1e6,
                 wbytes / resident / 1e9,
                 pct(resident),

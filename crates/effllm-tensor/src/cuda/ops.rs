@@ -1056,6 +1056,59 @@ pub(crate) fn qlinear(
     xw.reshape(&[m, k])?.matmul(&w.t()?)
 }
 
+/// `Y[m × n] = X[m × k] · Wᵀ` with W in the GEMV tile layout (`quant::tiles`): the tile GEMV for `m ≤ 8` (one CTA
+/// row per activation row), else, or when the activation table would not fit the default 48 KiB of shared memory
+/// (k beyond about 10,000), dequantize the tiles to f32 and cuBLAS.
+pub(crate) fn qlinear_tiles(x: &Tensor, tiles: &Tensor, ty: crate::quant::QuantType, n: usize, k: usize) -> Result<Tensor> {
+    let m = x.elem_count() / k;
+    let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
+    let dev = Arc::clone(&storage(&xw).dev);
+    // The kernels read 16-byte words: a view at an unaligned offset is copied once to a buffer of its own.
+    let aligned;
+    let tiles = if !tiles.layout.offset().is_multiple_of(16) || !tiles.is_contiguous() {
+        aligned = cast(tiles, DType::U8)?;
+        &aligned
+    } else {
+        tiles
+    };
+    let wv = view(tiles);
+    let steps = (k / 32).div_ceil(2);
+    // The table: 9 float4s per (padded) block, then the blocks' max|x| and Σx.
+    let smem = 4 * 38 * 2 * steps;
+    if m <= crate::SKINNY_MAX_ROWS && smem <= QGEMV_Q8A_MAX_SMEM && n < 1 << 30 && k < 1 << 30 {
+        let mut out = dev.alloc(DType::F32, m * n)?;
+        if m * n > 0 {
+            let name = match ty {
+                crate::quant::QuantType::Q4_0 => "qgemv_tiles_q4_0",
+                crate::quant::QuantType::Q4_1 => "qgemv_tiles_q4_1",
+                crate::quant::QuantType::Q8_0 => "qgemv_tiles_q8_0",
+            };
+            let f = dev.builtin("quant", kernels::QUANT, name)?;
+            let (xv, nn, kk) = (view(&xw), n as i32, k as i32);
+            let mut l = dev.stream.launch_builder(&f);
+            l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);
+            // One warp per tile of 16 rows, 8 warps per CTA; one CTA row per activation row.
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (n.div_ceil(crate::quant::tiles::TILE_ROWS * 8) as u32, m as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            // SAFETY: `tiles` holds the tile layout of an n × k matrix of `ty` (built by QWeight::with_gemv_layout,
+            // 16-byte aligned above); x holds m·k floats, out m·n; the shared memory is what the kernel indexes.
+            unsafe { l.launch(cfg) }.map_err(launch_err)?;
+        }
+        return Ok(Tensor::from_cuda(out, &[m, n]));
+    }
+    let mut wf = dev.alloc(DType::F32, n * k)?;
+    let f = dev.builtin("quant", kernels::QUANT, "qdequant_tiles")?;
+    let (nn, kk, tid, mut l) = (n as i64, k as i64, quant_id(ty), dev.stream.launch_builder(&f));
+    l.arg(&wv).arg(&mut wf.buf).arg(&nn).arg(&kk).arg(&tid);
+    // SAFETY: the tile layout of n × k in, n·k floats out (one thread per block).
+    unsafe { l.launch(grid(n * k / 32)) }.map_err(launch_err)?;
+    let w = Tensor::from_cuda(wf, &[n, k]);
+    xw.reshape(&[m, k])?.matmul(&w.t()?)
+}
+
 /// In-place `dst[.., start..start + len, ..] = src` along `dim` (checked by `Tensor::slice_assign`): one
 /// `concat_part` launch into `dst`'s own buffer. A shared or strided `dst` is first replaced by a private
 /// contiguous copy (copy on write), as on the CPU.

@@ -97,13 +97,14 @@ mod fuzz;
 mod kernels;
 mod matrix;
 pub mod reference;
+pub mod tiles;
 mod weight;
 
 pub use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, dequantize_row, quantize_row};
 #[doc(hidden)]
 pub use fuzz::fuzz_dequantize;
 pub use matrix::QMatrix;
-pub use weight::QWeight;
+pub use weight::{DeviceLayout, QWeight};
 
 /// A ggml block-quantised weight format.
 #[allow(non_camel_case_types)]

@@ -11,13 +11,26 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub struct QWeight {
     matrix: QMatrix,
     device_blocks: Option<Tensor>,
+    layout: DeviceLayout,
     activation: ActivationQuant,
+}
+
+/// How a [`QWeight`]'s device copy lays out its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceLayout {
+    /// The ggml bytes unchanged: rows of blocks in order (what [`QWeight::to_device`] uploads, and what the fused
+    /// decode kernels and [`QWeight::device_blocks`] read).
+    #[default]
+    Rows,
+    /// The [GEMV tile layout](super::tiles) (see [`QWeight::with_gemv_layout`]): the same blocks regrouped so that
+    /// a one-row GEMV reads them with fully coalesced 16-byte loads.
+    GemvTiles,
 }
 
 impl QWeight {
     /// A CPU weight over `matrix`.
     pub fn new(matrix: QMatrix) -> QWeight {
-        QWeight { matrix, device_blocks: None, activation: ActivationQuant::F32 }
+        QWeight { matrix, device_blocks: None, layout: DeviceLayout::Rows, activation: ActivationQuant::F32 }
     }
 
     /// The same weight, multiplied with activations treated as `act`: [`ActivationQuant::Q8`] quantises each
@@ -55,9 +68,44 @@ impl QWeight {
     }
 
     /// The device copy of the blocks (a contiguous u8 tensor of the matrix's bytes, rows of blocks in order), or
-    /// `None` on the CPU: what a technique's own CUDA kernel passes to read the blocks directly.
+    /// `None` on the CPU or in the [`DeviceLayout::GemvTiles`] layout: what a technique's own CUDA kernel passes to
+    /// read the blocks directly.
     pub fn device_blocks(&self) -> Option<&Tensor> {
-        self.device_blocks.as_ref()
+        self.device_blocks.as_ref().filter(|_| self.layout == DeviceLayout::Rows)
+    }
+
+    /// How the device copy lays out the blocks ([`DeviceLayout::Rows`] on the CPU).
+    pub fn device_layout(&self) -> DeviceLayout {
+        self.layout
+    }
+
+    /// The same weight with its device copy regrouped into the [GEMV tile layout](super::tiles), for a matrix that
+    /// is mostly multiplied by one activation row at a time: a decode step's LM head, or any large matrix used in
+    /// decode through [`Tensor::linear_q`]. The copy replaces the ggml rows (the same bytes regrouped, padded to
+    /// whole tiles of 16 rows and an even number of blocks per row: no second copy), and `linear_q` then reads it
+    /// with every warp load one contiguous 512-byte span.
+    ///
+    /// - Up to [`crate::SKINNY_MAX_ROWS`] activation rows take a GEMV kernel made for the layout (f32 activations
+    ///   always: [`ActivationQuant::Q8`] does not apply to it); longer inputs, and rows wider than about 10,000
+    ///   columns, dequantize it and call cuBLAS.
+    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at about 55 % (Q4_1) and 66 % (Q8_0) of
+    ///   copy bandwidth this way, against 41 % and 56 % in the ggml rows (`docs/benchmarks-gpu.md`).
+    /// - [`QWeight::device_blocks`] is `None` in this layout: code that reads the ggml rows on the device (the fused
+    ///   decode kernels of `effllm-model`) needs [`DeviceLayout::Rows`].
+    ///
+    /// On the CPU it returns the weight unchanged (the CPU kernels read the host rows).
+    ///
+    /// # Errors
+    /// Allocation or copy failures on the device.
+    pub fn with_gemv_layout(&self) -> Result<QWeight> {
+        let Some(blocks) = &self.device_blocks else { return Ok(self.clone()) };
+        if self.layout == DeviceLayout::GemvTiles {
+            return Ok(self.clone());
+        }
+        let tiled = super::tiles::gemv_tiles(&self.matrix);
+        let n = tiled.len();
+        let device_blocks = Some(Tensor::from_vec(tiled, &[n], &blocks.device())?);
+        Ok(QWeight { device_blocks, layout: DeviceLayout::GemvTiles, ..self.clone() })
     }
 
     /// The host copy of the blocks.
@@ -78,7 +126,7 @@ impl QWeight {
                 Some(Tensor::from_vec(bytes, &[n], device)?)
             }
         };
-        Ok(QWeight { matrix: self.matrix.clone(), device_blocks, activation: self.activation })
+        Ok(QWeight { matrix: self.matrix.clone(), device_blocks, layout: DeviceLayout::Rows, activation: self.activation })
     }
 }
 
@@ -107,7 +155,12 @@ impl QWeight {
                 msg: format!("blocks on {}, not a CUDA device", blocks.device()),
             });
         }
-        Ok(QWeight { matrix: self.matrix.clone(), device_blocks: Some(blocks), activation: self.activation })
+        Ok(QWeight {
+            matrix: self.matrix.clone(),
+            device_blocks: Some(blocks),
+            layout: DeviceLayout::Rows,
+            activation: self.activation,
+        })
     }
 }
 
@@ -143,7 +196,10 @@ impl Tensor {
         shape[last] = n;
         #[cfg(feature = "cuda")]
         if let Some(blocks) = &w.device_blocks {
-            let y = crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k, w.activation)?;
+            let y = match w.layout {
+                DeviceLayout::Rows => crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k, w.activation)?,
+                DeviceLayout::GemvTiles => crate::cuda::ops::qlinear_tiles(self, blocks, w.quant_type(), n, k)?,
+            };
             return y.reshape(&shape)?.to_dtype(self.dtype());
         }
         let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
