@@ -1059,7 +1059,13 @@ pub(crate) fn qlinear(
 /// `Y[m × n] = X[m × k] · Wᵀ` with W in the GEMV tile layout (`quant::tiles`): the tile GEMV for `m ≤ 8` (one CTA
 /// row per activation row), else, or when the activation table would not fit the default 48 KiB of shared memory
 /// (k beyond about 10,000), dequantize the tiles to f32 and cuBLAS.
-pub(crate) fn qlinear_tiles(x: &Tensor, tiles: &Tensor, ty: crate::quant::QuantType, n: usize, k: usize) -> Result<Tensor> {
+pub(crate) fn qlinear_tiles(
+    x: &Tensor,
+    tiles: &Tensor,
+    ty: crate::quant::QuantType,
+    n: usize,
+    k: usize,
+) -> Result<Tensor> {
     let m = x.elem_count() / k;
     let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
     let dev = Arc::clone(&storage(&xw).dev);
@@ -1078,12 +1084,19 @@ pub(crate) fn qlinear_tiles(x: &Tensor, tiles: &Tensor, ty: crate::quant::QuantT
     if m <= crate::SKINNY_MAX_ROWS && smem <= QGEMV_Q8A_MAX_SMEM && n < 1 << 30 && k < 1 << 30 {
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {
-            let name = match ty {
-                crate::quant::QuantType::Q4_0 => "qgemv_tiles_q4_0",
-                crate::quant::QuantType::Q4_1 => "qgemv_tiles_q4_1",
-                crate::quant::QuantType::Q8_0 => "qgemv_tiles_q8_0",
+            // Rows of 9 or 24 steps (576 or 1,536 columns, SmolLM2's) take a fully unrolled instance.
+            let unrolled = match steps {
+                9 => "_s9",
+                24 => "_s24",
+                _ => "",
             };
-            let f = dev.builtin("quant", kernels::QUANT, name)?;
+            let ty_name = match ty {
+                crate::quant::QuantType::Q4_0 => "q4_0",
+                crate::quant::QuantType::Q4_1 => "q4_1",
+                crate::quant::QuantType::Q8_0 => "q8_0",
+            };
+            let name = format!("qgemv_tiles{unrolled}_{ty_name}");
+            let f = dev.builtin("quant", kernels::QUANT, &name)?;
             let (xv, nn, kk) = (view(&xw), n as i32, k as i32);
             let mut l = dev.stream.launch_builder(&f);
             l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);

@@ -126,7 +126,12 @@ impl QWeight {
                 Some(Tensor::from_vec(bytes, &[n], device)?)
             }
         };
-        Ok(QWeight { matrix: self.matrix.clone(), device_blocks, layout: DeviceLayout::Rows, activation: self.activation })
+        Ok(QWeight {
+            matrix: self.matrix.clone(),
+            device_blocks,
+            layout: DeviceLayout::Rows,
+            activation: self.activation,
+        })
     }
 }
 
