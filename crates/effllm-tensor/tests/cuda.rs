@@ -553,18 +553,31 @@ fn single_row_gemvs_are_exact_to_f32_at_any_activation_scale() {
     }
 }
 
-/// The GEMV tile layout (`QWeight::with_gemv_layout`) gives the same products as the ggml rows, in every format:
-/// against the f64 product of the dequantized matrix within 1e-5 relative L2, for 1, 3 and 8 activation rows (the
-/// tile GEMV, at activation scales from subnormal to 1e36 and mixed) and 9 rows (dequantized tiles and cuBLAS), at
-/// row counts that leave partial tiles and odd block counts (a padding block), and at a width whose table does not
-/// fit shared memory (the dequantizing path for one row too). A NaN activation reaches every output of its row only.
+/// The GEMV tile layout (`QWeight::with_gemv_layout`) computes the product exactly to f32, in every format: against
+/// the f64 product of the dequantized matrix within 1e-5 relative L2, for 1, 3 and 8 activation rows (the tile GEMV,
+/// at activation scales from subnormal to 1e36 and mixed) and 9 rows (dequantized tiles and cuBLAS). The shapes take
+/// every kernel instance: rows of 9 and 24 steps (576 and 1,536 columns, and 544 and 1,504 with a padding block),
+/// the generic loop over 1, 2 and 13 steps (odd block counts), the widest table that fits shared memory (10,304
+/// columns) and one that does not (12,800: the dequantizing path for one row too), with partial tiles. A NaN
+/// activation reaches every output of its row only. Q8 activations do not apply to the layout (same outputs as
+/// f32), `to_device` keeps it, `with_device_blocks` returns to the ggml rows.
 #[test]
 fn gemv_tile_layout_matches_the_reference() {
-    use effllm_tensor::quant::{DeviceLayout, QMatrix, QWeight, QuantType};
+    use effllm_tensor::quant::{ActivationQuant, DeviceLayout, QMatrix, QWeight, QuantType};
     if !gpu() {
         return;
     }
-    let shapes = [(577usize, 576usize), (17, 96), (1, 32), (40, 1536), (33, 12800)];
+    let shapes = [
+        (577usize, 576usize),
+        (20, 544),
+        (17, 96),
+        (1, 32),
+        (37, 800),
+        (40, 1536),
+        (20, 1504),
+        (17, 10304),
+        (33, 12800),
+    ];
     for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
         for (n, k) in shapes {
             let data: Vec<f32> = (0..n * k).map(|i| (((i * 7919) % 1999) as f32 / 999.0) - 1.0).collect();
@@ -609,6 +622,13 @@ fn gemv_tile_layout_matches_the_reference() {
             let got = Tensor::from_vec(x, &[2, k], &GPU).unwrap().linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
             assert!(got[..n].iter().all(|v| v.is_finite()), "{ty:?} {n}x{k}: the first row stays finite");
             assert!(got[n..].iter().all(|v| v.is_nan()), "{ty:?} {n}x{k}: a NaN activation reaches its row's outputs");
+            let x = Tensor::randn(&[1, k], DType::F32, &GPU, &CounterRng::new(9, 0), 0, 0.0, 1.0).unwrap();
+            let f32_acts = x.linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
+            let q8 = wd.clone().with_activation_quant(ActivationQuant::Q8);
+            assert_eq!(x.linear_q(&q8).unwrap().to_vec::<f32>().unwrap(), f32_acts, "{ty:?} {n}x{k}: Q8 acts on tiles");
+            assert_eq!(wd.to_device(&GPU).unwrap().device_layout(), DeviceLayout::GemvTiles);
+            let back = wd.with_device_blocks(rows.device_blocks().unwrap().clone()).unwrap();
+            assert_eq!(back.device_layout(), DeviceLayout::Rows);
         }
     }
 }

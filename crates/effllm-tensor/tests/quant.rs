@@ -824,3 +824,14 @@ fn linear_q_records_the_input_gradient() {
         }
     }
 }
+
+/// A weight of zero columns multiplies to zeros of the output shape (a sum over an empty inner dimension), never a
+/// division by zero.
+#[test]
+fn linear_q_over_zero_columns_is_zeros() {
+    let w = QWeight::new(QMatrix::quantize(QuantType::Q8_0, 3, 0, &[]).unwrap());
+    let x = Tensor::from_vec(Vec::<f32>::new(), &[2, 0], &Device::Cpu).unwrap();
+    let y = x.linear_q(&w).unwrap();
+    assert_eq!(y.shape(), &[2, 3]);
+    assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.0; 6]);
+}

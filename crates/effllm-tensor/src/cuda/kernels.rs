@@ -1241,7 +1241,6 @@ extern "C" __global__ void qdequant(const u8* w, float* out, i64 n_blocks, int t
 // is one 16-byte-aligned chunk of the 32 blocks: their 16 quant bytes in lane order (Q8_0: the first 16 bytes of the
 // 32 blocks, then the last 16), then their headers in lane order (Q4_0, Q8_0: d; Q4_1: d and m). Every load of a warp
 // reads one contiguous span (512 bytes of quants, 64-128 bytes of headers).
-#define QT_STEP_U 3
 template <int TY> struct QtStep { uint4 q, q2; u32 h; };
 template <int TY> __device__ __forceinline__ int qt_chunk() { return TY == 0 ? 576 : TY == 1 ? 640 : 1088; }
 template <int TY> __device__ __forceinline__ void qt_load(QtStep<TY>& t, const u8* ch, int lane, bool ok) {
@@ -1290,32 +1289,31 @@ template <int TY> __device__ __forceinline__ float qt_block(const QtStep<TY>& t,
     acc = fmaf(f16_to_f32((u16)(t.h & 0xffffu)), a + b, acc);
     return TY == 1 ? fmaf(f16_to_f32((u16)(t.h >> 16)), tb[8].x, acc) : acc;
 }
-// The CTA's activation table for one row x of nb blocks (nbp ≥ nb, padded with zeros): one pass in which warp w
-// takes blocks w, w + warps, ... (max|x| and Σx per block by shuffles, in a fixed order), then e (the exponent of
-// max|x|; fmaxf skips NaN), then per block 8 float4s of activations pre-scaled by 2^(100−e−p) (p: the bit position of
-// the weight's quant in its word after masking) and the block's sum term 2^(−49−e)·Σx (Q4_1), −8·Σx·2^(−49−e)
-// (Q4_0) or −128·Σx·2^(−49−e) (Q8_0), each scaled before it could overflow.
+// The CTA's activation table for one row x of nb blocks (nbp ≥ nb, padded with zeros). Warp w takes blocks w,
+// w + warps, ...: first max|x| per block by shuffles; after a barrier e (the exponent of max|x|; fmaxf skips NaN);
+// then per block the sum term from Σ x·2^(−e) (each term scaled by a power of two first, so no block sum can overflow
+// and subnormal activations keep their bits; a fixed shuffle order): 2^(−49)·Σ x·2^(−e) (Q4_1), −8·2^(−49)·Σ (Q4_0)
+// or −128·2^(−49)·Σ (Q8_0); and per block 8 float4s of activations pre-scaled by 2^(100−e−p) (p: the bit position of
+// the weight's quant in its word after masking).
 template <int TY> __device__ __forceinline__ int qt_table(const float* __restrict__ x, int nb, int nbp, float4* tab, float* bmax) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    float* bsum = bmax + nbp;
     for (int b = warp; b < nb; b += warps) {
-        float v = x[b * 32 + lane], m = fabsf(v);
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) { m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o)); v += __shfl_xor_sync(0xffffffffu, v, o); }
-        if (lane == 0) { bmax[b] = m; bsum[b] = v; }
+        const float m = warp_max(fabsf(x[b * 32 + lane]));
+        if (lane == 0) bmax[b] = m;
     }
     __syncthreads();
     float mx = 0.f;
     for (int b = 0; b < nb; ++b) mx = fmaxf(mx, bmax[b]);
     const int e = scale_exponent(mx);
-    for (int t = threadIdx.x; t < nbp * 9; t += blockDim.x) {
-        const int b = t / 9, i = t - 9 * b;
+    for (int b = warp; b < nbp; b += warps) {
+        float v = b < nb ? mul_pow2(x[b * 32 + lane], -e) : 0.f;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) tab[b * 9 + 8] = make_float4(TY == 1 ? v * 0x1p-49f : -v * (TY == 0 ? 0x1p-46f : 0x1p-42f), 0.f, 0.f, 0.f);
+    }
+    for (int t = threadIdx.x; t < nbp * 8; t += blockDim.x) {
+        const int b = t >> 3, i = t & 7;
         const float* xb = x + b * 32;
-        if (i == 8) {
-            const float s = b < nb ? bsum[b] : 0.f;
-            tab[t] = make_float4(TY == 1 ? mul_pow2(s, -49 - e) : mul_pow2(-s, (TY == 0 ? -46 : -42) - e), 0.f, 0.f, 0.f);
-            continue;
-        }
         int idx[4], p[4];
         if (TY == 2) {
             #pragma unroll
@@ -1329,18 +1327,19 @@ template <int TY> __device__ __forceinline__ int qt_table(const float* __restric
         float v[4];
         #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = b < nb ? mul_pow2(xb[idx[j]], 100 - e - p[j]) : 0.f;
-        tab[t] = make_float4(v[0], v[1], v[2], v[3]);
+        tab[b * 9 + i] = make_float4(v[0], v[1], v[2], v[3]);
     }
     __syncthreads();
     return e;
 }
 // y[i, r] = W[r] · x[i] on the tile layout: one CTA row per activation row i (blockIdx.y), one tile of 16 rows per
 // warp, two lanes per row, one xor shuffle per row (deterministic). The first steps' words are loaded before the
-// table is built (they do not depend on x). STEPS = 0: any row length, chunks of QT_STEP_U steps double-buffered (the
-// next chunk's loads issued before this chunk's arithmetic). STEPS > 0: rows of exactly that many steps (SmolLM2's
-// 576 and 1536 columns), fully unrolled, each step's loads issued D steps ahead: about 5 % (Q4_1) to 5-8 % (Q8_0)
-// faster on the LM head. On an H100 the Q4_1 LM head streams at about 50 % of copy bandwidth and Q8_0 at about 64 %,
-// against 45 % and 59 % for the single-row kernels on ggml rows (`docs/benchmarks-gpu.md`).
+// table is built (they do not depend on x). STEPS = 0: any row length, chunks of 3 steps (Q8_0: 2) double-buffered
+// (the next chunk's loads issued before this chunk's arithmetic). STEPS > 0: rows of exactly that many steps
+// (SmolLM2's 576 and 1536 columns), fully unrolled, each step's loads issued D steps ahead: about 5 % (Q4_1) to 5-8 %
+// (Q8_0) faster on the LM head. On an H100 the Q4_1 LM head streams through `linear_q` at 51-52.5 % of copy
+// bandwidth and Q8_0 at 65-66 %, against 41-42 % and 56 % for the single-row kernels on ggml rows
+// (`docs/benchmarks-gpu.md`).
 template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n, int k) {
     extern __shared__ __align__(16) float qt_smem[];
     const int nb = k >> 5, steps = STEPS > 0 ? STEPS : (nb + 1) >> 1, nbp = 2 * steps, ch = qt_chunk<TY>();
@@ -1364,20 +1363,22 @@ template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(co
             acc = qt_block<TY>(buf[s % (D + 1)], tab + (2 * s + j) * 9, acc);
         }
     } else {
-        QtStep<TY> a[QT_STEP_U], b[QT_STEP_U];
+        // Q8_0 steps hold twice the words: chunks of 2 steps keep it within the register bound without spills.
+        constexpr int U = TY == 2 ? 2 : 3;
+        QtStep<TY> a[U], b[U];
         #pragma unroll
-        for (int u = 0; u < QT_STEP_U; ++u) qt_load<TY>(a[u], tp + u * ch, lane, tile < tiles && u < steps);
+        for (int u = 0; u < U; ++u) qt_load<TY>(a[u], tp + u * ch, lane, tile < tiles && u < steps);
         e = qt_table<TY>(x, nb, nbp, tab, qt_smem + nbp * 36);
         if (tile >= tiles) return;
-        for (int s0 = 0; s0 < steps; s0 += 2 * QT_STEP_U) {
+        for (int s0 = 0; s0 < steps; s0 += 2 * U) {
             #pragma unroll
-            for (int u = 0; u < QT_STEP_U; ++u) qt_load<TY>(b[u], tp + (s0 + QT_STEP_U + u) * ch, lane, s0 + QT_STEP_U + u < steps);
+            for (int u = 0; u < U; ++u) qt_load<TY>(b[u], tp + (s0 + U + u) * ch, lane, s0 + U + u < steps);
             #pragma unroll
-            for (int u = 0; u < QT_STEP_U; ++u) if (s0 + u < steps) acc = qt_block<TY>(a[u], tab + (2 * (s0 + u) + j) * 9, acc);
+            for (int u = 0; u < U; ++u) if (s0 + u < steps) acc = qt_block<TY>(a[u], tab + (2 * (s0 + u) + j) * 9, acc);
             #pragma unroll
-            for (int u = 0; u < QT_STEP_U; ++u) qt_load<TY>(a[u], tp + (s0 + 2 * QT_STEP_U + u) * ch, lane, s0 + 2 * QT_STEP_U + u < steps);
+            for (int u = 0; u < U; ++u) qt_load<TY>(a[u], tp + (s0 + 2 * U + u) * ch, lane, s0 + 2 * U + u < steps);
             #pragma unroll
-            for (int u = 0; u < QT_STEP_U; ++u) if (s0 + QT_STEP_U + u < steps) acc = qt_block<TY>(b[u], tab + (2 * (s0 + QT_STEP_U + u) + j) * 9, acc);
+            for (int u = 0; u < U; ++u) if (s0 + U + u < steps) acc = qt_block<TY>(b[u], tab + (2 * (s0 + U + u) + j) * 9, acc);
         }
     }
     acc += __shfl_xor_sync(0xffffffffu, acc, 1);

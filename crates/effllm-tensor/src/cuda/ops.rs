@@ -965,7 +965,7 @@ pub(crate) fn qlinear(
     k: usize,
     act: crate::quant::ActivationQuant,
 ) -> Result<Tensor> {
-    let m = x.elem_count() / k;
+    let m = x.elem_count().checked_div(k).unwrap_or(0);
     let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
     let dev = Arc::clone(&storage(&xw).dev);
     // The GEMV reads Q4_1 blocks as 4-byte words and the others as 2-byte halves: blocks in a view at an unaligned
@@ -1066,21 +1066,15 @@ pub(crate) fn qlinear_tiles(
     n: usize,
     k: usize,
 ) -> Result<Tensor> {
-    let m = x.elem_count() / k;
+    let m = x.elem_count().checked_div(k).unwrap_or(0);
     let xw = if x.dtype() == DType::F32 && x.is_contiguous() { x.clone() } else { cast(x, DType::F32)? };
     let dev = Arc::clone(&storage(&xw).dev);
-    // The kernels read 16-byte words: a view at an unaligned offset is copied once to a buffer of its own.
-    let aligned;
-    let tiles = if !tiles.layout.offset().is_multiple_of(16) || !tiles.is_contiguous() {
-        aligned = cast(tiles, DType::U8)?;
-        &aligned
-    } else {
-        tiles
-    };
+    // `tiles` is the private buffer `QWeight::with_gemv_layout` uploaded: contiguous from offset 0, so its 16-byte
+    // words are aligned.
     let wv = view(tiles);
     let steps = (k / 32).div_ceil(2);
-    // The table: 9 float4s per (padded) block, then the blocks' max|x| and Σx.
-    let smem = 4 * 38 * 2 * steps;
+    // The table: 9 float4s per (padded) block, then the blocks' max|x|.
+    let smem = 4 * 37 * 2 * steps;
     if m <= crate::SKINNY_MAX_ROWS && smem <= QGEMV_Q8A_MAX_SMEM && n < 1 << 30 && k < 1 << 30 {
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {

@@ -36,12 +36,13 @@ fn locate(ty: QuantType, k: usize, r: usize, b: usize) -> (usize, usize) {
     ((r / TILE_ROWS * steps + b / 2) * chunk_bytes(ty), 2 * (r % TILE_ROWS) + b % 2)
 }
 
-/// (offset in the block, offset in the chunk relative to the lane's slot base, length) of each piece of a block.
-fn pieces(ty: QuantType, lane: usize) -> Vec<(usize, usize, usize)> {
+/// (offset in the block, offset in the chunk, length) of each piece of a block held by `lane` (a zero length pads the
+/// two-piece formats).
+fn pieces(ty: QuantType, lane: usize) -> [(usize, usize, usize); 3] {
     match ty {
-        QuantType::Q4_0 => vec![(2, 16 * lane, 16), (0, 512 + 2 * lane, 2)],
-        QuantType::Q4_1 => vec![(4, 16 * lane, 16), (0, 512 + 4 * lane, 4)],
-        QuantType::Q8_0 => vec![(2, 16 * lane, 16), (18, 512 + 16 * lane, 16), (0, 1024 + 2 * lane, 2)],
+        QuantType::Q4_0 => [(2, 16 * lane, 16), (0, 512 + 2 * lane, 2), (0, 0, 0)],
+        QuantType::Q4_1 => [(4, 16 * lane, 16), (0, 512 + 4 * lane, 4), (0, 0, 0)],
+        QuantType::Q8_0 => [(2, 16 * lane, 16), (18, 512 + 16 * lane, 16), (0, 1024 + 2 * lane, 2)],
     }
 }
 

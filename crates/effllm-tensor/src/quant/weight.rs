@@ -79,19 +79,21 @@ impl QWeight {
         self.layout
     }
 
-    /// The same weight with its device copy regrouped into the [GEMV tile layout](super::tiles), for a matrix that
-    /// is mostly multiplied by one activation row at a time: a decode step's LM head, or any large matrix used in
-    /// decode through [`Tensor::linear_q`]. The copy replaces the ggml rows (the same bytes regrouped, padded to
-    /// whole tiles of 16 rows and an even number of blocks per row: no second copy), and `linear_q` then reads it
-    /// with every warp load one contiguous 512-byte span.
+    /// The same weight with its device copy regrouped into the [GEMV tile layout](super::tiles), for a large matrix
+    /// that your own code multiplies through [`Tensor::linear_q`] one activation row at a time (an LM head in a
+    /// hand-written decode loop). The copy replaces the ggml rows (the same bytes regrouped, padded to whole tiles
+    /// of 16 rows and an even number of blocks per row: no second copy), and `linear_q` then reads it with every
+    /// warp load one contiguous 512-byte span.
     ///
     /// - Up to [`crate::SKINNY_MAX_ROWS`] activation rows take a GEMV kernel made for the layout (f32 activations
     ///   always: [`ActivationQuant::Q8`] does not apply to it); longer inputs, and rows wider than about 10,000
     ///   columns, dequantize it and call cuBLAS.
-    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at about 55 % (Q4_1) and 66 % (Q8_0) of
-    ///   copy bandwidth this way, against 41 % and 56 % in the ggml rows (`docs/benchmarks-gpu.md`).
-    /// - [`QWeight::device_blocks`] is `None` in this layout: code that reads the ggml rows on the device (the fused
-    ///   decode kernels of `effllm-model`) needs [`DeviceLayout::Rows`].
+    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 51-52.5 % (Q4_1) and 65-66 % (Q8_0) of
+    ///   copy bandwidth this way, against 41-42 % and 56 % in the ggml rows (`docs/benchmarks-gpu.md`).
+    /// - [`QWeight::device_blocks`] is `None` in this layout, so code that reads the ggml rows on the device does
+    ///   not apply: a model of `effllm-model` with such a weight loses its fused decode step (its kernels read ggml
+    ///   rows) and runs op by op, which is slower. Keep model weights in [`DeviceLayout::Rows`].
+    /// - [`QWeight::to_device`] to another CUDA device keeps the layout; to the CPU it drops the device copy.
     ///
     /// On the CPU it returns the weight unchanged (the CPU kernels read the host rows).
     ///
@@ -113,7 +115,8 @@ impl QWeight {
         &self.matrix
     }
 
-    /// The same weight with its blocks on `device` (uploaded once; the host copy stays shared).
+    /// The same weight with its blocks on `device` (uploaded once; the host copy stays shared). A weight in the
+    /// [`DeviceLayout::GemvTiles`] layout keeps it on another CUDA device.
     pub fn to_device(&self, device: &Device) -> Result<QWeight> {
         if self.device() == *device {
             return Ok(self.clone());
@@ -126,12 +129,16 @@ impl QWeight {
                 Some(Tensor::from_vec(bytes, &[n], device)?)
             }
         };
-        Ok(QWeight {
+        let moved = QWeight {
             matrix: self.matrix.clone(),
             device_blocks,
             layout: DeviceLayout::Rows,
             activation: self.activation,
-        })
+        };
+        match self.layout {
+            DeviceLayout::GemvTiles => moved.with_gemv_layout(),
+            DeviceLayout::Rows => Ok(moved),
+        }
     }
 }
 
@@ -199,6 +206,10 @@ impl Tensor {
         let mut shape = self.shape().to_vec();
         let last = shape.len() - 1;
         shape[last] = n;
+        if k == 0 {
+            // A product over an empty inner dimension: zeros.
+            return Tensor::zeros(&shape, self.dtype(), &self.device());
+        }
         #[cfg(feature = "cuda")]
         if let Some(blocks) = &w.device_blocks {
             let y = match w.layout {
