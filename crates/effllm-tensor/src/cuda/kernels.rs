@@ -1289,30 +1289,35 @@ template <int TY> __device__ __forceinline__ float qt_block(const QtStep<TY>& t,
     acc = fmaf(f16_to_f32((u16)(t.h & 0xffffu)), a + b, acc);
     return TY == 1 ? fmaf(f16_to_f32((u16)(t.h >> 16)), tb[8].x, acc) : acc;
 }
-// The CTA's activation table for one row x of nb blocks (nbp ≥ nb, padded with zeros). Warp w takes blocks w,
-// w + warps, ...: first max|x| per block by shuffles; after a barrier e (the exponent of max|x|; fmaxf skips NaN);
-// then per block the sum term from Σ x·2^(−e) (each term scaled by a power of two first, so no block sum can overflow
-// and subnormal activations keep their bits; a fixed shuffle order): 2^(−49)·Σ x·2^(−e) (Q4_1), −8·2^(−49)·Σ (Q4_0)
-// or −128·2^(−49)·Σ (Q8_0); and per block 8 float4s of activations pre-scaled by 2^(100−e−p) (p: the bit position of
-// the weight's quant in its word after masking).
+// The CTA's activation table for one row x of nb blocks (nbp ≥ nb, padded with zeros), from one pass over x: warp w
+// takes blocks w, w + warps, ...: the block's max|x| (its exponent eb) and Σ x·2^(−eb) by shuffles in a fixed order
+// (each term scaled by a power of two first: no block sum can overflow, and subnormal activations keep their bits).
+// After a barrier: e, the exponent of max|x| (fmaxf skips NaN); per block the sum term 2^(−49−e)·Σx (Q4_1),
+// −8·2^(−49−e)·Σx (Q4_0) or −128·2^(−49−e)·Σx (Q8_0); and 8 float4s of activations pre-scaled by 2^(100−e−p) (p:
+// the bit position of the weight's quant in its word after masking).
 template <int TY> __device__ __forceinline__ int qt_table(const float* __restrict__ x, int nb, int nbp, float4* tab, float* bmax) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float* bsum = bmax + nbp;
     for (int b = warp; b < nb; b += warps) {
-        const float m = warp_max(fabsf(x[b * 32 + lane]));
-        if (lane == 0) bmax[b] = m;
+        const float v = x[b * 32 + lane], m = warp_max(fabsf(v));
+        float s = mul_pow2(v, -scale_exponent(m));
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) { bmax[b] = m; bsum[b] = s; }
     }
     __syncthreads();
     float mx = 0.f;
     for (int b = 0; b < nb; ++b) mx = fmaxf(mx, bmax[b]);
     const int e = scale_exponent(mx);
-    for (int b = warp; b < nbp; b += warps) {
-        float v = b < nb ? mul_pow2(x[b * 32 + lane], -e) : 0.f;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) tab[b * 9 + 8] = make_float4(TY == 1 ? v * 0x1p-49f : -v * (TY == 0 ? 0x1p-46f : 0x1p-42f), 0.f, 0.f, 0.f);
-    }
-    for (int t = threadIdx.x; t < nbp * 8; t += blockDim.x) {
-        const int b = t >> 3, i = t & 7;
+    for (int t = threadIdx.x; t < nbp * 9; t += blockDim.x) {
+        const int b = t / 9, i = t - 9 * b;
+        if (i == 8) {
+            // Below 2^−252 the term is zero in f32 anyway: the clamp keeps mul_pow2 within its range.
+            const int a = b < nb ? scale_exponent(bmax[b]) - e + (TY == 1 ? -49 : TY == 0 ? -46 : -42) : 0;
+            const float s = b < nb ? mul_pow2(TY == 1 ? bsum[b] : -bsum[b], a < -252 ? -252 : a) : 0.f;
+            tab[t] = make_float4(s, 0.f, 0.f, 0.f);
+            continue;
+        }
         const float* xb = x + b * 32;
         int idx[4], p[4];
         if (TY == 2) {
@@ -1327,7 +1332,7 @@ template <int TY> __device__ __forceinline__ int qt_table(const float* __restric
         float v[4];
         #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = b < nb ? mul_pow2(xb[idx[j]], 100 - e - p[j]) : 0.f;
-        tab[b * 9 + i] = make_float4(v[0], v[1], v[2], v[3]);
+        tab[t] = make_float4(v[0], v[1], v[2], v[3]);
     }
     __syncthreads();
     return e;

@@ -1073,8 +1073,8 @@ pub(crate) fn qlinear_tiles(
     // words are aligned.
     let wv = view(tiles);
     let steps = (k / 32).div_ceil(2);
-    // The table: 9 float4s per (padded) block, then the blocks' max|x|.
-    let smem = 4 * 37 * 2 * steps;
+    // The table: 9 float4s per (padded) block, then the blocks' max|x| and scaled Σx.
+    let smem = 4 * 38 * 2 * steps;
     if m <= crate::SKINNY_MAX_ROWS && smem <= QGEMV_Q8A_MAX_SMEM && n < 1 << 30 && k < 1 << 30 {
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {
