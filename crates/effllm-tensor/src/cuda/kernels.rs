@@ -1342,8 +1342,8 @@ template <int TY> __device__ __forceinline__ int qt_table(const float* __restric
 // table is built (they do not depend on x). STEPS = 0: any row length, chunks of 3 steps (Q8_0: 2) double-buffered
 // (the next chunk's loads issued before this chunk's arithmetic). STEPS > 0: rows of exactly that many steps
 // (SmolLM2's 576 and 1536 columns), fully unrolled, each step's loads issued D steps ahead: about 5 % (Q4_1) to 5-8 %
-// (Q8_0) faster on the LM head. On an H100 the Q4_1 LM head streams through `linear_q` at 51-52.5 % of copy
-// bandwidth and Q8_0 at 65-66 %, against 41-42 % and 56 % for the single-row kernels on ggml rows
+// (Q8_0) faster on the LM head. On an H100 the Q4_1 LM head streams through `linear_q` at 50-52.5 % of copy
+// bandwidth and Q8_0 at 64-66 %, against 41-42 % and 56 % for the single-row kernels on ggml rows
 // (`docs/benchmarks-gpu.md`).
 template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n, int k) {
     extern __shared__ __align__(16) float qt_smem[];

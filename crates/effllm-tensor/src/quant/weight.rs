@@ -88,7 +88,7 @@ impl QWeight {
     /// - Up to [`crate::SKINNY_MAX_ROWS`] activation rows take a GEMV kernel made for the layout (f32 activations
     ///   always: [`ActivationQuant::Q8`] does not apply to it); longer inputs, and rows wider than about 10,000
     ///   columns, dequantize it and call cuBLAS.
-    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 51-52.5 % (Q4_1) and 65-66 % (Q8_0) of
+    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 50-52.5 % (Q4_1) and 64-66 % (Q8_0) of
     ///   copy bandwidth this way, against 41-42 % and 56 % in the ggml rows (`docs/benchmarks-gpu.md`).
     /// - [`QWeight::device_blocks`] is `None` in this layout, so code that reads the ggml rows on the device does
     ///   not apply: a model of `effllm-model` with such a weight loses its fused decode step (its kernels read ggml
