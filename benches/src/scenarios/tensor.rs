@@ -2,7 +2,7 @@
 
 use std::hint::black_box;
 
-use effllm_tensor::quant::{ActivationQuant, KernelPath, QMatrix, QuantType};
+use effllm_tensor::quant::{ActivationQuant, KernelPath, QMatrix, QWeight, QuantType};
 use effllm_tensor::{AttentionMask, Device, Tensor};
 
 use super::{Residency, RoundRobin, tensor_copies};
@@ -109,6 +109,9 @@ pub enum GemvVariant {
     Fused(QuantType, ActivationQuant),
     /// `QMatrix::dequantize` to f32, then `Tensor::linear`, every call (the naive baseline).
     Dequant(QuantType),
+    /// `Tensor::linear_q` on a `QWeight` in the GEMV layout (`QWeight::with_gemv_layout`: on the CPU, Q4_1 rows with
+    /// their scales split from the quants where the AVX-512 kernels run), f32 activations.
+    GemvLayout(QuantType),
 }
 
 impl GemvVariant {
@@ -119,6 +122,7 @@ impl GemvVariant {
         let mut v = vec![
             GemvVariant::F32,
             GemvVariant::Fused(Q4_1, A32),
+            GemvVariant::GemvLayout(Q4_1),
             GemvVariant::Fused(Q8_0, A32),
             GemvVariant::Fused(Q4_1, Q8),
             GemvVariant::Fused(Q8_0, Q8),
@@ -138,6 +142,7 @@ impl GemvVariant {
             GemvVariant::Fused(t, ActivationQuant::F32) => format!("{t} fused"),
             GemvVariant::Fused(t, ActivationQuant::Q8) => format!("{t} fused, q8 act"),
             GemvVariant::Dequant(t) => format!("{t} dequant+f32"),
+            GemvVariant::GemvLayout(t) => format!("{t} fused, GEMV layout"),
         }
     }
 
@@ -145,7 +150,7 @@ impl GemvVariant {
     pub fn weight_bytes(self, s: &GemvShape) -> usize {
         match self {
             GemvVariant::F32 => 4 * s.weights(),
-            GemvVariant::Fused(t, _) | GemvVariant::Dequant(t) => {
+            GemvVariant::Fused(t, _) | GemvVariant::Dequant(t) | GemvVariant::GemvLayout(t) => {
                 s.weights() / QuantType::BLOCK_ELEMS * t.block_bytes()
             }
         }
@@ -179,6 +184,16 @@ pub fn gemv_case(s: &GemvShape, v: GemvVariant, res: Residency, w: &[f32]) -> Re
             Box::new(move || {
                 black_box(qs[rr.next()].gemv_with(&x, &mut y, KernelPath::Auto, act).ok());
                 black_box(&y);
+            })
+        }
+        GemvVariant::GemvLayout(ty) => {
+            let qs = inputs::qmatrix_copies(&inputs::gemv_qweights(s, ty, w), copies);
+            let ws: Vec<QWeight> =
+                qs.into_iter().map(|q| QWeight::new(q).with_gemv_layout()).collect::<std::result::Result<_, _>>()?;
+            let xt = Tensor::from_vec(x, &[1, k], &Device::Cpu)?;
+            xt.linear_q(&ws[0])?;
+            Box::new(move || {
+                black_box(xt.linear_q(&ws[rr.next()]).ok());
             })
         }
         GemvVariant::Dequant(ty) => {
@@ -274,7 +289,11 @@ impl Scenario for Gemv {
                     series[vi].points.push((si as f64, gbs));
                     let is_target = res == Residency::Streamed
                         && s.name == "lm_head"
-                        && matches!(v, GemvVariant::Fused(QuantType::Q4_1 | QuantType::Q8_0, ActivationQuant::F32));
+                        && matches!(
+                            v,
+                            GemvVariant::Fused(QuantType::Q4_1 | QuantType::Q8_0, ActivationQuant::F32)
+                                | GemvVariant::GemvLayout(QuantType::Q4_1)
+                        );
                     if is_target {
                         report.targets.push(Target {
                             what: format!("{} GEMV {} (lm_head, streamed) vs the read ceiling", v.label(), s.label()),

@@ -563,7 +563,7 @@ fn single_row_gemvs_are_exact_to_f32_at_any_activation_scale() {
 /// f32), `to_device` keeps it, `with_device_blocks` returns to the ggml rows.
 #[test]
 fn gemv_tile_layout_matches_the_reference() {
-    use effllm_tensor::quant::{ActivationQuant, DeviceLayout, QMatrix, QWeight, QuantType};
+    use effllm_tensor::quant::{ActivationQuant, BlockLayout, QMatrix, QWeight, QuantType};
     if !gpu() {
         return;
     }
@@ -585,7 +585,7 @@ fn gemv_tile_layout_matches_the_reference() {
             let wf = qm.dequantize();
             let rows = QWeight::new(qm).to_device(&GPU).unwrap();
             let wd = rows.with_gemv_layout().unwrap();
-            assert_eq!(wd.device_layout(), DeviceLayout::GemvTiles);
+            assert_eq!(wd.block_layout(), BlockLayout::Gemv);
             assert!(wd.device_blocks().is_none() && rows.device_blocks().is_some());
             for m in [1usize, 3, 8, 9] {
                 let base = Tensor::randn(&[m, k], DType::F32, &Device::Cpu, &CounterRng::new(6, k as u64), 0, 0.0, 1.0)
@@ -626,9 +626,9 @@ fn gemv_tile_layout_matches_the_reference() {
             let f32_acts = x.linear_q(&wd).unwrap().to_vec::<f32>().unwrap();
             let q8 = wd.clone().with_activation_quant(ActivationQuant::Q8);
             assert_eq!(x.linear_q(&q8).unwrap().to_vec::<f32>().unwrap(), f32_acts, "{ty:?} {n}x{k}: Q8 acts on tiles");
-            assert_eq!(wd.to_device(&GPU).unwrap().device_layout(), DeviceLayout::GemvTiles);
+            assert_eq!(wd.to_device(&GPU).unwrap().block_layout(), BlockLayout::Gemv);
             let back = wd.with_device_blocks(rows.device_blocks().unwrap().clone()).unwrap();
-            assert_eq!(back.device_layout(), DeviceLayout::Rows);
+            assert_eq!(back.block_layout(), BlockLayout::Rows);
         }
     }
 }

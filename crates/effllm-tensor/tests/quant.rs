@@ -835,3 +835,46 @@ fn linear_q_over_zero_columns_is_zeros() {
     assert_eq!(y.shape(), &[2, 3]);
     assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.0; 6]);
 }
+
+/// `QWeight::with_gemv_layout` on the CPU: the layout is recorded; one f32 activation row of a Q4_1 weight takes the
+/// split-scale copy where the AVX-512 kernels run, within f32 summation error of the ggml rows and of the f64
+/// reference; more rows, Q8 activations and the other formats give exactly the ggml rows' results.
+#[test]
+fn cpu_gemv_layout_matches_the_rows() {
+    use effllm_tensor::quant::BlockLayout;
+    for ty in [QuantType::Q4_1, QuantType::Q8_0, QuantType::Q4_0] {
+        let (n, k) = (203, 640);
+        let rows = QWeight::new(QMatrix::quantize(ty, n, k, &noise(n * k, 21)).unwrap());
+        let gemv = rows.with_gemv_layout().unwrap();
+        assert_eq!(gemv.block_layout(), BlockLayout::Gemv);
+        assert_eq!(rows.block_layout(), BlockLayout::Rows);
+        let wd = rows.matrix().dequantize();
+        let x1 = Tensor::from_vec(noise(k, 22), &[1, k], &Device::Cpu).unwrap();
+        let (a, b) = (
+            x1.linear_q(&rows).unwrap().to_vec::<f32>().unwrap(),
+            x1.linear_q(&gemv).unwrap().to_vec::<f32>().unwrap(),
+        );
+        let xv = x1.to_vec::<f32>().unwrap();
+        for r in 0..n {
+            let want: f64 = (0..k).map(|c| wd[r * k + c] as f64 * xv[c] as f64).sum();
+            let tol = 1e-5 * (1.0 + want.abs());
+            assert!((b[r] as f64 - want).abs() <= tol && (a[r] - b[r]).abs() as f64 <= 2.0 * tol, "{ty:?} row {r}");
+        }
+        let x3 = Tensor::from_vec(noise(3 * k, 23), &[3, k], &Device::Cpu).unwrap();
+        assert_eq!(
+            x3.linear_q(&rows).unwrap().to_vec::<f32>().unwrap(),
+            x3.linear_q(&gemv).unwrap().to_vec::<f32>().unwrap()
+        );
+        let q8 = (
+            rows.clone().with_activation_quant(ActivationQuant::Q8),
+            gemv.clone().with_activation_quant(ActivationQuant::Q8),
+        );
+        assert_eq!(
+            x1.linear_q(&q8.0).unwrap().to_vec::<f32>().unwrap(),
+            x1.linear_q(&q8.1).unwrap().to_vec::<f32>().unwrap()
+        );
+        if ty != QuantType::Q4_1 {
+            assert_eq!(a, b, "{ty:?}: no split layout, the ggml rows");
+        }
+    }
+}

@@ -97,6 +97,7 @@ mod fuzz;
 mod kernels;
 mod matrix;
 pub mod reference;
+mod split;
 pub mod tiles;
 mod weight;
 
@@ -104,7 +105,7 @@ pub use blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, dequantize_row, qua
 #[doc(hidden)]
 pub use fuzz::fuzz_dequantize;
 pub use matrix::QMatrix;
-pub use weight::{DeviceLayout, QWeight};
+pub use weight::{BlockLayout, QWeight};
 
 /// A ggml block-quantised weight format.
 #[allow(non_camel_case_types)]

@@ -85,14 +85,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// On the CPU the layout does not apply: the weight keeps its host rows.
-    #[test]
-    fn cpu_weights_keep_the_rows_layout() {
-        let m = QMatrix::quantize(QuantType::Q4_1, 3, 64, &[0.25f32; 192]).unwrap();
-        let w = super::super::QWeight::new(m).with_gemv_layout().unwrap();
-        assert_eq!(w.device_layout(), super::super::DeviceLayout::Rows);
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// The layout holds every block's bytes exactly once: untiling gives the ggml bytes back, and every byte

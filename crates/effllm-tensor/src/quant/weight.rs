@@ -11,26 +11,35 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub struct QWeight {
     matrix: QMatrix,
     device_blocks: Option<Tensor>,
-    layout: DeviceLayout,
+    /// The CPU GEMV layout's copy (Q4_1 with the AVX-512 kernels), when asked for.
+    host_split: Option<std::sync::Arc<super::split::SplitQ4_1>>,
+    layout: BlockLayout,
     activation: ActivationQuant,
 }
 
-/// How a [`QWeight`]'s device copy lays out its blocks.
+/// How a [`QWeight`]'s kernels read its blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DeviceLayout {
-    /// The ggml bytes unchanged: rows of blocks in order (what [`QWeight::to_device`] uploads, and what the fused
-    /// decode kernels and [`QWeight::device_blocks`] read).
+pub enum BlockLayout {
+    /// The ggml bytes unchanged: rows of blocks in order (the host matrix; what [`QWeight::to_device`] uploads, and
+    /// what the fused decode kernels and [`QWeight::device_blocks`] read).
     #[default]
     Rows,
-    /// The [GEMV tile layout](super::tiles) (see [`QWeight::with_gemv_layout`]): the same blocks regrouped so that
-    /// a one-row GEMV reads them with fully coalesced 16-byte loads.
-    GemvTiles,
+    /// A layout for one-row GEMVs (see [`QWeight::with_gemv_layout`]): on CUDA the [tile layout](super::tiles)
+    /// replaces the device rows; on the CPU a Q4_1 matrix gets a copy with each row's scales split from its quants
+    /// (where the AVX-512 kernels run; otherwise the CPU reads the ggml rows).
+    Gemv,
 }
 
 impl QWeight {
     /// A CPU weight over `matrix`.
     pub fn new(matrix: QMatrix) -> QWeight {
-        QWeight { matrix, device_blocks: None, layout: DeviceLayout::Rows, activation: ActivationQuant::F32 }
+        QWeight {
+            matrix,
+            device_blocks: None,
+            host_split: None,
+            layout: BlockLayout::Rows,
+            activation: ActivationQuant::F32,
+        }
     }
 
     /// The same weight, multiplied with activations treated as `act`: [`ActivationQuant::Q8`] quantises each
@@ -68,23 +77,25 @@ impl QWeight {
     }
 
     /// The device copy of the blocks (a contiguous u8 tensor of the matrix's bytes, rows of blocks in order), or
-    /// `None` on the CPU or in the [`DeviceLayout::GemvTiles`] layout: what a technique's own CUDA kernel passes to
+    /// `None` on the CPU or in the [`BlockLayout::Gemv`] layout: what a technique's own CUDA kernel passes to
     /// read the blocks directly.
     pub fn device_blocks(&self) -> Option<&Tensor> {
-        self.device_blocks.as_ref().filter(|_| self.layout == DeviceLayout::Rows)
+        self.device_blocks.as_ref().filter(|_| self.layout == BlockLayout::Rows)
     }
 
-    /// How the device copy lays out the blocks ([`DeviceLayout::Rows`] on the CPU).
-    pub fn device_layout(&self) -> DeviceLayout {
+    /// The layout the weight's kernels read ([`BlockLayout::Rows`] unless [`QWeight::with_gemv_layout`] asked for
+    /// [`BlockLayout::Gemv`]).
+    pub fn block_layout(&self) -> BlockLayout {
         self.layout
     }
 
-    /// The same weight with its device copy regrouped into the [GEMV tile layout](super::tiles), for a large matrix
-    /// that your own code multiplies through [`Tensor::linear_q`] one activation row at a time (an LM head in a
-    /// hand-written decode loop). The copy replaces the ggml rows (the same bytes regrouped, padded to whole tiles
-    /// of 16 rows and an even number of blocks per row: no second copy), and `linear_q` then reads it with every
-    /// warp load one contiguous 512-byte span.
+    /// The same weight laid out for one-row GEMVs ([`BlockLayout::Gemv`]): for a large matrix that is multiplied
+    /// through [`Tensor::linear_q`] one activation row at a time, such as an LM head in decode. The bytes of every
+    /// block stay the ggml bytes, only placed elsewhere.
     ///
+    /// **On CUDA** the device copy is regrouped into the [tile layout](super::tiles), which replaces the ggml rows
+    /// (padded to whole tiles of 16 rows and an even number of blocks per row; no second copy). `linear_q` then
+    /// reads it with every warp load one contiguous 512-byte span.
     /// - Up to [`crate::SKINNY_MAX_ROWS`] activation rows take a GEMV kernel made for the layout (f32 activations
     ///   always: [`ActivationQuant::Q8`] does not apply to it); longer inputs, and rows wider than about 10,000
     ///   columns, dequantize it and call cuBLAS.
@@ -92,22 +103,30 @@ impl QWeight {
     ///   copy bandwidth this way, against 41-42 % and 56 % in the ggml rows (`docs/benchmarks-gpu.md`).
     /// - [`QWeight::device_blocks`] is `None` in this layout, so code that reads the ggml rows on the device does
     ///   not apply: a model of `effllm-model` with such a weight loses its fused decode step (its kernels read ggml
-    ///   rows) and runs op by op, which is slower. Keep model weights in [`DeviceLayout::Rows`].
-    /// - [`QWeight::to_device`] to another CUDA device keeps the layout; to the CPU it drops the device copy.
+    ///   rows) and runs op by op, which is slower. Keep a CUDA model's weights in [`BlockLayout::Rows`].
     ///
-    /// On the CPU it returns the weight unchanged (the CPU kernels read the host rows).
+    /// **On the CPU** a Q4_1 weight gets a second host copy with each row's f16 scales split from its quants, where
+    /// the AVX-512 kernels run. `linear_q` reads that copy for one f32 activation row; the ggml matrix stays for
+    /// everything else (more rows, Q8 activations, embedding lookups). On the Xeon slice of `docs/benchmarks.md` the
+    /// SmolLM2 LM head streams about a quarter to a third faster this way. Other formats and CPUs read the ggml rows
+    /// as before.
+    ///
+    /// [`QWeight::to_device`] keeps the layout (built anew for the new device).
     ///
     /// # Errors
     /// Allocation or copy failures on the device.
     pub fn with_gemv_layout(&self) -> Result<QWeight> {
-        let Some(blocks) = &self.device_blocks else { return Ok(self.clone()) };
-        if self.layout == DeviceLayout::GemvTiles {
+        if self.layout == BlockLayout::Gemv {
             return Ok(self.clone());
         }
+        let Some(blocks) = &self.device_blocks else {
+            let host_split = super::split::SplitQ4_1::new(&self.matrix).map(std::sync::Arc::new);
+            return Ok(QWeight { host_split, layout: BlockLayout::Gemv, ..self.clone() });
+        };
         let tiled = super::tiles::gemv_tiles(&self.matrix);
         let n = tiled.len();
         let device_blocks = Some(Tensor::from_vec(tiled, &[n], &blocks.device())?);
-        Ok(QWeight { device_blocks, layout: DeviceLayout::GemvTiles, ..self.clone() })
+        Ok(QWeight { device_blocks, layout: BlockLayout::Gemv, ..self.clone() })
     }
 
     /// The host copy of the blocks.
@@ -116,7 +135,7 @@ impl QWeight {
     }
 
     /// The same weight with its blocks on `device` (uploaded once; the host copy stays shared). A weight in the
-    /// [`DeviceLayout::GemvTiles`] layout keeps it on another CUDA device.
+    /// [`BlockLayout::Gemv`] layout keeps it on another CUDA device.
     pub fn to_device(&self, device: &Device) -> Result<QWeight> {
         if self.device() == *device {
             return Ok(self.clone());
@@ -132,12 +151,13 @@ impl QWeight {
         let moved = QWeight {
             matrix: self.matrix.clone(),
             device_blocks,
-            layout: DeviceLayout::Rows,
+            host_split: None,
+            layout: BlockLayout::Rows,
             activation: self.activation,
         };
         match self.layout {
-            DeviceLayout::GemvTiles => moved.with_gemv_layout(),
-            DeviceLayout::Rows => Ok(moved),
+            BlockLayout::Gemv => moved.with_gemv_layout(),
+            BlockLayout::Rows => Ok(moved),
         }
     }
 }
@@ -170,7 +190,8 @@ impl QWeight {
         Ok(QWeight {
             matrix: self.matrix.clone(),
             device_blocks: Some(blocks),
-            layout: DeviceLayout::Rows,
+            host_split: None,
+            layout: BlockLayout::Rows,
             activation: self.activation,
         })
     }
@@ -213,14 +234,17 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if let Some(blocks) = &w.device_blocks {
             let y = match w.layout {
-                DeviceLayout::Rows => crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k, w.activation)?,
-                DeviceLayout::GemvTiles => crate::cuda::ops::qlinear_tiles(self, blocks, w.quant_type(), n, k)?,
+                BlockLayout::Rows => crate::cuda::ops::qlinear(self, blocks, w.quant_type(), n, k, w.activation)?,
+                BlockLayout::Gemv => crate::cuda::ops::qlinear_tiles(self, blocks, w.quant_type(), n, k)?,
             };
             return y.reshape(&shape)?.to_dtype(self.dtype());
         }
         let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
         let mut y = vec![0f32; m * n];
-        w.matrix.matmul_t_with(&x, m, &mut y, KernelPath::Auto, w.activation)?;
+        match &w.host_split {
+            Some(split) if m == 1 && w.activation == ActivationQuant::F32 => split.gemv(&x, &mut y),
+            _ => w.matrix.matmul_t_with(&x, m, &mut y, KernelPath::Auto, w.activation)?,
+        }
         Tensor::from_vec(y, &shape, &Device::Cpu)?.to_dtype(self.dtype())
     }
 
