@@ -109,8 +109,8 @@ pub enum GemvVariant {
     Fused(QuantType, ActivationQuant),
     /// `QMatrix::dequantize` to f32, then `Tensor::linear`, every call (the naive baseline).
     Dequant(QuantType),
-    /// `Tensor::linear_q` on a `QWeight` in the GEMV layout (`QWeight::with_gemv_layout`: on the CPU, Q4_1 rows with
-    /// their scales split from the quants where the AVX-512 kernels run), f32 activations.
+    /// `Tensor::linear_q` on a `QWeight` in the GEMV layout (`QWeight::with_gemv_layout`: on the CPU, Q4_1 / Q8_0
+    /// rows with their scales split from the quants where the AVX-512 kernels run), f32 activations.
     GemvLayout(QuantType),
 }
 
@@ -124,6 +124,7 @@ impl GemvVariant {
             GemvVariant::Fused(Q4_1, A32),
             GemvVariant::GemvLayout(Q4_1),
             GemvVariant::Fused(Q8_0, A32),
+            GemvVariant::GemvLayout(Q8_0),
             GemvVariant::Fused(Q4_1, Q8),
             GemvVariant::Fused(Q8_0, Q8),
             GemvVariant::Dequant(Q4_1),
@@ -292,7 +293,7 @@ impl Scenario for Gemv {
                         && matches!(
                             v,
                             GemvVariant::Fused(QuantType::Q4_1 | QuantType::Q8_0, ActivationQuant::F32)
-                                | GemvVariant::GemvLayout(QuantType::Q4_1)
+                                | GemvVariant::GemvLayout(QuantType::Q4_1 | QuantType::Q8_0)
                         );
                     if is_target {
                         report.targets.push(Target {

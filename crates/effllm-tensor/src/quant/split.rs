@@ -1,12 +1,13 @@
-//! The CPU GEMV layout of Q4_1: each row's quant bytes first, then its `d` scales, then its `m` offsets (all f16,
-//! in block order), the row's bytes otherwise unchanged and the row stride the same as ggml's. Built by
-//! [`QWeight::with_gemv_layout`](super::QWeight::with_gemv_layout) on the CPU when the AVX-512 kernels run.
+//! The CPU GEMV layout of Q4_1 and Q8_0: each row's quant bytes first, then its `d` scales (f16, in block order),
+//! then for Q4_1 its `m` offsets; the row's bytes otherwise unchanged and the row stride the same as ggml's. Built
+//! by [`QWeight::with_gemv_layout`](super::QWeight::with_gemv_layout) on the CPU when the AVX-512 kernels run.
 //!
-//! In ggml's layout every 20-byte block starts with its two f16 values, so a kernel converts and broadcasts them
-//! block by block (on the AVX-512 path: a conversion, a broadcast, a lane extract and a scalar multiply-add per block
-//! and row, most of them on the one shuffle port). With the scales split out, 16 blocks' scales convert in one
-//! instruction, each `d` reaches its FMA as a broadcast load (a load port, no shuffle), and the `m·Σx` term of 16
-//! blocks is one vector FMA. On the Xeon slice of `docs/benchmarks.md` the SmolLM2 LM head streams 22-37 % faster.
+//! In ggml's layout every block starts with its f16 values, so a kernel converts and broadcasts them block by block
+//! (on the AVX-512 path: a conversion and a broadcast per block and row, for Q4_1 also a lane extract and a scalar
+//! multiply-add, most of them on the one shuffle port). With the scales split out, 16 blocks' scales convert in one
+//! instruction, each `d` reaches its FMA as a broadcast load (a load port, no shuffle), and Q4_1's `m·Σx` term of 16
+//! blocks is one vector FMA. On the Xeon slice of `docs/benchmarks.md` the SmolLM2 LM head streams about a quarter
+//! faster in Q4_1.
 
 use rayon::prelude::*;
 
@@ -30,50 +31,60 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// A Q4_1 matrix in the split layout.
+/// A Q4_1 or Q8_0 matrix in the split layout.
 #[derive(Debug)]
-pub(crate) struct SplitQ4_1 {
+pub(crate) struct SplitRows {
+    ty: QuantType,
     n_rows: usize,
     n_cols: usize,
     bytes: Vec<u8>,
 }
 
-impl SplitQ4_1 {
-    /// The split layout of `m`, or `None` where it does not apply: other formats, or a CPU without the AVX-512
-    /// kernels (`Isa::detect`; the layout has no AVX2 or scalar kernel, and the ggml rows serve those).
-    pub(crate) fn new(m: &QMatrix) -> Option<SplitQ4_1> {
+/// (offset in the ggml block, offset in the split row, length) of each piece of block `b` of a row of `nb` blocks.
+fn pieces(ty: QuantType, nb: usize, b: usize) -> [(usize, usize, usize); 3] {
+    match ty {
+        QuantType::Q4_1 => [(4, 16 * b, 16), (0, 16 * nb + 2 * b, 2), (2, 18 * nb + 2 * b, 2)],
+        _ => [(2, 32 * b, 32), (0, 32 * nb + 2 * b, 2), (0, 0, 0)],
+    }
+}
+
+impl SplitRows {
+    /// The split layout of `m`, or `None` where it does not apply: Q4_0, or a CPU without the AVX-512 kernels
+    /// (`Isa::detect`; the layout has no AVX2 or scalar kernel, and the ggml rows serve those).
+    pub(crate) fn new(m: &QMatrix) -> Option<SplitRows> {
         let isa = super::kernels::Isa::detect() == super::kernels::Isa::Avx512;
-        (m.quant_type() == QuantType::Q4_1 && isa && available()).then(|| Self::from_matrix(m))
+        let ty = matches!(m.quant_type(), QuantType::Q4_1 | QuantType::Q8_0);
+        (ty && isa && available()).then(|| Self::from_matrix(m))
     }
 
-    /// The layout itself, whatever the CPU (for tests).
-    pub(crate) fn from_matrix(m: &QMatrix) -> SplitQ4_1 {
-        let (n, k) = (m.n_rows(), m.n_cols());
-        let nb = k / 32;
-        let rb = 20 * nb;
-        let src = m.as_bytes();
+    /// The layout itself, whatever the CPU (for tests). Q4_1 or Q8_0 only.
+    pub(crate) fn from_matrix(m: &QMatrix) -> SplitRows {
+        let (ty, n, k) = (m.quant_type(), m.n_rows(), m.n_cols());
+        assert!(ty != QuantType::Q4_0, "no split layout for Q4_0");
+        let (nb, bsz) = (k / 32, ty.block_bytes());
+        let rb = bsz * nb;
         let mut bytes = vec![0u8; n * rb];
-        for (s, d) in src.chunks_exact(rb.max(1)).zip(bytes.chunks_exact_mut(rb.max(1))) {
-            for (b, blk) in s.chunks_exact(20).enumerate() {
-                d[16 * b..16 * b + 16].copy_from_slice(&blk[4..20]);
-                d[16 * nb + 2 * b..16 * nb + 2 * b + 2].copy_from_slice(&blk[0..2]);
-                d[18 * nb + 2 * b..18 * nb + 2 * b + 2].copy_from_slice(&blk[2..4]);
+        for (s, d) in m.as_bytes().chunks_exact(rb.max(1)).zip(bytes.chunks_exact_mut(rb.max(1))) {
+            for (b, blk) in s.chunks_exact(bsz).enumerate() {
+                for (from, to, len) in pieces(ty, nb, b) {
+                    d[to..to + len].copy_from_slice(&blk[from..from + len]);
+                }
             }
         }
-        SplitQ4_1 { n_rows: n, n_cols: k, bytes }
+        SplitRows { ty, n_rows: n, n_cols: k, bytes }
     }
 
     /// The ggml bytes back (for tests).
     #[cfg(test)]
     pub(crate) fn to_ggml(&self) -> Vec<u8> {
-        let nb = self.n_cols / 32;
-        let rb = 20 * nb;
+        let (nb, bsz) = (self.n_cols / 32, self.ty.block_bytes());
+        let rb = bsz * nb;
         let mut out = vec![0u8; self.bytes.len()];
         for (s, d) in self.bytes.chunks_exact(rb.max(1)).zip(out.chunks_exact_mut(rb.max(1))) {
-            for (b, blk) in d.chunks_exact_mut(20).enumerate() {
-                blk[4..20].copy_from_slice(&s[16 * b..16 * b + 16]);
-                blk[0..2].copy_from_slice(&s[16 * nb + 2 * b..16 * nb + 2 * b + 2]);
-                blk[2..4].copy_from_slice(&s[18 * nb + 2 * b..18 * nb + 2 * b + 2]);
+            for (b, blk) in d.chunks_exact_mut(bsz).enumerate() {
+                for (from, to, len) in pieces(self.ty, nb, b) {
+                    blk[from..from + len].copy_from_slice(&s[to..to + len]);
+                }
             }
         }
         out
@@ -85,10 +96,11 @@ impl SplitQ4_1 {
     /// Panics (an internal invariant: `linear_q` checks the shapes) if `x` or `y` has the wrong length, or if the
     /// layout was built without the AVX-512 kernels being available.
     pub(crate) fn gemv(&self, x: &[f32], y: &mut [f32]) {
-        assert!(x.len() == self.n_cols && y.len() == self.n_rows, "SplitQ4_1::gemv: shapes");
-        assert!(available(), "SplitQ4_1 without AVX-512");
+        assert!(x.len() == self.n_cols && y.len() == self.n_rows, "SplitRows::gemv: shapes");
+        assert!(available(), "SplitRows without AVX-512");
         let nb = self.n_cols / 32;
-        let rb = 20 * nb;
+        let rb = self.ty.block_bytes() * nb;
+        let q8 = self.ty == QuantType::Q8_0;
         if self.n_rows == 0 {
             return;
         }
@@ -107,11 +119,15 @@ impl SplitQ4_1 {
             for (g, o) in (&mut groups).zip(&mut outs) {
                 let r4 = [&g[..rb], &g[rb..2 * rb], &g[2 * rb..3 * rb], &g[3 * rb..]];
                 // SAFETY: `available()` asserted above.
-                o.copy_from_slice(&unsafe { kernel::dot4(r4, nb, ahead, xb, &sums) });
+                o.copy_from_slice(&unsafe {
+                    if q8 { kernel::dot4_q8_0(r4, nb, ahead, xb) } else { kernel::dot4(r4, nb, ahead, xb, &sums) }
+                });
             }
             for (r, o) in groups.remainder().chunks_exact(rb).zip(outs.into_remainder()) {
                 // SAFETY: as above. The one row four times (its first result kept).
-                *o = unsafe { kernel::dot4([r; 4], nb, 0, xb, &sums) }[0];
+                *o = unsafe {
+                    if q8 { kernel::dot4_q8_0([r; 4], nb, 0, xb) } else { kernel::dot4([r; 4], nb, 0, xb, &sums) }
+                }[0];
             }
         };
         if self.bytes.len() < SEQ_THRESHOLD_BYTES {
@@ -179,13 +195,58 @@ mod kernel {
         }
         std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) + _mm512_reduce_add_ps(corr[r]))
     }
+
+    /// Four split-layout Q8_0 rows of `nb` blocks against one activation vector: per block
+    /// `acc += d · (Σ_{j<16} q_j x_j + Σ_{j≥16} q_j x_j)` lane-wise. Each row's result is independent of the others.
+    ///
+    /// # Safety
+    /// As [`dot4`]; each row holds `34·nb` bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q8_0(rows: [&[u8]; 4], nb: usize, ahead: usize, x: &[[f32; 32]]) -> [f32; 4] {
+        assert!(rows.iter().all(|r| r.len() == 34 * nb) && x.len() >= nb);
+        let p = rows.map(|r| r.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut d = [[0f32; 16]; 4];
+        for c0 in (0..nb).step_by(16) {
+            let cnt = (nb - c0).min(16);
+            let mask: u16 = if cnt == 16 { u16::MAX } else { (1u16 << cnt) - 1 };
+            // SAFETY (the block): quants at 32·b and d at 32·nb + 2·b lie inside each row for b < nb (asserted
+            // lengths), the d loads are masked to the first `cnt`; `x` holds nb blocks.
+            unsafe {
+                for r in 0..4 {
+                    let dh = _mm256_maskz_loadu_epi16(mask, p[r].add(32 * nb + 2 * c0).cast());
+                    _mm512_storeu_ps(d[r].as_mut_ptr(), _mm512_cvtph_ps(dh));
+                }
+                for b in c0..c0 + cnt {
+                    let xb = x.as_ptr().add(b).cast::<f32>();
+                    let (x0, x1) = (_mm512_loadu_ps(xb), _mm512_loadu_ps(xb.add(16)));
+                    for r in 0..4 {
+                        // A hint only: it never faults, so an address past the row is fine.
+                        _mm_prefetch::<_MM_HINT_T0>(p[r].wrapping_add(34 * b + ahead).cast());
+                        let q = p[r].add(32 * b);
+                        let v0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
+                        let v1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+                        let t = _mm512_fmadd_ps(v1, x1, _mm512_mul_ps(v0, x0));
+                        let db = _mm512_set1_ps(*d.get_unchecked(r).get_unchecked(b - c0));
+                        acc[r] = _mm512_fmadd_ps(db, t, acc[r]);
+                    }
+                }
+            }
+        }
+        std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]))
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
-    /// Never called: `SplitQ4_1::new` returns `None` off x86-64.
+    /// Never called: `SplitRows::new` returns `None` off x86-64.
     pub(super) unsafe fn dot4(_: [&[u8]; 4], _: usize, _: usize, _: &[[f32; 32]], _: &[f32]) -> [f32; 4] {
-        unreachable!("the split Q4_1 layout exists only with AVX-512")
+        unreachable!("the split layout exists only with AVX-512")
+    }
+
+    /// Never called: as [`dot4`].
+    pub(super) unsafe fn dot4_q8_0(_: [&[u8]; 4], _: usize, _: usize, _: &[[f32; 32]]) -> [f32; 4] {
+        unreachable!("the split layout exists only with AVX-512")
     }
 }
 
@@ -196,17 +257,18 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
-        /// The layout holds the ggml bytes exactly, and (where AVX-512 runs) its GEMV matches the f64 product of
-        /// the dequantized matrix within f32 summation error, on row counts that leave one to three rows beside the
-        /// groups of four and block counts below, at and above 16.
+        /// The layout holds the ggml bytes exactly (Q4_1 and Q8_0), and (where AVX-512 runs) its GEMV matches the
+        /// f64 product of the dequantized matrix within f32 summation error, on row counts that leave one to three
+        /// rows beside the groups of four and block counts below, at and above 16.
         #[test]
-        fn split_gemv_matches_the_reference(n in 1usize..70, nb in 1usize..40, seed in 0u64..1000) {
+        fn split_gemv_matches_the_reference(q8 in any::<bool>(), n in 1usize..70, nb in 1usize..40, seed in 0u64..1000) {
+            let ty = if q8 { QuantType::Q8_0 } else { QuantType::Q4_1 };
             let k = nb * 32;
             let w: Vec<f32> = (0..n * k)
                 .map(|i| (((i as u64 * 2654435761 + seed * 97) % 2001) as f32 - 1000.0) / 300.0)
                 .collect();
-            let m = QMatrix::quantize(QuantType::Q4_1, n, k, &w).unwrap();
-            let split = SplitQ4_1::from_matrix(&m);
+            let m = QMatrix::quantize(ty, n, k, &w).unwrap();
+            let split = SplitRows::from_matrix(&m);
             prop_assert_eq!(split.to_ggml(), m.as_bytes().to_vec());
             if available() {
                 let x: Vec<f32> = (0..k).map(|i| ((i as u64 * 7919 + seed) % 1999) as f32 / 999.0 - 1.0).collect();

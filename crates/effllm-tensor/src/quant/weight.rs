@@ -11,8 +11,8 @@ use crate::{DType, Device, Error, Result, Tensor};
 pub struct QWeight {
     matrix: QMatrix,
     device_blocks: Option<Tensor>,
-    /// The CPU GEMV layout's copy (Q4_1 with the AVX-512 kernels), when asked for.
-    host_split: Option<std::sync::Arc<super::split::SplitQ4_1>>,
+    /// The CPU GEMV layout's copy (Q4_1 or Q8_0 with the AVX-512 kernels), when asked for.
+    host_split: Option<std::sync::Arc<super::split::SplitRows>>,
     layout: BlockLayout,
     activation: ActivationQuant,
 }
@@ -25,8 +25,8 @@ pub enum BlockLayout {
     #[default]
     Rows,
     /// A layout for one-row GEMVs (see [`QWeight::with_gemv_layout`]): on CUDA the [tile layout](super::tiles)
-    /// replaces the device rows; on the CPU a Q4_1 matrix gets a copy with each row's scales split from its quants
-    /// (where the AVX-512 kernels run; otherwise the CPU reads the ggml rows).
+    /// replaces the device rows; on the CPU a Q4_1 or Q8_0 matrix gets a copy with each row's scales split from its
+    /// quants (where the AVX-512 kernels run; otherwise the CPU reads the ggml rows).
     Gemv,
 }
 
@@ -105,11 +105,11 @@ impl QWeight {
     ///   not apply: a model of `effllm-model` with such a weight loses its fused decode step (its kernels read ggml
     ///   rows) and runs op by op, which is slower. Keep a CUDA model's weights in [`BlockLayout::Rows`].
     ///
-    /// **On the CPU** a Q4_1 weight gets a second host copy with each row's f16 scales split from its quants, where
-    /// the AVX-512 kernels run. `linear_q` reads that copy for one f32 activation row; the ggml matrix stays for
-    /// everything else (more rows, Q8 activations, embedding lookups). On the Xeon slice of `docs/benchmarks.md` the
-    /// SmolLM2 LM head streams about a quarter to a third faster this way. Other formats and CPUs read the ggml rows
-    /// as before.
+    /// **On the CPU** a Q4_1 or Q8_0 weight gets a second host copy with each row's f16 scales split from its quants,
+    /// where the AVX-512 kernels run. `linear_q` reads that copy for one f32 activation row; the ggml matrix stays
+    /// for everything else (more rows, Q8 activations, embedding lookups). On the Xeon slice of `docs/benchmarks.md`
+    /// the SmolLM2 LM head streams about a quarter faster this way in Q4_1 (see there for Q8_0). Q4_0 and other CPUs
+    /// read the ggml rows as before.
     ///
     /// [`QWeight::to_device`] keeps the layout (built anew for the new device).
     ///
@@ -120,7 +120,7 @@ impl QWeight {
             return Ok(self.clone());
         }
         let Some(blocks) = &self.device_blocks else {
-            let host_split = super::split::SplitQ4_1::new(&self.matrix).map(std::sync::Arc::new);
+            let host_split = super::split::SplitRows::new(&self.matrix).map(std::sync::Arc::new);
             return Ok(QWeight { host_split, layout: BlockLayout::Gemv, ..self.clone() });
         };
         let tiled = super::tiles::gemv_tiles(&self.matrix);
