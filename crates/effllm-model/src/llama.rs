@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use effllm_gguf::{GgufFile, ReadOptions};
-use effllm_tensor::quant::ActivationQuant;
+use effllm_tensor::quant::{ActivationQuant, BlockLayout, QWeight};
 use effllm_tensor::{AttentionMask, DType, Device, Tensor};
 
 use crate::batch::Batch;
@@ -127,6 +127,21 @@ fn f32_tensor(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Tensor
     Ok(Tensor::from_vec(data, shape, device)?)
 }
 
+/// The LM head in the layout its device reads fastest: on the CPU a quantized head gets the GEMV layout
+/// (`QWeight::with_gemv_layout`: a second host copy of the head with its scales split from the quants, read by every
+/// decode step's one-row product; about a quarter faster on the LM head, +0.625-1.06 bytes per weight of memory); on
+/// CUDA it keeps the ggml rows, which the fused decode step reads.
+fn head_layout(head: Linear, device: &Device) -> Result<Linear> {
+    Ok(match head {
+        Linear::Quant(q) if device.is_cpu() => Linear::Quant(q.with_gemv_layout()?),
+        Linear::Quant(q) if q.block_layout() != BlockLayout::Rows => {
+            let rows = QWeight::new(q.matrix().clone()).with_activation_quant(q.activation_quant());
+            Linear::Quant(rows.to_device(device)?)
+        }
+        other => other,
+    })
+}
+
 impl LlamaModel {
     /// Opens a GGUF file (memory-mapped) and loads it.
     pub fn open_gguf(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LlamaModel> {
@@ -171,6 +186,7 @@ impl LlamaModel {
             });
         }
         let lm_head = if cfg.tied_embeddings { embedding.as_linear() } else { lin("output.weight", cfg.vocab, d)? };
+        let lm_head = head_layout(lm_head, dev)?;
         let norm = vec1("output_norm.weight")?;
         Ok(LlamaModel { config: cfg, embedding, layers, norm, lm_head, device: *dev, kv_dtype: DType::F32 })
     }
@@ -481,7 +497,7 @@ impl LlamaModel {
             Embedding::Dense(t) => Embedding::Dense(t.to_device(device)?),
             Embedding::Quant(q) => Embedding::Quant(q.to_device(device)?),
         };
-        let lm_head = self.lm_head.to_device(device)?;
+        let lm_head = head_layout(self.lm_head.to_device(device)?, device)?;
         Ok(LlamaModel {
             config: self.config.clone(),
             embedding,
