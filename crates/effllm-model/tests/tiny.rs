@@ -340,3 +340,26 @@ fn long_batches_use_gemm_attention_and_match() {
     let want: Vec<f64> = r.forward(&toks[..80], &pos, &vis)[40..].concat();
     assert!(rel_l2(&got, &want) < 1e-5, "{}", rel_l2(&got, &want));
 }
+
+/// On the CPU a quantized LM head is loaded in the GEMV layout (its one-row product reads the split-scale copy), the
+/// layout survives moving the model to the CPU again, and the head's one-row product matches the same product
+/// through the ggml rows within f32 summation error.
+#[test]
+fn cpu_quantized_head_takes_the_gemv_layout() {
+    use effllm_model::Linear;
+    use effllm_tensor::quant::{BlockLayout, QWeight};
+    let t = Tiny { weights: GgmlType::Q4_1, ..Tiny::default_f32() };
+    let m = load(&t, 13, WeightFormat::Quantized);
+    let Linear::Quant(head) = m.lm_head_weight() else { panic!("a quantized head") };
+    assert_eq!(head.block_layout(), BlockLayout::Gemv);
+    let moved = m.to_device(&effllm_tensor::Device::Cpu).unwrap();
+    let Linear::Quant(head2) = moved.lm_head_weight() else { panic!("a quantized head") };
+    assert_eq!(head2.block_layout(), BlockLayout::Gemv);
+    let rng = effllm_tensor::rng::CounterRng::new(3, 0);
+    let cpu = effllm_tensor::Device::Cpu;
+    let h = Tensor::randn(&[1, head.n_cols()], effllm_tensor::DType::F32, &cpu, &rng, 0, 0.0, 1.0).unwrap();
+    let rows = QWeight::new(head.matrix().clone());
+    let (a, b) = (flat(&h.linear_q(head).unwrap()), flat(&h.linear_q(&rows).unwrap()));
+    let b64: Vec<f64> = b.iter().map(|&x| x as f64).collect();
+    assert!(rel_l2(&a, &b64) < 1e-6);
+}

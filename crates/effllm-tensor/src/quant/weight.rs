@@ -108,8 +108,9 @@ impl QWeight {
     /// **On the CPU** a Q4_1 or Q8_0 weight gets a second host copy with each row's f16 scales split from its quants,
     /// where the AVX-512 kernels run. `linear_q` reads that copy for one f32 activation row; the ggml matrix stays
     /// for everything else (more rows, Q8 activations, embedding lookups). On the Xeon slice of `docs/benchmarks.md`
-    /// the SmolLM2 LM head streams about a quarter faster this way in Q4_1 (see there for Q8_0). Q4_0 and other CPUs
-    /// read the ggml rows as before.
+    /// the SmolLM2 LM head streams a fifth to a quarter faster this way in Q4_1 (see there for Q8_0). Q4_0 and other
+    /// CPUs read the ggml rows as before. (One-row results then differ in the last bits from the 2-8-row skinny
+    /// kernel's, which reads the rows.)
     ///
     /// [`QWeight::to_device`] keeps the layout (built anew for the new device).
     ///
@@ -206,8 +207,9 @@ impl From<QMatrix> for QWeight {
 impl Tensor {
     /// `self · Wᵀ` for a quantized weight `W` = `[n, k]`: `[.., k] → [.., n]`, computed in f32 from the blocks
     /// without materialising W as f32 on the CPU (fused GEMV / skinny GEMM for up to 8 rows, dequantized panels
-    /// beyond), and on CUDA with the fused GEMV kernel (≤ 8 rows) or dequantize + cuBLAS. The result has `self`'s
-    /// dtype.
+    /// beyond; one f32 row of a weight in the [`BlockLayout::Gemv`] layout reads its split-scale copy), and on CUDA
+    /// with the fused GEMV kernel (≤ 8 rows; tile kernels in the GEMV layout) or dequantize + cuBLAS. The result has
+    /// `self`'s dtype.
     pub fn linear_q(&self, w: &QWeight) -> Result<Tensor> {
         const OP: &str = "linear_q";
         // A tracked input records its gradient (the weight gets none); the recorded forward comes back here with
@@ -266,7 +268,10 @@ impl Tensor {
             && self.rank() >= 1
             && self.shape()[self.rank() - 1] == k
             && ws.iter().all(|w| {
+                // A one-row product of a weight with the CPU GEMV layout's copy reads that copy in `linear_q`.
+                let split_row = m == 1 && w.host_split.is_some() && w.activation == ActivationQuant::F32;
                 w.device().is_cpu()
+                    && !split_row
                     && w.n_cols() == k
                     && w.quant_type() == first.quant_type()
                     && w.activation == first.activation
