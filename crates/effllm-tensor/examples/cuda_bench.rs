@@ -233,6 +233,16 @@ fn main() {
     println!(
         "\n| quantized GEMV | shape | resident | GB/s of W | % of copy | streamed (copies) | GB/s of W | % of copy | plain read of W, streamed | % of copy | GEMV / read |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    // The read ceiling at each size (one kernel, built once).
+    let read_kernel = CustomKernel::new(
+        "cuda_bench::read_once",
+        &format!("{KERNEL_PRELUDE}{READ_ONCE}"),
+        "read_once",
+        &[Param::In(DType::U8), Param::Out(DType::F32), Param::I32],
+    );
+    let read_dims =
+        LaunchDims { grid: (8 * dev.multiprocessor_count() as u32, 1, 1), block: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut sink = Tensor::zeros(&[1], DType::F32, &GPU).unwrap();
     // Activations f32 (exact) or quantised to Q8 per 32-block (`dp4a` kernels, llama.cpp's numerics); W in the ggml
     // rows or in the GEMV tile layout (`QWeight::with_gemv_layout`, f32 activations).
     for (ty, act, tiles) in [QuantType::Q4_1, QuantType::Q8_0].into_iter().flat_map(|ty| {
@@ -256,18 +266,6 @@ fn main() {
                 })
                 .unzip();
             let x = randn(&[1, k], DType::F32, 7);
-            let read_kernel = CustomKernel::new(
-                "cuda_bench::read_once",
-                &format!("{KERNEL_PRELUDE}{READ_ONCE}"),
-                "read_once",
-                &[Param::In(DType::U8), Param::Out(DType::F32), Param::I32],
-            );
-            let read_dims = LaunchDims {
-                grid: (8 * dev.multiprocessor_count() as u32, 1, 1),
-                block: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut sink = Tensor::zeros(&[1], DType::F32, &GPU).unwrap();
             let n16 = raw[0].elem_count() / 16;
             let mut next_raw = 0;
             let read = time(copies.max(100), || {

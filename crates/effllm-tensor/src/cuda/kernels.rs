@@ -1058,6 +1058,30 @@ __device__ __forceinline__ float mul_pow2(float v, int a) {
     const int a1 = a < -126 ? -126 : a > 127 ? 127 : a;
     return v * __uint_as_float((u32)(a1 + 127) << 23) * __uint_as_float((u32)(a - a1 + 127) << 23);
 }
+// s + one 32-bit word of Q4 nibbles against its 8 pre-scaled activations (a: the nibbles at bits 0-12, b: at bits
+// 16-28). Bits 0..12 hold elements 4w..4w+1 and 16+4w..17+4w as (low, high) nibble pairs, bits 16..28 elements 4w+2..
+// and 18+4w..; each nibble is masked in place (the top two after >> 8) and read as a subnormal float. The single-row
+// and tile GEMVs share it.
+__device__ __forceinline__ float subnormal_dot4(u32 q, float4 a, float4 b, float s) {
+    const u32 h = q >> 8;
+    s = fmaf(__uint_as_float(q & 0xFu), a.x, s);
+    s = fmaf(__uint_as_float(q & 0xF0u), a.y, s);
+    s = fmaf(__uint_as_float(q & 0xF00u), a.z, s);
+    s = fmaf(__uint_as_float(q & 0xF000u), a.w, s);
+    s = fmaf(__uint_as_float(q & 0xF0000u), b.x, s);
+    s = fmaf(__uint_as_float(q & 0xF00000u), b.y, s);
+    s = fmaf(__uint_as_float(h & 0xF0000u), b.z, s);
+    return fmaf(__uint_as_float(h & 0xF00000u), b.w, s);
+}
+// s + one 32-bit word of Q8_0 quants against its 4 pre-scaled activations, the quants made offset-binary (q + 128):
+// bytes at bits 0, 8, 16 and (after >> 8) 16.
+__device__ __forceinline__ float subnormal_dot8(u32 q, float4 a, float s) {
+    q ^= 0x80808080u;
+    s = fmaf(__uint_as_float(q & 0xFFu), a.x, s);
+    s = fmaf(__uint_as_float(q & 0xFF00u), a.y, s);
+    s = fmaf(__uint_as_float(q & 0xFF0000u), a.z, s);
+    return fmaf(__uint_as_float((q >> 8) & 0xFF0000u), a.w, s);
+}
 extern "C" __global__ void __launch_bounds__(256, 3) qgemv1_q4_1(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, i64 n_rows, i64 k) {
     extern __shared__ __align__(16) float qg1_smem[];
     const int nb = (int)(k >> 5);
@@ -1125,15 +1149,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) qgemv1_q4_1(const u8* __res
                     const float sx = sums[b * 4 + wd];
                     #pragma unroll
                     for (int j = 0; j < QG1_R; ++j) {
-                        const u32 q = qw[u][j], h = q >> 8;
-                        float s = __uint_as_float(q & 0xFu) * ta.x;
-                        s = fmaf(__uint_as_float(q & 0xF0u), ta.y, s);
-                        s = fmaf(__uint_as_float(q & 0xF00u), ta.z, s);
-                        s = fmaf(__uint_as_float(q & 0xF000u), ta.w, s);
-                        s = fmaf(__uint_as_float(q & 0xF0000u), tb.x, s);
-                        s = fmaf(__uint_as_float(q & 0xF00000u), tb.y, s);
-                        s = fmaf(__uint_as_float(h & 0xF0000u), tb.z, s);
-                        s = fmaf(__uint_as_float(h & 0xF00000u), tb.w, s);
+                        const float s = subnormal_dot4(qw[u][j], ta, tb, 0.f);
                         acc[j] = fmaf(f16_to_f32((u16)(hd[u][j] & 0xffffu)), s, acc[j]);
                         acc[j] = fmaf(f16_to_f32((u16)(hd[u][j] >> 16)), sx, acc[j]);
                     }
@@ -1208,6 +1224,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) qgemv1_q8_0(const u8* __res
             float acc = 0.f;
             #pragma unroll
             for (int t = 0; t < QG8_SLOTS; ++t) {
+                // subnormal_dot8's values, with the offset applied per byte after the mask: the measured form (XORing
+                // the word first, as subnormal_dot8 does, gives this kernel another schedule, not yet timed).
                 const u32 q = wv[j][t], h = q >> 8;
                 float sq = bias[t];
                 sq = fmaf(__uint_as_float((q & 0xFFu) ^ 0x80u), tb[t][0], sq);
@@ -1249,43 +1267,22 @@ template <int TY> __device__ __forceinline__ void qt_load(QtStep<TY>& t, const u
     if (TY == 1) t.h = ok ? __ldg((const u32*)(ch + 512 + 4 * lane)) : 0u;
     else t.h = ok ? (u32)__ldg((const u16*)(ch + (TY == 0 ? 512 : 1024) + 2 * lane)) : 0u;
 }
-// One word of Q4 nibbles: bits 0..12 hold elements 4w..4w+1 and 16+4w..17+4w as (low, high) nibble pairs, bits
-// 16..28 elements 4w+2.., 18+4w..; each is masked in place (the top two after >> 8) and read as a subnormal float.
-__device__ __forceinline__ float qt_dot4(u32 q, float4 a, float4 b, float s) {
-    const u32 h = q >> 8;
-    s = fmaf(__uint_as_float(q & 0xFu), a.x, s);
-    s = fmaf(__uint_as_float(q & 0xF0u), a.y, s);
-    s = fmaf(__uint_as_float(q & 0xF00u), a.z, s);
-    s = fmaf(__uint_as_float(q & 0xF000u), a.w, s);
-    s = fmaf(__uint_as_float(q & 0xF0000u), b.x, s);
-    s = fmaf(__uint_as_float(q & 0xF00000u), b.y, s);
-    s = fmaf(__uint_as_float(h & 0xF0000u), b.z, s);
-    return fmaf(__uint_as_float(h & 0xF00000u), b.w, s);
-}
-// One word of Q8_0 quants, made offset-binary (q + 128): bytes at bits 0, 8, 16 and (after >> 8) 16.
-__device__ __forceinline__ float qt_dot8(u32 q, float4 a, float s) {
-    q ^= 0x80808080u;
-    s = fmaf(__uint_as_float(q & 0xFFu), a.x, s);
-    s = fmaf(__uint_as_float(q & 0xFF00u), a.y, s);
-    s = fmaf(__uint_as_float(q & 0xFF0000u), a.z, s);
-    return fmaf(__uint_as_float((q >> 8) & 0xFF0000u), a.w, s);
-}
 // acc + one block: tb is the block's 9 table entries (8 float4s of pre-scaled activations in the order the block's
 // words hold them, then the sum term in .x).
 template <int TY> __device__ __forceinline__ float qt_block(const QtStep<TY>& t, const float4* tb, float acc) {
     if (TY == 2) {
-        float a = qt_dot8(t.q.x, tb[0], tb[8].x), b = qt_dot8(t.q.y, tb[1], 0.f);
-        a = qt_dot8(t.q.z, tb[2], a);
-        b = qt_dot8(t.q.w, tb[3], b);
-        a = qt_dot8(t.q2.x, tb[4], a);
-        b = qt_dot8(t.q2.y, tb[5], b);
-        a = qt_dot8(t.q2.z, tb[6], a);
-        b = qt_dot8(t.q2.w, tb[7], b);
+        float a = subnormal_dot8(t.q.x, tb[0], tb[8].x), b = subnormal_dot8(t.q.y, tb[1], 0.f);
+        a = subnormal_dot8(t.q.z, tb[2], a);
+        b = subnormal_dot8(t.q.w, tb[3], b);
+        a = subnormal_dot8(t.q2.x, tb[4], a);
+        b = subnormal_dot8(t.q2.y, tb[5], b);
+        a = subnormal_dot8(t.q2.z, tb[6], a);
+        b = subnormal_dot8(t.q2.w, tb[7], b);
         return fmaf(f16_to_f32((u16)t.h), a + b, acc);
     }
-    float a = qt_dot4(t.q.x, tb[0], tb[1], TY == 0 ? tb[8].x : 0.f), b = qt_dot4(t.q.y, tb[2], tb[3], 0.f);
-    a = qt_dot4(t.q.z, tb[4], tb[5], a);
-    b = qt_dot4(t.q.w, tb[6], tb[7], b);
+    float a = subnormal_dot4(t.q.x, tb[0], tb[1], TY == 0 ? tb[8].x : 0.f), b = subnormal_dot4(t.q.y, tb[2], tb[3], 0.f);
+    a = subnormal_dot4(t.q.z, tb[4], tb[5], a);
+    b = subnormal_dot4(t.q.w, tb[6], tb[7], b);
     acc = fmaf(f16_to_f32((u16)(t.h & 0xffffu)), a + b, acc);
     return TY == 1 ? fmaf(f16_to_f32((u16)(t.h >> 16)), tb[8].x, acc) : acc;
 }

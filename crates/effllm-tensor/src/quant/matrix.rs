@@ -17,11 +17,11 @@ const QK: usize = QuantType::BLOCK_ELEMS;
 /// hand-off costs more than it saves. Measured with 2 threads of a warm pool (Xeon, AVX2 kernels): a 192×576
 /// Q4_0 GEMV (62 KB, about 10 µs) already gains about 20% from the second thread. Retune with
 /// `benches/` if the kernels change.
-const SEQ_THRESHOLD_BYTES: usize = 32 * 1024;
+pub(super) const SEQ_THRESHOLD_BYTES: usize = 32 * 1024;
 /// Tasks per thread of the row-chunked GEMV (load balancing against a straggling core).
-const TASKS_PER_THREAD: usize = 4;
+pub(super) const TASKS_PER_THREAD: usize = 4;
 /// Smallest row chunk of the parallel GEMV.
-const MIN_CHUNK_ROWS: usize = 16;
+pub(super) const MIN_CHUNK_ROWS: usize = 16;
 /// Largest m handled by the skinny (fused) kernel; larger m dequantise panels and call faer.
 const SKINNY_MAX_M: usize = 8;
 /// Rows of W dequantised per panel of the large-m matmul.

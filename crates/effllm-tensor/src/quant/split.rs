@@ -11,10 +11,9 @@
 
 use rayon::prelude::*;
 
+use super::kernels::F32Act;
+use super::matrix::{MIN_CHUNK_ROWS, SEQ_THRESHOLD_BYTES, TASKS_PER_THREAD};
 use super::{QMatrix, QuantType};
-
-/// Rows of at most this many bytes in total run on the calling thread.
-const SEQ_THRESHOLD_BYTES: usize = 32 * 1024;
 
 /// Whether the split-layout kernel can run: AVX-512F with the BW and VL extensions (masked 16-bit loads), AVX2,
 /// FMA and F16C.
@@ -118,8 +117,9 @@ impl SplitRows {
             y.fill(0.0);
             return;
         }
-        let xb = x.as_chunks::<32>().0;
-        let sums: Vec<f32> = xb.iter().map(|b| b.iter().sum()).collect();
+        // The activations in blocks, with their block sums for Q4_1 (as the ggml-row kernels take them).
+        let act = F32Act::new(self.ty, x);
+        let (xb, sums) = (act.x, &act.sums[..]);
         // The same position in the group of four rows about 4 KiB ahead (whole groups): on the Xeon slice 4-5 %
         // faster than 8 KiB or one group ahead; an extra L2 hint further ahead was slower.
         let ahead = 4 * rb * (4096 / (4 * rb)).max(1);
@@ -130,13 +130,13 @@ impl SplitRows {
                 let r4 = [&g[..rb], &g[rb..2 * rb], &g[2 * rb..3 * rb], &g[3 * rb..]];
                 // SAFETY: `available()` asserted above.
                 o.copy_from_slice(&unsafe {
-                    if q8 { kernel::dot4_q8_0(r4, nb, ahead, xb) } else { kernel::dot4(r4, nb, ahead, xb, &sums) }
+                    if q8 { kernel::dot4_q8_0(r4, nb, ahead, xb) } else { kernel::dot4(r4, nb, ahead, xb, sums) }
                 });
             }
             for (r, o) in groups.remainder().chunks_exact(rb).zip(outs.into_remainder()) {
                 // SAFETY: as above. The one row four times (its first result kept).
                 *o = unsafe {
-                    if q8 { kernel::dot4_q8_0([r; 4], nb, 0, xb) } else { kernel::dot4([r; 4], nb, 0, xb, &sums) }
+                    if q8 { kernel::dot4_q8_0([r; 4], nb, 0, xb) } else { kernel::dot4([r; 4], nb, 0, xb, sums) }
                 }[0];
             }
         };
@@ -146,7 +146,8 @@ impl SplitRows {
         }
         crate::threads::install(|| {
             let t = rayon::current_num_threads().max(1);
-            let chunk = self.n_rows.div_ceil(4 * t).max(16).next_multiple_of(4);
+            // Whole groups of four rows per task (a multiple of 8), as `QMatrix`'s parallel GEMV splits its rows.
+            let chunk = self.n_rows.div_ceil(t * TASKS_PER_THREAD).max(MIN_CHUNK_ROWS).next_multiple_of(8);
             self.bytes.par_chunks(chunk * rb).zip(y.par_chunks_mut(chunk)).for_each(|(w, o)| run(w, o));
         });
     }
@@ -156,13 +157,29 @@ impl SplitRows {
 mod kernel {
     use std::arch::x86_64::*;
 
+    /// The lane mask of the first `cnt` (1..=16) blocks of a chunk.
+    fn chunk_mask(cnt: usize) -> u16 {
+        if cnt >= 16 { u16::MAX } else { (1u16 << cnt) - 1 }
+    }
+
+    /// The f16 scales at `p` of a chunk's blocks as f32, zeros past the mask's lanes.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL; `p` holds the unmasked halves.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn scales16(p: *const u8, mask: u16) -> __m512 {
+        // SAFETY: the masked load reads only the unmasked halves (the caller's contract).
+        _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) })
+    }
+
     /// Four split-layout Q4_1 rows of `nb` blocks against one activation vector (`x`, block sums `sums`): per block
     /// `acc += d · (Σ_{j<16} q_j x_j + Σ_{j≥16} q_j x_j)` lane-wise, and per 16 blocks `corr += m ⊙ S`. Each row's
     /// result is independent of the other three.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C ([`super::available`]). Each row holds `20·nb` bytes; `x` and `sums` at least `nb`
-    /// blocks.
+    /// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C ([`super::available`]). Each row holds `20·nb`
+    /// bytes; `x` and `sums` at least `nb` blocks.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub(super) unsafe fn dot4(rows: [&[u8]; 4], nb: usize, ahead: usize, x: &[[f32; 32]], sums: &[f32]) -> [f32; 4] {
         assert!(rows.iter().all(|r| r.len() == 20 * nb) && x.len() >= nb && sums.len() >= nb);
@@ -173,7 +190,7 @@ mod kernel {
         let mut d = [[0f32; 16]; 4];
         for c0 in (0..nb).step_by(16) {
             let cnt = (nb - c0).min(16);
-            let mask: u16 = if cnt == 16 { u16::MAX } else { (1u16 << cnt) - 1 };
+            let mask = chunk_mask(cnt);
             // SAFETY (the block): every pointer stays inside its row (asserted lengths: quants at 16·b, d at
             // 16·nb + 2·b, m at 18·nb + 2·b for b < nb) or is a masked load that reads only the first `cnt` values;
             // `x` holds nb blocks.
@@ -181,10 +198,8 @@ mod kernel {
                 let s = _mm512_maskz_loadu_ps(mask, sums.as_ptr().add(c0));
                 for r in 0..4 {
                     // Masked-off halves load as zeros: d = m = 0.
-                    let dh = _mm256_maskz_loadu_epi16(mask, p[r].add(16 * nb + 2 * c0).cast());
-                    let mh = _mm256_maskz_loadu_epi16(mask, p[r].add(18 * nb + 2 * c0).cast());
-                    _mm512_storeu_ps(d[r].as_mut_ptr(), _mm512_cvtph_ps(dh));
-                    corr[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(mh), s, corr[r]);
+                    _mm512_storeu_ps(d[r].as_mut_ptr(), scales16(p[r].add(16 * nb + 2 * c0), mask));
+                    corr[r] = _mm512_fmadd_ps(scales16(p[r].add(18 * nb + 2 * c0), mask), s, corr[r]);
                 }
                 for b in c0..c0 + cnt {
                     let xb = x.as_ptr().add(b).cast::<f32>();
@@ -219,13 +234,12 @@ mod kernel {
         let mut d = [[0f32; 16]; 4];
         for c0 in (0..nb).step_by(16) {
             let cnt = (nb - c0).min(16);
-            let mask: u16 = if cnt == 16 { u16::MAX } else { (1u16 << cnt) - 1 };
+            let mask = chunk_mask(cnt);
             // SAFETY (the block): quants at 32·b and d at 32·nb + 2·b lie inside each row for b < nb (asserted
             // lengths), the d loads are masked to the first `cnt`; `x` holds nb blocks.
             unsafe {
                 for r in 0..4 {
-                    let dh = _mm256_maskz_loadu_epi16(mask, p[r].add(32 * nb + 2 * c0).cast());
-                    _mm512_storeu_ps(d[r].as_mut_ptr(), _mm512_cvtph_ps(dh));
+                    _mm512_storeu_ps(d[r].as_mut_ptr(), scales16(p[r].add(32 * nb + 2 * c0), mask));
                 }
                 for b in c0..c0 + cnt {
                     let xb = x.as_ptr().add(b).cast::<f32>();
@@ -271,7 +285,9 @@ mod tests {
         /// f64 product of the dequantized matrix within f32 summation error, on row counts that leave one to three
         /// rows beside the groups of four and block counts below, at and above 16.
         #[test]
-        fn split_gemv_matches_the_reference(q8 in any::<bool>(), n in 1usize..70, nb in 1usize..40, seed in 0u64..1000) {
+        fn split_gemv_matches_the_reference(
+            q8 in any::<bool>(), n in 1usize..70, nb in 1usize..40, seed in 0u64..1000,
+        ) {
             let ty = if q8 { QuantType::Q8_0 } else { QuantType::Q4_1 };
             let k = nb * 32;
             let w: Vec<f32> = (0..n * k)

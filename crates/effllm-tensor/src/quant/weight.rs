@@ -120,14 +120,33 @@ impl QWeight {
         if self.layout == BlockLayout::Gemv {
             return Ok(self.clone());
         }
-        let Some(blocks) = &self.device_blocks else {
-            let host_split = super::split::SplitRows::new(&self.matrix).map(std::sync::Arc::new);
-            return Ok(QWeight { host_split, layout: BlockLayout::Gemv, ..self.clone() });
+        self.placed(&self.device(), BlockLayout::Gemv)
+    }
+
+    /// The same weight with its blocks on `device` in `layout`: the one place that builds the copies a layout
+    /// needs (nothing on the CPU in [`BlockLayout::Rows`]; the split-scale copy on the CPU in
+    /// [`BlockLayout::Gemv`]; the rows or the tiles uploaded to a CUDA device).
+    fn placed(&self, device: &Device, layout: BlockLayout) -> Result<QWeight> {
+        let (device_blocks, host_split) = match (device, layout) {
+            (Device::Cpu, BlockLayout::Rows) => (None, None),
+            (Device::Cpu, BlockLayout::Gemv) => {
+                (None, super::split::SplitRows::new(&self.matrix).map(std::sync::Arc::new))
+            }
+            (Device::Cuda(_), _) => {
+                let bytes = match layout {
+                    BlockLayout::Rows => self.matrix.as_bytes().to_vec(),
+                    BlockLayout::Gemv => super::tiles::gemv_tiles(&self.matrix),
+                };
+                let n = bytes.len();
+                (Some(Tensor::from_vec(bytes, &[n], device)?), None)
+            }
         };
-        let tiled = super::tiles::gemv_tiles(&self.matrix);
-        let n = tiled.len();
-        let device_blocks = Some(Tensor::from_vec(tiled, &[n], &blocks.device())?);
-        Ok(QWeight { device_blocks, layout: BlockLayout::Gemv, ..self.clone() })
+        Ok(QWeight { matrix: self.matrix.clone(), device_blocks, host_split, layout, activation: self.activation })
+    }
+
+    /// The CPU split-scale copy, where `linear_q` reads it: one row of f32 activations.
+    fn split_for(&self, m: usize) -> Option<&super::split::SplitRows> {
+        self.host_split.as_deref().filter(|_| m == 1 && self.activation == ActivationQuant::F32)
     }
 
     /// The host copy of the blocks.
@@ -141,25 +160,7 @@ impl QWeight {
         if self.device() == *device {
             return Ok(self.clone());
         }
-        let device_blocks = match device {
-            Device::Cpu => None,
-            Device::Cuda(_) => {
-                let bytes = self.matrix.as_bytes().to_vec();
-                let n = bytes.len();
-                Some(Tensor::from_vec(bytes, &[n], device)?)
-            }
-        };
-        let moved = QWeight {
-            matrix: self.matrix.clone(),
-            device_blocks,
-            host_split: None,
-            layout: BlockLayout::Rows,
-            activation: self.activation,
-        };
-        match self.layout {
-            BlockLayout::Gemv => moved.with_gemv_layout(),
-            BlockLayout::Rows => Ok(moved),
-        }
+        self.placed(device, self.layout)
     }
 }
 
@@ -243,9 +244,9 @@ impl Tensor {
         }
         let x = self.to_dtype(DType::F32)?.contiguous()?.to_vec::<f32>()?;
         let mut y = vec![0f32; m * n];
-        match &w.host_split {
-            Some(split) if m == 1 && w.activation == ActivationQuant::F32 => split.gemv(&x, &mut y),
-            _ => w.matrix.matmul_t_with(&x, m, &mut y, KernelPath::Auto, w.activation)?,
+        match w.split_for(m) {
+            Some(split) => split.gemv(&x, &mut y),
+            None => w.matrix.matmul_t_with(&x, m, &mut y, KernelPath::Auto, w.activation)?,
         }
         Tensor::from_vec(y, &shape, &Device::Cpu)?.to_dtype(self.dtype())
     }
@@ -269,9 +270,8 @@ impl Tensor {
             && self.shape()[self.rank() - 1] == k
             && ws.iter().all(|w| {
                 // A one-row product of a weight with the CPU GEMV layout's copy reads that copy in `linear_q`.
-                let split_row = m == 1 && w.host_split.is_some() && w.activation == ActivationQuant::F32;
                 w.device().is_cpu()
-                    && !split_row
+                    && w.split_for(m).is_none()
                     && w.n_cols() == k
                     && w.quant_type() == first.quant_type()
                     && w.activation == first.activation
