@@ -8,6 +8,11 @@
 //! instruction, each `d` reaches its FMA as a broadcast load (a load port, no shuffle), and Q4_1's `m·Σx` term of 16
 //! blocks is one vector FMA. On the Xeon slice of `docs/benchmarks.md` the SmolLM2 LM head streams a fifth to a
 //! quarter faster in Q4_1.
+//!
+//! The arithmetic is ggml's: row `r` of the product is `y_r = Σ_b (d_b·Σ_j q_bj·x_bj + m_b·S_b)` with
+//! `S_b = Σ_j x_bj` (Q4_1; Q8_0 has no `m` term and signed `q`), in f32: per block the 32 products in two 16-lane
+//! vectors, scaled by `d_b` into a running vector sum, and the `m_b·S_b` terms in a second one, both summed in a fixed
+//! order at the end.
 
 use rayon::prelude::*;
 
