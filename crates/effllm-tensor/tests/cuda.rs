@@ -633,6 +633,59 @@ fn gemv_tile_layout_matches_the_reference() {
     }
 }
 
+/// On Hopper the tile-layout GEMV is a programmatic dependent launch: it starts while the kernel before it runs and
+/// waits for that kernel before it reads x or writes y. A chain where every GEMV's input is written by the kernel
+/// just before it (a long reduction, or tanh) and outputs reuse freed buffers gives the CPU chain's values, and the
+/// same bits on a second run.
+#[test]
+fn gemv_tile_layout_chains_with_the_kernels_around_it() {
+    use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
+    if !gpu() {
+        return;
+    }
+    let rng = CounterRng::new(21, 0);
+    for ty in [QuantType::Q4_1, QuantType::Q8_0] {
+        let weights: Vec<(QWeight, QWeight)> = [(1536usize, 576usize), (576, 1536), (576, 576)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, k))| {
+                let data = Tensor::randn(&[n * k], DType::F32, &Device::Cpu, &rng, 1000 * i as u64, 0.0, 1.0)
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let cpu = QWeight::new(QMatrix::quantize(ty, n, k, &data).unwrap());
+                (cpu.to_device(&GPU).unwrap().with_gemv_layout().unwrap(), cpu)
+            })
+            .collect();
+        for m in [1usize, 4] {
+            let big = Tensor::randn(&[256, m, 576], DType::F32, &Device::Cpu, &rng, 10_000, 1.0, 0.5).unwrap();
+            let h0 = Tensor::randn(&[m, 576], DType::F32, &Device::Cpu, &rng, 20_000, 0.0, 1.0).unwrap();
+            let chain = |device: &Device, gpu_weights: bool| -> Vec<f32> {
+                let big = big.to_device(device).unwrap();
+                let mut h = h0.to_device(device).unwrap();
+                for _ in 0..4 {
+                    // The reduction writes x at its very end, right before the GEMV that reads it.
+                    h = big.mul(&h).unwrap().mean(0, false).unwrap();
+                    for (gpu_w, cpu_w) in &weights {
+                        let w = if gpu_weights { gpu_w } else { cpu_w };
+                        let k = w.matrix().n_cols() as f64;
+                        h = h.linear_q(w).unwrap().affine(1.0 / k.sqrt(), 0.0).unwrap().tanh().unwrap();
+                    }
+                }
+                h.to_vec::<f32>().unwrap()
+            };
+            let want = chain(&Device::Cpu, false);
+            let got = chain(&GPU, true);
+            let num: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - *w as f64).powi(2)).sum();
+            let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+            assert!(den > 0.0);
+            let err = (num / den).sqrt();
+            assert!(err < 1e-4, "{ty:?}, {m} rows: rel error {err:e} against the CPU chain");
+            assert_eq!(chain(&GPU, true), got, "{ty:?}, {m} rows: a second run gives the same bits");
+        }
+    }
+}
+
 /// `where_cond` and `gather` run as kernels on the device (no host round trip): bitwise the CPU's results for every
 /// dtype, with broadcast operands, strided sources and indices, and the same typed error for an index out of range.
 #[test]

@@ -205,6 +205,12 @@ impl CudaDevice {
         self.arch
     }
 
+    /// Whether kernels can be launched as programmatic dependent launches (compute capability 9.0, Hopper, or
+    /// later): they may start while the previous kernel on the stream is still running.
+    pub(crate) fn overlapping_launch(&self) -> bool {
+        self.arch.trim_start_matches("sm_").parse::<u32>().is_ok_and(|cc| cc >= 90)
+    }
+
     /// The number of streaming multiprocessors (the grid of a persistent kernel with one block per SM).
     pub fn multiprocessor_count(&self) -> usize {
         self.multiprocessors
@@ -440,7 +446,7 @@ pub(crate) fn launch_custom(
         super::LaunchMode::Plain => {}
         // Programmatic dependent launch needs compute capability 9.0 (Hopper) or later; elsewhere a plain launch.
         super::LaunchMode::Overlapping => {
-            if dev.arch.trim_start_matches("sm_").parse::<u32>().is_ok_and(|cc| cc >= 90) {
+            if dev.overlapping_launch() {
                 return launch_ex(&dev, &f, dims, args, &views, mode);
             }
         }
@@ -492,7 +498,7 @@ fn launch_ex(
     views: &[cudarc::driver::CudaView<'_, u8>],
     mode: super::LaunchMode,
 ) -> Result<()> {
-    use cudarc::driver::{DevicePtr, sys};
+    use cudarc::driver::DevicePtr;
     // One 8-byte slot per parameter (device pointers and scalars, little-endian, the value in the low bytes); the
     // driver reads each parameter's own size from the kernel's signature.
     let mut guards = Vec::with_capacity(views.len());
@@ -515,33 +521,61 @@ fn launch_ex(
         });
     }
     let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
-    // SAFETY: a plain-old-data union; the attribute id says which member the driver reads.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    if mode == super::LaunchMode::Cooperative {
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-        attr.value.cooperative = 1;
-    } else {
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-    }
-    let config = sys::CUlaunchConfig {
-        gridDimX: dims.grid.0,
-        gridDimY: dims.grid.1,
-        gridDimZ: dims.grid.2,
-        blockDimX: dims.block.0,
-        blockDimY: dims.block.1,
-        blockDimZ: dims.block.2,
-        sharedMemBytes: dims.shared_mem_bytes,
-        hStream: dev.stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    dev.ctx.bind_to_thread().map_err(cuda_err("bind_to_thread"))?;
+    let cfg = LaunchConfig { grid_dim: dims.grid, block_dim: dims.block, shared_mem_bytes: dims.shared_mem_bytes };
     // SAFETY: `params` points at one live slot per declared parameter (checked by `CustomKernel::check`), the
     // function belongs to this device's context, and the buffers stay alive (their views and guards) until the
     // launch is queued.
-    let r = unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) };
+    let r = unsafe { launch_with_attribute(dev, f, cfg, &mut params, mode) };
     drop(guards);
+    r
+}
+
+/// `cuLaunchKernelEx` on the device's stream with one launch attribute: programmatic stream serialization
+/// (`LaunchMode::Overlapping`) or cooperative; no attribute for `LaunchMode::Plain`.
+///
+/// # Safety
+/// `params` holds one pointer per parameter of `f`, each to a live value of the parameter's type (device pointers
+/// to buffers that outlive the kernel), and the kernel's indexing stays within those buffers for `cfg`. For
+/// `Overlapping` the kernel must execute `griddepcontrol.wait` before it reads anything an earlier kernel may still
+/// write or writes anything an earlier kernel may still read.
+pub(crate) unsafe fn launch_with_attribute(
+    dev: &CudaDevice,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &mut [*mut std::ffi::c_void],
+    mode: super::LaunchMode,
+) -> Result<()> {
+    use cudarc::driver::sys;
+    // SAFETY: a plain-old-data union; the attribute id says which member the driver reads.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    let num_attrs = match mode {
+        super::LaunchMode::Plain => 0,
+        super::LaunchMode::Cooperative => {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attr.value.cooperative = 1;
+            1
+        }
+        super::LaunchMode::Overlapping => {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            1
+        }
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: dev.stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: num_attrs,
+    };
+    dev.ctx.bind_to_thread().map_err(cuda_err("bind_to_thread"))?;
+    // SAFETY: the caller's contract above; the function belongs to this device's context.
+    let r = unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) };
     r.result().map_err(launch_err)
 }
 

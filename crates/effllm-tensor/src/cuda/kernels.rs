@@ -4,7 +4,8 @@
 //! instructions, so NVRTC needs no include path.
 
 /// Dtype ids shared by the kernels and [`dtype_id`].
-pub(crate) const PRELUDE: &str = r#"
+pub(crate) const PRELUDE: &str = concat!(
+    r#"
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -77,7 +78,9 @@ template <typename T> __device__ __forceinline__ T warp_max(T v) {
     for (int o = 16; o > 0; o >>= 1) { T u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
     return v;
 }
-"#;
+"#,
+    overlapping_launch_functions!()
+);
 
 /// Strided copy with dtype conversion: `contiguous`, `to_dtype` and every widening of half inputs.
 pub(crate) const CAST: &str = r#"
@@ -1336,12 +1339,16 @@ template <int TY> __device__ __forceinline__ int qt_table(const float* __restric
 }
 // y[i, r] = W[r] · x[i] on the tile layout: one CTA row per activation row i (blockIdx.y), one tile of 16 rows per
 // warp, two lanes per row, one xor shuffle per row (deterministic). The first steps' words are loaded before the
-// table is built (they do not depend on x). STEPS = 0: any row length, chunks of 3 steps (Q8_0: 2) double-buffered
-// (the next chunk's loads issued before this chunk's arithmetic). STEPS > 0: rows of exactly that many steps
-// (SmolLM2's 576 and 1536 columns), fully unrolled, each step's loads issued D steps ahead: about 5 % (Q4_1) to 5-8 %
-// (Q8_0) faster on the LM head. On an H100 the Q4_1 LM head streams through `linear_q` at 50-52.5 % of copy
-// bandwidth and Q8_0 at 64-66 %, against 41-42 % and 56 % for the single-row kernels on ggml rows
-// (`docs/benchmarks-gpu.md`).
+// table is built (they do not depend on x).
+// STEPS = 0: any row length, chunks of 3 steps (Q8_0: 2) double-buffered (the next chunk's loads issued before this
+// chunk's arithmetic). STEPS > 0: rows of exactly that many steps (SmolLM2's 576 and 1536 columns), fully unrolled,
+// each step's loads issued D steps ahead: about 5 % (Q4_1) to 5-8 % (Q8_0) faster on the LM head.
+// On Hopper `qlinear_tiles` launches it as a programmatic dependent launch: those first loads, and the CTAs' start,
+// overlap the previous kernel's tail; the kernel lets the next kernel start as soon as its loads are issued and
+// waits for the previous one before it reads x or writes y. Only the tile buffer is read before the wait: it is
+// written once, by the host-to-device copy of `QWeight::with_gemv_layout`, never by a kernel. In a stream of calls
+// on an H100 the Q4_1 LM head then reads its weights at 68 % of copy bandwidth and Q8_0 at 79-80 % (50-52.5 % and
+// 64-66 % launched plainly; 41-42 % and 56 % for the single-row kernels on ggml rows; `docs/benchmarks-gpu.md`).
 template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n, int k) {
     extern __shared__ __align__(16) float qt_smem[];
     const int nb = k >> 5, steps = STEPS > 0 ? STEPS : (nb + 1) >> 1, nbp = 2 * steps, ch = qt_chunk<TY>();
@@ -1357,6 +1364,8 @@ template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(co
         QtStep<TY> buf[D + 1];
         #pragma unroll
         for (int s = 0; s < D; ++s) qt_load<TY>(buf[s], tp + s * ch, lane, tile < tiles);
+        effllm_allow_next_kernel();
+        effllm_wait_for_previous_kernel();
         e = qt_table<TY>(x, nb, nbp, tab, qt_smem + nbp * 36);
         if (tile >= tiles) return;
         #pragma unroll
@@ -1370,6 +1379,8 @@ template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(co
         QtStep<TY> a[U], b[U];
         #pragma unroll
         for (int u = 0; u < U; ++u) qt_load<TY>(a[u], tp + u * ch, lane, tile < tiles && u < steps);
+        effllm_allow_next_kernel();
+        effllm_wait_for_previous_kernel();
         e = qt_table<TY>(x, nb, nbp, tab, qt_smem + nbp * 36);
         if (tile >= tiles) return;
         for (int s0 = 0; s0 < steps; s0 += 2 * U) {

@@ -12,6 +12,25 @@
 //! where the CPU does. Ops without a CUDA kernel yet run as an explicit host round trip (download, CPU op,
 //! upload); [`HOST_ROUND_TRIP_OPS`] lists them.
 
+/// The two sides of a programmatic dependent launch, in CUDA C: part of [`KERNEL_PRELUDE`] and of the built-in
+/// kernels' prelude.
+macro_rules! overlapping_launch_functions {
+    () => {
+        r#"
+__device__ __forceinline__ void effllm_wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void effllm_allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+"#
+    };
+}
+
 #[cfg(feature = "cuda")]
 mod backend;
 mod custom;
@@ -40,7 +59,8 @@ pub const HOST_ROUND_TRIP_OPS: &[&str] = &["thin_svd", "singular_values", "qr"];
 /// sides of a programmatic dependent launch ([`CustomKernel::launch_overlapping`]):
 /// `effllm_wait_for_previous_kernel()` and `effllm_allow_next_kernel()` (PTX `griddepcontrol`, no-ops before
 /// compute capability 9.0).
-pub const KERNEL_PRELUDE: &str = r#"
+pub const KERNEL_PRELUDE: &str = concat!(
+    r#"
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -50,14 +70,6 @@ __device__ __forceinline__ float f16_to_f32(u16 h) { float f; asm("cvt.f32.f16 %
 __device__ __forceinline__ u16 f32_to_f16(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 __device__ __forceinline__ u16 f32_to_bf16(float f) { u16 h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-__device__ __forceinline__ void effllm_wait_for_previous_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void effllm_allow_next_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-"#;
+"#,
+    overlapping_launch_functions!()
+);

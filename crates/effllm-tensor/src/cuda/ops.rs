@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::backend::{CudaDevice, CudaStorage, KLayout, dtype_id, grid, launch_err, rows_grid};
+use super::LaunchMode;
+use super::backend::{CudaDevice, CudaStorage, KLayout, dtype_id, grid, launch_err, launch_with_attribute, rows_grid};
 use super::kernels;
 use crate::cpu::CpuStorage;
 use crate::layout::Layout;
@@ -1091,18 +1092,34 @@ pub(crate) fn qlinear_tiles(
             };
             let name = format!("qgemv_tiles{unrolled}_{ty_name}");
             let f = dev.builtin("quant", kernels::QUANT, &name)?;
-            let (xv, nn, kk) = (view(&xw), n as i32, k as i32);
-            let mut l = dev.stream.launch_builder(&f);
-            l.arg(&wv).arg(&xv).arg(&mut out.buf).arg(&nn).arg(&kk);
+            let xv = view(&xw);
+            let (wp, _wg) = wv.device_ptr(&dev.stream);
+            let (xp, _xg) = xv.device_ptr(&dev.stream);
+            let (yp, _yg) = out.buf.device_ptr_mut(&dev.stream);
+            let (mut wp, mut xp, mut yp, mut nn, mut kk) = (wp, xp, yp, n as i32, k as i32);
+            let mut params: [*mut std::ffi::c_void; 5] = [
+                (&mut wp as *mut u64).cast(),
+                (&mut xp as *mut u64).cast(),
+                (&mut yp as *mut u64).cast(),
+                (&mut nn as *mut i32).cast(),
+                (&mut kk as *mut i32).cast(),
+            ];
             // One warp per tile of 16 rows, 8 warps per CTA; one CTA row per activation row.
             let cfg = cudarc::driver::LaunchConfig {
                 grid_dim: (n.div_ceil(crate::quant::tiles::TILE_ROWS * 8) as u32, m as u32, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
+            // On Hopper a programmatic dependent launch: the kernel's first weight loads and its CTAs' start overlap
+            // the previous kernel's tail (it waits for that kernel before reading x or writing y; the tiles it
+            // reads earlier are only ever written by the upload copy). About 10-15 points of copy bandwidth on
+            // the LM head in a stream of calls (`docs/benchmarks-gpu.md`).
+            let mode = if dev.overlapping_launch() { LaunchMode::Overlapping } else { LaunchMode::Plain };
             // SAFETY: `tiles` holds the tile layout of an n × k matrix of `ty` (built by QWeight::with_gemv_layout,
-            // 16-byte aligned above); x holds m·k floats, out m·n; the shared memory is what the kernel indexes.
-            unsafe { l.launch(cfg) }.map_err(launch_err)?;
+            // 16-byte aligned above); x holds m·k floats, out m·n; the shared memory is what the kernel indexes;
+            // the five parameters are the kernel's (u8*, float*, float*, int, int), the buffers alive past the
+            // launch (their guards); the kernel waits before touching what an earlier kernel may write.
+            unsafe { launch_with_attribute(&dev, &f, cfg, &mut params, mode) }?;
         }
         return Ok(Tensor::from_cuda(out, &[m, n]));
     }

@@ -99,8 +99,13 @@ impl QWeight {
     /// - Up to [`crate::SKINNY_MAX_ROWS`] activation rows take a GEMV kernel made for the layout (f32 activations
     ///   always: [`ActivationQuant::Q8`] does not apply to it); longer inputs, and rows wider than about 10,000
     ///   columns, dequantize it and call cuBLAS.
-    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 50-52.5 % (Q4_1) and 64-66 % (Q8_0) of
-    ///   copy bandwidth this way, against 41-42 % and 56 % in the ggml rows (`docs/benchmarks-gpu.md`).
+    /// - On Hopper that kernel is a programmatic dependent launch: it starts reading its tiles while the kernel
+    ///   before it finishes, and waits for that kernel before it reads the activations or writes its output. (Only
+    ///   this layout can: its device copy is private to the weight, whereas ggml rows handed in through
+    ///   [`QWeight::with_device_blocks`] may be written by an earlier kernel.)
+    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 68 % (Q4_1) and 79-80 % (Q8_0) of copy
+    ///   bandwidth this way in a stream of calls, against 41-42 % and 56 % in the ggml rows
+    ///   (`docs/benchmarks-gpu.md`).
     /// - [`QWeight::device_blocks`] is `None` in this layout, so code that reads the ggml rows on the device does
     ///   not apply: a model of `effllm-model` with such a weight loses its fused decode step (its kernels read ggml
     ///   rows) and runs op by op, which is slower. Keep a CUDA model's weights in [`BlockLayout::Rows`].
