@@ -390,20 +390,44 @@ fn long_cache_attention_matches_reference_on_any_thread_count() {
     }
 }
 
-/// Large products run in fixed 256-row blocks of C (one sequential faer GEMM each, spread over the pool): bitwise the
-/// same on 1 and 2 threads, including a last partial block, and within f32 rounding of the f64 reference.
+/// Large products run in fixed tiles of C, 512 rows × 256 columns (one sequential faer GEMM each, spread over the
+/// pool): bitwise the same on 1, 2 and 3 threads, with partial tiles in both directions, a transposed right operand
+/// and a batch, and within f32 rounding of the f64 reference.
 #[test]
-fn large_matmul_row_blocks_are_thread_independent() {
-    let (m, k, n) = (600, 300, 200);
-    let a = randn(&[m, k], 5);
-    let b = randn(&[k, n], 6);
-    let run = |t: usize| with_num_threads(t, || a.matmul(&b)).unwrap().unwrap();
-    let (one, two) = (run(1), run(2));
-    assert_eq!(bits(&one), bits(&two), "thread count changed a large matmul");
-    let (av, bv) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
-    let want = effllm_tensor::reference::matmul(&av, &bv, m, k, n);
-    let got = one.to_vec_f64().unwrap();
-    let num: f64 = got.iter().zip(&want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
-    assert!(num / den < 1e-6, "rel L2 {}", num / den);
+fn large_matmul_tiles_are_thread_independent() {
+    // (m, k, n, right operand transposed, batch)
+    for (case, &(m, k, n, transposed, batch)) in
+        [(600, 300, 200, false, 1), (600, 150, 700, false, 1), (520, 130, 600, true, 1), (300, 100, 600, false, 2)]
+            .iter()
+            .enumerate()
+    {
+        let seed = 10 * case as u64;
+        let a = randn(&[batch, m, k], seed + 5);
+        let b = if transposed {
+            randn(&[batch, n, k], seed + 6).transpose(1, 2).unwrap()
+        } else {
+            randn(&[batch, k, n], seed + 6)
+        };
+        let run = |t: usize| with_num_threads(t, || a.matmul(&b)).unwrap().unwrap();
+        let one = run(1);
+        assert_eq!(one.shape(), &[batch, m, n]);
+        for t in [2, 3] {
+            assert_eq!(bits(&one), bits(&run(t)), "case {case}: {t} threads changed a large matmul");
+        }
+        let (av, bv) = (a.to_vec_f64().unwrap(), b.contiguous().unwrap().to_vec_f64().unwrap());
+        let got = one.to_vec_f64().unwrap();
+        for i in 0..batch {
+            let want = effllm_tensor::reference::matmul(
+                &av[i * m * k..(i + 1) * m * k],
+                &bv[i * k * n..(i + 1) * k * n],
+                m,
+                k,
+                n,
+            );
+            let got = &got[i * m * n..(i + 1) * m * n];
+            let num: f64 = got.iter().zip(&want).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+            let den: f64 = want.iter().map(|y| y * y).sum::<f64>().sqrt();
+            assert!(num / den < 1e-6, "case {case}, batch {i}: rel L2 {}", num / den);
+        }
+    }
 }

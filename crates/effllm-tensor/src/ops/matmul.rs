@@ -56,8 +56,23 @@ fn plan(a: &Layout, b: &Layout) -> Result<Plan> {
     Ok(Plan { batch_shape, m, k, n, a_batch, b_batch })
 }
 
-/// Rows of C per task in a large product (see `batched`).
-const GEMM_ROW_BLOCK: usize = 256;
+/// Rows and columns of C per task in a large product (see `batched`).
+const GEMM_TILE_ROWS: usize = 512;
+const GEMM_TILE_COLS: usize = 256;
+
+/// The output buffer of one product, shared by the tasks that write its disjoint tiles.
+#[derive(Clone, Copy)]
+struct TileOut<R>(*mut R);
+// SAFETY: the tasks of `batched` write disjoint tiles of the buffer, which outlives them (see its use).
+unsafe impl<R: Send> Send for TileOut<R> {}
+// SAFETY: as above.
+unsafe impl<R: Send> Sync for TileOut<R> {}
+impl<R> TileOut<R> {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper, not the raw field).
+    fn ptr(self) -> *mut R {
+        self.0
+    }
+}
 
 /// One product `C = A·B` into a contiguous `m × n` output.
 fn gemm_one<R: Real + faer::traits::ComplexField>(
@@ -76,16 +91,28 @@ fn gemm_one<R: Real + faer::traits::ComplexField>(
         c.iter_mut().for_each(|v| *v = R::zero());
         return;
     }
+    gemm_into(a, b, MatMut::from_row_major_slice_mut(c, m, n), k, par);
+}
+
+/// `C = A·B` for `A` of `c.nrows() × k` and `B` of `k × c.ncols()`, read in place by faer (k > 0).
+fn gemm_into<R: Real + faer::traits::ComplexField>(
+    a: Operand<'_, R>,
+    b: Operand<'_, R>,
+    c: MatMut<'_, R>,
+    k: usize,
+    par: Par,
+) {
+    let (m, n) = (c.nrows(), c.ncols());
     // SAFETY: (off + (rows-1)·rs + (cols-1)·cs) < data.len() holds for every view produced by `Layout`, which
-    // only ever narrows a valid storage range; strides fit in isize because the storage is a Vec.
+    // only ever narrows a valid storage range (and for its tiles, which narrow it further); strides fit in isize
+    // because the storage is a Vec.
     let (am, bm) = unsafe {
         (
             MatRef::<R>::from_raw_parts(a.data.as_ptr().add(a.off), m, k, a.rs as isize, a.cs as isize),
             MatRef::<R>::from_raw_parts(b.data.as_ptr().add(b.off), k, n, b.rs as isize, b.cs as isize),
         )
     };
-    let cm = MatMut::from_row_major_slice_mut(c, m, n);
-    faer_matmul(cm, Accum::Replace, am, bm, R::one(), par);
+    faer_matmul(c, Accum::Replace, am, bm, R::one(), par);
 }
 
 fn batched<R: Real + faer::traits::ComplexField>(
@@ -119,17 +146,27 @@ fn batched<R: Real + faer::traits::ComplexField>(
             // Many small products: parallel over batches, each sequential.
             out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, Par::Seq));
         } else if m * n > 0 {
-            if m >= 2 * GEMM_ROW_BLOCK && flops >= (1 << 24) {
-                // Large products: C in fixed blocks of GEMM_ROW_BLOCK rows, one sequential faer GEMM per block, the
-                // blocks spread over the pool. On the 2-core Xeon slice this beat faer's own parallel split by 4-11
-                // points of the FMA ceiling (alternating runs, n = 1024: 57.9-67.0 % against 53.6-60.0 %; n = 2048:
-                // 53.7-61.2 % against 48.1-50.6 %). The blocks do not depend on the thread count, so neither do the
-                // results.
+            let (tiles_m, tiles_n) = (m.div_ceil(GEMM_TILE_ROWS), n.div_ceil(GEMM_TILE_COLS));
+            if flops >= (1 << 24) && tiles_m * tiles_n >= 2 {
+                // Large products: C in fixed tiles of 512 rows × 256 columns, one sequential faer GEMM per tile, the
+                // tiles spread over the pool. Each call then packs only its 256 columns of B, which stay in L2,
+                // where faer's own split (or whole row blocks) packs all of B per task. On the 2-core Xeon slice,
+                // interleaved runs at n = 1024: 350-375 GFLOP/s against 307-338 for row blocks of 256 (the
+                // previous split, itself 4-11 points above faer's) and 293-299 for faer's parallel split
+                // (`docs/benchmarks.md`). The tiles do not depend on the thread count, so neither do the results.
                 for (i, c) in out.chunks_mut(m * n).enumerate() {
-                    c.par_chunks_mut(GEMM_ROW_BLOCK * n).enumerate().for_each(|(t, cb)| {
-                        let ao = Operand { data: a, off: a_offs[i] + t * GEMM_ROW_BLOCK * a_rs, rs: a_rs, cs: a_cs };
-                        let bo = Operand { data: b, off: b_offs[i], rs: b_rs, cs: b_cs };
-                        gemm_one(ao, bo, cb, cb.len() / n, k, n, Par::Seq);
+                    let base = TileOut(c.as_mut_ptr());
+                    (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
+                        let (r0, c0) = ((t / tiles_n) * GEMM_TILE_ROWS, (t % tiles_n) * GEMM_TILE_COLS);
+                        let (rows, cols) = (GEMM_TILE_ROWS.min(m - r0), GEMM_TILE_COLS.min(n - c0));
+                        let ao = Operand { data: a, off: a_offs[i] + r0 * a_rs, rs: a_rs, cs: a_cs };
+                        let bo = Operand { data: b, off: b_offs[i] + c0 * b_cs, rs: b_rs, cs: b_cs };
+                        // SAFETY: the rows × cols tile at (r0, c0) of the m × n row-major chunk `c`, which outlives
+                        // this loop; the tasks' tiles are disjoint, so no two write the same element.
+                        let cm = unsafe {
+                            MatMut::from_raw_parts_mut(base.ptr().add(r0 * n + c0), rows, cols, n as isize, 1)
+                        };
+                        gemm_into(ao, bo, cm, k, Par::Seq);
                     });
                 }
             } else {
