@@ -1112,8 +1112,8 @@ pub(crate) fn qlinear_tiles(
             };
             // On Hopper a programmatic dependent launch: the kernel's first weight loads and its CTAs' start overlap
             // the previous kernel's tail (it waits for that kernel before reading x or writing y; the tiles it
-            // reads earlier are only ever written by the upload copy). About 10-15 points of copy bandwidth on
-            // the LM head in a stream of calls (`docs/benchmarks-gpu.md`).
+            // reads earlier are only ever written by the upload copy). 15-20 points of copy bandwidth on the LM
+            // head in a stream of calls on an H100 (`docs/benchmarks-gpu.md`).
             let mode = if dev.overlapping_launch() { LaunchMode::Overlapping } else { LaunchMode::Plain };
             // SAFETY: `tiles` holds the tile layout of an n × k matrix of `ty` (built by QWeight::with_gemv_layout,
             // 16-byte aligned above); x holds m·k floats, out m·n; the shared memory is what the kernel indexes;

@@ -103,8 +103,8 @@ impl QWeight {
     ///   before it finishes, and waits for that kernel before it reads the activations or writes its output. (Only
     ///   this layout can: its device copy is private to the weight, whereas ggml rows handed in through
     ///   [`QWeight::with_device_blocks`] may be written by an earlier kernel.)
-    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 68 % (Q4_1) and 79-80 % (Q8_0) of copy
-    ///   bandwidth this way in a stream of calls, against 41-42 % and 56 % in the ggml rows
+    /// - On an H100 the SmolLM2 LM head (49,152 × 576) streams from DRAM at 69.5-71 % (Q4_1) and 79-80 % (Q8_0) of
+    ///   copy bandwidth this way in a stream of calls, against 41-42 % and 56 % in the ggml rows
     ///   (`docs/benchmarks-gpu.md`).
     /// - [`QWeight::device_blocks`] is `None` in this layout, so code that reads the ggml rows on the device does
     ///   not apply: a model of `effllm-model` with such a weight loses its fused decode step (its kernels read ggml
