@@ -636,7 +636,7 @@ fn gemv_tile_layout_matches_the_reference() {
 /// On Hopper the tile-layout GEMV is a programmatic dependent launch: it starts while the kernel before it runs and
 /// waits for that kernel before it reads x or writes y. A chain where every GEMV's input is written by the kernel
 /// just before it (a long reduction, or tanh) and outputs reuse freed buffers gives the CPU chain's values, and the
-/// same bits on a second run.
+/// same bits on a second run, for every format and kernel instance (rows of 576, 1,024 and 1,536 columns).
 #[test]
 fn gemv_tile_layout_chains_with_the_kernels_around_it() {
     use effllm_tensor::quant::{QMatrix, QWeight, QuantType};
@@ -644,19 +644,21 @@ fn gemv_tile_layout_chains_with_the_kernels_around_it() {
         return;
     }
     let rng = CounterRng::new(21, 0);
-    for ty in [QuantType::Q4_1, QuantType::Q8_0] {
-        let weights: Vec<(QWeight, QWeight)> = [(1536usize, 576usize), (576, 1536), (576, 576)]
-            .iter()
-            .enumerate()
-            .map(|(i, &(n, k))| {
-                let data = Tensor::randn(&[n * k], DType::F32, &Device::Cpu, &rng, 1000 * i as u64, 0.0, 1.0)
-                    .unwrap()
-                    .to_vec::<f32>()
-                    .unwrap();
-                let cpu = QWeight::new(QMatrix::quantize(ty, n, k, &data).unwrap());
-                (cpu.to_device(&GPU).unwrap().with_gemv_layout().unwrap(), cpu)
-            })
-            .collect();
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        // The unrolled kernels (576 and 1,536 columns) and the generic loop (1,024 columns).
+        let weights: Vec<(QWeight, QWeight)> =
+            [(1536usize, 576usize), (576, 1536), (1024, 576), (576, 1024), (576, 576)]
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, k))| {
+                    let data = Tensor::randn(&[n * k], DType::F32, &Device::Cpu, &rng, 1000 * i as u64, 0.0, 1.0)
+                        .unwrap()
+                        .to_vec::<f32>()
+                        .unwrap();
+                    let cpu = QWeight::new(QMatrix::quantize(ty, n, k, &data).unwrap());
+                    (cpu.to_device(&GPU).unwrap().with_gemv_layout().unwrap(), cpu)
+                })
+                .collect();
         for m in [1usize, 4] {
             let big = Tensor::randn(&[256, m, 576], DType::F32, &Device::Cpu, &rng, 10_000, 1.0, 0.5).unwrap();
             let h0 = Tensor::randn(&[m, 576], DType::F32, &Device::Cpu, &rng, 20_000, 0.0, 1.0).unwrap();

@@ -390,6 +390,22 @@ fn long_cache_attention_matches_reference_on_any_thread_count() {
     }
 }
 
+/// Invariant 10 on a product large enough for the tiled GEMM (k·n ≥ 2²⁴): up to 8 rows still take the GEMV path, so
+/// every row of a skinny `linear` equals the GEMV of that row, bitwise.
+#[test]
+fn skinny_equals_gemv_rows_on_large_products() {
+    let (k, n) = (2048, 8192);
+    let w = randn(&[n, k], 41);
+    for m in [2usize, 8] {
+        let x = randn(&[m, k], 42 + m as u64);
+        let y = x.linear(&w).unwrap();
+        for i in 0..m {
+            let yi = x.narrow(0, i, 1).unwrap().linear(&w).unwrap();
+            assert_eq!(bits(&y.narrow(0, i, 1).unwrap()), bits(&yi), "{m} rows: row {i}");
+        }
+    }
+}
+
 /// Large products run in fixed tiles of C, 512 rows × 256 columns (one sequential faer GEMM each, spread over the
 /// pool): bitwise the same on 1, 2 and 3 threads, with partial tiles in both directions, a transposed right operand
 /// and a batch, and within f32 rounding of the f64 reference.

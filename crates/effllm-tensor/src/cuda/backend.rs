@@ -530,14 +530,16 @@ fn launch_ex(
     r
 }
 
-/// `cuLaunchKernelEx` on the device's stream with one launch attribute: programmatic stream serialization
-/// (`LaunchMode::Overlapping`) or cooperative; no attribute for `LaunchMode::Plain`.
+/// A launch on the device's stream: `cuLaunchKernelEx` with one launch attribute, programmatic stream serialization
+/// (`LaunchMode::Overlapping`) or cooperative; a plain `cuLaunchKernel` for `LaunchMode::Plain`.
 ///
 /// # Safety
 /// `params` holds one pointer per parameter of `f`, each to a live value of the parameter's type (device pointers
 /// to buffers that outlive the kernel), and the kernel's indexing stays within those buffers for `cfg`. For
 /// `Overlapping` the kernel must execute `griddepcontrol.wait` before it reads anything an earlier kernel may still
-/// write or writes anything an earlier kernel may still read.
+/// write or writes anything an earlier kernel may still read. "Earlier" means any kernel queued before it, not only
+/// the one just before: a kernel that lets its dependents start before its own wait (as the tile-layout GEMV does)
+/// lets them overlap its own predecessor too.
 pub(crate) unsafe fn launch_with_attribute(
     dev: &CudaDevice,
     f: &CudaFunction,
@@ -546,21 +548,39 @@ pub(crate) unsafe fn launch_with_attribute(
     mode: super::LaunchMode,
 ) -> Result<()> {
     use cudarc::driver::sys;
+    dev.ctx.bind_to_thread().map_err(cuda_err("bind_to_thread"))?;
     // SAFETY: a plain-old-data union; the attribute id says which member the driver reads.
     let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    let num_attrs = match mode {
-        super::LaunchMode::Plain => 0,
+    match mode {
+        super::LaunchMode::Plain => {
+            let (g, b) = (cfg.grid_dim, cfg.block_dim);
+            // SAFETY: the caller's contract above; the function belongs to this device's context.
+            let r = unsafe {
+                sys::cuLaunchKernel(
+                    f.cu_function(),
+                    g.0,
+                    g.1,
+                    g.2,
+                    b.0,
+                    b.1,
+                    b.2,
+                    cfg.shared_mem_bytes,
+                    dev.stream.cu_stream(),
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+            return r.result().map_err(launch_err);
+        }
         super::LaunchMode::Cooperative => {
             attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
             attr.value.cooperative = 1;
-            1
         }
         super::LaunchMode::Overlapping => {
             attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
             attr.value.programmaticStreamSerializationAllowed = 1;
-            1
         }
-    };
+    }
     let config = sys::CUlaunchConfig {
         gridDimX: cfg.grid_dim.0,
         gridDimY: cfg.grid_dim.1,
@@ -571,9 +591,8 @@ pub(crate) unsafe fn launch_with_attribute(
         sharedMemBytes: cfg.shared_mem_bytes,
         hStream: dev.stream.cu_stream(),
         attrs: &mut attr,
-        numAttrs: num_attrs,
+        numAttrs: 1,
     };
-    dev.ctx.bind_to_thread().map_err(cuda_err("bind_to_thread"))?;
     // SAFETY: the caller's contract above; the function belongs to this device's context.
     let r = unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) };
     r.result().map_err(launch_err)

@@ -156,7 +156,9 @@ impl CustomKernel {
     /// [`CustomKernel::launch`] as a *programmatic dependent launch* on GPUs of compute capability 9.0 or later
     /// (Hopper): the kernel's blocks may start while the kernel queued before it is still running, and must execute
     /// `effllm_wait_for_previous_kernel()` (from [`KERNEL_PRELUDE`](super::KERNEL_PRELUDE)) before they read
-    /// anything an earlier kernel writes or write anything an earlier kernel reads. Work before that call — loading
+    /// anything an earlier kernel writes or write anything an earlier kernel reads. "Earlier" means any kernel
+    /// queued before, not only the one just before: a kernel that lets its dependents start before its own wait
+    /// (the built-in tile-layout GEMV does) lets them overlap its predecessor too. Work before that call — loading
     /// or prefetching weights that no kernel writes — overlaps the previous kernel's tail and the launch latency.
     /// The previous kernel lets it start early by executing `effllm_allow_next_kernel()`. On older GPUs this is
     /// [`CustomKernel::launch`] (the prelude's functions then compile to nothing).

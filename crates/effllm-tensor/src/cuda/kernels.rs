@@ -1342,14 +1342,16 @@ template <int TY> __device__ __forceinline__ int qt_table(const float* __restric
 // table is built (they do not depend on x).
 // STEPS = 0: any row length, chunks of 3 steps (Q8_0: 2) double-buffered (the next chunk's loads issued before this
 // chunk's arithmetic). STEPS > 0: rows of exactly that many steps (SmolLM2's 576 and 1536 columns), fully unrolled,
-// each step's loads issued D steps ahead (3 for Q4, 4 for Q8_0; with 2 for Q4 this was about 5 % (Q4_1) to 5-8 %
-// (Q8_0) faster on the LM head than the generic loop; 3 is 4-7 % faster than 2 in overlapping launches).
+// each step's loads issued D steps ahead: 3 for Q4, 4 for Q8_0. Launched plainly, the unrolled form with D = 2 for Q4
+// was about 5 % (Q4_1) and 5-8 % (Q8_0) faster on the LM head than the generic loop; in overlapping launches D = 3
+// is 4-7 % faster than D = 2 for Q4_1.
 // On Hopper `qlinear_tiles` launches it as a programmatic dependent launch: those first loads, and the CTAs' start,
 // overlap the previous kernel's tail; the kernel lets the next kernel start as soon as its loads are issued and
 // waits for the previous one before it reads x or writes y. Only the tile buffer is read before the wait: it is
-// written once, by the host-to-device copy of `QWeight::with_gemv_layout`, never by a kernel. In a stream of calls
-// on an H100 the Q4_1 LM head then reads its weights at 69.5-71 % of copy bandwidth and Q8_0 at 79-80 % (50-52.5 %
-// and 64-66 % launched plainly; 41-42 % and 56 % for the single-row kernels on ggml rows; `docs/benchmarks-gpu.md`).
+// written once, by the host-to-device copy of `QWeight::with_gemv_layout`, never by a kernel. (The early trigger
+// lets the next kernel's pre-wait part overlap this kernel's predecessor too: see `launch_with_attribute`.) In a
+// stream of calls on an H100 the Q4_1 LM head then reads its weights at 69.5-71 % of copy bandwidth and Q8_0 at
+// 79-80 %, against 41-42 % and 56 % for the single-row kernels on ggml rows (`docs/benchmarks-gpu.md`).
 template <int TY, int STEPS> __device__ __forceinline__ void qgemv_tiles_body(const u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n, int k) {
     extern __shared__ __align__(16) float qt_smem[];
     const int nb = k >> 5, steps = STEPS > 0 ? STEPS : (nb + 1) >> 1, nbp = 2 * steps, ch = qt_chunk<TY>();

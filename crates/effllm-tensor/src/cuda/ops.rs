@@ -1112,7 +1112,7 @@ pub(crate) fn qlinear_tiles(
             };
             // On Hopper a programmatic dependent launch: the kernel's first weight loads and its CTAs' start overlap
             // the previous kernel's tail (it waits for that kernel before reading x or writing y; the tiles it
-            // reads earlier are only ever written by the upload copy). 14-20 points of copy bandwidth on the LM
+            // reads earlier are only ever written by the upload copy). 13-21 points of copy bandwidth on the LM
             // head in a stream of calls on an H100 (`docs/benchmarks-gpu.md`).
             let mode = if dev.overlapping_launch() { LaunchMode::Overlapping } else { LaunchMode::Plain };
             // SAFETY: `tiles` holds the tile layout of an n × k matrix of `ty` (built by QWeight::with_gemv_layout,

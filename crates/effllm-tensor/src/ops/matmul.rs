@@ -147,11 +147,12 @@ fn batched<R: Real + faer::traits::ComplexField>(
             out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, Par::Seq));
         } else if m * n > 0 {
             let (tiles_m, tiles_n) = (m.div_ceil(GEMM_TILE_ROWS), n.div_ceil(GEMM_TILE_COLS));
-            if flops >= (1 << 24) && tiles_m * tiles_n >= 2 {
+            // At most SKINNY_MAX_ROWS rows take `one` (the GEMV path where it applies) however large the product.
+            if m > SKINNY_MAX_ROWS && flops >= (1 << 24) && tiles_m * tiles_n >= 2 {
                 // Large products: C in fixed tiles of 512 rows × 256 columns, one sequential faer GEMM per tile, the
                 // tiles spread over the pool. Each call then packs only its 256 columns of B, which stay in L2,
                 // where faer's own split (or whole row blocks) packs all of B per task. On the 2-core Xeon slice,
-                // interleaved runs at n = 1024: 335-377 GFLOP/s against 307-342 for row blocks of 256 (the
+                // interleaved runs at n = 1024: 339-371 GFLOP/s against 307-342 for row blocks of 256 (the
                 // previous split, itself 4-11 points above faer's) and 293-299 for faer's parallel split
                 // (`docs/benchmarks.md`). The tiles do not depend on the thread count, so neither do the results.
                 for (i, c) in out.chunks_mut(m * n).enumerate() {
