@@ -1263,7 +1263,9 @@ extern "C" __global__ void qdequant(const u8* w, float* out, i64 n_blocks, int t
 // 32 blocks, then the last 16), then their headers in lane order (Q4_0, Q8_0: d; Q4_1: d and m). Every load of a warp
 // reads one contiguous span (512 bytes of quants, 64-128 bytes of headers).
 template <int TY> struct QtStep { uint4 q, q2; u32 h; };
-template <int TY> __device__ __forceinline__ int qt_chunk() { return TY == 0 ? 576 : TY == 1 ? 640 : 1088; }
+// Bytes of one step (32 blocks) of format ty (0: Q4_0, 1: Q4_1, 2: Q8_0), as `quant::tiles::chunk_bytes`.
+__device__ __forceinline__ int qt_chunk_bytes(int ty) { return ty == 0 ? 576 : ty == 1 ? 640 : 1088; }
+template <int TY> __device__ __forceinline__ int qt_chunk() { return qt_chunk_bytes(TY); }
 template <int TY> __device__ __forceinline__ void qt_load(QtStep<TY>& t, const u8* ch, int lane, bool ok) {
     t.q = ok ? __ldg((const uint4*)(ch + 16 * lane)) : make_uint4(0, 0, 0, 0);
     if (TY == 2) t.q2 = ok ? __ldg((const uint4*)(ch + 512 + 16 * lane)) : make_uint4(0, 0, 0, 0);
@@ -1300,9 +1302,7 @@ template <int TY> __device__ __forceinline__ int qt_table(const float* __restric
     float* bsum = bmax + nbp;
     for (int b = warp; b < nb; b += warps) {
         const float v = x[b * 32 + lane], m = warp_max(fabsf(v));
-        float s = mul_pow2(v, -scale_exponent(m));
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float s = warp_sum(mul_pow2(v, -scale_exponent(m)));
         if (lane == 0) { bmax[b] = m; bsum[b] = s; }
     }
     __syncthreads();
@@ -1411,7 +1411,7 @@ QGEMV_TILES(24, _s24)
 // The f32 matrix of a tile layout (prefill-sized inputs, then cuBLAS): one thread per block, each value as
 // `qdequant` computes it.
 extern "C" __global__ void qdequant_tiles(const u8* w, float* out, i64 n, i64 k, int ty) {
-    const i64 nb = k >> 5, steps = (nb + 1) >> 1, ch = ty == 0 ? 576 : ty == 1 ? 640 : 1088;
+    const i64 nb = k >> 5, steps = (nb + 1) >> 1, ch = qt_chunk_bytes(ty);
     for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < n * nb; t += (i64)gridDim.x * blockDim.x) {
         const i64 r = t / nb, blk = t - r * nb;
         const u8* c = w + ((r >> 4) * steps + (blk >> 1)) * ch;

@@ -1080,18 +1080,19 @@ pub(crate) fn qlinear_tiles(
         let mut out = dev.alloc(DType::F32, m * n)?;
         if m * n > 0 {
             // Rows of 9 or 24 steps (576 or 1,536 columns, SmolLM2's) take a fully unrolled instance.
-            let unrolled = match steps {
-                9 => "_s9",
-                24 => "_s24",
-                _ => "",
+            use crate::quant::QuantType::{Q4_0, Q4_1, Q8_0};
+            let name = match (steps, ty) {
+                (9, Q4_0) => "qgemv_tiles_s9_q4_0",
+                (9, Q4_1) => "qgemv_tiles_s9_q4_1",
+                (9, Q8_0) => "qgemv_tiles_s9_q8_0",
+                (24, Q4_0) => "qgemv_tiles_s24_q4_0",
+                (24, Q4_1) => "qgemv_tiles_s24_q4_1",
+                (24, Q8_0) => "qgemv_tiles_s24_q8_0",
+                (_, Q4_0) => "qgemv_tiles_q4_0",
+                (_, Q4_1) => "qgemv_tiles_q4_1",
+                (_, Q8_0) => "qgemv_tiles_q8_0",
             };
-            let ty_name = match ty {
-                crate::quant::QuantType::Q4_0 => "q4_0",
-                crate::quant::QuantType::Q4_1 => "q4_1",
-                crate::quant::QuantType::Q8_0 => "q8_0",
-            };
-            let name = format!("qgemv_tiles{unrolled}_{ty_name}");
-            let f = dev.builtin("quant", kernels::QUANT, &name)?;
+            let f = dev.builtin("quant", kernels::QUANT, name)?;
             let xv = view(&xw);
             let (wp, _wg) = wv.device_ptr(&dev.stream);
             let (xp, _xg) = xv.device_ptr(&dev.stream);
