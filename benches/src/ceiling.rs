@@ -219,6 +219,90 @@ pub fn measure_fma(reps: usize, per_rep: Duration) -> (f64, FmaIsa) {
     best
 }
 
+/// f32 lanes per vector of the register-blocked probe × vectors per depth step (2 × 16 = 32 columns of C).
+pub const PROBE_COLUMNS: usize = 32;
+/// Broadcast values per depth step of the register-blocked probe (12 rows of C: 24 accumulators of 16 lanes).
+pub const PROBE_ROWS: usize = 12;
+/// Depth of one probe call, as a GEMM microkernel runs it over one packed panel pair.
+pub const PROBE_DEPTH: usize = 256;
+/// Broadcast panels the probe cycles through (192 KiB in all: they stream from L2 as a GEMM's packed panels do,
+/// while the 32 KiB vector panel stays in L1).
+const PROBE_PANELS: usize = 16;
+
+/// Flops of one call of the register-blocked probe.
+pub const PROBE_FLOPS_PER_CALL: usize = 2 * PROBE_DEPTH * PROBE_COLUMNS * PROBE_ROWS;
+
+/// One call of the probe: `c += Σ_d broadcasts[d] ⊗ vectors[d]` over [`PROBE_DEPTH`] steps, with the 12 × 32 block
+/// of `c` held in 24 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn probe_call(vectors: &[f32], broadcasts: &[f32], c: &mut [f32; PROBE_ROWS * PROBE_COLUMNS]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; PROBE_ROWS];
+    for (v, b) in vectors.chunks_exact(PROBE_COLUMNS).zip(broadcasts.chunks_exact(PROBE_ROWS)) {
+        // SAFETY: `v` holds 32 f32, read as two unaligned 16-lane vectors.
+        let (v0, v1) = unsafe { (_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16))) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(b[r]);
+            acc[0] = _mm512_fmadd_ps(x, v0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(x, v1, acc[1]);
+        }
+    }
+    for (row, acc) in c.chunks_exact_mut(PROBE_COLUMNS).zip(&acc) {
+        for (half, a) in row.chunks_exact_mut(16).zip(acc) {
+            // SAFETY: `half` holds 16 f32; unaligned load and store.
+            unsafe { _mm512_storeu_ps(half.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(half.as_ptr()), *a)) };
+        }
+    }
+}
+
+/// What one thread's FMA units reach in the loop of a GEMM microkernel, with its loads: best GFLOP/s of `reps` runs
+/// of about `per_rep`, on the calling thread. The loop is the register blocking of BLIS-style AVX-512 kernels
+/// (12 rows × 32 columns of C in 24 registers; per depth step 2 vector loads from a panel in L1 and 12 broadcasts
+/// from panels streamed from L2). `None` without AVX-512, where the probe does not apply.
+///
+/// It bounds what a GEMM kernel of that blocking could reach on this core, below the pure FMA loop of
+/// [`measure_fma`] (no loads) and above faer's AVX-512 kernel, whose blocking (6 vectors × 4 broadcasts: 6 vector
+/// loads per 24 FMAs) is a different trade.
+pub fn register_blocked_probe(reps: usize, per_rep: Duration) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // Values in [0.005, 0.015): the sums grow by ~0.03 per call, far from overflow for any run length.
+        let fill = |len: usize, mul: usize| -> Vec<f32> {
+            (0..len).map(|i| 0.005 + ((i * mul) % 1000) as f32 * 1e-5).collect()
+        };
+        let vectors = fill(PROBE_DEPTH * PROBE_COLUMNS, 7919);
+        let broadcasts = fill(PROBE_PANELS * PROBE_DEPTH * PROBE_ROWS, 104_729);
+        let panel = PROBE_DEPTH * PROBE_ROWS;
+        let mut c = [0f32; PROBE_ROWS * PROBE_COLUMNS];
+        let mut run = |calls: usize| {
+            let t = Instant::now();
+            for i in 0..calls {
+                let p = (i % PROBE_PANELS) * panel;
+                // SAFETY: AVX-512F was detected at run time.
+                unsafe { probe_call(&vectors, &broadcasts[p..p + panel], &mut c) };
+            }
+            t.elapsed()
+        };
+        let mut calls = 64usize;
+        loop {
+            let dt = run(calls);
+            if dt >= per_rep / 8 || calls >= 1 << 30 {
+                calls = ((calls as f64 * per_rep.as_secs_f64() / dt.as_secs_f64().max(1e-9)) as usize).max(1);
+                break;
+            }
+            calls *= 4;
+        }
+        let best = (0..reps.max(1))
+            .map(|_| (calls * PROBE_FLOPS_PER_CALL) as f64 / run(calls).as_secs_f64() / 1e9)
+            .fold(0.0, f64::max);
+        black_box(&c);
+        return Some(best);
+    }
+    let _ = (reps, per_rep);
+    None
+}
+
 /// Bytes of each memory-ceiling buffer and of the operands a "streamed" benchmark case rotates over:
 /// [`MemBuffers::DEFAULT_BYTES`], or twice the L3 where that is larger (some server CPUs report an L3 of
 /// hundreds of MiB), at most 2 GiB, so that the passes read DRAM, not cache.
@@ -431,6 +515,29 @@ mod tests {
             let f = fma_kernel_with(isa, 100);
             let want = s * (isa.lanes() / LANES) as f32;
             assert!((f - want).abs() <= 1e-3 * want.abs(), "{isa:?}: {f} vs {want}");
+        }
+    }
+
+    #[test]
+    fn register_blocked_probe_matches_scalar_sums() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            let vectors: Vec<f32> = (0..PROBE_DEPTH * PROBE_COLUMNS).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+            let broadcasts: Vec<f32> = (0..PROBE_DEPTH * PROBE_ROWS).map(|i| (i % 11) as f32 * 0.5 - 2.5).collect();
+            let mut c = [1f32; PROBE_ROWS * PROBE_COLUMNS];
+            // SAFETY: AVX-512F was detected at run time.
+            unsafe { probe_call(&vectors, &broadcasts, &mut c) };
+            for r in 0..PROBE_ROWS {
+                for j in 0..PROBE_COLUMNS {
+                    let want: f64 = 1.0
+                        + (0..PROBE_DEPTH)
+                            .map(|d| broadcasts[d * PROBE_ROWS + r] as f64 * vectors[d * PROBE_COLUMNS + j] as f64)
+                            .sum::<f64>();
+                    let got = c[r * PROBE_COLUMNS + j] as f64;
+                    assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "c[{r}][{j}] = {got}, want {want}");
+                }
+            }
+            assert!(register_blocked_probe(1, Duration::from_millis(2)).is_some_and(|g| g > 0.0));
         }
     }
 

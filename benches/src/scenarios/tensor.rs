@@ -28,6 +28,56 @@ fn mib(bytes: f64) -> String {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Gemm;
 
+/// Products `C (m × n) += A·B` over a depth k whose operands stay in L1/L2, for [`faer_in_cache`].
+pub const FAER_IN_CACHE_SHAPES: [(usize, usize, usize); 3] = [(256, 96, 64), (256, 96, 256), (256, 192, 128)];
+
+/// faer's GEMM with every operand in cache, one thread: the best GFLOP/s over [`FAER_IN_CACHE_SHAPES`] (best of
+/// `reps` runs of about `per_rep` each, row-major operands, `Par::Seq`, the output accumulated in place) and the
+/// shape that reached it. What faer's kernel itself runs at, without cold operands, packing of large panels or a
+/// second thread: the bound for any product computed through faer on this core.
+pub fn faer_in_cache(reps: usize, per_rep: std::time::Duration) -> (f64, (usize, usize, usize)) {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, MatMut, MatRef, Par};
+    let mut best = (0.0, FAER_IN_CACHE_SHAPES[0]);
+    for (m, n, k) in FAER_IN_CACHE_SHAPES {
+        let fill =
+            |len: usize, mul: usize| -> Vec<f32> { (0..len).map(|i| ((i * mul) % 1000) as f32 * 1e-3 - 0.5).collect() };
+        let (a, b) = (fill(m * k, 7919), fill(k * n, 104_729));
+        let mut c = vec![0f32; m * n];
+        let mut run = |calls: usize| {
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                let cm = MatMut::from_row_major_slice_mut(&mut c, m, n);
+                matmul(
+                    cm,
+                    Accum::Add,
+                    MatRef::from_row_major_slice(&a, m, k),
+                    MatRef::from_row_major_slice(&b, k, n),
+                    1.0f32,
+                    Par::Seq,
+                );
+            }
+            t.elapsed()
+        };
+        let mut calls = 4usize;
+        loop {
+            let dt = run(calls);
+            if dt >= per_rep / 8 || calls >= 1 << 24 {
+                calls = ((calls as f64 * per_rep.as_secs_f64() / dt.as_secs_f64().max(1e-9)) as usize).max(1);
+                break;
+            }
+            calls *= 4;
+        }
+        let flops = 2.0 * (m * n * k) as f64 * calls as f64;
+        let g = (0..reps.max(1)).map(|_| flops / run(calls).as_secs_f64() / 1e9).fold(0.0, f64::max);
+        black_box(&c);
+        if g > best.0 {
+            best = (g, (m, n, k));
+        }
+    }
+    best
+}
+
 impl Gemm {
     fn sizes(options: &Options) -> Vec<usize> {
         let mut v = inputs::GEMM_SIZES.to_vec();
@@ -48,11 +98,13 @@ impl Scenario for Gemm {
     }
 
     fn cases(&self, options: &Options) -> usize {
-        Self::sizes(options).len()
+        // The sizes, then 1024² on one thread.
+        Self::sizes(options).len() + 1
     }
 
     fn run(&self, ctx: &mut Context) -> Result<ScenarioReport> {
         let ceiling = ctx.ceilings.fma_gflops;
+        let mut gemm_1024 = None;
         let mut table =
             Table::new("f32 GEMM, C = A·B, all n × n", &["n", "time", "GFLOP/s", "% of FMA ceiling", "spread"]);
         let mut points = Vec::new();
@@ -66,6 +118,7 @@ impl Scenario for Gemm {
             table.row(vec![n.to_string(), fmt_duration(m.median), num(gf), pct(gf / ceiling), pct(m.spread())]);
             points.push((n as f64, gf));
             if n == 1024 {
+                gemm_1024 = Some(gf);
                 targets.push(Target {
                     what: "f32 GEMM 1024² vs the FMA ceiling".into(),
                     ratio: gf / ceiling,
@@ -73,16 +126,57 @@ impl Scenario for Gemm {
                 });
             }
         }
+        // One core: what a GEMM kernel reaches with its operands in cache, against the one-thread FMA loop.
+        let ceiling_1t = ctx.ceilings.fma_gflops_1t;
+        let mut core = Table::new(
+            "One core: f32 GEMM kernels with their operands in cache, against the one-thread FMA loop",
+            &["kernel", "GFLOP/s", "% of the 1-thread FMA ceiling"],
+        );
+        core.row(vec!["FMA loop (the ceiling; no loads)".into(), num(ceiling_1t), pct(1.0)]);
+        let probe_time = std::time::Duration::from_millis(100);
+        ctx.status("gemm: register-blocked probe");
+        if let Some(g) = crate::ceiling::register_blocked_probe(5, probe_time) {
+            core.row(vec![
+                "register-blocked loop, 12 × 32 of C in registers (BLIS-style AVX-512 blocking)".into(),
+                num(g),
+                pct(g / ceiling_1t),
+            ]);
+        }
+        ctx.status("gemm: faer in cache");
+        let (faer_gf, (fm, fn_, fk)) = faer_in_cache(5, probe_time);
+        core.row(vec![
+            format!("faer matmul in cache, C {fm} × {fn_} += A·B, depth {fk} (best of 3 shapes)"),
+            num(faer_gf),
+            pct(faer_gf / ceiling_1t),
+        ]);
+        let (a, b) = inputs::gemm_operands(1024);
+        let one_thread = effllm_tensor::threads::with_num_threads(1, || {
+            let _ = a.matmul(&b);
+            ctx.time("gemm 1024, 1 thread", || a.matmul(&b))
+        })?;
+        let gf_1t = one_thread.gflops(2.0 * 1024f64.powi(3));
+        core.row(vec!["Tensor::matmul 1024², one thread".into(), num(gf_1t), pct(gf_1t / ceiling_1t)]);
         let threads = ctx.ceilings.threads;
+        let mut notes = vec![format!(
+            "FLOPs counted as 2n³ per product. Ceiling: the FMA loop on {threads} threads ({} GFLOP/s; one \
+             thread: {} GFLOP/s). Spread = (slowest − fastest sample) / median.",
+            num(ceiling),
+            num(ceiling_1t)
+        )];
+        if let Some(gf) = gemm_1024 {
+            notes.push(format!(
+                "faer's kernel with its operands in cache runs at {} of the one-thread FMA ceiling: the most any \
+                 product through faer can reach. 1024² on {threads} threads reaches {} of the {threads}-thread \
+                 ceiling, {} of {threads} × faer's in-cache rate.",
+                pct(faer_gf / ceiling_1t),
+                pct(gf / ceiling),
+                pct(gf / (threads as f64 * faer_gf))
+            ));
+        }
         Ok(ScenarioReport {
             title: "GEMM (f32)".into(),
-            notes: vec![format!(
-                "FLOPs counted as 2n³ per product. Ceiling: the FMA loop on {threads} threads ({} GFLOP/s; one \
-                 thread: {} GFLOP/s). Spread = (slowest − fastest sample) / median.",
-                num(ceiling),
-                num(ctx.ceilings.fma_gflops_1t)
-            )],
-            tables: vec![table],
+            notes,
+            tables: vec![table, core],
             plots: vec![PlotSpec {
                 file_stem: "gemm".into(),
                 title: format!("f32 GEMM n x n, {threads} threads"),

@@ -132,7 +132,7 @@ fn batched<R: Real + faer::traits::ComplexField>(
     let batches = a_offs.len().max(if p.batch_shape.is_empty() { 1 } else { 0 });
     let (a_offs, b_offs) =
         if p.batch_shape.is_empty() { (vec![la.offset()], vec![lb.offset()]) } else { (a_offs, b_offs) };
-    let mut out = vec![R::zero(); batches * m * n];
+    let len = batches * m * n;
     let one = |i: usize, c: &mut [R], par: Par| {
         let ao = Operand { data: a, off: a_offs[i], rs: a_rs, cs: a_cs };
         let bo = Operand { data: b, off: b_offs[i], rs: b_rs, cs: b_cs };
@@ -141,42 +141,60 @@ fn batched<R: Real + faer::traits::ComplexField>(
         }
     };
     let flops = m * n * k;
+    let (tiles_m, tiles_n) = (m.div_ceil(GEMM_TILE_ROWS), n.div_ceil(GEMM_TILE_COLS));
     crate::threads::install(|| {
+        // At most SKINNY_MAX_ROWS rows take `one` (the GEMV path where it applies) however large the product.
+        if m > SKINNY_MAX_ROWS && flops >= (1 << 24) && tiles_m * tiles_n >= 2 {
+            // Large products: C in fixed tiles of 512 rows × 256 columns, one sequential faer GEMM per tile, the
+            // tiles spread over the pool. Each call then packs only its 256 columns of B, which stay in L2,
+            // where faer's own split (or whole row blocks) packs all of B per task. On the 2-core Xeon slice,
+            // interleaved runs at n = 1024: 339-371 GFLOP/s against 307-342 for row blocks of 256 (the
+            // previous split, itself 4-11 points above faer's) and 293-299 for faer's parallel split
+            // (`docs/benchmarks.md`). The tiles do not depend on the thread count, so neither do the results.
+            //
+            // The output is allocated uninitialised and each task zeroes its own tile just before its GEMM:
+            // `vec![0; len]` would have one thread memset all of C (4 MiB at n = 1024, and page faults when the
+            // allocation is fresh) before the tiles overwrite it; zeroing per tile runs in parallel and leaves the
+            // tile in cache for faer's stores (1-2 points of the FMA ceiling in interleaved runs at n = 1024).
+            // faer's `Accum::Replace` never needs the zeros, but they keep every element initialised whatever
+            // path faer takes inside.
+            let mut out: Vec<R> = Vec::with_capacity(len);
+            for i in 0..batches {
+                // SAFETY: i·m·n + m·n <= len = the capacity.
+                let base = TileOut(unsafe { out.as_mut_ptr().add(i * m * n) });
+                (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
+                    let (r0, c0) = ((t / tiles_n) * GEMM_TILE_ROWS, (t % tiles_n) * GEMM_TILE_COLS);
+                    let (rows, cols) = (GEMM_TILE_ROWS.min(m - r0), GEMM_TILE_COLS.min(n - c0));
+                    let ao = Operand { data: a, off: a_offs[i] + r0 * a_rs, rs: a_rs, cs: a_cs };
+                    let bo = Operand { data: b, off: b_offs[i] + c0 * b_cs, rs: b_rs, cs: b_cs };
+                    // SAFETY: the rows × cols tile at (r0, c0) of batch i's m × n row-major block of `out`'s
+                    // allocation, which outlives this loop; the tasks' tiles are disjoint, so no two touch the same
+                    // element. Each row of the tile is written (zeroed) before faer sees it.
+                    let cm = unsafe {
+                        let tile = base.ptr().add(r0 * n + c0);
+                        for r in 0..rows {
+                            std::slice::from_raw_parts_mut(tile.add(r * n).cast::<std::mem::MaybeUninit<R>>(), cols)
+                                .fill(std::mem::MaybeUninit::new(R::zero()));
+                        }
+                        MatMut::from_raw_parts_mut(tile, rows, cols, n as isize, 1)
+                    };
+                    gemm_into(ao, bo, cm, k, Par::Seq);
+                });
+            }
+            // SAFETY: the tiles of every batch cover all len elements, and each was written above.
+            unsafe { out.set_len(len) };
+            return out;
+        }
+        let mut out = vec![R::zero(); len];
         if batches > 1 && m * n > 0 && flops < (1 << 22) {
             // Many small products: parallel over batches, each sequential.
             out.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, Par::Seq));
         } else if m * n > 0 {
-            let (tiles_m, tiles_n) = (m.div_ceil(GEMM_TILE_ROWS), n.div_ceil(GEMM_TILE_COLS));
-            // At most SKINNY_MAX_ROWS rows take `one` (the GEMV path where it applies) however large the product.
-            if m > SKINNY_MAX_ROWS && flops >= (1 << 24) && tiles_m * tiles_n >= 2 {
-                // Large products: C in fixed tiles of 512 rows × 256 columns, one sequential faer GEMM per tile, the
-                // tiles spread over the pool. Each call then packs only its 256 columns of B, which stay in L2,
-                // where faer's own split (or whole row blocks) packs all of B per task. On the 2-core Xeon slice,
-                // interleaved runs at n = 1024: 339-371 GFLOP/s against 307-342 for row blocks of 256 (the
-                // previous split, itself 4-11 points above faer's) and 293-299 for faer's parallel split
-                // (`docs/benchmarks.md`). The tiles do not depend on the thread count, so neither do the results.
-                for (i, c) in out.chunks_mut(m * n).enumerate() {
-                    let base = TileOut(c.as_mut_ptr());
-                    (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
-                        let (r0, c0) = ((t / tiles_n) * GEMM_TILE_ROWS, (t % tiles_n) * GEMM_TILE_COLS);
-                        let (rows, cols) = (GEMM_TILE_ROWS.min(m - r0), GEMM_TILE_COLS.min(n - c0));
-                        let ao = Operand { data: a, off: a_offs[i] + r0 * a_rs, rs: a_rs, cs: a_cs };
-                        let bo = Operand { data: b, off: b_offs[i] + c0 * b_cs, rs: b_rs, cs: b_cs };
-                        // SAFETY: the rows × cols tile at (r0, c0) of the m × n row-major chunk `c`, which outlives
-                        // this loop; the tasks' tiles are disjoint, so no two write the same element.
-                        let cm = unsafe {
-                            MatMut::from_raw_parts_mut(base.ptr().add(r0 * n + c0), rows, cols, n as isize, 1)
-                        };
-                        gemm_into(ao, bo, cm, k, Par::Seq);
-                    });
-                }
-            } else {
-                let par = if flops < (1 << 16) { Par::Seq } else { Par::rayon(0) };
-                out.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, par));
-            }
+            let par = if flops < (1 << 16) { Par::Seq } else { Par::rayon(0) };
+            out.chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, par));
         }
-    });
-    out
+        out
+    })
 }
 
 /// The decode fast path for f32: `A` has at most [`SKINNY_MAX_ROWS`] rows with unit column stride, and `B` is a
