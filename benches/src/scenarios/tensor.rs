@@ -145,15 +145,18 @@ impl Scenario for Gemm {
         ctx.status("gemm: faer in cache");
         let (faer_gf, (fm, fn_, fk)) = faer_in_cache(5, probe_time);
         core.row(vec![
-            format!("faer matmul in cache, C {fm} × {fn_} += A·B, depth {fk} (best of 3 shapes)"),
+            format!(
+                "faer matmul in cache, C {fm} × {fn_} += A·B, depth {fk} (best of {} shapes)",
+                FAER_IN_CACHE_SHAPES.len()
+            ),
             num(faer_gf),
             pct(faer_gf / ceiling_1t),
         ]);
         let (a, b) = inputs::gemm_operands(1024);
-        let one_thread = effllm_tensor::threads::with_num_threads(1, || {
-            let _ = a.matmul(&b);
-            ctx.time("gemm 1024, 1 thread", || a.matmul(&b))
-        })?;
+        let one_thread = effllm_tensor::threads::with_num_threads(1, || -> Result<_> {
+            a.matmul(&b)?;
+            Ok(ctx.time("gemm 1024, 1 thread", || a.matmul(&b)))
+        })??;
         let gf_1t = one_thread.gflops(2.0 * 1024f64.powi(3));
         core.row(vec!["Tensor::matmul 1024², one thread".into(), num(gf_1t), pct(gf_1t / ceiling_1t)]);
         let threads = ctx.ceilings.threads;
@@ -165,8 +168,8 @@ impl Scenario for Gemm {
         )];
         if let Some(gf) = gemm_1024 {
             notes.push(format!(
-                "faer's kernel with its operands in cache runs at {} of the one-thread FMA ceiling: the most any \
-                 product through faer can reach. 1024² on {threads} threads reaches {} of the {threads}-thread \
+                "faer's kernel with its operands in cache runs at {} of the one-thread FMA ceiling (the best of the \
+                 sampled shapes): about the most a product through faer can reach on one core. 1024² on {threads} threads reaches {} of the {threads}-thread \
                  ceiling, {} of {threads} × faer's in-cache rate.",
                 pct(faer_gf / ceiling_1t),
                 pct(gf / ceiling),

@@ -201,6 +201,9 @@ impl Layout {
         if shape.len() < self.rank() {
             return Err(Error::ShapeMismatch { op: "broadcast_as", lhs: self.shape.clone(), rhs: shape.to_vec() });
         }
+        // A view whose element count overflows could never be materialised, and the kernels size their outputs
+        // and tiles by products of its dims: reject it here, where every broadcast view is made.
+        checked_elem_count("broadcast_as", shape)?;
         let extra = shape.len() - self.rank();
         let mut strides = vec![0; shape.len()];
         for (i, (&d, &s)) in self.shape.iter().zip(&self.strides).enumerate() {

@@ -406,6 +406,22 @@ fn skinny_equals_gemv_rows_on_large_products() {
     }
 }
 
+/// Broadcast views can describe shapes that could never be stored. A product whose output would hold more elements
+/// than `usize` counts is a typed error (the element count of this one, 9 · (2⁶⁴ + 2²⁵) / 9, would wrap to 2²⁵ and
+/// size the output and its tiles), and a view whose own count overflows is refused where it is made.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn products_of_views_too_large_to_exist_are_errors() {
+    let n = (((1u128 << 64) + (1 << 25)) / 9) as usize;
+    let a = randn(&[9, 1], 1);
+    let one = randn(&[1, 1], 2);
+    let b = one.broadcast_as(&[1, n]).unwrap();
+    let err = a.matmul(&b).unwrap_err();
+    assert!(matches!(err, Error::BadShape { op: "matmul", .. }), "{err}");
+    let err = one.broadcast_as(&[9, n]).unwrap_err();
+    assert!(matches!(err, Error::BadShape { op: "broadcast_as", .. }), "{err}");
+}
+
 /// Large products run in fixed tiles of C, 512 rows × 256 columns (one sequential faer GEMM each, spread over the
 /// pool): bitwise the same on 1, 2 and 3 threads, with partial tiles in both directions, a transposed right operand
 /// and a batch, and within f32 rounding of the f64 reference.

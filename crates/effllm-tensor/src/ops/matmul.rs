@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::cpu::gemv::{gemv_f32, gemv_f64, skinny_f32};
 use crate::cpu::{CpuStorage, Real};
-use crate::layout::{Layout, broadcast_shape};
+use crate::layout::{Layout, broadcast_shape, checked_elem_count};
 use crate::tensor::WorkOut;
 use crate::{DType, Error, Result, Tensor};
 
@@ -140,7 +140,8 @@ fn batched<R: Real + faer::traits::ComplexField>(
             gemm_one(ao, bo, c, m, k, n, par);
         }
     };
-    let flops = m * n * k;
+    // Saturating: only compared with thresholds (k may be a broadcast dim of any size).
+    let flops = m.saturating_mul(n).saturating_mul(k);
     let (tiles_m, tiles_n) = (m.div_ceil(GEMM_TILE_ROWS), n.div_ceil(GEMM_TILE_COLS));
     crate::threads::install(|| {
         // At most SKINNY_MAX_ROWS rows take `one` (the GEMV path where it applies) however large the product.
@@ -152,15 +153,16 @@ fn batched<R: Real + faer::traits::ComplexField>(
             // previous split, itself 4-11 points above faer's) and 293-299 for faer's parallel split
             // (`docs/benchmarks.md`). The tiles do not depend on the thread count, so neither do the results.
             //
-            // The output is allocated uninitialised and each task zeroes its own tile just before its GEMM:
-            // `vec![0; len]` would have one thread memset all of C (4 MiB at n = 1024, and page faults when the
-            // allocation is fresh) before the tiles overwrite it; zeroing per tile runs in parallel and leaves the
-            // tile in cache for faer's stores (1-2 points of the FMA ceiling in interleaved runs at n = 1024).
-            // faer's `Accum::Replace` never needs the zeros, but they keep every element initialised whatever
-            // path faer takes inside.
+            // The output is allocated uninitialised and each task zeroes its own tile just before its GEMM.
+            // `vec![0; len]` is calloc: when it reuses freed memory (the usual case in a loop) one thread memsets
+            // all of C (4 MiB at n = 1024) before the tiles overwrite it, and when the memory is fresh the tiles
+            // take its page faults. Zeroing per tile runs in parallel and leaves the tile in cache for faer's
+            // stores (1-2 points of the FMA ceiling in interleaved runs at n = 1024). faer's `Accum::Replace`
+            // never needs the zeros, but they keep every element initialised whatever path faer takes inside.
             let mut out: Vec<R> = Vec::with_capacity(len);
             for i in 0..batches {
-                // SAFETY: i·m·n + m·n <= len = the capacity.
+                // SAFETY: i·m·n + m·n <= len <= the capacity (len = batches·m·n fits usize: `matmul_fwd` checked
+                // the output's element count).
                 let base = TileOut(unsafe { out.as_mut_ptr().add(i * m * n) });
                 (0..tiles_m * tiles_n).into_par_iter().for_each(|t| {
                     let (r0, c0) = ((t / tiles_n) * GEMM_TILE_ROWS, (t % tiles_n) * GEMM_TILE_COLS);
@@ -246,6 +248,8 @@ impl Tensor {
         let (m, k, n) = (p.m, p.k, p.n);
         let mut shape = p.batch_shape.clone();
         shape.extend([m, n]);
+        // The kernels size the output and its tiles by this count (operands can be broadcast views of any shape).
+        checked_elem_count(OP, &shape)?;
         crate::tensor::on_cuda!(self, crate::cuda::ops::matmul(self, rhs, &p.batch_shape, m, k, n));
         let out = match (self.cpu_storage(), rhs.cpu_storage()) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
