@@ -10,6 +10,29 @@
 //! let two = effllm_tensor::threads::with_num_threads(2, || effllm_tensor::threads::num_threads()).unwrap();
 //! assert_eq!(two, 2);
 //! ```
+//!
+//! # Many small ops in a row: run the loop inside one [`install`]
+//!
+//! A parallel op called from a thread outside the pool hands its work to the pool and sleeps until it is done: two
+//! thread wake-ups per op. On the 2-core VM of `docs/benchmarks.md`, a parallel region of 16 trivial tasks costs
+//! 4.6 µs back to back, 20 µs after a 50 µs pause and 84 µs after a 200 µs pause (medians of 2,000): as much as, or
+//! more than, the work of a decode-sized GEMV (576 × 576 in Q4_1 is about 200 KiB). Inside [`install`] every op
+//! runs inline on a worker and only the other workers are woken, so a decode loop belongs inside one call, as
+//! `effllm-model`'s forward pass does:
+//!
+//! ```
+//! use effllm_tensor::{Device, Tensor};
+//! let w = Tensor::from_vec((0..576 * 576).map(|i| (i % 7) as f32).collect(), &[576, 576], &Device::Cpu).unwrap();
+//! let y = effllm_tensor::threads::install(|| -> effllm_tensor::Result<Tensor> {
+//!     let mut x = Tensor::from_vec(vec![1e-3f32; 576], &[1, 576], &Device::Cpu)?;
+//!     for _ in 0..8 {
+//!         x = x.linear(&w)?.affine(1e-3, 0.0)?; // each op runs inline on a worker
+//!     }
+//!     Ok(x)
+//! })
+//! .unwrap();
+//! assert_eq!(y.shape(), &[1, 576]);
+//! ```
 
 use std::sync::{Arc, OnceLock, RwLock};
 
