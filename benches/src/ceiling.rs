@@ -187,17 +187,37 @@ pub fn fma_parallel_with(isa: FmaIsa, iters: u64) -> (Duration, u64) {
 
 /// Iterations of the `isa` kernel that take about `target` on one thread.
 pub fn calibrate_fma(isa: FmaIsa, target: Duration) -> u64 {
-    let mut iters = 1u64 << 14;
-    loop {
+    calibrate(target, 1 << 14, 1 << 40, |iters| {
         let t = Instant::now();
         black_box(fma_kernel_with(isa, iters));
-        let dt = t.elapsed();
-        if dt >= target / 8 || iters >= 1 << 40 {
+        t.elapsed()
+    })
+}
+
+/// The amount of work (iterations, calls) that takes about `target`: `timed(count)` does `count` units and returns
+/// their time; the count grows 4× from `start` until one batch takes an eighth of `target` (or the count reaches
+/// `max`), then is scaled to `target`. At least 1.
+pub fn calibrate(target: Duration, start: u64, max: u64, mut timed: impl FnMut(u64) -> Duration) -> u64 {
+    let mut count = start.max(1);
+    loop {
+        let dt = timed(count);
+        if dt >= target / 8 || count >= max {
             let scale = target.as_secs_f64() / dt.as_secs_f64().max(1e-9);
-            return ((iters as f64 * scale) as u64).max(1);
+            return ((count as f64 * scale) as u64).max(1);
         }
-        iters *= 4;
+        count *= 4;
     }
+}
+
+/// The best rate of `reps` runs of `pass`, which returns its time and the work it did (flops, bytes): work per
+/// nanosecond, i.e. giga-units per second.
+pub fn best_rate(reps: usize, mut pass: impl FnMut() -> (Duration, f64)) -> f64 {
+    (0..reps.max(1))
+        .map(|_| {
+            let (dt, work) = pass();
+            work / dt.as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Measured compute ceiling: best GFLOP/s of `reps` runs of about `per_rep` each, over every kernel of
@@ -206,12 +226,10 @@ pub fn measure_fma(reps: usize, per_rep: Duration) -> (f64, FmaIsa) {
     let mut best = (0.0, FmaIsa::Scalar);
     for isa in FmaIsa::available() {
         let iters = calibrate_fma(isa, per_rep);
-        let g = (0..reps.max(1))
-            .map(|_| {
-                let (dt, flops) = fma_parallel_with(isa, iters);
-                flops as f64 / dt.as_secs_f64() / 1e9
-            })
-            .fold(0.0, f64::max);
+        let g = best_rate(reps, || {
+            let (dt, flops) = fma_parallel_with(isa, iters);
+            (dt, flops as f64)
+        });
         if g > best.0 {
             best = (g, isa);
         }
@@ -276,27 +294,17 @@ pub fn register_blocked_probe(reps: usize, per_rep: Duration) -> Option<f64> {
         let broadcasts = fill(PROBE_PANELS * PROBE_DEPTH * PROBE_ROWS, 104_729);
         let panel = PROBE_DEPTH * PROBE_ROWS;
         let mut c = [0f32; PROBE_ROWS * PROBE_COLUMNS];
-        let mut run = |calls: usize| {
+        let mut run = |calls: u64| {
             let t = Instant::now();
-            for i in 0..calls {
+            for i in 0..calls as usize {
                 let p = (i % PROBE_PANELS) * panel;
                 // SAFETY: AVX-512F was detected at run time.
                 unsafe { probe_call(&vectors, &broadcasts[p..p + panel], &mut c) };
             }
             t.elapsed()
         };
-        let mut calls = 64usize;
-        loop {
-            let dt = run(calls);
-            if dt >= per_rep / 8 || calls >= 1 << 30 {
-                calls = ((calls as f64 * per_rep.as_secs_f64() / dt.as_secs_f64().max(1e-9)) as usize).max(1);
-                break;
-            }
-            calls *= 4;
-        }
-        let best = (0..reps.max(1))
-            .map(|_| calls as f64 * PROBE_FLOPS_PER_CALL as f64 / run(calls).as_secs_f64() / 1e9)
-            .fold(0.0, f64::max);
+        let calls = calibrate(per_rep, 64, 1 << 30, &mut run);
+        let best = best_rate(reps, || (run(calls), calls as f64 * PROBE_FLOPS_PER_CALL as f64));
         black_box(&c);
         return Some(best);
     }
@@ -423,12 +431,10 @@ fn read_sum_avx2(x: &[u64]) -> u64 {
 
 /// Best GB/s (10⁹ bytes per second) of `reps` runs of `pass`.
 pub fn best_gbs(reps: usize, mut pass: impl FnMut() -> (Duration, u64)) -> f64 {
-    (0..reps.max(1))
-        .map(|_| {
-            let (dt, bytes) = pass();
-            bytes as f64 / dt.as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
+    best_rate(reps, || {
+        let (dt, bytes) = pass();
+        (dt, bytes as f64)
+    })
 }
 
 /// The ceilings of one run.

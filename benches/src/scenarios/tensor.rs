@@ -6,6 +6,7 @@ use effllm_tensor::quant::{ActivationQuant, KernelPath, QMatrix, QWeight, QuantT
 use effllm_tensor::{AttentionMask, Device, Tensor};
 
 use super::{Residency, RoundRobin, tensor_copies};
+use crate::ceiling::{best_rate, calibrate};
 use crate::inputs::{self, GemvShape, SMOLLM2_GEMV};
 use crate::plot::{HLine, PlotSpec, Series, XAxis};
 use crate::timing::fmt_duration;
@@ -44,7 +45,7 @@ pub fn faer_in_cache(reps: usize, per_rep: std::time::Duration) -> (f64, (usize,
             |len: usize, mul: usize| -> Vec<f32> { (0..len).map(|i| ((i * mul) % 1000) as f32 * 1e-3 - 0.5).collect() };
         let (a, b) = (fill(m * k, 7919), fill(k * n, 104_729));
         let mut c = vec![0f32; m * n];
-        let mut run = |calls: usize| {
+        let mut run = |calls: u64| {
             let t = std::time::Instant::now();
             for _ in 0..calls {
                 let cm = MatMut::from_row_major_slice_mut(&mut c, m, n);
@@ -59,17 +60,8 @@ pub fn faer_in_cache(reps: usize, per_rep: std::time::Duration) -> (f64, (usize,
             }
             t.elapsed()
         };
-        let mut calls = 4usize;
-        loop {
-            let dt = run(calls);
-            if dt >= per_rep / 8 || calls >= 1 << 24 {
-                calls = ((calls as f64 * per_rep.as_secs_f64() / dt.as_secs_f64().max(1e-9)) as usize).max(1);
-                break;
-            }
-            calls *= 4;
-        }
-        let flops = 2.0 * (m * n * k) as f64 * calls as f64;
-        let g = (0..reps.max(1)).map(|_| flops / run(calls).as_secs_f64() / 1e9).fold(0.0, f64::max);
+        let calls = calibrate(per_rep, 4, 1 << 24, &mut run);
+        let g = best_rate(reps, || (run(calls), 2.0 * (m * n * k) as f64 * calls as f64));
         black_box(&c);
         if g > best.0 {
             best = (g, (m, n, k));
@@ -104,6 +96,7 @@ impl Scenario for Gemm {
 
     fn run(&self, ctx: &mut Context) -> Result<ScenarioReport> {
         let ceiling = ctx.ceilings.fma_gflops;
+        // 1024²: its two-thread GFLOP/s and its operands, reused by the one-thread case below.
         let mut gemm_1024 = None;
         let mut table =
             Table::new("f32 GEMM, C = A·B, all n × n", &["n", "time", "GFLOP/s", "% of FMA ceiling", "spread"]);
@@ -118,12 +111,12 @@ impl Scenario for Gemm {
             table.row(vec![n.to_string(), fmt_duration(m.median), num(gf), pct(gf / ceiling), pct(m.spread())]);
             points.push((n as f64, gf));
             if n == 1024 {
-                gemm_1024 = Some(gf);
                 targets.push(Target {
                     what: "f32 GEMM 1024² vs the FMA ceiling".into(),
                     ratio: gf / ceiling,
                     goal: GEMM_TARGET,
                 });
+                gemm_1024 = Some((gf, a, b));
             }
         }
         // One core: what a GEMM kernel reaches with its operands in cache, against the one-thread FMA loop.
@@ -152,7 +145,10 @@ impl Scenario for Gemm {
             num(faer_gf),
             pct(faer_gf / ceiling_1t),
         ]);
-        let (a, b) = inputs::gemm_operands(1024);
+        let (a, b) = match &gemm_1024 {
+            Some((_, a, b)) => (a.clone(), b.clone()),
+            None => inputs::gemm_operands(1024),
+        };
         let one_thread = effllm_tensor::threads::with_num_threads(1, || -> Result<_> {
             a.matmul(&b)?;
             Ok(ctx.time("gemm 1024, 1 thread", || a.matmul(&b)))
@@ -166,11 +162,11 @@ impl Scenario for Gemm {
             num(ceiling),
             num(ceiling_1t)
         )];
-        if let Some(gf) = gemm_1024 {
+        if let Some((gf, ..)) = gemm_1024 {
             notes.push(format!(
                 "faer's kernel with its operands in cache runs at {} of the one-thread FMA ceiling (the best of the \
-                 sampled shapes): about the most a product through faer can reach on one core. 1024² on {threads} threads reaches {} of the {threads}-thread \
-                 ceiling, {} of {threads} × faer's in-cache rate.",
+                 sampled shapes): about the most a product through faer can reach on one core. 1024² on {threads} \
+                 threads reaches {} of the {threads}-thread ceiling, {} of {threads} × faer's in-cache rate.",
                 pct(faer_gf / ceiling_1t),
                 pct(gf / ceiling),
                 pct(gf / (threads as f64 * faer_gf))
